@@ -1,0 +1,73 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// Settings shared by every target. The numeric kernels need the host CPU's vector
+/// units (AVX2/AVX-512 and FMA): without them `addingProduct` lowers to a libm call.
+let swiftSettings: [SwiftSetting] = [
+    .unsafeFlags(["-Xcc", "-march=native"]),
+]
+
+let package = Package(
+    name: "FederatedSwift",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "FedModel", targets: ["FedModel"]),
+        .library(name: "FedSim", targets: ["FedSim"]),
+        .executable(name: "fedsim", targets: ["fedsim"]),
+        .executable(name: "fedbench", targets: ["fedbench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CZlib",
+            providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]
+        ),
+        .target(
+            name: "FedModel",
+            dependencies: [
+                "CZlib",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "FedSim",
+            dependencies: [
+                "FedModel",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "fedsim",
+            dependencies: [
+                "FedSim",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "fedbench",
+            dependencies: [
+                "FedModel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FedModelTests",
+            dependencies: ["FedModel"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FedSimTests",
+            dependencies: ["FedSim"],
+            resources: [],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,39 @@
+import CZlib
+
+/// Inflates a gzip (or zlib) stream, refusing to produce more than `limit` bytes.
+/// Data that is not compressed at all (no gzip magic) is returned unchanged, so raw and
+/// gzipped IDX files load the same way.
+func gunzipIfNeeded(_ data: [UInt8], limit: Int, source: String) throws -> [UInt8] {
+    guard data.count >= 2, data[0] == 0x1F, data[1] == 0x8B else { return data }
+    var stream = z_stream()
+    guard fed_inflateInit2(&stream, 15 + 16) == Z_OK else { throw DataError(source, "zlib could not start") }
+    defer { inflateEnd(&stream) }
+    var output = [UInt8]()
+    output.reserveCapacity(min(limit, data.count * 4))
+    var chunk = [UInt8](repeating: 0, count: 1 << 16)
+    var status: Int32 = Z_OK
+    try data.withUnsafeBufferPointer { input in
+        stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress!)
+        stream.avail_in = UInt32(input.count)
+        repeat {
+            status = chunk.withUnsafeMutableBufferPointer { out in
+                stream.next_out = out.baseAddress!
+                stream.avail_out = UInt32(out.count)
+                return inflate(&stream, Z_NO_FLUSH)
+            }
+            let produced = chunk.count - Int(stream.avail_out)
+            if output.count + produced > limit {
+                throw DataError(source, "decompresses to more than \(limit) bytes")
+            }
+            output.append(contentsOf: chunk[0..<produced])
+            if status == Z_BUF_ERROR && stream.avail_in == 0 {
+                throw DataError(source, "truncated gzip stream after \(output.count) bytes")
+            }
+            if status != Z_OK && status != Z_STREAM_END && status != Z_BUF_ERROR {
+                let message = stream.msg.map { String(cString: $0) } ?? "code \(status)"
+                throw DataError(source, "corrupt gzip data (\(message))")
+            }
+        } while status != Z_STREAM_END
+    }
+    return output
+}

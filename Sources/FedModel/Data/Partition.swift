@@ -1,0 +1,87 @@
+/// How a dataset is split among simulated clients.
+public enum Partition: Hashable, Sendable, CustomStringConvertible {
+    /// Shuffled, then equal shares (sizes differ by at most one).
+    case iid
+    /// McMahan et al.'s pathological non-IID split: sort by label, cut into
+    /// `clients × shardsPerClient` equal shards, give each client `shardsPerClient` at random.
+    case shards(perClient: Int)
+    /// Label skew: for every class, the clients' shares of it are drawn from Dirichlet(alpha).
+    case dirichlet(alpha: Double)
+
+    public var description: String {
+        switch self {
+        case .iid: "iid"
+        case .shards(let k): "shards(\(k) per client)"
+        case .dirichlet(let alpha): "dirichlet(alpha=\(alpha))"
+        }
+    }
+
+    /// Splits the examples of `labels` among `clients`, returning each client's indices.
+    public func split(labels: [UInt8], classes: Int, clients: Int, seed: UInt64) throws -> [[Int32]] {
+        guard clients > 0 else { throw DataError("partition", "need at least one client") }
+        guard labels.count >= clients else {
+            throw DataError("partition", "\(clients) clients but only \(labels.count) examples")
+        }
+        var generator = SeededGenerator(seed: seed, stream: 0x9A27)
+        switch self {
+        case .iid:
+            var order = (0..<Int32(labels.count)).map { $0 }
+            order.withUnsafeMutableBufferPointer { generator.shuffle($0) }
+            return equalChunks(order, count: clients)
+        case .shards(let perClient):
+            guard perClient > 0 else { throw DataError("partition", "shards per client must be positive") }
+            let shardCount = clients * perClient
+            guard shardCount <= labels.count else {
+                throw DataError("partition", "\(shardCount) shards (\(clients) clients × \(perClient)) but only \(labels.count) examples")
+            }
+            // Stable sort by label, then cut.
+            var byLabel = [[Int32]](repeating: [], count: classes)
+            for (i, label) in labels.enumerated() { byLabel[Int(label)].append(Int32(i)) }
+            let sorted = byLabel.flatMap { $0 }
+            let shardList = equalChunks(sorted, count: shardCount)
+            var shardOrder = Array(0..<shardCount)
+            shardOrder.withUnsafeMutableBufferPointer { generator.shuffle($0) }
+            return (0..<clients).map { c in
+                (0..<perClient).flatMap { shardList[shardOrder[c * perClient + $0]] }
+            }
+        case .dirichlet(let alpha):
+            guard alpha > 0, alpha.isFinite else { throw DataError("partition", "dirichlet alpha must be positive, got \(alpha)") }
+            var byLabel = [[Int32]](repeating: [], count: classes)
+            for (i, label) in labels.enumerated() { byLabel[Int(label)].append(Int32(i)) }
+            for attempt in 0..<100 {
+                _ = attempt
+                var result = [[Int32]](repeating: [], count: clients)
+                for var members in byLabel where !members.isEmpty {
+                    members.withUnsafeMutableBufferPointer { generator.shuffle($0) }
+                    let weights = (0..<clients).map { _ in generator.nextGamma(shape: alpha) }
+                    let total = weights.reduce(0, +)
+                    var start = 0
+                    var cumulative = 0.0
+                    for c in 0..<clients {
+                        cumulative += weights[c]
+                        let end = c == clients - 1 ? members.count : min(members.count, Int((cumulative / total * Double(members.count)).rounded()))
+                        if end > start { result[c].append(contentsOf: members[start..<end]) }
+                        start = max(start, end)
+                    }
+                }
+                if result.allSatisfy({ !$0.isEmpty }) { return result }
+            }
+            throw DataError("partition", "dirichlet(alpha=\(alpha)) left some of \(clients) clients without data in 100 draws; raise alpha or lower the client count")
+        }
+    }
+}
+
+/// Cuts `items` into `count` contiguous chunks whose sizes differ by at most one.
+func equalChunks(_ items: [Int32], count: Int) -> [[Int32]] {
+    let base = items.count / count
+    let extra = items.count % count
+    var chunks: [[Int32]] = []
+    chunks.reserveCapacity(count)
+    var start = 0
+    for c in 0..<count {
+        let size = base + (c < extra ? 1 : 0)
+        chunks.append(Array(items[start..<(start + size)]))
+        start += size
+    }
+    return chunks
+}

@@ -1,0 +1,57 @@
+/// What a layer reads and writes in one forward pass over a batch. All buffers are
+/// contiguous, NHWC, example-major; `parameters` points at this layer's first parameter.
+public struct ForwardBuffers {
+    public var batch: Int
+    public var parameters: UnsafePointer<Float>
+    public var input: UnsafePointer<Float>
+    public var output: UnsafeMutablePointer<Float>
+    /// At least ``Layer/scratchBytes(batch:)`` bytes, 64-byte aligned, kept from forward to backward.
+    public var scratch: UnsafeMutableRawPointer
+    /// Cores the layer may use for this pass (1 = stay on the calling thread).
+    public var threads: Int
+}
+
+/// What a layer reads and writes in one backward pass.
+public struct BackwardBuffers {
+    public var forward: ForwardBuffers
+    /// ∂loss/∂output.
+    public var outputGradient: UnsafePointer<Float>
+    /// ∂loss/∂input, or nil when nothing below needs it (the first layer).
+    public var inputGradient: UnsafeMutablePointer<Float>?
+    /// ∂loss/∂parameters for this layer's slice, overwritten (not accumulated).
+    public var parameterGradient: UnsafeMutablePointer<Float>
+}
+
+/// A differentiable layer. Layers are immutable descriptions; all state of a pass lives in
+/// the buffers the ``Workspace`` hands them, so one layer value serves many threads.
+public protocol Layer: Sendable, CustomStringConvertible {
+    var inputShape: TensorShape { get }
+    var outputShape: TensorShape { get }
+    /// Names (relative to the layer) and shapes of the parameter tensors, in layout order.
+    var parameterShapes: [(name: String, shape: [Int])] { get }
+    /// Scratch bytes the layer needs for a batch of `batch` examples.
+    func scratchBytes(batch: Int) -> Int
+    /// Writes initial values into this layer's parameter slice.
+    func initialize(_ parameters: UnsafeMutableBufferPointer<Float>, generator: inout SeededGenerator)
+    func forward(_ buffers: ForwardBuffers)
+    func backward(_ buffers: BackwardBuffers)
+}
+
+extension Layer {
+    public var parameterCount: Int {
+        parameterShapes.reduce(0) { $0 + $1.shape.reduce(1, *) }
+    }
+}
+
+/// PyTorch's default initialisation for dense and convolution layers (Kaiming-uniform with
+/// a = √5): weights and biases uniform in ±1/√fanIn.
+func initializeUniform(_ parameters: UnsafeMutableBufferPointer<Float>, fanIn: Int, generator: inout SeededGenerator) {
+    let bound = 1 / Float(fanIn).squareRoot()
+    for i in parameters.indices {
+        parameters[i] = generator.nextUniform(-bound, bound)
+    }
+}
+
+/// Rounds a byte count up to a multiple of 64 so sub-buffers stay cache-line aligned.
+@inline(__always)
+func aligned64(_ bytes: Int) -> Int { (bytes + 63) & ~63 }

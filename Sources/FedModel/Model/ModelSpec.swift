@@ -1,0 +1,93 @@
+/// One layer of a model description, as written in configuration files:
+/// `dense:200`, `relu`, `conv5x5:32`, `maxpool2`, `flatten`.
+public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
+    case dense(outputs: Int)
+    case relu
+    case conv(kernelSize: Int, channels: Int)
+    case maxPool
+    case flatten
+
+    /// Parses one layer string; throws ``ModelError`` naming the string when it is not understood.
+    public init(parsing text: String) throws {
+        let lowered = text.lowercased().trimmingCharacters(in: .whitespaces)
+        func positive(_ s: Substring) throws -> Int {
+            guard let value = Int(s), value > 0 else { throw ModelError("bad layer \"\(text)\": \"\(s)\" is not a positive integer") }
+            return value
+        }
+        switch lowered {
+        case "relu": self = .relu
+        case "maxpool2", "maxpool": self = .maxPool
+        case "flatten": self = .flatten
+        default:
+            let parts = lowered.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2 else { throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2 or flatten)") }
+            if parts[0] == "dense" {
+                self = .dense(outputs: try positive(parts[1]))
+            } else if parts[0].hasPrefix("conv") {
+                let size = parts[0].dropFirst(4).split(separator: "x", omittingEmptySubsequences: false)
+                guard size.count == 2, size[0] == size[1] else { throw ModelError("bad layer \"\(text)\": only square kernels (convKxK:C)") }
+                let k = try positive(size[0])
+                guard k % 2 == 1 else { throw ModelError("bad layer \"\(text)\": kernel size must be odd for same padding") }
+                self = .conv(kernelSize: k, channels: try positive(parts[1]))
+            } else {
+                throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2 or flatten)")
+            }
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .dense(let n): "dense:\(n)"
+        case .relu: "relu"
+        case .conv(let k, let c): "conv\(k)x\(k):\(c)"
+        case .maxPool: "maxpool2"
+        case .flatten: "flatten"
+        }
+    }
+}
+
+/// A model architecture: input shape, class count and layers. The final layer's output
+/// size must equal the class count (logits for softmax cross-entropy).
+public struct ModelSpec: Hashable, Sendable {
+    public var input: TensorShape
+    public var classes: Int
+    public var layers: [LayerSpec]
+
+    public init(input: TensorShape, classes: Int, layers: [LayerSpec]) {
+        self.input = input
+        self.classes = classes
+        self.layers = layers
+    }
+
+    /// McMahan et al. 2017's "2NN": 784-200-200-10 with ReLU, 199,210 parameters.
+    public static let mnist2NN = ModelSpec(
+        input: .vector(784), classes: 10,
+        layers: [.dense(outputs: 200), .relu, .dense(outputs: 200), .relu, .dense(outputs: 10)])
+
+    /// McMahan et al. 2017's "CNN": conv5x5·32 → pool → conv5x5·64 → pool → dense 512 → dense 10,
+    /// 1,663,370 parameters.
+    public static let mnistCNN = ModelSpec(
+        input: TensorShape(height: 28, width: 28, channels: 1), classes: 10,
+        layers: [
+            .conv(kernelSize: 5, channels: 32), .relu, .maxPool,
+            .conv(kernelSize: 5, channels: 64), .relu, .maxPool,
+            .flatten, .dense(outputs: 512), .relu, .dense(outputs: 10),
+        ])
+
+    /// The named presets: `2nn` and `cnn`.
+    public static func preset(_ name: String) -> ModelSpec? {
+        switch name.lowercased() {
+        case "2nn", "mnist-2nn": mnist2NN
+        case "cnn", "mnist-cnn": mnistCNN
+        default: nil
+        }
+    }
+}
+
+/// A model that cannot be built or used as asked.
+public struct ModelError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+import Foundation

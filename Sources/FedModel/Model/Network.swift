@@ -1,0 +1,89 @@
+/// A built model: its layers and the stable layout of its parameters. Immutable and
+/// shareable across threads; parameter values live outside, in a flat float32 vector
+/// laid out by ``layout``, and per-thread pass buffers live in a ``Workspace``.
+public final class Network: Sendable {
+    public let spec: ModelSpec
+    public let layers: [any Layer]
+    public let layout: ParameterLayout
+    /// Offset of each layer's first parameter in the flat vector.
+    let parameterOffsets: [Int]
+
+    public var parameterCount: Int { layout.parameterCount }
+    public var classes: Int { spec.classes }
+    public var inputShape: TensorShape { spec.input }
+
+    public init(_ spec: ModelSpec) throws {
+        guard spec.input.count > 0 else { throw ModelError("model input shape must be non-empty") }
+        guard spec.classes >= 2 else { throw ModelError("model needs at least 2 classes, got \(spec.classes)") }
+        guard !spec.layers.isEmpty else { throw ModelError("model has no layers") }
+        var layers: [any Layer] = []
+        var layout = ParameterLayout()
+        var offsets: [Int] = []
+        var shape = spec.input
+        var counters: [String: Int] = [:]
+        for layerSpec in spec.layers {
+            let layer: any Layer
+            let kind: String
+            switch layerSpec {
+            case .dense(let outputs):
+                layer = Dense(inputs: shape.count, outputs: outputs)
+                kind = "dense"
+            case .relu:
+                layer = ReLU(shape: shape)
+                kind = "relu"
+            case .conv(let k, let channels):
+                guard shape.height > 1 || shape.width > 1 else {
+                    throw ModelError("\(layerSpec) needs an image input, got a vector of \(shape.count)")
+                }
+                layer = Conv2D(input: shape, kernelSize: k, outputChannels: channels)
+                kind = "conv"
+            case .maxPool:
+                guard shape.height >= 2, shape.width >= 2 else {
+                    throw ModelError("maxpool2 needs at least a 2x2 input, got \(shape)")
+                }
+                layer = MaxPool2D(shape: shape)
+                kind = "pool"
+            case .flatten:
+                layer = Flatten(shape: shape)
+                kind = "flatten"
+            }
+            counters[kind, default: 0] += 1
+            offsets.append(layout.parameterCount)
+            for parameter in layer.parameterShapes {
+                layout.append(name: "\(kind)\(counters[kind]!).\(parameter.name)", shape: parameter.shape)
+            }
+            layers.append(layer)
+            shape = layer.outputShape
+        }
+        guard shape.count == spec.classes else {
+            throw ModelError("the last layer gives \(shape.count) outputs but the model has \(spec.classes) classes")
+        }
+        self.spec = spec
+        self.layers = layers
+        self.layout = layout
+        self.parameterOffsets = offsets
+    }
+
+    /// Fresh parameters, initialised layer by layer from `seed`.
+    public func initialParameters(seed: UInt64) -> [Float] {
+        var generator = SeededGenerator(seed: seed, stream: 0x1217)
+        var parameters = [Float](repeating: 0, count: parameterCount)
+        parameters.withUnsafeMutableBufferPointer { all in
+            for (layer, offset) in zip(layers, parameterOffsets) where layer.parameterCount > 0 {
+                let slice = UnsafeMutableBufferPointer(rebasing: all[offset..<(offset + layer.parameterCount)])
+                layer.initialize(slice, generator: &generator)
+            }
+        }
+        return parameters
+    }
+
+    /// One line per layer with its output shape and parameter count.
+    public var summary: String {
+        var lines: [String] = []
+        for layer in layers {
+            lines.append("\(layer) → \(layer.outputShape)  (\(layer.parameterCount) parameters)")
+        }
+        lines.append("total: \(parameterCount) parameters in \(layout.tensors.count) tensors")
+        return lines.joined(separator: "\n")
+    }
+}

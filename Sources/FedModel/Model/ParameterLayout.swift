@@ -1,0 +1,39 @@
+/// One named float32 tensor of a model: a *shard*, the unit that deltas, codecs and the
+/// wire protocol refer to by ``index``.
+public struct ParameterTensor: Hashable, Sendable {
+    /// Position of the shard in the layout (0-based), stable for a given architecture.
+    public var index: Int
+    /// For example `dense1.weight`.
+    public var name: String
+    /// Dimensions, outermost first. Dense weights are `[in, out]` (y = xW + b);
+    /// convolution weights are `[kh, kw, in, out]`; biases are `[out]`.
+    public var shape: [Int]
+    /// Offset of the first value in the model's flat parameter vector.
+    public var offset: Int
+
+    /// Number of values.
+    public var count: Int { shape.reduce(1, *) }
+    /// Offsets covered in the flat parameter vector.
+    public var range: Range<Int> { offset..<(offset + count) }
+}
+
+/// The stable layout of a model's parameters: tensors in order, packed back to back in
+/// one contiguous float32 vector.
+public struct ParameterLayout: Hashable, Sendable {
+    public private(set) var tensors: [ParameterTensor] = []
+    /// Total number of float32 parameters.
+    public private(set) var parameterCount = 0
+
+    public init() {}
+
+    mutating func append(name: String, shape: [Int]) {
+        let tensor = ParameterTensor(index: tensors.count, name: name, shape: shape, offset: parameterCount)
+        tensors.append(tensor)
+        parameterCount += tensor.count
+    }
+
+    /// The tensor called `name`, if any.
+    public func tensor(named name: String) -> ParameterTensor? {
+        tensors.first { $0.name == name }
+    }
+}

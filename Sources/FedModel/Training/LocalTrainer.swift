@@ -1,0 +1,97 @@
+/// What one local training run did.
+public struct TrainingSummary: Sendable, Hashable {
+    /// Mean training loss over every example seen.
+    public var meanLoss: Double
+    /// Examples processed (epochs × local examples).
+    public var examplesSeen: Int
+    public var steps: Int
+}
+
+/// Runs local SGD for one thread: a reusable workspace, momentum buffer and shuffle order,
+/// so training many clients in turn allocates nothing per batch or per client.
+public final class LocalTrainer {
+    public let network: Network
+    public let workspace: Workspace
+    private var velocity: [Float]
+    private var order: [Int32] = []
+
+    /// `batchCapacity` is the largest batch this trainer will be asked to run; `threads` the
+    /// cores one training step may use (see ``Workspace/threads``).
+    public init(network: Network, batchCapacity: Int, threads: Int = 1) {
+        self.network = network
+        workspace = Workspace(network: network, capacity: batchCapacity, threads: threads)
+        velocity = []
+    }
+
+    /// Trains `parameters` in place for `epochs` passes over `data` in shuffled minibatches
+    /// of `batchSize` (the last batch of an epoch may be smaller). `anchor` is the global
+    /// model the run started from, needed only for FedProx (`sgd.proximalMu > 0`).
+    public func train(
+        parameters: inout [Float], anchor: [Float]?, data: DatasetSlice,
+        epochs: Int, batchSize: Int, sgd: SGD, generator: inout SeededGenerator
+    ) -> TrainingSummary {
+        precondition(parameters.count == network.parameterCount, "parameter vector does not match the model")
+        precondition(batchSize > 0 && batchSize <= workspace.capacity, "batch size \(batchSize) outside 1...\(workspace.capacity)")
+        precondition(data.dataset.sampleShape.count == network.inputShape.count, "data does not match the model input")
+        if sgd.momentum > 0 {
+            if velocity.count != parameters.count { velocity = [Float](repeating: 0, count: parameters.count) }
+            else { velocity.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } }
+        }
+        order = data.indices
+        var lossSum = 0.0
+        var seen = 0
+        var steps = 0
+        let workspace = self.workspace
+        let layers = network.layers.indices
+        let ranges = layers.map { workspace.parameterRange(ofLayer: $0) }
+        let useVelocity = sgd.momentum > 0
+        parameters.withUnsafeMutableBufferPointer { w in
+            velocity.withUnsafeMutableBufferPointer { v in
+                order.withUnsafeMutableBufferPointer { order in
+                    let anchorCopy = anchor
+                    anchorCopy.withUnsafeOptionalBuffer { anchorBase in
+                        for _ in 0..<epochs {
+                            generator.shuffle(order)
+                            var start = 0
+                            while start < order.count {
+                                let batch = min(batchSize, order.count - start)
+                                data.dataset.gather(
+                                    UnsafeBufferPointer(rebasing: order[start..<(start + batch)]),
+                                    features: workspace.input, labels: workspace.labels)
+                                let result = workspace.lossAndGradient(parameters: w.baseAddress!, batch: batch) { layer in
+                                    let range = ranges[layer]
+                                    guard !range.isEmpty else { return }
+                                    let threads = range.count >= 1 << 16 ? workspace.threads : 1
+                                    forEachBatchChunk(range.count, threads: threads) { part in
+                                        let start = range.lowerBound + part.lowerBound
+                                        sgd.step(
+                                            parameters: w.baseAddress! + start,
+                                            gradient: workspace.parameterGradient + start,
+                                            anchor: anchorBase.map { $0 + start },
+                                            velocity: useVelocity ? v.baseAddress! + start : nil,
+                                            count: part.count)
+                                    }
+                                }
+                                lossSum += result.lossSum
+                                seen += batch
+                                steps += 1
+                                start += batch
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return TrainingSummary(meanLoss: seen > 0 ? lossSum / Double(seen) : 0, examplesSeen: seen, steps: steps)
+    }
+}
+
+extension Optional where Wrapped == [Float] {
+    /// Calls `body` with the array's base address, or nil.
+    func withUnsafeOptionalBuffer<R>(_ body: (UnsafePointer<Float>?) throws -> R) rethrows -> R {
+        switch self {
+        case .some(let array): try array.withUnsafeBufferPointer { try body($0.baseAddress) }
+        case .none: try body(nil)
+        }
+    }
+}
