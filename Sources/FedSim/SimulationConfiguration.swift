@@ -1,0 +1,205 @@
+import FedModel
+import Foundation
+import TOMLKit
+
+/// Everything that defines a simulated federated run. Loaded from a TOML scenario file
+/// (keys below, snake_case), then optionally overridden from the command line, then
+/// validated as a whole.
+public struct SimulationConfiguration: Sendable, Equatable {
+    /// Scenario name, for reports.
+    public var name = "simulation"
+    /// Model preset (`2nn`, `cnn`) or, when `layers` is set, ignored.
+    public var model = "2nn"
+    /// Explicit layer list (`["dense:200", "relu", ...]`); overrides `model` when non-empty.
+    public var layers: [String] = []
+    /// Directory with the four MNIST IDX files. Relative paths are resolved against the
+    /// scenario file's directory.
+    public var data = "data/mnist"
+    /// Number of simulated clients K.
+    public var clients = 100
+    /// Fraction C of clients sampled each round (at least one client is always sampled).
+    public var fraction = 0.1
+    /// Number of rounds to run.
+    public var rounds = 100
+    /// Local epochs E per round.
+    public var localEpochs = 1
+    /// Local minibatch size B.
+    public var batchSize = 10
+    /// Client learning rate.
+    public var learningRate = 0.1
+    /// Client SGD momentum (0 = plain SGD).
+    public var momentum = 0.0
+    /// Client L2 weight decay.
+    public var weightDecay = 0.0
+    /// FedProx proximal coefficient mu (0 = FedAvg).
+    public var proximalMu = 0.0
+    /// How training data is split among clients.
+    public var partition = "iid"
+    /// Shards per client for the `shards` partition (McMahan: 2).
+    public var shardsPerClient = 2
+    /// Concentration for the `dirichlet` partition.
+    public var dirichletAlpha = 0.5
+    /// Seed for initialisation, partitioning, sampling and shuffling.
+    public var seed: UInt64 = 1
+    /// Test accuracy whose first crossing is reported as "rounds to target" (0 = none).
+    public var targetAccuracy = 0.0
+    /// Stop as soon as the target accuracy is reached.
+    public var stopAtTarget = false
+    /// Evaluate the global model every this many rounds (the last round always).
+    public var evaluateEvery = 1
+    /// Worker threads training clients side by side (0 = one per core).
+    public var threads = 0
+
+    public init() {}
+
+    static let keys: Set<String> = [
+        "name", "model", "layers", "data", "clients", "fraction", "rounds", "local_epochs",
+        "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
+        "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "stop_at_target",
+        "evaluate_every", "threads",
+    ]
+
+    /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
+    public static func load(contentsOf url: URL) throws -> SimulationConfiguration {
+        let text: String
+        do {
+            text = try String(contentsOf: url, encoding: .utf8)
+        } catch {
+            let exists = FileManager.default.fileExists(atPath: url.path)
+            throw ConfigurationError("\(url.path): \(exists ? "cannot read file" : "no such file")")
+        }
+        var configuration = try parse(text, source: url.path)
+        if !configuration.data.hasPrefix("/") {
+            configuration.data = url.deletingLastPathComponent().appendingPathComponent(configuration.data).standardizedFileURL.path
+        }
+        return configuration
+    }
+
+    /// Parses TOML text; unknown keys and wrongly typed values are errors naming the key.
+    public static func parse(_ text: String, source: String) throws -> SimulationConfiguration {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigurationError("\(source): invalid TOML at line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
+        }
+        var c = SimulationConfiguration()
+        for key in table.keys.sorted() {
+            guard keys.contains(key) else {
+                throw ConfigurationError("\(source): unknown key \"\(key)\" (known keys: \(keys.sorted().joined(separator: ", ")))")
+            }
+        }
+        func string(_ key: String) throws -> String? {
+            guard let value = table[key] else { return nil }
+            guard let s = value.string else { throw ConfigurationError("\(source): \"\(key)\" must be a string") }
+            return s
+        }
+        func int(_ key: String) throws -> Int? {
+            guard let value = table[key] else { return nil }
+            guard let i = value.int else { throw ConfigurationError("\(source): \"\(key)\" must be an integer") }
+            return i
+        }
+        func double(_ key: String) throws -> Double? {
+            guard let value = table[key] else { return nil }
+            if let d = value.double { return d }
+            if let i = value.int { return Double(i) }
+            throw ConfigurationError("\(source): \"\(key)\" must be a number")
+        }
+        func bool(_ key: String) throws -> Bool? {
+            guard let value = table[key] else { return nil }
+            guard let b = value.bool else { throw ConfigurationError("\(source): \"\(key)\" must be true or false") }
+            return b
+        }
+        if let v = try string("name") { c.name = v }
+        if let v = try string("model") { c.model = v }
+        if let value = table["layers"] {
+            guard let array = value.array else { throw ConfigurationError("\(source): \"layers\" must be an array of strings") }
+            c.layers = try array.map {
+                guard let s = $0.string else { throw ConfigurationError("\(source): \"layers\" must be an array of strings") }
+                return s
+            }
+        }
+        if let v = try string("data") { c.data = v }
+        if let v = try int("clients") { c.clients = v }
+        if let v = try double("fraction") { c.fraction = v }
+        if let v = try int("rounds") { c.rounds = v }
+        if let v = try int("local_epochs") { c.localEpochs = v }
+        if let v = try int("batch_size") { c.batchSize = v }
+        if let v = try double("learning_rate") { c.learningRate = v }
+        if let v = try double("momentum") { c.momentum = v }
+        if let v = try double("weight_decay") { c.weightDecay = v }
+        if let v = try double("proximal_mu") { c.proximalMu = v }
+        if let v = try string("partition") { c.partition = v }
+        if let v = try int("shards_per_client") { c.shardsPerClient = v }
+        if let v = try double("dirichlet_alpha") { c.dirichletAlpha = v }
+        if let v = try int("seed") {
+            guard v >= 0 else { throw ConfigurationError("\(source): \"seed\" must be non-negative") }
+            c.seed = UInt64(v)
+        }
+        if let v = try double("target_accuracy") { c.targetAccuracy = v }
+        if let v = try bool("stop_at_target") { c.stopAtTarget = v }
+        if let v = try int("evaluate_every") { c.evaluateEvery = v }
+        if let v = try int("threads") { c.threads = v }
+        return c
+    }
+
+    /// Checks every value; the error names the key and the bad value.
+    public func validate() throws {
+        func fail(_ message: String) -> ConfigurationError { ConfigurationError(message) }
+        guard clients >= 1 else { throw fail("clients must be at least 1, got \(clients)") }
+        guard fraction > 0, fraction <= 1, fraction.isFinite else { throw fail("fraction must be in (0, 1], got \(fraction)") }
+        guard rounds >= 1 else { throw fail("rounds must be at least 1, got \(rounds)") }
+        guard localEpochs >= 1 else { throw fail("local_epochs must be at least 1, got \(localEpochs)") }
+        guard batchSize >= 1, batchSize <= 65_536 else { throw fail("batch_size must be in 1...65536, got \(batchSize)") }
+        guard learningRate > 0, learningRate.isFinite else { throw fail("learning_rate must be positive, got \(learningRate)") }
+        guard momentum >= 0, momentum < 1 else { throw fail("momentum must be in [0, 1), got \(momentum)") }
+        guard weightDecay >= 0, weightDecay.isFinite else { throw fail("weight_decay must be non-negative, got \(weightDecay)") }
+        guard proximalMu >= 0, proximalMu.isFinite else { throw fail("proximal_mu must be non-negative, got \(proximalMu)") }
+        guard shardsPerClient >= 1 else { throw fail("shards_per_client must be at least 1, got \(shardsPerClient)") }
+        guard dirichletAlpha > 0, dirichletAlpha.isFinite else { throw fail("dirichlet_alpha must be positive, got \(dirichletAlpha)") }
+        guard targetAccuracy >= 0, targetAccuracy <= 1 else { throw fail("target_accuracy must be in [0, 1], got \(targetAccuracy)") }
+        guard evaluateEvery >= 1 else { throw fail("evaluate_every must be at least 1, got \(evaluateEvery)") }
+        guard threads >= 0, threads <= 256 else { throw fail("threads must be in 0...256, got \(threads)") }
+        _ = try partitionValue()
+        _ = try modelSpec()
+    }
+
+    /// The partition named by `partition`.
+    public func partitionValue() throws -> Partition {
+        switch partition.lowercased() {
+        case "iid": return .iid
+        case "shards", "noniid", "non-iid", "pathological": return .shards(perClient: shardsPerClient)
+        case "dirichlet": return .dirichlet(alpha: dirichletAlpha)
+        default: throw ConfigurationError("partition must be iid, shards or dirichlet, got \"\(partition)\"")
+        }
+    }
+
+    /// The model architecture: `layers` when given (MNIST input, 10 classes), else the preset.
+    public func modelSpec() throws -> ModelSpec {
+        if !layers.isEmpty {
+            let parsed: [LayerSpec]
+            do { parsed = try layers.map(LayerSpec.init(parsing:)) } catch let error as ModelError {
+                throw ConfigurationError("layers: \(error.description)")
+            }
+            let usesConvolution = parsed.contains { if case .conv = $0 { return true } else { return false } }
+            let input = usesConvolution ? TensorShape(height: 28, width: 28, channels: 1) : .vector(784)
+            return ModelSpec(input: input, classes: 10, layers: parsed)
+        }
+        guard let spec = ModelSpec.preset(model) else {
+            throw ConfigurationError("model must be 2nn or cnn (or give layers), got \"\(model)\"")
+        }
+        return spec
+    }
+
+    /// Clients sampled per round: max(1, round(C·K)).
+    public var clientsPerRound: Int { max(1, Int((fraction * Double(clients)).rounded())) }
+
+    /// Worker threads actually used.
+    public var effectiveThreads: Int { threads > 0 ? threads : availableCores }
+}
+
+/// A configuration that cannot be used, with a one-line explanation naming the key.
+public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,134 @@
+import ArgumentParser
+import FedModel
+import FedSim
+import Foundation
+
+@main
+struct FedSimCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fedsim",
+        abstract: "Simulate federated averaging with many clients in one process on MNIST.",
+        discussion: """
+            Loads a scenario (TOML), applies the command-line overrides, and runs the rounds,
+            printing one line per round (round, test accuracy, test loss, seconds) and a summary.
+            Example: fedsim --config Simulations/mnist-2nn-iid.toml --rounds 20 --report run.json
+            """,
+        version: "0.1.0")
+
+    @Option(name: .long, help: "Scenario file (TOML). Without it, built-in defaults: 2NN, IID, 100 clients, data in Simulations/data/mnist.")
+    var config: String?
+
+    @Option(help: "Number of rounds.") var rounds: Int?
+    @Option(help: "Number of clients K.") var clients: Int?
+    @Option(help: "Fraction C of clients sampled per round, in (0, 1].") var fraction: Double?
+    @Option(name: .customLong("local-epochs"), help: "Local epochs E.") var localEpochs: Int?
+    @Option(name: .customLong("batch"), help: "Local minibatch size B.") var batch: Int?
+    @Option(name: .customLong("lr"), help: "Client learning rate.") var learningRate: Double?
+    @Option(help: "Client SGD momentum.") var momentum: Double?
+    @Option(name: .customLong("mu"), help: "FedProx proximal coefficient (0 = FedAvg).") var proximalMu: Double?
+    @Option(help: "Data split: iid, shards (McMahan's non-IID) or dirichlet.") var partition: String?
+    @Option(name: .customLong("alpha"), help: "Dirichlet concentration for --partition dirichlet.") var dirichletAlpha: Double?
+    @Option(help: "Model preset: 2nn or cnn.") var model: String?
+    @Option(help: "Random seed.") var seed: UInt64?
+    @Option(help: "Target test accuracy (0-1) for the rounds-to-target figure.") var target: Double?
+    @Flag(name: .customLong("stop-at-target"), help: "Stop once the target accuracy is reached.") var stopAtTarget = false
+    @Option(help: "Worker threads (0 = one per core).") var threads: Int?
+    @Option(help: "Directory with the MNIST IDX files (overrides the scenario's data).") var data: String?
+    @Option(help: "Write the JSON report to this file.") var report: String?
+    @Flag(name: .shortAndLong, help: "Print only the final summary.") var quiet = false
+
+    func run() throws {
+        do {
+            try simulate()
+        } catch let error as ConfigurationError {
+            fail(error.description)
+        } catch let error as DataError {
+            fail(error.description)
+        } catch let error as ModelError {
+            fail(error.description)
+        }
+    }
+
+    private func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("fedsim: error: \(message)\n".utf8))
+        Foundation.exit(1)
+    }
+
+    private func effectiveConfiguration() throws -> SimulationConfiguration {
+        var c: SimulationConfiguration
+        if let config {
+            c = try SimulationConfiguration.load(contentsOf: URL(fileURLWithPath: config))
+        } else {
+            c = SimulationConfiguration()
+            c.name = "default"
+            c.data = "Simulations/data/mnist"
+        }
+        if let rounds { c.rounds = rounds }
+        if let clients { c.clients = clients }
+        if let fraction { c.fraction = fraction }
+        if let localEpochs { c.localEpochs = localEpochs }
+        if let batch { c.batchSize = batch }
+        if let learningRate { c.learningRate = learningRate }
+        if let momentum { c.momentum = momentum }
+        if let proximalMu { c.proximalMu = proximalMu }
+        if let partition { c.partition = partition }
+        if let dirichletAlpha { c.dirichletAlpha = dirichletAlpha }
+        if let model { c.model = model; c.layers = [] }
+        if let seed { c.seed = seed }
+        if let target { c.targetAccuracy = target }
+        if stopAtTarget { c.stopAtTarget = true }
+        if let threads { c.threads = threads }
+        if let data { c.data = data }
+        try c.validate()
+        return c
+    }
+
+    private func simulate() throws {
+        let c = try effectiveConfiguration()
+        if let report {
+            // Fail before hours of work, not after.
+            let directory = URL(fileURLWithPath: report).deletingLastPathComponent().path
+            guard FileManager.default.isWritableFile(atPath: directory.isEmpty ? "." : directory) else {
+                throw ConfigurationError("cannot write the report to \(report): directory \(directory) is not writable or does not exist")
+            }
+        }
+        let loadStart = Date()
+        let simulation = try Simulation(configuration: c)
+        if !quiet {
+            print("""
+                fedsim: \(c.name): model \(c.layers.isEmpty ? c.model : c.layers.joined(separator: ",")) \
+                (\(simulation.network.parameterCount) parameters), \(c.clients) clients, \
+                \(c.clientsPerRound) per round, partition \(c.partition), E=\(c.localEpochs) B=\(c.batchSize) \
+                lr=\(c.learningRate), \(c.rounds) rounds, \(c.effectiveThreads) threads, seed \(c.seed) \
+                (data loaded in \(String(format: "%.1f", Date().timeIntervalSince(loadStart)))s)
+                """)
+        }
+        let result = simulation.run { record in
+            guard !quiet else { return }
+            let accuracy = record.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
+            let loss = record.testLoss.map { String(format: "%.4f", $0) } ?? "-"
+            print(String(
+                format: "round %4d/%d  accuracy %@  loss %@  train_loss %.4f  clients %d  %.2fs",
+                record.round, c.rounds, accuracy, loss, record.trainLoss, record.clients, record.seconds))
+            fflush(nil)
+        }
+        let s = result.summary
+        let final = s.finalAccuracy.map { String(format: "%.4f", $0) } ?? "-"
+        let best = s.bestAccuracy.map { String(format: "%.4f", $0) } ?? "-"
+        var line = "fedsim: done: \(s.roundsRun) rounds, final accuracy \(final), best \(best)"
+        if let target = s.targetAccuracy {
+            line += ", rounds to \(String(format: "%.2f", target * 100))%: \(s.roundsToTarget.map(String.init) ?? "not reached")"
+        }
+        line += String(format: ", %.2fs per round, %.1fs total", s.meanSecondsPerRound, s.totalSeconds)
+        line += ", uplink \(s.uplinkBytes) bytes, downlink \(s.downlinkBytes) bytes"
+        print(line)
+        if let report {
+            do {
+                try result.jsonData().write(to: URL(fileURLWithPath: report))
+            } catch {
+                throw ConfigurationError("cannot write the report to \(report): \(error.localizedDescription)")
+            }
+            if !quiet { print("fedsim: report written to \(report)") }
+        }
+    }
+}
