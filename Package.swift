@@ -7,6 +7,12 @@ let swiftSettings: [SwiftSetting] = [
     .unsafeFlags(["-Xcc", "-march=native"]),
 ]
 
+/// The numeric library is optimised even in debug builds: unoptimised SIMD code is two
+/// orders of magnitude slower, which would make the test suite train models for minutes.
+let numericSettings: [SwiftSetting] = swiftSettings + [
+    .unsafeFlags(["-O"], .when(configuration: .debug)),
+]
+
 let package = Package(
     name: "FederatedSwift",
     platforms: [.macOS(.v14)],
@@ -32,7 +38,8 @@ let package = Package(
                 "CZlib",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            swiftSettings: swiftSettings
+            exclude: ["Kernels/generate_gemm_kernels.py"],
+            swiftSettings: numericSettings
         ),
         .target(
             name: "FedSim",
@@ -66,7 +73,6 @@ let package = Package(
         .testTarget(
             name: "FedSimTests",
             dependencies: ["FedSim"],
-            resources: [],
             swiftSettings: swiftSettings
         ),
     ]

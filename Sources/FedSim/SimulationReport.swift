@@ -25,6 +25,19 @@ public struct RoundRecord: Codable, Sendable, Equatable {
         case uplinkBytes = "uplink_bytes"
         case downlinkBytes = "downlink_bytes"
     }
+
+    /// Every key is always present; a round that was not evaluated has `null` accuracy and loss.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(round, forKey: .round)
+        try c.encode(testAccuracy, forKey: .testAccuracy)
+        try c.encode(testLoss, forKey: .testLoss)
+        try c.encode(trainLoss, forKey: .trainLoss)
+        try c.encode(clients, forKey: .clients)
+        try c.encode(uplinkBytes, forKey: .uplinkBytes)
+        try c.encode(downlinkBytes, forKey: .downlinkBytes)
+        try c.encode(seconds, forKey: .seconds)
+    }
 }
 
 /// Totals of a run.
@@ -50,6 +63,20 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
         case meanSecondsPerRound = "mean_seconds_per_round"
         case uplinkBytes = "uplink_bytes"
         case downlinkBytes = "downlink_bytes"
+    }
+
+    /// Every key is always present (`null` when there is no value, e.g. a target not reached).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(roundsRun, forKey: .roundsRun)
+        try c.encode(finalAccuracy, forKey: .finalAccuracy)
+        try c.encode(bestAccuracy, forKey: .bestAccuracy)
+        try c.encode(targetAccuracy, forKey: .targetAccuracy)
+        try c.encode(roundsToTarget, forKey: .roundsToTarget)
+        try c.encode(totalSeconds, forKey: .totalSeconds)
+        try c.encode(meanSecondsPerRound, forKey: .meanSecondsPerRound)
+        try c.encode(uplinkBytes, forKey: .uplinkBytes)
+        try c.encode(downlinkBytes, forKey: .downlinkBytes)
     }
 }
 

@@ -1,0 +1,159 @@
+import Testing
+@testable import FedModel
+
+/// Finite-difference checks of every layer's backward pass: with loss L = Σ r·y for a fixed
+/// random r, ∂L/∂y = r, and each analytic ∂L/∂x and ∂L/∂θ entry must match the central
+/// difference (L(v + ε) − L(v − ε)) / 2ε.
+@Suite struct GradientCheckTests {
+    struct Probe {
+        let layer: any Layer
+        let batch: Int
+        var input: [Float]
+        var parameters: [Float]
+        let weights: [Float]  // r
+        let scratch: UnsafeMutableRawPointer
+
+        init(_ layer: any Layer, batch: Int, seed: UInt64) {
+            self.layer = layer
+            self.batch = batch
+            var g = SeededGenerator(seed: seed)
+            input = (0..<(batch * layer.inputShape.count)).map { _ in g.nextUniform(-1, 1) }
+            parameters = (0..<max(1, layer.parameterCount)).map { _ in g.nextUniform(-0.5, 0.5) }
+            weights = (0..<(batch * layer.outputShape.count)).map { _ in g.nextUniform(-1, 1) }
+            scratch = UnsafeMutableRawPointer.allocate(byteCount: max(64, layer.scratchBytes(batch: batch)), alignment: 64)
+        }
+
+        func loss() -> Double {
+            var output = [Float](repeating: 0, count: batch * layer.outputShape.count)
+            input.withUnsafeBufferPointer { x in parameters.withUnsafeBufferPointer { p in output.withUnsafeMutableBufferPointer { y in
+                layer.forward(ForwardBuffers(batch: batch, parameters: p.baseAddress!, input: x.baseAddress!, output: y.baseAddress!, scratch: scratch, threads: 1))
+            }}}
+            return zip(output, weights).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        }
+
+        func analytic() -> (input: [Float], parameters: [Float]) {
+            var output = [Float](repeating: 0, count: batch * layer.outputShape.count)
+            var dx = [Float](repeating: 0, count: input.count)
+            var dp = [Float](repeating: 0, count: parameters.count)
+            input.withUnsafeBufferPointer { x in parameters.withUnsafeBufferPointer { p in output.withUnsafeMutableBufferPointer { y in
+                weights.withUnsafeBufferPointer { r in dx.withUnsafeMutableBufferPointer { dx in dp.withUnsafeMutableBufferPointer { dp in
+                    let f = ForwardBuffers(batch: batch, parameters: p.baseAddress!, input: x.baseAddress!, output: y.baseAddress!, scratch: scratch, threads: 1)
+                    layer.forward(f)
+                    layer.backward(BackwardBuffers(forward: f, outputGradient: r.baseAddress!, inputGradient: dx.baseAddress!, parameterGradient: dp.baseAddress!))
+                }}}
+            }}}
+            return (dx, dp)
+        }
+    }
+
+    /// `distinctInputs` spaces the inputs ≥ 0.05 apart, so no perturbation of ±ε can
+    /// change which input a max-pool window picks (the function is not differentiable there).
+    func check(_ layer: any Layer, batch: Int = 3, seed: UInt64 = 1, samples: Int = 60, distinctInputs: Bool = false) {
+        var probe = Probe(layer, batch: batch, seed: seed)
+        if distinctInputs {
+            var order = (0..<probe.input.count).map { Float($0) * 0.05 - 1 }
+            var g = SeededGenerator(seed: seed + 7)
+            order.withUnsafeMutableBufferPointer { g.shuffle($0) }
+            probe.input = order
+        }
+        defer { probe.scratch.deallocate() }
+        let (dx, dp) = probe.analytic()
+        var g = SeededGenerator(seed: seed + 100)
+        let eps: Float = 1e-2
+        var checked = 0
+        for _ in 0..<samples {
+            let i = Int(g.next() % UInt64(probe.input.count))
+            let saved = probe.input[i]
+            probe.input[i] = saved + eps
+            let plus = probe.loss()
+            probe.input[i] = saved - eps
+            let minus = probe.loss()
+            probe.input[i] = saved
+            let numeric = (plus - minus) / Double(2 * eps)
+            #expect(abs(numeric - Double(dx[i])) <= 1e-2 * max(1, abs(numeric)), "\(layer) ∂x[\(i)]: analytic \(dx[i]) numeric \(numeric)")
+            checked += 1
+        }
+        if layer.parameterCount > 0 {
+            for _ in 0..<samples {
+                let i = Int(g.next() % UInt64(layer.parameterCount))
+                let saved = probe.parameters[i]
+                probe.parameters[i] = saved + eps
+                let plus = probe.loss()
+                probe.parameters[i] = saved - eps
+                let minus = probe.loss()
+                probe.parameters[i] = saved
+                let numeric = (plus - minus) / Double(2 * eps)
+                #expect(abs(numeric - Double(dp[i])) <= 1e-2 * max(1, abs(numeric)), "\(layer) ∂θ[\(i)]: analytic \(dp[i]) numeric \(numeric)")
+            }
+        }
+        #expect(checked == samples)
+    }
+
+    @Test func dense() { check(Dense(inputs: 37, outputs: 21)) }
+    @Test func denseWideOutput() { check(Dense(inputs: 5, outputs: 70), batch: 13) }
+    @Test func relu() { check(ReLU(shape: .vector(50))) }
+    @Test func conv2D() { check(Conv2D(input: TensorShape(height: 6, width: 7, channels: 3), kernelSize: 5, outputChannels: 4)) }
+    @Test func conv2DSingleChannel3x3() { check(Conv2D(input: TensorShape(height: 5, width: 5, channels: 1), kernelSize: 3, outputChannels: 33), batch: 2) }
+    @Test func maxPool() { check(MaxPool2D(shape: TensorShape(height: 6, width: 4, channels: 5)), distinctInputs: true) }
+    @Test func flatten() { check(Flatten(shape: TensorShape(height: 2, width: 3, channels: 4))) }
+
+    @Test func softmaxCrossEntropy() {
+        let batch = 4, classes = 7
+        var g = SeededGenerator(seed: 3)
+        var logits = (0..<(batch * classes)).map { _ in g.nextUniform(-3, 3) }
+        let labels: [UInt8] = [0, 6, 3, 3]
+        func meanLoss() -> Double {
+            logits.withUnsafeBufferPointer { z in labels.withUnsafeBufferPointer { y in
+                SoftmaxCrossEntropy.evaluate(logits: z.baseAddress!, labels: y.baseAddress!, batch: batch, classes: classes, gradient: nil).lossSum / Double(batch)
+            }}
+        }
+        var gradient = [Float](repeating: 0, count: logits.count)
+        logits.withUnsafeBufferPointer { z in labels.withUnsafeBufferPointer { y in gradient.withUnsafeMutableBufferPointer { d in
+            _ = SoftmaxCrossEntropy.evaluate(logits: z.baseAddress!, labels: y.baseAddress!, batch: batch, classes: classes, gradient: d.baseAddress!)
+        }}}
+        for i in logits.indices {
+            let saved = logits[i]
+            logits[i] = saved + 1e-2
+            let plus = meanLoss()
+            logits[i] = saved - 1e-2
+            let minus = meanLoss()
+            logits[i] = saved
+            let numeric = (plus - minus) / 2e-2
+            #expect(abs(numeric - Double(gradient[i])) < 1e-3, "∂z[\(i)]: analytic \(gradient[i]) numeric \(numeric)")
+        }
+    }
+
+    /// The whole chain, as the trainer uses it: a small CNN's parameter gradient from
+    /// ``Workspace/lossAndGradient`` against finite differences of the mean loss.
+    @Test func wholeNetwork() throws {
+        let spec = ModelSpec(
+            input: TensorShape(height: 6, width: 6, channels: 2), classes: 3,
+            layers: [.conv(kernelSize: 3, channels: 4), .relu, .maxPool, .flatten, .dense(outputs: 5), .relu, .dense(outputs: 3)])
+        let network = try Network(spec)
+        let workspace = Workspace(network: network, capacity: 4)
+        var parameters = network.initialParameters(seed: 4)
+        var g = SeededGenerator(seed: 11)
+        let inputs = (0..<(4 * 72)).map { _ in g.nextUniform(0, 1) }
+        let labels: [UInt8] = [0, 1, 2, 1]
+        func load() {
+            workspace.input.update(from: inputs, count: inputs.count)
+            workspace.labels.update(from: labels, count: labels.count)
+        }
+        load()
+        _ = parameters.withUnsafeBufferPointer { workspace.lossAndGradient(parameters: $0.baseAddress!, batch: 4) }
+        let analytic = Array(UnsafeBufferPointer(start: workspace.parameterGradient, count: network.parameterCount))
+        for _ in 0..<80 {
+            let i = Int(g.next() % UInt64(network.parameterCount))
+            let saved = parameters[i]
+            parameters[i] = saved + 1e-2
+            load()
+            let plus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 4).lossSum } / 4
+            parameters[i] = saved - 1e-2
+            load()
+            let minus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 4).lossSum } / 4
+            parameters[i] = saved
+            let numeric = (plus - minus) / 2e-2
+            #expect(abs(numeric - Double(analytic[i])) <= 2e-3 + 1e-2 * abs(numeric), "parameter \(i): analytic \(analytic[i]) numeric \(numeric)")
+        }
+    }
+}

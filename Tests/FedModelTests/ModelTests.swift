@@ -1,0 +1,58 @@
+import Testing
+@testable import FedModel
+
+@Suite struct ModelTests {
+    @Test func mcMahan2NNHasTheRightParameterCount() throws {
+        let network = try Network(.mnist2NN)
+        #expect(network.parameterCount == 199_210)
+        #expect(network.layout.tensors.map(\.name) == [
+            "dense1.weight", "dense1.bias", "dense2.weight", "dense2.bias", "dense3.weight", "dense3.bias",
+        ])
+        #expect(network.layout.tensors[0].shape == [784, 200])
+    }
+
+    @Test func mcMahanCNNHasTheRightParameterCount() throws {
+        let network = try Network(.mnistCNN)
+        #expect(network.parameterCount == 1_663_370)
+        #expect(network.layout.tensor(named: "conv2.weight")?.shape == [5, 5, 32, 64])
+        #expect(network.layout.tensor(named: "dense1.weight")?.shape == [3136, 512])
+    }
+
+    @Test(arguments: [ModelSpec.mnist2NN, .mnistCNN])
+    func layoutIsContiguousAndIndexed(spec: ModelSpec) throws {
+        let layout = try Network(spec).layout
+        var offset = 0
+        for (i, tensor) in layout.tensors.enumerated() {
+            #expect(tensor.index == i)
+            #expect(tensor.offset == offset, "tensor \(tensor.name) not packed")
+            offset += tensor.count
+        }
+        #expect(offset == layout.parameterCount)
+    }
+
+    @Test func initialisationIsSeededAndBounded() throws {
+        let network = try Network(.mnist2NN)
+        let a = network.initialParameters(seed: 7)
+        let b = network.initialParameters(seed: 7)
+        let c = network.initialParameters(seed: 8)
+        #expect(a == b)
+        #expect(a != c)
+        let bound = 1 / Float(784).squareRoot()
+        let first = network.layout.tensors[0]
+        #expect(a[first.range].allSatisfy { abs($0) <= bound })
+    }
+
+    @Test func layerStringsParse() throws {
+        #expect(try LayerSpec(parsing: "dense:200") == .dense(outputs: 200))
+        #expect(try LayerSpec(parsing: "conv5x5:32") == .conv(kernelSize: 5, channels: 32))
+        #expect(try LayerSpec(parsing: "ReLU") == .relu)
+        #expect(throws: ModelError.self) { try LayerSpec(parsing: "dense:0") }
+        #expect(throws: ModelError.self) { try LayerSpec(parsing: "conv4x4:8") }
+        #expect(throws: ModelError.self) { try LayerSpec(parsing: "lstm:3") }
+    }
+
+    @Test func mismatchedOutputIsRejected() {
+        let spec = ModelSpec(input: .vector(4), classes: 10, layers: [.dense(outputs: 3)])
+        #expect(throws: ModelError.self) { try Network(spec) }
+    }
+}
