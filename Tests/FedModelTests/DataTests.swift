@@ -1,0 +1,172 @@
+import Foundation
+import Testing
+@testable import FedModel
+
+/// The bundled MNIST copy, found from this file's location (the tests do not depend on
+/// the working directory).
+let mnistDirectory = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("Simulations/data/mnist")
+
+func temporaryDirectory() throws -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("fedtests-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
+    var bytes = magic
+    for d in dimensions { bytes += [UInt8(d >> 24 & 0xFF), UInt8(d >> 16 & 0xFF), UInt8(d >> 8 & 0xFF), UInt8(d & 0xFF)] }
+    return bytes + payload
+}
+
+@Suite struct IDXTests {
+    @Test func parsesAValidFile() throws {
+        let data = idx(magic: [0, 0, 8, 3], dimensions: [2, 2, 3], payload: Array(0..<12))
+        let (dims, bytes) = try IDX.parse(data, expectedDimensions: 3, source: "x")
+        #expect(dims == [2, 2, 3])
+        #expect(bytes == Array(0..<12))
+    }
+
+    @Test func rejectsBadMagic() {
+        let data = idx(magic: [0, 0, 9, 1], dimensions: [3], payload: [1, 2, 3])
+        #expect { try IDX.parse(data, expectedDimensions: 1, source: "labels.idx") } throws: { error in
+            "\(error)".contains("labels.idx") && "\(error)".contains("magic")
+        }
+    }
+
+    @Test func rejectsWrongDimensionCount() {
+        let data = idx(magic: [0, 0, 8, 1], dimensions: [3], payload: [1, 2, 3])
+        #expect { try IDX.parse(data, expectedDimensions: 3, source: "f") } throws: { "\($0)".contains("dimensions") }
+    }
+
+    @Test func rejectsTruncatedAndTrailingData() {
+        let short = idx(magic: [0, 0, 8, 1], dimensions: [10], payload: [1, 2, 3])
+        #expect { try IDX.parse(short, expectedDimensions: 1, source: "f") } throws: { "\($0)".contains("truncated") }
+        let long = idx(magic: [0, 0, 8, 1], dimensions: [2], payload: [1, 2, 3])
+        #expect { try IDX.parse(long, expectedDimensions: 1, source: "f") } throws: { "\($0)".contains("trailing") }
+        #expect { try IDX.parse([0, 0], expectedDimensions: 1, source: "f") } throws: { "\($0)".contains("too short") }
+    }
+
+    @Test func rejectsCorruptAndTruncatedGzip() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let original = try Data(contentsOf: mnistDirectory.appendingPathComponent(MNIST.testLabels))
+        let truncated = dir.appendingPathComponent("truncated-idx1-ubyte.gz")
+        try original.prefix(original.count / 2).write(to: truncated)
+        #expect { try IDX.read(contentsOf: truncated, expectedDimensions: 1) } throws: { error in
+            "\(error)".contains("truncated-idx1-ubyte.gz") && "\(error)".contains("truncated")
+        }
+        var garbled = [UInt8](original)
+        for i in 20..<60 { garbled[i] ^= 0x5A }
+        let corrupt = dir.appendingPathComponent("corrupt.gz")
+        try Data(garbled).write(to: corrupt)
+        #expect(throws: DataError.self) { try IDX.read(contentsOf: corrupt, expectedDimensions: 1) }
+    }
+
+    @Test func missingFileIsNamed() {
+        let url = URL(fileURLWithPath: "/nonexistent/dir/t10k-labels-idx1-ubyte.gz")
+        #expect { try IDX.read(contentsOf: url, expectedDimensions: 1) } throws: { "\($0)".contains("no such file") }
+    }
+}
+
+@Suite struct MNISTTests {
+    @Test func loadsTheBundledTestSetWithChecksums() throws {
+        let test = try MNIST.load(directory: mnistDirectory, train: false)
+        #expect(test.count == 10_000)
+        #expect(test.sampleShape == TensorShape(height: 28, width: 28, channels: 1))
+        #expect(test.features.allSatisfy { $0 >= 0 && $0 <= 1 })
+        #expect(test.classCounts().allSatisfy { $0 > 800 })
+    }
+
+    @Test func alteredFileFailsItsChecksum() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // A valid IDX file with the right name but different content.
+        let labels = idx(magic: [0, 0, 8, 1], dimensions: [10_000], payload: [UInt8](repeating: 3, count: 10_000))
+        try Data(labels).write(to: dir.appendingPathComponent("t10k-labels-idx1-ubyte.gz"))
+        try FileManager.default.copyItem(at: mnistDirectory.appendingPathComponent(MNIST.testImages), to: dir.appendingPathComponent(MNIST.testImages))
+        #expect { try MNIST.load(directory: dir, train: false) } throws: { "\($0)".contains("checksum mismatch") }
+        // Without verification the same file loads (it is well-formed).
+        #expect(try MNIST.load(directory: dir, train: false, verifyChecksums: false).count == 10_000)
+    }
+}
+
+@Suite struct CSVTests {
+    let shape = TensorShape.vector(3)
+
+    @Test func parsesLabelsAndFeatures() throws {
+        let data = try CSVDataset.parse("# comment\n2,0.5,1,0\n\n0, 0.25 ,0,1\n", source: "d.csv", sampleShape: shape, classes: 10)
+        #expect(data.labels == [2, 0])
+        #expect(data.features == [0.5, 1, 0, 0.25, 0, 1])
+    }
+
+    @Test(arguments: [
+        ("1,0.5,1\n", "features"),
+        ("10,0,0,0\n", "label"),
+        ("x,0,0,0\n", "label"),
+        ("1,0,nan,0\n", "finite"),
+        ("1,0,abc,0\n", "finite"),
+        ("\n# only comments\n", "no examples"),
+    ])
+    func rejectsBadLines(text: String, expected: String) {
+        #expect { try CSVDataset.parse(text, source: "d.csv", sampleShape: shape, classes: 10) } throws: { error in
+            "\(error)".contains("d.csv") && "\(error)".contains(expected)
+        }
+    }
+}
+
+@Suite struct PartitionTests {
+    let labels: [UInt8] = (0..<6000).map { UInt8($0 % 10) }
+
+    func checkDisjointCover(_ parts: [[Int32]], total: Int) {
+        let all = parts.flatMap { $0 }
+        #expect(all.count == total)
+        #expect(Set(all).count == total, "a client's slice overlaps another's")
+    }
+
+    @Test func iidGivesEqualShares() throws {
+        let parts = try Partition.iid.split(labels: labels, classes: 10, clients: 7, seed: 1)
+        checkDisjointCover(parts, total: 6000)
+        #expect(Set(parts.map(\.count)).isSubset(of: [857, 858]))
+    }
+
+    @Test func shardsGiveEachClientTwoLabelsMostly() throws {
+        let parts = try Partition.shards(perClient: 2).split(labels: labels, classes: 10, clients: 20, seed: 1)
+        checkDisjointCover(parts, total: 6000)
+        #expect(parts.allSatisfy { $0.count == 300 })
+        let labelCounts = parts.map { Set($0.map { labels[Int($0)] }).count }
+        #expect(labelCounts.allSatisfy { $0 <= 2 }, "label counts per client: \(labelCounts)")
+    }
+
+    @Test func tooManyShardsIsAnError() {
+        #expect { try Partition.shards(perClient: 2).split(labels: Array(labels.prefix(30)), classes: 10, clients: 20, seed: 1) } throws: {
+            "\($0)".contains("shards")
+        }
+    }
+
+    @Test func dirichletSkewsLabels() throws {
+        let skewed = try Partition.dirichlet(alpha: 0.1).split(labels: labels, classes: 10, clients: 10, seed: 2)
+        let even = try Partition.dirichlet(alpha: 1000).split(labels: labels, classes: 10, clients: 10, seed: 2)
+        checkDisjointCover(skewed, total: 6000)
+        checkDisjointCover(even, total: 6000)
+        func dominantShare(_ parts: [[Int32]]) -> Double {
+            let shares = parts.map { part -> Double in
+                var counts = [Int](repeating: 0, count: 10)
+                for i in part { counts[Int(labels[Int(i)])] += 1 }
+                return Double(counts.max()!) / Double(max(1, part.count))
+            }
+            return shares.reduce(0, +) / Double(shares.count)
+        }
+        #expect(dominantShare(skewed) > 0.35)
+        #expect(dominantShare(even) < 0.2)
+    }
+
+    @Test func partitionsAreSeeded() throws {
+        let a = try Partition.iid.split(labels: labels, classes: 10, clients: 5, seed: 9)
+        let b = try Partition.iid.split(labels: labels, classes: 10, clients: 5, seed: 9)
+        let c = try Partition.iid.split(labels: labels, classes: 10, clients: 5, seed: 10)
+        #expect(a == b)
+        #expect(a != c)
+    }
+}

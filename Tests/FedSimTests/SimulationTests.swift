@@ -1,0 +1,113 @@
+import FedModel
+import Foundation
+import Testing
+@testable import FedSim
+
+let repositoryRoot = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// Real MNIST, cut down so a federated run takes seconds: 6,000 training and 2,000 test examples.
+enum SmallMNIST {
+    static let full = try! MNIST.load(directory: repositoryRoot.appendingPathComponent("Simulations/data/mnist"), train: false)
+    static let train = subset(0..<6000)
+    static let test = subset(8000..<10_000)
+
+    static func subset(_ range: Range<Int>) -> Dataset {
+        let width = full.sampleShape.count
+        return try! Dataset(
+            name: "mnist[\(range)]", sampleShape: full.sampleShape, classes: 10,
+            features: Array(full.features[(range.lowerBound * width)..<(range.upperBound * width)]),
+            labels: Array(full.labels[range]))
+    }
+}
+
+@Suite struct SimulationTests {
+    func configuration(_ change: (inout SimulationConfiguration) -> Void = { _ in }) -> SimulationConfiguration {
+        var c = SimulationConfiguration()
+        c.clients = 20
+        c.fraction = 0.25
+        c.rounds = 4
+        c.learningRate = 0.1
+        c.seed = 5
+        change(&c)
+        return c
+    }
+
+    @Test func federatedAveragingImprovesTheModel() throws {
+        let simulation = try Simulation(configuration: configuration { $0.rounds = 8 }, train: SmallMNIST.train, test: SmallMNIST.test)
+        let report = simulation.run()
+        let accuracies = report.rounds.compactMap(\.testAccuracy)
+        #expect(report.rounds.count == 8)
+        #expect(accuracies.count == 8)
+        #expect(accuracies.last! > accuracies.first!, "accuracy per round: \(accuracies)")
+        #expect(accuracies.last! > 0.8, "accuracy per round: \(accuracies)")
+        #expect(report.rounds.allSatisfy { $0.clients == 5 })
+        #expect(report.rounds[0].uplinkBytes == 5 * 199_210 * 4)
+    }
+
+    @Test func aRoundIsTheExampleWeightedMeanOfClientDeltas() throws {
+        // One client per round, E=1: the new global model is exactly that client's local model.
+        let c = configuration { $0.fraction = 0.05; $0.rounds = 1; $0.threads = 1 }
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let start = simulation.global
+        let client = simulation.sampleClients(round: 1)[0]
+        simulation.runRound()
+        var local = start
+        var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, 1, UInt64(client))
+        _ = LocalTrainer(network: simulation.network, batchCapacity: c.batchSize).train(
+            parameters: &local, anchor: nil,
+            data: DatasetSlice(dataset: SmallMNIST.train, indices: simulation.clientIndices[client]),
+            epochs: 1, batchSize: c.batchSize, sgd: SGD(learningRate: Float(c.learningRate)), generator: &generator)
+        let worst = zip(local, simulation.global).map { abs($0 - $1) }.max()!
+        #expect(worst < 1e-6, "global differs from the single client's model by \(worst)")
+    }
+
+    @Test func sameSeedGivesTheSameRunWhateverTheThreads() throws {
+        func run(threads: Int, seed: UInt64) throws -> [Float] {
+            let c = configuration { $0.rounds = 2; $0.threads = threads; $0.seed = seed }
+            let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+            _ = simulation.run()
+            return simulation.global
+        }
+        let one = try run(threads: 1, seed: 5)
+        #expect(try run(threads: 2, seed: 5) == one, "2 worker threads changed the result")
+        #expect(try run(threads: 1, seed: 6) != one)
+    }
+
+    @Test func clientSamplingIsSeededAndDistinct() throws {
+        let simulation = try Simulation(configuration: configuration(), train: SmallMNIST.train, test: SmallMNIST.test)
+        let a = simulation.sampleClients(round: 3)
+        #expect(a == simulation.sampleClients(round: 3))
+        #expect(a != simulation.sampleClients(round: 4))
+        #expect(Set(a).count == a.count && a.allSatisfy { (0..<20).contains($0) })
+    }
+
+    @Test func stopsAtTarget() throws {
+        let c = configuration { $0.rounds = 50; $0.targetAccuracy = 0.5; $0.stopAtTarget = true }
+        let report = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
+        #expect(report.rounds.count < 50)
+        #expect(report.summary.roundsToTarget == report.rounds.count)
+    }
+
+    @Test func moreShardsThanDataIsAConfigurationError() {
+        let c = configuration { $0.clients = 4000; $0.partition = "shards" }
+        #expect { try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test) } throws: {
+            "\($0)".contains("shards") && "\($0)".contains("examples")
+        }
+    }
+
+    @Test func reportHasTheDocumentedKeys() throws {
+        let c = configuration { $0.rounds = 2; $0.evaluateEvery = 2 }
+        let report = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
+        let json = try JSONSerialization.jsonObject(with: report.jsonData()) as! [String: Any]
+        let config = json["config"] as! [String: Any]
+        #expect(config["clients"] as? Int == 20)
+        let rounds = json["rounds"] as! [[String: Any]]
+        #expect(rounds.count == 2)
+        for key in ["round", "test_accuracy", "test_loss", "clients", "uplink_bytes", "downlink_bytes", "seconds"] {
+            #expect(rounds[0].keys.contains(key), "round object lacks \(key)")
+        }
+        #expect(rounds[0]["test_accuracy"] is NSNull, "round 1 is not evaluated with evaluate_every = 2")
+        #expect(rounds[1]["test_accuracy"] as? Double != nil)
+    }
+}
