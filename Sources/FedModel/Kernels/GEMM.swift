@@ -131,7 +131,7 @@ public func gemmTransposedB(
 }
 
 /// Work below this many multiply-adds is not worth waking a second core for.
-let parallelGEMMThreshold = 1 << 20
+let parallelGEMMThreshold = 1 << 22
 
 /// ``gemm(rows:columns:depth:a:rowStride:depthStride:b:ldb:c:ldc:accumulate:)`` split over
 /// `threads` cores: by row tiles when there are enough rows, otherwise by column panels.

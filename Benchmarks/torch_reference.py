@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""PyTorch CPU reference for fedbench: the same local training work (MNIST, batch 10,
+one epoch of 600 examples, plain SGD) on the 2NN and the CNN, printed as examples/s.
+
+Usage: torch_reference.py MNIST_DIR [--threads N] [--epochs N]
+Prints one line per model: "<model> <examples_per_second>".
+"""
+import argparse
+import gzip
+import struct
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def load_images(path, count):
+    with gzip.open(path, "rb") as f:
+        magic, n, rows, cols = struct.unpack(">IIII", f.read(16))
+        assert magic == 2051
+        data = np.frombuffer(f.read(count * rows * cols), dtype=np.uint8)
+    return torch.from_numpy(data.astype(np.float32).reshape(count, 1, rows, cols) / 255.0)
+
+
+def load_labels(path, count):
+    with gzip.open(path, "rb") as f:
+        magic, n = struct.unpack(">II", f.read(8))
+        assert magic == 2049
+        data = np.frombuffer(f.read(count), dtype=np.uint8)
+    return torch.from_numpy(data.astype(np.int64))
+
+
+def two_nn():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(), nn.Linear(200, 10))
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(7 * 7 * 64, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def epoch(model, optimizer, loss_fn, x, y, batch):
+    perm = torch.randperm(x.shape[0])
+    for start in range(0, x.shape[0], batch):
+        idx = perm[start:start + batch]
+        optimizer.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        optimizer.step()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mnist_dir")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs-2nn", type=int, default=10)
+    parser.add_argument("--epochs-cnn", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1)
+    x = load_images(f"{args.mnist_dir}/train-images-idx3-ubyte.gz", 600)
+    y = load_labels(f"{args.mnist_dir}/train-labels-idx1-ubyte.gz", 600)
+    for name, build, epochs in (("2nn", two_nn, args.epochs_2nn), ("cnn", cnn, args.epochs_cnn)):
+        model = build()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        loss_fn = nn.CrossEntropyLoss()
+        epoch(model, optimizer, loss_fn, x, y, 10)  # warm-up
+        start = time.perf_counter()
+        for _ in range(epochs):
+            epoch(model, optimizer, loss_fn, x, y, 10)
+        elapsed = time.perf_counter() - start
+        print(f"{name} {600 * epochs / elapsed:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+import ArgumentParser
+import FedModel
+import Foundation
+
+@main
+struct FedBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fedbench",
+        abstract: "Measure local training throughput (examples/s) of the 2NN and the CNN on MNIST.",
+        discussion: """
+            Trains on the first 600 MNIST training examples, batch 10, plain SGD, as one client's
+            local epoch, in three ways: one client on one core; one client using every core; and
+            one client per core side by side (how fedsim uses the machine). Benchmarks/train_throughput.sh
+            runs this next to the same work in PyTorch and prints the ratios.
+            """)
+
+    @Option(help: "Model: 2nn, cnn or all.") var model = "all"
+    @Option(help: "Directory with the MNIST IDX files.") var data = "Simulations/data/mnist"
+    @Option(help: "Timed epochs of 600 examples for the 2NN (the CNN runs a fifth as many, at least 1).") var epochs = 20
+    @Option(help: "Cores to use for the multi-core figures (0 = all).") var threads = 0
+    @Flag(help: "Instead, time the matrix products of one CNN and 2NN training step (GFLOP/s, one core).") var kernels = false
+
+    func run() throws {
+        if kernels {
+            measureKernels()
+            return
+        }
+        let models: [(String, ModelSpec)]
+        switch model.lowercased() {
+        case "2nn": models = [("2nn", .mnist2NN)]
+        case "cnn": models = [("cnn", .mnistCNN)]
+        case "all": models = [("2nn", .mnist2NN), ("cnn", .mnistCNN)]
+        default: throw ValidationError("--model must be 2nn, cnn or all, got \(model)")
+        }
+        guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
+        let train: Dataset
+        do {
+            train = try MNIST.load(directory: URL(fileURLWithPath: data), train: true)
+        } catch let error as DataError {
+            throw ValidationError(error.description)
+        }
+        let cores = threads > 0 ? threads : availableCores
+        let slice = DatasetSlice(dataset: train, indices: Array(0..<600))
+        print("mode                      model  examples/s")
+        for (name, spec) in models {
+            let network = try Network(spec)
+            let reps = name == "cnn" ? max(1, epochs / 5) : epochs
+            let single = measure(network, slice, threads: 1, clients: 1, epochs: reps)
+            print(String(format: "one-client-one-core       %-5@  %.0f", name, single))
+            let wide = measure(network, slice, threads: cores, clients: 1, epochs: reps)
+            print(String(format: "one-client-all-cores      %-5@  %.0f", name, wide))
+            let side = measure(network, slice, threads: 1, clients: cores, epochs: reps)
+            print(String(format: "client-per-core           %-5@  %.0f", name, side))
+        }
+    }
+
+    /// GFLOP/s of each product a training step at batch 10 performs.
+    func measureKernels() {
+        // (label, rows, columns, depth, rowStride, depthStride) for gemm; NT marked by depthStride 0.
+        let shapes: [(String, Int, Int, Int, Int, Int)] = [
+            ("conv1 forward   7840x32x25", 7840, 32, 25, 25, 1),
+            ("conv1 dW        25x32x7840", 25, 32, 7840, 1, 25),
+            ("conv2 forward   1960x64x800", 1960, 64, 800, 800, 1),
+            ("conv2 dW        800x64x1960", 800, 64, 1960, 1, 800),
+            ("conv2 dcols     1960x800x64", 1960, 800, 64, 64, 1),
+            ("dense 3136 fwd  10x512x3136", 10, 512, 3136, 3136, 1),
+            ("dense 3136 dW   3136x512x10", 3136, 512, 10, 1, 3136),
+            ("dense 3136 dx   10x3136x512 (A·Bᵀ)", 10, 3136, 512, 0, 0),
+            ("2nn dense1 fwd  10x200x784", 10, 200, 784, 784, 1),
+            ("2nn dense1 dW   784x200x10", 784, 200, 10, 1, 784),
+        ]
+        var generator = SeededGenerator(seed: 1)
+        for (label, m, n, k, si, sr) in shapes {
+            let a = (0..<(m * k)).map { _ in generator.nextUniform(-1, 1) }
+            let b = (0..<(k * n)).map { _ in generator.nextUniform(-1, 1) }
+            var c = [Float](repeating: 0, count: m * n)
+            let flops = 2.0 * Double(m * n * k)
+            let reps = max(3, Int(2e9 / flops))
+            let start = DispatchTime.now().uptimeNanoseconds
+            a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
+                for _ in 0..<reps {
+                    if sr == 0 {
+                        gemmTransposedB(rows: m, columns: n, depth: k, a: pa.baseAddress!, lda: k, b: pb.baseAddress!, ldb: k, c: pc.baseAddress!, ldc: n, accumulate: false)
+                    } else {
+                        gemm(rows: m, columns: n, depth: k, a: pa.baseAddress!, rowStride: si, depthStride: sr, b: pb.baseAddress!, ldb: n, c: pc.baseAddress!, ldc: n, accumulate: false)
+                    }
+                }
+            }}}
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            print(String(format: "%-36@ %6.1f GFLOP/s", label, flops * Double(reps) / seconds / 1e9))
+        }
+    }
+
+    /// Examples per second over `epochs` timed epochs after one warm-up epoch, with
+    /// `clients` trainers running side by side, each using `threads` cores.
+    func measure(_ network: Network, _ slice: DatasetSlice, threads: Int, clients: Int, epochs: Int) -> Double {
+        let trainers = (0..<clients).map { _ in LocalTrainer(network: network, batchCapacity: 10, threads: threads) }
+        var models = Array(repeating: network.initialParameters(seed: 1), count: clients)
+        let sgd = SGD(learningRate: 0.05)
+        func epoch(_ count: Int) {
+            models.withUnsafeMutableBufferPointer { models in
+                let box = models
+                parallelFor(clients) { c in
+                    var generator = SeededGenerator(seed: 7, stream: UInt64(c))
+                    for _ in 0..<count {
+                        _ = trainers[c].train(parameters: &box[c], anchor: nil, data: slice, epochs: 1, batchSize: 10, sgd: sgd, generator: &generator)
+                    }
+                }
+            }
+        }
+        epoch(1)
+        let start = DispatchTime.now().uptimeNanoseconds
+        epoch(epochs)
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        return Double(600 * epochs * clients) / seconds
+    }
+}
