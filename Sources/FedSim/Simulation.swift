@@ -22,6 +22,7 @@ public final class Simulation {
 
     private let trainers: [LocalTrainer]
     private let evaluator: Evaluator
+    private let testSlice: DatasetSlice
     private var localModels: [[Float]]
 
     /// Builds the run: validates the configuration, loads and checks the data, partitions it.
@@ -60,6 +61,7 @@ public final class Simulation {
         trainers = (0..<workers).map { _ in LocalTrainer(network: network, batchCapacity: batch) }
         localModels = Array(repeating: global, count: workers)
         evaluator = Evaluator(network: network, threads: configuration.effectiveThreads)
+        testSlice = test.all
     }
 
     /// The clients sampled in `round`: C·K distinct clients, drawn from the run's seed.
@@ -74,9 +76,10 @@ public final class Simulation {
         return Array(pool[0..<m])
     }
 
-    /// Runs one round and returns its record.
+    /// Runs one round and returns its record. Throws ``ConfigurationError`` when a client's
+    /// training diverged (non-finite loss), leaving the global model as it was before the round.
     @discardableResult
-    public func runRound() -> RoundRecord {
+    public func runRound() throws -> RoundRecord {
         let round = records.count + 1
         let start = Date()
         let selected = sampleClients(round: round)
@@ -106,6 +109,10 @@ public final class Simulation {
                 }
             }
         }
+        if let client = state.divergedClient {
+            throw ConfigurationError(
+                "training diverged in round \(round): client \(selected[client]) reached a non-finite loss; lower learning_rate (now \(c.learningRate))")
+        }
         state.sum.apply(to: &self.global)
         var record = RoundRecord(
             round: round, testAccuracy: nil, testLoss: nil,
@@ -115,7 +122,7 @@ public final class Simulation {
             downlinkBytes: selected.count * network.parameterCount * MemoryLayout<Float>.size,
             seconds: 0)
         if round % c.evaluateEvery == 0 || round == c.rounds {
-            let evaluation = evaluator.evaluate(self.global, on: testData.all)
+            let evaluation = evaluator.evaluate(self.global, on: testSlice)
             record.testAccuracy = evaluation.accuracy
             record.testLoss = evaluation.loss
         }
@@ -126,9 +133,9 @@ public final class Simulation {
 
     /// Runs until `rounds` are done (or the target is reached with `stop_at_target`),
     /// calling `progress` after each round.
-    public func run(progress: (RoundRecord) -> Void = { _ in }) -> SimulationReport {
+    public func run(progress: (RoundRecord) -> Void = { _ in }) throws -> SimulationReport {
         while records.count < configuration.rounds {
-            let record = runRound()
+            let record = try runRound()
             progress(record)
             if configuration.stopAtTarget, configuration.targetAccuracy > 0,
                let accuracy = record.testAccuracy, accuracy >= configuration.targetAccuracy {
@@ -166,6 +173,8 @@ private final class RoundState: @unchecked Sendable {
     private var committed = 0
     var sum: WeightedDeltaSum
     var trainLossSum = 0.0
+    /// Sampling slot of the first client whose training produced a non-finite loss.
+    var divergedClient: Int?
 
     init(parameterCount: Int) {
         sum = WeightedDeltaSum(parameterCount: parameterCount)
@@ -182,7 +191,11 @@ private final class RoundState: @unchecked Sendable {
     func commit(slot: Int, local: [Float], global: [Float], examples: Int, loss: Double) {
         condition.lock()
         while committed != slot { condition.wait() }
-        sum.add(local: local, global: global, weight: Double(examples))
+        if !loss.isFinite || divergedClient != nil {
+            divergedClient = divergedClient ?? slot
+        } else {
+            sum.add(local: local, global: global, weight: Double(examples))
+        }
         trainLossSum += loss * Double(examples)
         committed += 1
         condition.broadcast()

@@ -103,7 +103,7 @@ struct FedSimCommand: ParsableCommand {
                 (data loaded in \(String(format: "%.1f", Date().timeIntervalSince(loadStart)))s)
                 """)
         }
-        let result = simulation.run { record in
+        let result = try simulation.run { record in
             guard !quiet else { return }
             let accuracy = record.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
             let loss = record.testLoss.map { String(format: "%.4f", $0) } ?? "-"

@@ -82,3 +82,12 @@ import Testing
         }
     }
 }
+
+@Suite struct ExampleConfigurationTests {
+    @Test func documentedExampleIsValid() throws {
+        let url = repositoryRoot.appendingPathComponent("Configs/fedsim-example.toml")
+        let c = try SimulationConfiguration.load(contentsOf: url)
+        try c.validate()
+        #expect(FileManager.default.fileExists(atPath: c.data + "/t10k-images-idx3-ubyte.gz"), "data path \(c.data)")
+    }
+}

@@ -35,7 +35,7 @@ enum SmallMNIST {
 
     @Test func federatedAveragingImprovesTheModel() throws {
         let simulation = try Simulation(configuration: configuration { $0.rounds = 8 }, train: SmallMNIST.train, test: SmallMNIST.test)
-        let report = simulation.run()
+        let report = try simulation.run()
         let accuracies = report.rounds.compactMap(\.testAccuracy)
         #expect(report.rounds.count == 8)
         #expect(accuracies.count == 8)
@@ -51,7 +51,7 @@ enum SmallMNIST {
         let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
         let start = simulation.global
         let client = simulation.sampleClients(round: 1)[0]
-        simulation.runRound()
+        try simulation.runRound()
         var local = start
         var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, 1, UInt64(client))
         _ = LocalTrainer(network: simulation.network, batchCapacity: c.batchSize).train(
@@ -66,7 +66,7 @@ enum SmallMNIST {
         func run(threads: Int, seed: UInt64) throws -> [Float] {
             let c = configuration { $0.rounds = 2; $0.threads = threads; $0.seed = seed }
             let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
-            _ = simulation.run()
+            _ = try simulation.run()
             return simulation.global
         }
         let one = try run(threads: 1, seed: 5)
@@ -87,6 +87,15 @@ enum SmallMNIST {
         let report = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
         #expect(report.rounds.count < 50)
         #expect(report.summary.roundsToTarget == report.rounds.count)
+    }
+
+    @Test func divergenceIsReportedAndTheModelKept() throws {
+        let c = configuration { $0.learningRate = 1e8; $0.rounds = 3 }
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let before = simulation.global
+        #expect { try simulation.runRound() } throws: { "\($0)".contains("diverged") && "\($0)".contains("learning_rate") }
+        #expect(simulation.global == before, "a diverged round must not touch the global model")
+        #expect(simulation.global.allSatisfy { $0.isFinite })
     }
 
     @Test func moreShardsThanDataIsAConfigurationError() {
