@@ -18,6 +18,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "FedModel", targets: ["FedModel"]),
+        .library(name: "FedCodec", targets: ["FedCodec"]),
         .library(name: "FedSim", targets: ["FedSim"]),
         .executable(name: "fedsim", targets: ["fedsim"]),
         .executable(name: "fedbench", targets: ["fedbench"]),
@@ -26,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -42,9 +44,15 @@ let package = Package(
             swiftSettings: numericSettings
         ),
         .target(
+            name: "FedCodec",
+            dependencies: ["CZlib"],
+            swiftSettings: numericSettings
+        ),
+        .target(
             name: "FedSim",
             dependencies: [
                 "FedModel",
+                "FedCodec",
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: swiftSettings
@@ -61,6 +69,7 @@ let package = Package(
             name: "fedbench",
             dependencies: [
                 "FedModel",
+                "FedCodec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -68,6 +77,14 @@ let package = Package(
         .testTarget(
             name: "FedModelTests",
             dependencies: ["FedModel"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FedCodecTests",
+            dependencies: [
+                "FedCodec",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

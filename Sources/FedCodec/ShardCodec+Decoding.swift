@@ -1,0 +1,230 @@
+extension ShardCodec {
+    /// The header fields of an encoded shard, after validation.
+    public struct Header: Sendable, Equatable {
+        public var codec: ValueCodec
+        public var zlib: Bool
+        public var sparse: Bool
+        public var stochastic: Bool
+        public var groupSize: Int
+        public var elementCount: Int
+        public var keptCount: Int
+        public var bodyLength: Int
+        public var storedLength: Int
+        public var checksum: UInt32
+        var indexEncoding: IndexEncoding
+    }
+
+    /// Decodes an encoded shard whose length must be `expectedCount` (the size of that shard
+    /// in the current model layout). Memory used is bounded by that count, whatever the
+    /// header claims.
+    public static func decode(_ bytes: [UInt8], expectedCount: Int) throws -> [Float] {
+        var output = [Float](repeating: 0, count: expectedCount)
+        try bytes.withUnsafeBytes { raw in
+            try output.withUnsafeMutableBufferPointer { try decode(raw, into: $0) }
+        }
+        return output
+    }
+
+    /// Decodes into `output`, whose count is the expected element count. Positions a sparse
+    /// shard does not carry are set to zero.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>) throws {
+        let header = try parseHeader(bytes, expectedCount: output.count)
+        let stored = UnsafeRawBufferPointer(rebasing: bytes[headerSize...])
+        let inflated: [UInt8]
+        if header.zlib {
+            inflated = try zlibDecompress(stored, expectedLength: header.bodyLength)
+        } else {
+            inflated = Array(stored)
+        }
+        try inflated.withUnsafeBytes { body in
+            guard crc32Checksum(body) == header.checksum else {
+                throw CodecError(.badChecksum, "body checksum 0x\(String(crc32Checksum(body), radix: 16)) does not match the header's 0x\(String(header.checksum, radix: 16))")
+            }
+            var cursor = 0
+            var indices: [UInt32] = []
+            switch header.indexEncoding {
+            case .none: break
+            case .varint: indices = try readDeltaVarints(body, count: header.keptCount, limit: header.elementCount, cursor: &cursor)
+            case .bitmap: indices = try readBitmap(body, kept: header.keptCount, count: header.elementCount, cursor: &cursor)
+            }
+            let valueBytes = valueSectionLength(codec: header.codec, kept: header.keptCount, groupSize: header.groupSize)
+            let remaining = body.count - cursor
+            guard remaining >= valueBytes else {
+                throw CodecError(.truncated, "value section has \(remaining) bytes, \(valueBytes) expected")
+            }
+            guard remaining == valueBytes else {
+                throw CodecError(.trailingBytes, "\(remaining - valueBytes) bytes after the value section")
+            }
+            let values = UnsafeRawBufferPointer(rebasing: body[cursor...])
+            if header.sparse {
+                var kept = [Float](repeating: 0, count: header.keptCount)
+                try kept.withUnsafeMutableBufferPointer { try readValues(values, header: header, into: $0) }
+                output.update(repeating: 0)
+                for (value, index) in zip(kept, indices) { output[Int(index)] = value }
+            } else {
+                try readValues(values, header: header, into: output)
+            }
+        }
+    }
+
+    /// Validates the fixed header against the expected element count.
+    public static func parseHeader(_ bytes: UnsafeRawBufferPointer, expectedCount: Int) throws -> Header {
+        guard bytes.count >= headerSize else {
+            throw CodecError(.truncated, "\(bytes.count) bytes, shorter than the \(headerSize)-byte header")
+        }
+        guard bytes[0] == 0x46, bytes[1] == 0x43 else {
+            throw CodecError(.badMagic, "magic 0x\(String(bytes[0], radix: 16))\(String(bytes[1], radix: 16)) is not \"FC\"")
+        }
+        guard bytes[2] == formatVersion else { throw CodecError(.unsupportedVersion, "encoded-shard format version \(bytes[2]), this build reads \(formatVersion)") }
+        guard let codec = ValueCodec(rawValue: bytes[3]) else { throw CodecError(.unknownCodec, "codec byte \(bytes[3])") }
+        let flags = bytes[4]
+        guard flags & ~(flagZlib | flagSparse | flagStochastic) == 0 else { throw CodecError(.badHeader, "unknown flag bits 0x\(String(flags, radix: 16))") }
+        guard let indexEncoding = IndexEncoding(rawValue: bytes[5]) else { throw CodecError(.badHeader, "index encoding \(bytes[5])") }
+        guard bytes[6] == 0, bytes[7] == 0 else { throw CodecError(.badHeader, "reserved bytes are not zero") }
+        let groupSize = Int(bytes.loadLittleEndianUInt32(at: 8))
+        let n = Int(bytes.loadLittleEndianUInt32(at: 12))
+        let k = Int(bytes.loadLittleEndianUInt32(at: 16))
+        let bodyLength = Int(bytes.loadLittleEndianUInt32(at: 20))
+        let storedLength = Int(bytes.loadLittleEndianUInt32(at: 24))
+        let checksum = bytes.loadLittleEndianUInt32(at: 28)
+        let sparse = flags & flagSparse != 0
+        guard n == expectedCount else {
+            throw CodecError(.wrongElementCount, "shard declares \(n) values, the model layout has \(expectedCount)")
+        }
+        guard (1...65_536).contains(groupSize) else { throw CodecError(.badHeader, "group size \(groupSize) outside 1...65536") }
+        guard sparse == (indexEncoding != .none) else { throw CodecError(.badHeader, "sparse flag and index encoding disagree") }
+        if sparse {
+            guard k >= 1, k <= n else { throw CodecError(.badHeader, "kept count \(k) outside 1...\(n)") }
+        } else {
+            guard k == n else { throw CodecError(.badHeader, "dense shard with kept count \(k) ≠ \(n)") }
+        }
+        let indexBound: Int
+        switch indexEncoding {
+        case .none: indexBound = 0
+        case .varint: indexBound = k * 5
+        case .bitmap: indexBound = (n + 7) / 8
+        }
+        let bound = indexBound + valueSectionLength(codec: codec, kept: k, groupSize: groupSize)
+        guard bodyLength <= bound else {
+            throw CodecError(.bodyTooLarge, "body of \(bodyLength) bytes exceeds the \(bound) a \(codec) shard of \(n) values can need")
+        }
+        let zlib = flags & flagZlib != 0
+        let actual = bytes.count - headerSize
+        guard actual >= storedLength else { throw CodecError(.truncated, "\(actual) body bytes present, header declares \(storedLength)") }
+        guard actual == storedLength else { throw CodecError(.trailingBytes, "\(actual - storedLength) bytes after the declared body") }
+        if !zlib {
+            guard storedLength == bodyLength else { throw CodecError(.badHeader, "uncompressed body of \(storedLength) bytes, header declares \(bodyLength)") }
+        }
+        return Header(
+            codec: codec, zlib: zlib, sparse: sparse, stochastic: flags & flagStochastic != 0,
+            groupSize: groupSize, elementCount: n, keptCount: k, bodyLength: bodyLength,
+            storedLength: storedLength, checksum: checksum, indexEncoding: indexEncoding)
+    }
+
+    private static func readDeltaVarints(_ body: UnsafeRawBufferPointer, count: Int, limit: Int, cursor: inout Int) throws -> [UInt32] {
+        var indices: [UInt32] = []
+        indices.reserveCapacity(count)
+        var previous = -1
+        for _ in 0..<count {
+            var delta = 0
+            var shift = 0
+            while true {
+                guard cursor < body.count else { throw CodecError(.truncated, "index section ends inside a varint") }
+                let byte = body[cursor]
+                cursor += 1
+                guard shift <= 28 else { throw CodecError(.badIndex, "index varint longer than 5 bytes") }
+                delta |= Int(byte & 0x7F) << shift
+                if byte & 0x80 == 0 { break }
+                shift += 7
+            }
+            guard delta > 0 else { throw CodecError(.repeatedIndex, "index \(previous) repeated") }
+            let index = previous + delta
+            guard index < limit else { throw CodecError(.badIndex, "index \(index) outside the shard's \(limit) values") }
+            indices.append(UInt32(index))
+            previous = index
+        }
+        return indices
+    }
+
+    private static func readBitmap(_ body: UnsafeRawBufferPointer, kept: Int, count: Int, cursor: inout Int) throws -> [UInt32] {
+        let length = (count + 7) / 8
+        guard body.count >= length else { throw CodecError(.truncated, "bitmap of \(body.count) bytes, \(length) expected") }
+        var indices: [UInt32] = []
+        indices.reserveCapacity(kept)
+        for byteIndex in 0..<length {
+            var byte = body[byteIndex]
+            while byte != 0 {
+                let bit = byte.trailingZeroBitCount
+                let index = byteIndex * 8 + bit
+                guard index < count else { throw CodecError(.badIndex, "bitmap marks index \(index) outside the shard's \(count) values") }
+                indices.append(UInt32(index))
+                byte &= byte - 1
+            }
+        }
+        guard indices.count == kept else { throw CodecError(.badIndex, "bitmap marks \(indices.count) values, header declares \(kept)") }
+        cursor = length
+        return indices
+    }
+
+    private static func readValues(_ bytes: UnsafeRawBufferPointer, header: Header, into output: UnsafeMutableBufferPointer<Float>) throws {
+        let k = output.count
+        let g = header.groupSize
+        switch header.codec {
+        case .fp32:
+            for i in 0..<k {
+                let x = Float(bitPattern: bytes.loadLittleEndianUInt32(at: i * 4))
+                guard x.isFinite else { throw CodecError(.nonFinite, "value \(i) is \(x)") }
+                output[i] = x
+            }
+        case .fp16:
+            for i in 0..<k {
+                let x = Float(Float16(bitPattern: UInt16(bytes[2 * i]) | UInt16(bytes[2 * i + 1]) << 8))
+                guard x.isFinite else { throw CodecError(.nonFinite, "value \(i) is \(x)") }
+                output[i] = x
+            }
+        case .sign:
+            var offset = 0
+            var start = 0
+            while start < k {
+                let end = min(k, start + g)
+                let scale = Float(bitPattern: bytes.loadLittleEndianUInt32(at: offset))
+                guard scale.isFinite, scale >= 0 else { throw CodecError(.nonFinite, "group scale \(scale)") }
+                offset += 4
+                for i in start..<end {
+                    let bit = (bytes[offset + (i - start) / 8] >> ((i - start) % 8)) & 1
+                    output[i] = bit == 1 ? scale : -scale
+                }
+                offset += (end - start + 7) / 8
+                start = end
+            }
+        case .q8, .q4, .q2:
+            let bits = header.codec.bits!
+            let mask = UInt8((1 << bits) - 1)
+            let levels = Double((1 << bits) - 1)
+            var offset = 0
+            var start = 0
+            while start < k {
+                let end = min(k, start + g)
+                let low = Float(bitPattern: bytes.loadLittleEndianUInt32(at: offset))
+                let step = Float(bitPattern: bytes.loadLittleEndianUInt32(at: offset + 4))
+                guard low.isFinite, step.isFinite, step >= 0, (Double(low) + levels * Double(step)).magnitude <= Double(Float.greatestFiniteMagnitude) else {
+                    throw CodecError(.nonFinite, "group minimum \(low) and step \(step) do not give finite values")
+                }
+                offset += 8
+                for i in start..<end {
+                    let position = (i - start) * bits
+                    let q = (bytes[offset + position / 8] >> (position % 8)) & mask
+                    output[i] = Float(Double(low) + Double(q) * Double(step))
+                }
+                offset += ((end - start) * bits + 7) / 8
+                start = end
+            }
+        }
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    func loadLittleEndianUInt32(at offset: Int) -> UInt32 {
+        UInt32(self[offset]) | UInt32(self[offset + 1]) << 8 | UInt32(self[offset + 2]) << 16 | UInt32(self[offset + 3]) << 24
+    }
+}
