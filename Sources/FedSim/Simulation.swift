@@ -1,3 +1,4 @@
+import FedCodec
 import FedModel
 import Foundation
 
@@ -24,6 +25,13 @@ public final class Simulation {
     private let evaluator: Evaluator
     private let testSlice: DatasetSlice
     private var localModels: [[Float]]
+    private let uplink: UpdateCodec
+    private let downlink: UpdateCodec
+    /// Per worker: the delta being sent and what the server decoded of it.
+    private var sentDeltas: [[Float]]
+    private var decodedDeltas: [[Float]]
+    /// Error-feedback residuals of the clients that have sent an update (only with `+ef`).
+    private let residuals = ResidualStore()
 
     /// Builds the run: validates the configuration, loads and checks the data, partitions it.
     public convenience init(configuration: SimulationConfiguration) throws {
@@ -60,6 +68,11 @@ public final class Simulation {
         let batch = configuration.batchSize
         trainers = (0..<workers).map { _ in LocalTrainer(network: network, batchCapacity: batch) }
         localModels = Array(repeating: global, count: workers)
+        sentDeltas = Array(repeating: global, count: workers)
+        decodedDeltas = Array(repeating: global, count: workers)
+        let ranges = network.layout.tensors.map(\.range)
+        uplink = UpdateCodec(spec: try configuration.uplinkSpec(), shardRanges: ranges)
+        downlink = UpdateCodec(spec: try configuration.downlinkSpec(), shardRanges: ranges)
         evaluator = Evaluator(network: network, threads: configuration.effectiveThreads)
         testSlice = test.all
     }
@@ -81,52 +94,79 @@ public final class Simulation {
     @discardableResult
     public func runRound() throws -> RoundRecord {
         let round = records.count + 1
-        let start = Date()
+        let startTime = Date()
         let selected = sampleClients(round: round)
         let c = configuration
         let sgd = SGD(
             learningRate: Float(c.learningRate), momentum: Float(c.momentum),
             weightDecay: Float(c.weightDecay), proximalMu: Float(c.proximalMu))
         let state = RoundState(parameterCount: network.parameterCount)
-        let global = self.global
-        let anchor: [Float]? = c.proximalMu > 0 ? global : nil
+        // The model every participant starts from: the global model as the downlink codec
+        // delivers it. The server keeps its own exact copy and applies deltas to that.
+        var downlinkGenerator = SeededGenerator(seed: c.seed, stream: 0xD0, UInt64(round))
+        let downloaded = try downlink.encode(self.global, generator: &downlinkGenerator)
+        var received = self.global
+        if !downlink.spec.isLossless { try downlink.decode(downloaded, into: &received) }
+        let downloadBytes = downloaded.reduce(0) { $0 + $1.count }
+        let start = received
+        let anchor: [Float]? = c.proximalMu > 0 ? start : nil
         let trainers = self.trainers
         let data = trainData
         let indices = clientIndices
-        localModels.withUnsafeMutableBufferPointer { locals in
-            let localsBox = locals
+        let uplink = self.uplink
+        let residuals = self.residuals
+        let parameterCount = network.parameterCount
+        withUnsafeMutableBuffers(&localModels, &sentDeltas, &decodedDeltas) { locals, sent, decoded in
             parallelFor(trainers.count) { worker in
                 while let slot = state.claim(limit: selected.count) {
                     let client = selected[slot]
-                    localsBox[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: global) }
+                    locals[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: start) }
                     var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, UInt64(round), UInt64(client))
                     let summary = trainers[worker].train(
-                        parameters: &localsBox[worker], anchor: anchor,
+                        parameters: &locals[worker], anchor: anchor,
                         data: DatasetSlice(dataset: data, indices: indices[client]),
                         epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator)
-                    state.commit(slot: slot, local: localsBox[worker], global: global,
-                                 examples: indices[client].count, loss: summary.meanLoss)
+                    var outcome = ClientOutcome(examples: indices[client].count, loss: summary.meanLoss)
+                    if summary.meanLoss.isFinite {
+                        do {
+                            for i in 0..<parameterCount { sent[worker][i] = locals[worker][i] - start[i] }
+                            let feedback = uplink.spec.errorFeedback ? residuals.take(client, count: parameterCount) : nil
+                            feedback?.compensate(&sent[worker])
+                            var codecGenerator = SeededGenerator(seed: c.seed, stream: 0xC0DE, UInt64(round), UInt64(client))
+                            let encoded = try uplink.encode(sent[worker], generator: &codecGenerator)
+                            outcome.uplinkBytes = encoded.reduce(0) { $0 + $1.count }
+                            try uplink.decode(encoded, into: &decoded[worker])
+                            if var feedback {
+                                feedback.record(sent: sent[worker], decoded: decoded[worker])
+                                residuals.put(client, feedback)
+                            }
+                        } catch {
+                            outcome.failure = "client \(client)'s update could not be encoded with \(uplink.spec): \(error)"
+                        }
+                    } else {
+                        outcome.failure = "training diverged in round \(round): client \(client) reached a non-finite loss; lower learning_rate (now \(c.learningRate))"
+                    }
+                    state.commit(slot: slot, delta: decoded[worker], outcome: outcome)
                 }
             }
         }
-        if let client = state.divergedClient {
-            throw ConfigurationError(
-                "training diverged in round \(round): client \(selected[client]) reached a non-finite loss; lower learning_rate (now \(c.learningRate))")
+        if let failure = state.failure {
+            throw ConfigurationError(failure)
         }
         state.sum.apply(to: &self.global)
         var record = RoundRecord(
             round: round, testAccuracy: nil, testLoss: nil,
             trainLoss: state.trainLossSum / max(1, state.sum.totalWeight),
             clients: selected.count,
-            uplinkBytes: selected.count * network.parameterCount * MemoryLayout<Float>.size,
-            downlinkBytes: selected.count * network.parameterCount * MemoryLayout<Float>.size,
+            uplinkBytes: state.uplinkBytes,
+            downlinkBytes: selected.count * downloadBytes,
             seconds: 0)
         if round % c.evaluateEvery == 0 || round == c.rounds {
             let evaluation = evaluator.evaluate(self.global, on: testSlice)
             record.testAccuracy = evaluation.accuracy
             record.testLoss = evaluation.loss
         }
-        record.seconds = Date().timeIntervalSince(start)
+        record.seconds = Date().timeIntervalSince(startTime)
         records.append(record)
         return record
     }
@@ -173,8 +213,10 @@ private final class RoundState: @unchecked Sendable {
     private var committed = 0
     var sum: WeightedDeltaSum
     var trainLossSum = 0.0
-    /// Sampling slot of the first client whose training produced a non-finite loss.
-    var divergedClient: Int?
+    var uplinkBytes = 0
+    /// Why the round failed: the first client (in sampling order) whose training diverged or
+    /// whose update could not be encoded. A failed round is not applied.
+    var failure: String?
 
     init(parameterCount: Int) {
         sum = WeightedDeltaSum(parameterCount: parameterCount)
@@ -188,17 +230,53 @@ private final class RoundState: @unchecked Sendable {
         return nextSlot - 1
     }
 
-    func commit(slot: Int, local: [Float], global: [Float], examples: Int, loss: Double) {
+    func commit(slot: Int, delta: [Float], outcome: ClientOutcome) {
         condition.lock()
         while committed != slot { condition.wait() }
-        if !loss.isFinite || divergedClient != nil {
-            divergedClient = divergedClient ?? slot
-        } else {
-            sum.add(local: local, global: global, weight: Double(examples))
+        if let problem = outcome.failure {
+            failure = failure ?? problem
+        } else if failure == nil {
+            sum.add(delta: delta, weight: Double(outcome.examples))
         }
-        trainLossSum += loss * Double(examples)
+        trainLossSum += outcome.loss * Double(outcome.examples)
+        uplinkBytes += outcome.uplinkBytes
         committed += 1
         condition.broadcast()
         condition.unlock()
+    }
+}
+
+/// What one client's training produced, for the round's totals.
+private struct ClientOutcome {
+    var examples: Int
+    var loss: Double
+    var uplinkBytes = 0
+    var failure: String?
+}
+
+/// Error-feedback residuals by client id. Each client is trained by one worker at a time, so
+/// the lock only guards the dictionary itself.
+private final class ResidualStore: @unchecked Sendable {
+    private let lock = NSLock()
+    private var residuals: [Int: ErrorFeedback] = [:]
+
+    func take(_ client: Int, count: Int) -> ErrorFeedback {
+        lock.withLock { residuals.removeValue(forKey: client) } ?? ErrorFeedback(count: count)
+    }
+
+    func put(_ client: Int, _ feedback: ErrorFeedback) {
+        lock.withLock { residuals[client] = feedback }
+    }
+}
+
+/// Calls `body` with mutable buffers over three arrays of per-worker vectors.
+private func withUnsafeMutableBuffers(
+    _ a: inout [[Float]], _ b: inout [[Float]], _ c: inout [[Float]],
+    _ body: (UnsafeMutableBufferPointer<[Float]>, UnsafeMutableBufferPointer<[Float]>, UnsafeMutableBufferPointer<[Float]>) -> Void
+) {
+    a.withUnsafeMutableBufferPointer { a in
+        b.withUnsafeMutableBufferPointer { b in
+            c.withUnsafeMutableBufferPointer { c in body(a, b, c) }
+        }
     }
 }

@@ -1,3 +1,4 @@
+import FedCodec
 import FedModel
 import Foundation
 import TOMLKit
@@ -49,6 +50,11 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var evaluateEvery = 1
     /// Worker threads training clients side by side (0 = one per core).
     public var threads = 0
+    /// How clients encode their update (FedCodec spec, e.g. `q8`, `topk:0.01+q8+ef`).
+    /// `fp32+raw` sends plain float32 deltas.
+    public var codec = "fp32+raw"
+    /// How the server encodes the global model it sends (no top-k, no error feedback).
+    public var downlink = "fp32+raw"
 
     public init() {}
 
@@ -56,7 +62,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         "name", "model", "layers", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
         "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "stop_at_target",
-        "evaluate_every", "threads",
+        "evaluate_every", "threads", "codec", "downlink",
     ]
 
     /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
@@ -140,6 +146,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try bool("stop_at_target") { c.stopAtTarget = v }
         if let v = try int("evaluate_every") { c.evaluateEvery = v }
         if let v = try int("threads") { c.threads = v }
+        if let v = try string("codec") { c.codec = v }
+        if let v = try string("downlink") { c.downlink = v }
         return c
     }
 
@@ -162,6 +170,27 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard threads >= 0, threads <= 256 else { throw fail("threads must be in 0...256, got \(threads)") }
         _ = try partitionValue()
         _ = try modelSpec()
+        _ = try uplinkSpec()
+        _ = try downlinkSpec()
+    }
+
+    /// The parsed `codec`.
+    public func uplinkSpec() throws -> CodecSpec {
+        do { return try CodecSpec(parsing: codec) } catch let error as CodecError {
+            throw ConfigurationError("codec: \(error.message)")
+        }
+    }
+
+    /// The parsed `downlink`; top-k and error feedback make no sense for a model download.
+    public func downlinkSpec() throws -> CodecSpec {
+        let spec: CodecSpec
+        do { spec = try CodecSpec(parsing: downlink) } catch let error as CodecError {
+            throw ConfigurationError("downlink: \(error.message)")
+        }
+        guard spec.topK == nil, !spec.errorFeedback else {
+            throw ConfigurationError("downlink: \"\(downlink)\" may not use top-k or error feedback (fp32, fp16, q8, ...)")
+        }
+        return spec
     }
 
     /// The partition named by `partition`.

@@ -136,6 +136,7 @@ extension SimulationConfiguration {
             "target_accuracy": .double(targetAccuracy), "stop_at_target": .bool(stopAtTarget),
             "evaluate_every": .int(evaluateEvery), "threads": .int(effectiveThreads),
             "clients_per_round": .int(clientsPerRound),
+            "codec": .string(codec), "downlink": .string(downlink),
         ]
     }
 }

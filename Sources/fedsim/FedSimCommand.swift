@@ -33,6 +33,8 @@ struct FedSimCommand: ParsableCommand {
     @Option(help: "Target test accuracy (0-1) for the rounds-to-target figure.") var target: Double?
     @Flag(name: .customLong("stop-at-target"), help: "Stop once the target accuracy is reached.") var stopAtTarget = false
     @Option(help: "Worker threads (0 = one per core).") var threads: Int?
+    @Option(help: "Update codec: fp32, fp16, q8, q4, q2, sign, optionally topk:F+ before and +ef, +sr, +gN, +zN, +raw after (e.g. topk:0.01+q8+ef).") var codec: String?
+    @Option(help: "Codec for the global model sent to clients: fp32, fp16 or q8 (+raw for no zlib).") var downlink: String?
     @Option(help: "Directory with the MNIST IDX files (overrides the scenario's data).") var data: String?
     @Option(help: "Write the JSON report to this file.") var report: String?
     @Flag(name: .shortAndLong, help: "Print only the final summary.") var quiet = false
@@ -78,6 +80,8 @@ struct FedSimCommand: ParsableCommand {
         if let target { c.targetAccuracy = target }
         if stopAtTarget { c.stopAtTarget = true }
         if let threads { c.threads = threads }
+        if let codec { c.codec = codec }
+        if let downlink { c.downlink = downlink }
         if let data { c.data = data }
         try c.validate()
         return c
@@ -97,7 +101,7 @@ struct FedSimCommand: ParsableCommand {
         if !quiet {
             print("""
                 fedsim: \(c.name): model \(c.layers.isEmpty ? c.model : c.layers.joined(separator: ",")) \
-                (\(simulation.network.parameterCount) parameters), \(c.clients) clients, \
+                (\(simulation.network.parameterCount) parameters), codec \(c.codec), downlink \(c.downlink), \(c.clients) clients, \
                 \(c.clientsPerRound) per round, partition \(c.partition), E=\(c.localEpochs) B=\(c.batchSize) \
                 lr=\(c.learningRate), \(c.rounds) rounds, \(c.effectiveThreads) threads, seed \(c.seed) \
                 (data loaded in \(String(format: "%.1f", Date().timeIntervalSince(loadStart)))s)

@@ -42,7 +42,9 @@ enum SmallMNIST {
         #expect(accuracies.last! > accuracies.first!, "accuracy per round: \(accuracies)")
         #expect(accuracies.last! > 0.8, "accuracy per round: \(accuracies)")
         #expect(report.rounds.allSatisfy { $0.clients == 5 })
-        #expect(report.rounds[0].uplinkBytes == 5 * 199_210 * 4)
+        // Default codec fp32+raw: the float32 deltas plus a 32-byte header per shard (6 shards).
+        #expect(report.rounds[0].uplinkBytes == 5 * (199_210 * 4 + 6 * 32))
+        #expect(report.rounds[0].downlinkBytes == 5 * (199_210 * 4 + 6 * 32))
     }
 
     @Test func aRoundIsTheExampleWeightedMeanOfClientDeltas() throws {
@@ -96,6 +98,39 @@ enum SmallMNIST {
         #expect { try simulation.runRound() } throws: { "\($0)".contains("diverged") && "\($0)".contains("learning_rate") }
         #expect(simulation.global == before, "a diverged round must not touch the global model")
         #expect(simulation.global.allSatisfy { $0.isFinite })
+    }
+
+    @Test func compressedUpdatesAreSmallerAndStillLearn() throws {
+        func run(_ codec: String, downlink: String = "fp32+raw") throws -> SimulationReport {
+            let c = configuration { $0.rounds = 6; $0.codec = codec; $0.downlink = downlink }
+            return try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
+        }
+        let fp32 = try run("fp32+raw")
+        let q8 = try run("q8")
+        let sparse = try run("topk:0.05+q8+ef", downlink: "q8")
+        let ratio = Double(fp32.rounds[0].uplinkBytes) / Double(q8.rounds[0].uplinkBytes)
+        #expect(ratio > 4, "q8 is only \(ratio)x smaller")
+        #expect(Double(fp32.rounds[0].uplinkBytes) / Double(sparse.rounds[0].uplinkBytes) > 20)
+        #expect(Double(fp32.rounds[0].downlinkBytes) / Double(sparse.rounds[0].downlinkBytes) > 3.5)
+        let accuracy = { (r: SimulationReport) in r.summary.finalAccuracy ?? 0 }
+        #expect(abs(accuracy(q8) - accuracy(fp32)) < 0.02, "q8 \(accuracy(q8)) vs fp32 \(accuracy(fp32))")
+        #expect(accuracy(sparse) > 0.75, "top-k with error feedback learns: \(accuracy(sparse))")
+    }
+
+    @Test func codecRunsAreReproducible() throws {
+        func run() throws -> [Float] {
+            let c = configuration { $0.rounds = 2; $0.codec = "topk:0.1+q4+sr+ef" }
+            let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+            _ = try simulation.run()
+            return simulation.global
+        }
+        #expect(try run() == run())
+    }
+
+    @Test(arguments: [("codec", "q7"), ("codec", "topk:3+q8"), ("downlink", "topk:0.1+q8"), ("downlink", "q8+ef")])
+    func badCodecSpecsAreConfigurationErrors(key: String, value: String) {
+        let c = configuration { if key == "codec" { $0.codec = value } else { $0.downlink = value } }
+        #expect { try c.validate() } throws: { "\($0)".hasPrefix(key + ":") }
     }
 
     @Test func moreShardsThanDataIsAConfigurationError() {
