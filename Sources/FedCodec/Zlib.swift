@@ -65,3 +65,15 @@ func zlibDecompress(_ input: UnsafeRawBufferPointer, expectedLength: Int) throws
 func crc32Checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
     UInt32(crc32(0, bytes.bindMemory(to: UInt8.self).baseAddress, uInt(bytes.count)))
 }
+
+/// Plain zlib over a byte buffer, for callers outside the shard format (benchmarks, files).
+public enum Zlib {
+    public static func compress(_ bytes: [UInt8], level: Int = 6) -> [UInt8] {
+        zlibCompress(bytes, level: level)
+    }
+
+    /// Inflates `bytes`, which must decompress to exactly `expectedLength` bytes.
+    public static func decompress(_ bytes: [UInt8], expectedLength: Int) throws -> [UInt8] {
+        try bytes.withUnsafeBytes { try zlibDecompress($0, expectedLength: expectedLength) }
+    }
+}

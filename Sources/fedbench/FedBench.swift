@@ -1,4 +1,5 @@
 import ArgumentParser
+import FedCodec
 import FedModel
 import Foundation
 
@@ -19,6 +20,7 @@ struct FedBench: ParsableCommand {
     @Option(help: "Timed epochs of 600 examples for the 2NN (the CNN runs a fifth as many, at least 1).") var epochs = 20
     @Option(help: "Cores to use for the multi-core figures (0 = all).") var threads = 0
     @Flag(help: "Instead, time the matrix products of one CNN and 2NN training step (GFLOP/s, one core).") var kernels = false
+    @Flag(help: "Instead, time encoding and decoding of real 2NN and CNN deltas per codec (MB/s of float32, one core).") var codecs = false
 
     func run() throws {
         if kernels {
@@ -39,6 +41,10 @@ struct FedBench: ParsableCommand {
         } catch let error as DataError {
             throw ValidationError(error.description)
         }
+        if codecs {
+            try measureCodecs(train)
+            return
+        }
         let cores = threads > 0 ? threads : availableCores
         let slice = DatasetSlice(dataset: train, indices: Array(0..<600))
         print("mode                      model  examples/s")
@@ -51,6 +57,50 @@ struct FedBench: ParsableCommand {
             print(String(format: "one-client-all-cores      %-5@  %.0f", name, wide))
             let side = measure(network, slice, threads: 1, clients: cores, epochs: reps)
             print(String(format: "client-per-core           %-5@  %.0f", name, side))
+        }
+    }
+
+    /// Encode and decode throughput per codec on a real delta (one client's epoch of SGD),
+    /// next to plain zlib on the raw floats and a memcpy of the same bytes.
+    func measureCodecs(_ train: Dataset) throws {
+        let specs = ["fp32+raw", "fp32", "fp16", "q8", "q8+raw", "q4", "q2", "sign", "topk:0.1+q8", "topk:0.01+q8", "q8+sr"]
+        print("model codec            bytes      ratio   encode MB/s  decode MB/s")
+        for (name, spec) in [("2nn", ModelSpec.mnist2NN), ("cnn", .mnistCNN)] {
+            let network = try Network(spec)
+            let start = network.initialParameters(seed: 1)
+            var local = start
+            var generator = SeededGenerator(seed: 2)
+            _ = LocalTrainer(network: network, batchCapacity: 10).train(
+                parameters: &local, anchor: nil, data: DatasetSlice(dataset: train, indices: Array(0..<600)),
+                epochs: 1, batchSize: 10, sgd: SGD(learningRate: 0.05), generator: &generator)
+            let delta = zip(local, start).map { $0 - $1 }
+            let megabytes = Double(delta.count * 4) / 1e6
+            let ranges = network.layout.tensors.map(\.range)
+            func time(_ body: () throws -> Void) rethrows -> Double {
+                let reps = name == "cnn" ? 3 : 10
+                try body()
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<reps { try body() }
+                return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 / Double(reps)
+            }
+            let raw = delta.withUnsafeBytes { Array($0) }
+            var copy = [UInt8](repeating: 0, count: raw.count)
+            let memcpyTime = time { copy.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: raw.withUnsafeBytes { $0.baseAddress }, count: raw.count)) } }
+            print(String(format: "%-5@ %-15@ %10d %8.1fx %12.0f %12.0f", name, "memcpy", raw.count, 1.0, megabytes / memcpyTime, megabytes / memcpyTime))
+            var compressed: [UInt8] = []
+            let zlibEncode = time { compressed = Zlib.compress(raw) }
+            let zlibDecode = try time { _ = try Zlib.decompress(compressed, expectedLength: raw.count) }
+            print(String(format: "%-5@ %-15@ %10d %8.1fx %12.0f %12.0f", name, "zlib (raw f32)", compressed.count, Double(raw.count) / Double(compressed.count), megabytes / zlibEncode, megabytes / zlibDecode))
+            for text in specs {
+                let codec = UpdateCodec(spec: try CodecSpec(parsing: text), shardRanges: ranges)
+                var encoded: [[UInt8]] = []
+                var g = SeededGenerator(seed: 3)
+                let encodeTime = try time { encoded = try codec.encode(delta, generator: &g) }
+                var decoded = delta
+                let decodeTime = try time { try codec.decode(encoded, into: &decoded) }
+                let bytes = encoded.reduce(0) { $0 + $1.count }
+                print(String(format: "%-5@ %-15@ %10d %8.1fx %12.0f %12.0f", name, text, bytes, Double(raw.count) / Double(bytes), megabytes / encodeTime, megabytes / decodeTime))
+            }
         }
     }
 
