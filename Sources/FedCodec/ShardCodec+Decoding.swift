@@ -171,10 +171,13 @@ extension ShardCodec {
         let g = header.groupSize
         switch header.codec {
         case .fp32:
-            for i in 0..<k {
-                let x = Float(bitPattern: bytes.loadLittleEndianUInt32(at: i * 4))
-                guard x.isFinite else { throw CodecError(.nonFinite, "value \(i) is \(x)") }
-                output[i] = x
+            #if _endian(little)
+            UnsafeMutableRawBufferPointer(output).copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[0..<(k * 4)]))
+            #else
+            for i in 0..<k { output[i] = Float(bitPattern: bytes.loadLittleEndianUInt32(at: i * 4)) }
+            #endif
+            for i in 0..<k where !output[i].isFinite {
+                throw CodecError(.nonFinite, "value \(i) is \(output[i])")
             }
         case .fp16:
             for i in 0..<k {

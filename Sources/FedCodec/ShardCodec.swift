@@ -113,7 +113,11 @@ public enum ShardCodec {
         body.reserveCapacity(body.count + valueSectionLength(codec: codec, kept: v.count, groupSize: g))
         switch codec {
         case .fp32:
+            #if _endian(little)
+            body.append(contentsOf: UnsafeRawBufferPointer(v))
+            #else
             for x in v { body.appendUInt32(x.bitPattern) }
+            #endif
         case .fp16:
             for (i, x) in v.enumerated() {
                 guard abs(x) <= Float(Float16.greatestFiniteMagnitude) else {
@@ -140,6 +144,8 @@ public enum ShardCodec {
                 start = end
             }
         case .q8, .q4, .q2:
+            // A concrete generator seeded from the caller's keeps the per-value draw cheap.
+            var uniform = SplitMix64(seed: rounding == .stochastic ? generator.next() : 0)
             let bits = codec.bits!
             let levels = (1 << bits) - 1
             var start = 0
@@ -160,7 +166,7 @@ public enum ShardCodec {
                     let q: Int
                     switch rounding {
                     case .nearest: q = Int(scaled.rounded())
-                    case .stochastic: q = Int((scaled + Double.random(in: 0..<1, using: &generator)).rounded(.down))
+                    case .stochastic: q = Int((scaled + uniform.nextUnit()).rounded(.down))
                     }
                     byte |= UInt8(min(levels, max(0, q))) << bit
                     bit += bits
@@ -246,4 +252,23 @@ extension Array where Element == UInt8 {
         append(UInt8(value >> 16 & 0xFF))
         append(UInt8(value >> 24))
     }
+}
+
+/// SplitMix64: small and fast; used for the per-value draws of stochastic rounding.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+
+    @inline(__always)
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    @inline(__always)
+    mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1p-53 }
 }
