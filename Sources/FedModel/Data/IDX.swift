@@ -9,14 +9,19 @@ public enum IDX {
 
     /// The dimensions and payload of an unsigned-byte IDX file, validated.
     public static func read(contentsOf url: URL, expectedDimensions: Int) throws -> (dimensions: [Int], bytes: [UInt8]) {
+        try parse(readDecompressed(url), expectedDimensions: expectedDimensions, source: url.path)
+    }
+
+    /// The file's bytes, inflated when it is gzipped (at most ``maximumBytes``).
+    static func readDecompressed(_ url: URL) throws -> [UInt8] {
         let source = url.path
         let raw: [UInt8]
         do {
             raw = [UInt8](try Data(contentsOf: url))
         } catch {
-            throw DataError(source, "cannot read file (\(FileManager.default.fileExists(atPath: source) ? "unreadable" : "no such file"))")
+            throw DataError(source, FileManager.default.fileExists(atPath: source) ? "cannot read file" : "no such file")
         }
-        return try parse(gunzipIfNeeded(raw, limit: maximumBytes, source: source), expectedDimensions: expectedDimensions, source: source)
+        return try gunzipIfNeeded(raw, limit: maximumBytes, source: source)
     }
 
     /// Validates an already decompressed IDX buffer.

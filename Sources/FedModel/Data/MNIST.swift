@@ -41,13 +41,7 @@ public enum MNIST {
 
     private static func readVerified(_ url: URL, dimensions: Int, verify: Bool) throws -> (dimensions: [Int], bytes: [UInt8]) {
         let source = url.path
-        let raw: [UInt8]
-        do {
-            raw = [UInt8](try Data(contentsOf: url))
-        } catch {
-            throw DataError(source, FileManager.default.fileExists(atPath: source) ? "cannot read file" : "no such file")
-        }
-        let data = try gunzipIfNeeded(raw, limit: IDX.maximumBytes, source: source)
+        let data = try IDX.readDecompressed(url)
         let base = url.lastPathComponent.hasSuffix(".gz") ? url.lastPathComponent : url.lastPathComponent + ".gz"
         if verify, let expected = checksums[base] {
             let actual = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
