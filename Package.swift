@@ -19,6 +19,7 @@ let package = Package(
     products: [
         .library(name: "FedModel", targets: ["FedModel"]),
         .library(name: "FedCodec", targets: ["FedCodec"]),
+        .library(name: "FedProtocol", targets: ["FedProtocol"]),
         .library(name: "FedSim", targets: ["FedSim"]),
         .executable(name: "fedsim", targets: ["fedsim"]),
         .executable(name: "fedbench", targets: ["fedbench"]),
@@ -28,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         .systemLibrary(
@@ -47,6 +49,14 @@ let package = Package(
             name: "FedCodec",
             dependencies: ["CZlib"],
             swiftSettings: numericSettings
+        ),
+        .target(
+            name: "FedProtocol",
+            dependencies: [
+                "CZlib",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
         ),
         .target(
             name: "FedSim",
@@ -84,6 +94,16 @@ let package = Package(
             dependencies: [
                 "FedCodec",
                 .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FedProtocolTests",
+            dependencies: [
+                "FedProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

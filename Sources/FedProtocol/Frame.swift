@@ -1,0 +1,132 @@
+import CZlib
+import NIOCore
+
+/// One frame on the wire (little-endian):
+///
+///     offset size field
+///      0     4   magic "FEDL" (46 45 44 4c)
+///      4     1   protocol version (1)
+///      5     1   message type
+///      6     2   flags: bit 0 "continued" (more frames of this message follow); others 0
+///      8     4   payload length
+///     12     4   CRC-32 of the payload
+///     16     …   payload
+public struct Frame: Equatable, Sendable {
+    public static let headerSize = 16
+    public static let magic: [UInt8] = [0x46, 0x45, 0x44, 0x4C]
+    public static let protocolVersion: UInt8 = 1
+    public static let flagContinued: UInt16 = 1
+    /// Default largest payload of one frame; larger messages are split.
+    public static let defaultMaximumPayload = 1 << 20
+
+    public var type: UInt8
+    public var flags: UInt16
+    public var payload: ByteBuffer
+
+    public init(type: UInt8, flags: UInt16 = 0, payload: ByteBuffer) {
+        self.type = type
+        self.flags = flags
+        self.payload = payload
+    }
+
+    public var isContinued: Bool { flags & Self.flagContinued != 0 }
+
+    /// Appends the frame's bytes to `buffer`.
+    public func write(to buffer: inout ByteBuffer) {
+        buffer.writeBytes(Self.magic)
+        buffer.writeInteger(Self.protocolVersion)
+        buffer.writeInteger(type)
+        buffer.writeInteger(flags, endianness: .little)
+        buffer.writeInteger(UInt32(payload.readableBytes), endianness: .little)
+        buffer.writeInteger(crc32Of(payload), endianness: .little)
+        buffer.writeImmutableBuffer(payload)
+    }
+}
+
+/// CRC-32 (zlib polynomial) of a buffer's readable bytes.
+func crc32Of(_ buffer: ByteBuffer) -> UInt32 {
+    buffer.withUnsafeReadableBytes { bytes in
+        UInt32(crc32(0, bytes.bindMemory(to: UInt8.self).baseAddress, uInt(bytes.count)))
+    }
+}
+
+/// Cuts a stream of bytes into frames, checking magic, version, size limit and checksum
+/// before anything else is read, so a hostile peer can make it buffer at most one frame of
+/// `maximumPayload` bytes.
+public struct FrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = Frame
+
+    private enum State {
+        case waitingForHeader
+        case waitingForPayload(type: UInt8, flags: UInt16, length: Int, checksum: UInt32)
+    }
+
+    public let maximumPayload: Int
+    private var state = State.waitingForHeader
+
+    public init(maximumPayload: Int = Frame.defaultMaximumPayload) {
+        self.maximumPayload = maximumPayload
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let frame = try decodeFrame(&buffer) else { return .needMoreData }
+        context.fireChannelRead(wrapInboundOut(frame))
+        return .continue
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        try decode(context: context, buffer: &buffer)
+    }
+
+    /// Reads one frame from `buffer` if it is all there; throws ``ProtocolError`` on bad bytes.
+    public mutating func decodeFrame(_ buffer: inout ByteBuffer) throws -> Frame? {
+        switch state {
+        case .waitingForHeader:
+            guard buffer.readableBytes >= Frame.headerSize else {
+                // Fail fast on a wrong magic even before the whole header has arrived.
+                if let partial = buffer.getBytes(at: buffer.readerIndex, length: min(4, buffer.readableBytes)),
+                   partial != Array(Frame.magic.prefix(partial.count)) {
+                    throw ProtocolError(.badMagic, "stream does not start with the FEDL magic")
+                }
+                return nil
+            }
+            let start = buffer.readerIndex
+            guard buffer.getBytes(at: start, length: 4) == Frame.magic else {
+                throw ProtocolError(.badMagic, "stream does not start with the FEDL magic")
+            }
+            let version = buffer.getInteger(at: start + 4, as: UInt8.self)!
+            guard version == Frame.protocolVersion else {
+                throw ProtocolError(.unsupportedVersion, "protocol version \(version), this peer speaks \(Frame.protocolVersion)")
+            }
+            let type = buffer.getInteger(at: start + 5, as: UInt8.self)!
+            let flags = buffer.getInteger(at: start + 6, endianness: .little, as: UInt16.self)!
+            let length = Int(buffer.getInteger(at: start + 8, endianness: .little, as: UInt32.self)!)
+            let checksum = buffer.getInteger(at: start + 12, endianness: .little, as: UInt32.self)!
+            guard flags & ~Frame.flagContinued == 0 else {
+                throw ProtocolError(.malformedMessage, "unknown frame flags 0x\(String(flags, radix: 16))")
+            }
+            guard length <= maximumPayload else {
+                throw ProtocolError(.frameTooLarge, "frame payload of \(length) bytes exceeds the limit of \(maximumPayload)")
+            }
+            buffer.moveReaderIndex(forwardBy: Frame.headerSize)
+            state = .waitingForPayload(type: type, flags: flags, length: length, checksum: checksum)
+            return try decodeFrame(&buffer)
+        case .waitingForPayload(let type, let flags, let length, let checksum):
+            guard let payload = buffer.readSlice(length: length) else { return nil }
+            state = .waitingForHeader
+            guard crc32Of(payload) == checksum else {
+                throw ProtocolError(.badChecksum, "payload CRC-32 does not match the frame header")
+            }
+            return Frame(type: type, flags: flags, payload: payload)
+        }
+    }
+}
+
+/// Writes frames.
+public struct FrameEncoder: MessageToByteEncoder {
+    public typealias OutboundIn = Frame
+    public init() {}
+    public func encode(data: Frame, out: inout ByteBuffer) throws {
+        data.write(to: &out)
+    }
+}

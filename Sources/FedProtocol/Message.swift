@@ -1,0 +1,300 @@
+import NIOCore
+
+/// Message type bytes (the frame header's type field).
+public enum MessageType: UInt8, Sendable, CaseIterable {
+    case hello = 1, challenge = 2, authenticate = 3, welcome = 4, modelShard = 5
+    case trainingTask = 6, update = 7, acknowledgement = 8, error = 9, heartbeat = 10, goodbye = 11
+}
+
+/// HELLO, client → coordinator, first message of a connection.
+public struct Hello: Equatable, Sendable {
+    public var clientID: String
+    public var protocolVersions: [UInt8]
+    /// Codec spec strings the client can encode (e.g. "q8", "topk:0.01+q8").
+    public var codecs: [String]
+    /// Bytes of memory the client can give to training; 0 = no limit stated.
+    public var memoryBudget: UInt64
+    public var exampleCount: UInt32
+    public init(clientID: String, protocolVersions: [UInt8], codecs: [String], memoryBudget: UInt64, exampleCount: UInt32) {
+        self.clientID = clientID
+        self.protocolVersions = protocolVersions
+        self.codecs = codecs
+        self.memoryBudget = memoryBudget
+        self.exampleCount = exampleCount
+    }
+}
+
+/// One model shard, coordinator → client.
+public struct ModelShard: Equatable, Sendable {
+    public var round: UInt32
+    public var modelVersion: UInt32
+    public var shardIndex: UInt16
+    /// SHA-256 of the decoded shard as little-endian float32 values.
+    public var sha256: [UInt8]
+    /// The shard in the encoded-shard format (Protocol.md), which names its own codec.
+    public var encoded: [UInt8]
+    public init(round: UInt32, modelVersion: UInt32, shardIndex: UInt16, sha256: [UInt8], encoded: [UInt8]) {
+        self.round = round
+        self.modelVersion = modelVersion
+        self.shardIndex = shardIndex
+        self.sha256 = sha256
+        self.encoded = encoded
+    }
+}
+
+/// TRAINING_TASK, coordinator → selected client.
+public struct TrainingTask: Equatable, Sendable {
+    public var round: UInt32
+    public var modelVersion: UInt32
+    public var shards: [UInt16]
+    public var localEpochs: UInt16
+    public var batchSize: UInt16
+    public var learningRate: Float
+    public var codec: String
+    /// Milliseconds from receipt until the update must have arrived.
+    public var deadlineMilliseconds: UInt32
+    public init(round: UInt32, modelVersion: UInt32, shards: [UInt16], localEpochs: UInt16, batchSize: UInt16, learningRate: Float, codec: String, deadlineMilliseconds: UInt32) {
+        self.round = round
+        self.modelVersion = modelVersion
+        self.shards = shards
+        self.localEpochs = localEpochs
+        self.batchSize = batchSize
+        self.learningRate = learningRate
+        self.codec = codec
+        self.deadlineMilliseconds = deadlineMilliseconds
+    }
+}
+
+/// UPDATE, client → coordinator.
+public struct Update: Equatable, Sendable {
+    public var round: UInt32
+    public var modelVersion: UInt32
+    public var exampleCount: UInt32
+    public var trainingLoss: Float
+    /// (shard index, encoded delta) per trained shard.
+    public var shards: [ShardDelta]
+    public init(round: UInt32, modelVersion: UInt32, exampleCount: UInt32, trainingLoss: Float, shards: [ShardDelta]) {
+        self.round = round
+        self.modelVersion = modelVersion
+        self.exampleCount = exampleCount
+        self.trainingLoss = trainingLoss
+        self.shards = shards
+    }
+}
+
+public struct ShardDelta: Equatable, Sendable {
+    public var index: UInt16
+    public var encoded: [UInt8]
+    public init(index: UInt16, encoded: [UInt8]) {
+        self.index = index
+        self.encoded = encoded
+    }
+}
+
+/// Everything that can be said on a connection.
+public enum Message: Equatable, Sendable {
+    case hello(Hello)
+    /// A fresh 32-byte random nonce to sign, and the version the coordinator chose.
+    case challenge(nonce: [UInt8], version: UInt8)
+    /// HMAC-SHA256(secret, nonce ‖ client id in UTF-8).
+    case authenticate(mac: [UInt8])
+    case welcome(sessionID: UInt64, heartbeatMilliseconds: UInt32)
+    case modelShard(ModelShard)
+    case trainingTask(TrainingTask)
+    case update(Update)
+    /// Receipt of a message of `type` for `round`.
+    case acknowledgement(type: UInt8, round: UInt32)
+    case error(code: UInt16, message: String)
+    case heartbeat(timestamp: UInt64)
+    case goodbye(reason: String)
+
+    public var type: MessageType {
+        switch self {
+        case .hello: .hello
+        case .challenge: .challenge
+        case .authenticate: .authenticate
+        case .welcome: .welcome
+        case .modelShard: .modelShard
+        case .trainingTask: .trainingTask
+        case .update: .update
+        case .acknowledgement: .acknowledgement
+        case .error: .error
+        case .heartbeat: .heartbeat
+        case .goodbye: .goodbye
+        }
+    }
+
+    /// The payload bytes (Protocol.md gives each layout).
+    public func encodePayload(into buffer: inout ByteBuffer) {
+        switch self {
+        case .hello(let h):
+            buffer.writeString16(h.clientID)
+            buffer.writeInteger(UInt16(h.protocolVersions.count), endianness: .little)
+            buffer.writeBytes(h.protocolVersions)
+            buffer.writeInteger(UInt16(h.codecs.count), endianness: .little)
+            for codec in h.codecs { buffer.writeString16(codec) }
+            buffer.writeInteger(h.memoryBudget, endianness: .little)
+            buffer.writeInteger(h.exampleCount, endianness: .little)
+        case .challenge(let nonce, let version):
+            buffer.writeBytes(nonce)
+            buffer.writeInteger(version)
+        case .authenticate(let mac):
+            buffer.writeBytes(mac)
+        case .welcome(let session, let heartbeat):
+            buffer.writeInteger(session, endianness: .little)
+            buffer.writeInteger(heartbeat, endianness: .little)
+        case .modelShard(let s):
+            buffer.writeInteger(s.round, endianness: .little)
+            buffer.writeInteger(s.modelVersion, endianness: .little)
+            buffer.writeInteger(s.shardIndex, endianness: .little)
+            buffer.writeBytes(s.sha256)
+            buffer.writeBytes32(s.encoded)
+        case .trainingTask(let t):
+            buffer.writeInteger(t.round, endianness: .little)
+            buffer.writeInteger(t.modelVersion, endianness: .little)
+            buffer.writeInteger(UInt16(t.shards.count), endianness: .little)
+            for s in t.shards { buffer.writeInteger(s, endianness: .little) }
+            buffer.writeInteger(t.localEpochs, endianness: .little)
+            buffer.writeInteger(t.batchSize, endianness: .little)
+            buffer.writeInteger(t.learningRate.bitPattern, endianness: .little)
+            buffer.writeString16(t.codec)
+            buffer.writeInteger(t.deadlineMilliseconds, endianness: .little)
+        case .update(let u):
+            buffer.writeInteger(u.round, endianness: .little)
+            buffer.writeInteger(u.modelVersion, endianness: .little)
+            buffer.writeInteger(u.exampleCount, endianness: .little)
+            buffer.writeInteger(u.trainingLoss.bitPattern, endianness: .little)
+            buffer.writeInteger(UInt16(u.shards.count), endianness: .little)
+            for s in u.shards {
+                buffer.writeInteger(s.index, endianness: .little)
+                buffer.writeBytes32(s.encoded)
+            }
+        case .acknowledgement(let type, let round):
+            buffer.writeInteger(type)
+            buffer.writeInteger(round, endianness: .little)
+        case .error(let code, let message):
+            buffer.writeInteger(code, endianness: .little)
+            buffer.writeString16(message)
+        case .heartbeat(let timestamp):
+            buffer.writeInteger(timestamp, endianness: .little)
+        case .goodbye(let reason):
+            buffer.writeString16(reason)
+        }
+    }
+
+    /// Parses a whole payload; every byte must be accounted for.
+    public static func decode(type rawType: UInt8, payload: ByteBuffer) throws -> Message {
+        guard let type = MessageType(rawValue: rawType) else {
+            throw ProtocolError(.unknownMessageType, "message type \(rawType)")
+        }
+        var b = payload
+        let message: Message
+        switch type {
+        case .hello:
+            let id = try b.readString16(field: "client id")
+            let versions = try b.readBytesOrThrow(Int(b.readU16("version count")), field: "versions")
+            let codecCount = try b.readU16("codec count")
+            var codecs: [String] = []
+            for _ in 0..<codecCount { codecs.append(try b.readString16(field: "codec")) }
+            message = .hello(Hello(
+                clientID: id, protocolVersions: versions, codecs: codecs,
+                memoryBudget: try b.readU64("memory budget"), exampleCount: try b.readU32("example count")))
+        case .challenge:
+            message = .challenge(nonce: try b.readBytesOrThrow(32, field: "nonce"), version: try b.readU8("version"))
+        case .authenticate:
+            message = .authenticate(mac: try b.readBytesOrThrow(32, field: "mac"))
+        case .welcome:
+            message = .welcome(sessionID: try b.readU64("session id"), heartbeatMilliseconds: try b.readU32("heartbeat"))
+        case .modelShard:
+            message = .modelShard(ModelShard(
+                round: try b.readU32("round"), modelVersion: try b.readU32("model version"),
+                shardIndex: try b.readU16("shard index"), sha256: try b.readBytesOrThrow(32, field: "sha256"),
+                encoded: try b.readBytes32(field: "encoded shard")))
+        case .trainingTask:
+            let round = try b.readU32("round"), version = try b.readU32("model version")
+            let count = try b.readU16("shard count")
+            var shards: [UInt16] = []
+            for _ in 0..<count { shards.append(try b.readU16("shard index")) }
+            message = .trainingTask(TrainingTask(
+                round: round, modelVersion: version, shards: shards,
+                localEpochs: try b.readU16("local epochs"), batchSize: try b.readU16("batch size"),
+                learningRate: Float(bitPattern: try b.readU32("learning rate")),
+                codec: try b.readString16(field: "codec"), deadlineMilliseconds: try b.readU32("deadline")))
+        case .update:
+            let round = try b.readU32("round"), version = try b.readU32("model version")
+            let examples = try b.readU32("example count")
+            let loss = Float(bitPattern: try b.readU32("training loss"))
+            let count = try b.readU16("shard count")
+            var shards: [ShardDelta] = []
+            for _ in 0..<count {
+                shards.append(ShardDelta(index: try b.readU16("shard index"), encoded: try b.readBytes32(field: "shard delta")))
+            }
+            message = .update(Update(round: round, modelVersion: version, exampleCount: examples, trainingLoss: loss, shards: shards))
+        case .acknowledgement:
+            message = .acknowledgement(type: try b.readU8("type"), round: try b.readU32("round"))
+        case .error:
+            message = .error(code: try b.readU16("code"), message: try b.readString16(field: "message"))
+        case .heartbeat:
+            message = .heartbeat(timestamp: try b.readU64("timestamp"))
+        case .goodbye:
+            message = .goodbye(reason: try b.readString16(field: "reason"))
+        }
+        guard b.readableBytes == 0 else {
+            throw ProtocolError(.malformedMessage, "\(b.readableBytes) bytes after the end of a \(type) message")
+        }
+        return message
+    }
+}
+
+extension ByteBuffer {
+    mutating func writeString16(_ s: String) {
+        let utf8 = Array(s.utf8.prefix(Int(UInt16.max)))
+        writeInteger(UInt16(utf8.count), endianness: .little)
+        writeBytes(utf8)
+    }
+
+    mutating func writeBytes32(_ bytes: [UInt8]) {
+        writeInteger(UInt32(bytes.count), endianness: .little)
+        writeBytes(bytes)
+    }
+
+    mutating func readU8(_ field: String) throws -> UInt8 {
+        guard let v = readInteger(as: UInt8.self) else { throw ProtocolError(.malformedMessage, "message ends before \(field)") }
+        return v
+    }
+
+    mutating func readU16(_ field: String) throws -> UInt16 {
+        guard let v = readInteger(endianness: .little, as: UInt16.self) else { throw ProtocolError(.malformedMessage, "message ends before \(field)") }
+        return v
+    }
+
+    mutating func readU32(_ field: String) throws -> UInt32 {
+        guard let v = readInteger(endianness: .little, as: UInt32.self) else { throw ProtocolError(.malformedMessage, "message ends before \(field)") }
+        return v
+    }
+
+    mutating func readU64(_ field: String) throws -> UInt64 {
+        guard let v = readInteger(endianness: .little, as: UInt64.self) else { throw ProtocolError(.malformedMessage, "message ends before \(field)") }
+        return v
+    }
+
+    mutating func readBytesOrThrow(_ count: Int, field: String) throws -> [UInt8] {
+        guard let bytes = readBytes(length: count) else { throw ProtocolError(.malformedMessage, "message ends inside \(field)") }
+        return bytes
+    }
+
+    mutating func readString16(field: String) throws -> String {
+        let length = Int(try readU16("\(field) length"))
+        let bytes = try readBytesOrThrow(length, field: field)
+        guard let s = String(validating: bytes, as: UTF8.self) else { throw ProtocolError(.malformedMessage, "\(field) is not UTF-8") }
+        return s
+    }
+
+    /// A u32-length-prefixed byte string; the length is checked against what is present
+    /// before anything is allocated.
+    mutating func readBytes32(field: String) throws -> [UInt8] {
+        let length = Int(try readU32("\(field) length"))
+        guard length <= readableBytes else { throw ProtocolError(.malformedMessage, "\(field) declares \(length) bytes, \(readableBytes) present") }
+        return try readBytesOrThrow(length, field: field)
+    }
+}

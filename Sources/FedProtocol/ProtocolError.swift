@@ -1,0 +1,30 @@
+/// A frame or message that breaks the wire protocol. Each case maps to the error code sent
+/// in an ERROR message before the connection is closed (Protocol.md, "Error codes").
+public struct ProtocolError: Error, Equatable, CustomStringConvertible, Sendable {
+    public enum Code: UInt16, Sendable {
+        case badMagic = 1
+        case unsupportedVersion = 2
+        case frameTooLarge = 3
+        case badChecksum = 4
+        case unknownMessageType = 5
+        case malformedMessage = 6
+        case messageTooLarge = 7
+        case unexpectedMessage = 8
+        case authenticationFailed = 9
+        case staleRound = 10
+        case lateUpdate = 11
+        case badUpdate = 12
+        case timeout = 13
+        case shuttingDown = 14
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code) (\(code.rawValue)): \(message)" }
+}

@@ -1,0 +1,138 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import NIOTestUtils
+import Testing
+@testable import FedProtocol
+
+func bytes(of frames: [Frame]) -> ByteBuffer {
+    var buffer = ByteBuffer()
+    for frame in frames { frame.write(to: &buffer) }
+    return buffer
+}
+
+let sampleMessages: [Message] = [
+    .hello(Hello(clientID: "device-17", protocolVersions: [1], codecs: ["q8", "topk:0.01+q8"], memoryBudget: 64 << 20, exampleCount: 600)),
+    .challenge(nonce: Array(0..<32), version: 1),
+    .authenticate(mac: Array(repeating: 0xAB, count: 32)),
+    .welcome(sessionID: 42, heartbeatMilliseconds: 5000),
+    .modelShard(ModelShard(round: 3, modelVersion: 3, shardIndex: 1, sha256: Array(repeating: 7, count: 32), encoded: [1, 2, 3, 4, 5])),
+    .trainingTask(TrainingTask(round: 3, modelVersion: 3, shards: [0, 1, 2, 3, 4, 5], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "q8", deadlineMilliseconds: 30_000)),
+    .update(Update(round: 3, modelVersion: 3, exampleCount: 600, trainingLoss: 0.25, shards: [ShardDelta(index: 0, encoded: [9, 9]), ShardDelta(index: 5, encoded: [])])),
+    .acknowledgement(type: 7, round: 3),
+    .error(code: ProtocolError.Code.staleRound.rawValue, message: "update for round 2, the coordinator is in round 3"),
+    .heartbeat(timestamp: 1_700_000_000_000),
+    .goodbye(reason: "shutting down"),
+]
+
+@Suite struct FrameTests {
+    @Test func decoderHandlesEveryByteBoundary() throws {
+        // The verifier feeds the input one byte at a time, all at once and shuffled with others.
+        let framer = MessageFramer()
+        let pairs: [(ByteBuffer, [Frame])] = sampleMessages.map { message in
+            let frames = framer.frames(for: message)
+            return (bytes(of: frames), frames)
+        }
+        try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: pairs) { FrameDecoder() }
+    }
+
+    @Test func everyMessageRoundTrips() throws {
+        var framer = MessageFramer()
+        for message in sampleMessages {
+            var decoder = FrameDecoder()
+            var buffer = bytes(of: framer.frames(for: message))
+            var decoded: Message?
+            while let frame = try decoder.decodeFrame(&buffer) { decoded = try framer.receive(frame) }
+            #expect(decoded == message)
+            #expect(buffer.readableBytes == 0)
+        }
+    }
+
+    @Test func largeMessagesAreSplitAndJoined() throws {
+        var framer = MessageFramer(maximumFramePayload: 1000)
+        let big = Message.modelShard(ModelShard(round: 1, modelVersion: 1, shardIndex: 0, sha256: Array(repeating: 1, count: 32), encoded: (0..<10_000).map { UInt8($0 % 251) }))
+        let frames = framer.frames(for: big)
+        #expect(frames.count == 11)
+        #expect(frames.dropLast().allSatisfy(\.isContinued) && !frames.last!.isContinued)
+        var result: Message?
+        for frame in frames { result = try framer.receive(frame) }
+        #expect(result == big)
+    }
+
+    @Test func tooLargeReassembledMessageIsRefused() throws {
+        var framer = MessageFramer(maximumFramePayload: 100, maximumMessage: 250)
+        let frames = MessageFramer(maximumFramePayload: 100).frames(for: .goodbye(reason: String(repeating: "x", count: 400)))
+        #expect { for frame in frames { _ = try framer.receive(frame) } } throws: { ($0 as? ProtocolError)?.code == .messageTooLarge }
+    }
+
+    func decodeError(_ buffer: ByteBuffer, maximumPayload: Int = Frame.defaultMaximumPayload) -> ProtocolError.Code? {
+        var decoder = FrameDecoder(maximumPayload: maximumPayload)
+        var b = buffer
+        do {
+            while try decoder.decodeFrame(&b) != nil {}
+            return nil
+        } catch let error as ProtocolError {
+            return error.code
+        } catch {
+            return nil
+        }
+    }
+
+    @Test func garbageIsRefusedAtOnce() {
+        #expect(decodeError(ByteBuffer(string: "GET / HTTP/1.1\r\n")) == .badMagic)
+        #expect(decodeError(ByteBuffer(bytes: [0x46, 0x00])) == .badMagic, "two bytes are enough to tell")
+    }
+
+    @Test func wrongVersionOversizeAndBadChecksum() {
+        let good = bytes(of: MessageFramer().frames(for: .heartbeat(timestamp: 1)))
+        var version = good
+        version.setInteger(UInt8(2), at: 4)
+        #expect(decodeError(version) == .unsupportedVersion)
+        #expect(decodeError(good, maximumPayload: 4) == .frameTooLarge)
+        var corrupt = good
+        corrupt.setInteger(UInt8(0xFF), at: Frame.headerSize)
+        #expect(decodeError(corrupt) == .badChecksum)
+        var flags = good
+        flags.setInteger(UInt16(0x8000), at: 6, endianness: .little)
+        #expect(decodeError(flags) == .malformedMessage)
+    }
+
+    @Test func oversizedFrameIsRefusedBeforeItsPayloadArrives() {
+        var header = ByteBuffer(bytes: Frame.magic)
+        header.writeInteger(UInt8(1))
+        header.writeInteger(UInt8(9))
+        header.writeInteger(UInt16(0), endianness: .little)
+        header.writeInteger(UInt32.max, endianness: .little)
+        header.writeInteger(UInt32(0), endianness: .little)
+        #expect(decodeError(header) == .frameTooLarge)
+    }
+
+    @Test func malformedPayloadsAreRefused() {
+        #expect { try Message.decode(type: 99, payload: ByteBuffer()) } throws: { ($0 as? ProtocolError)?.code == .unknownMessageType }
+        for message in sampleMessages {
+            var payload = ByteBuffer()
+            message.encodePayload(into: &payload)
+            if payload.readableBytes > 0 {
+                let short = payload.getSlice(at: 0, length: payload.readableBytes - 1)!
+                #expect { try Message.decode(type: message.type.rawValue, payload: short) } throws: { ($0 as? ProtocolError)?.code == .malformedMessage }
+            }
+            var long = payload
+            long.writeInteger(UInt8(0))
+            #expect { try Message.decode(type: message.type.rawValue, payload: long) } throws: { ($0 as? ProtocolError)?.code == .malformedMessage }
+        }
+        // A length prefix larger than the payload is refused without allocating it.
+        var lying = ByteBuffer()
+        lying.writeInteger(UInt32(1), endianness: .little)
+        lying.writeInteger(UInt32(1), endianness: .little)
+        lying.writeInteger(UInt16(0), endianness: .little)
+        lying.writeBytes([UInt8](repeating: 0, count: 32))
+        lying.writeInteger(UInt32.max, endianness: .little)
+        #expect { try Message.decode(type: MessageType.modelShard.rawValue, payload: lying) } throws: { ($0 as? ProtocolError)?.code == .malformedMessage }
+    }
+
+    @Test func helloHexExample() {
+        let frames = MessageFramer().frames(for: .hello(Hello(clientID: "dev1", protocolVersions: [1], codecs: ["q8"], memoryBudget: 0, exampleCount: 600)))
+        let hex = bytes(of: frames).readableBytesView.map { String(format: "%02x", $0) }.joined(separator: " ")
+        #expect(hex == "46 45 44 4c 01 01 00 00 1b 00 00 00 55 0b 96 61 04 00 64 65 76 31 01 00 01 01 00 02 00 71 38 00 00 00 00 00 00 00 00 58 02 00 00")
+    }
+}
