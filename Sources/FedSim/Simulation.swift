@@ -32,6 +32,8 @@ public final class Simulation {
     private var decodedDeltas: [[Float]]
     /// Error-feedback residuals of the clients that have sent an update (only with `+ef`).
     private let residuals = ResidualStore()
+    /// Turns each round's mean delta into the new global model (FedAvg, FedAvgM, FedAdam, ...).
+    public private(set) var serverOptimizer: ServerOptimizer
 
     /// Builds the run: validates the configuration, loads and checks the data, partitions it.
     public convenience init(configuration: SimulationConfiguration) throws {
@@ -75,6 +77,7 @@ public final class Simulation {
         downlink = UpdateCodec(spec: try configuration.downlinkSpec(), shardRanges: ranges)
         evaluator = Evaluator(network: network, threads: configuration.effectiveThreads)
         testSlice = test.all
+        serverOptimizer = ServerOptimizer(settings: try configuration.serverOptimizerSettings(), parameterCount: network.parameterCount)
     }
 
     /// The clients sampled in `round`: C·K distinct clients, drawn from the run's seed.
@@ -153,7 +156,9 @@ public final class Simulation {
         if let failure = state.failure {
             throw ConfigurationError(failure)
         }
-        state.sum.apply(to: &self.global)
+        if let mean = state.sum.mean {
+            serverOptimizer.apply(delta: mean, to: &self.global)
+        }
         var record = RoundRecord(
             round: round, testAccuracy: nil, testLoss: nil,
             trainLoss: state.trainLossSum / max(1, state.sum.totalWeight),

@@ -55,6 +55,16 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var codec = "fp32+raw"
     /// How the server encodes the global model it sends (no top-k, no error feedback).
     public var downlink = "fp32+raw"
+    /// Server optimizer applied to the aggregated delta: fedavg, fedavgm, fedadagrad, fedadam, fedyogi.
+    public var serverOptimizer = "fedavg"
+    /// Server learning rate η.
+    public var serverLearningRate = 1.0
+    /// β (FedAvgM) or β₁ (adaptive methods).
+    public var serverMomentum = 0.9
+    /// β₂ of FedAdam and FedYogi.
+    public var serverBeta2 = 0.99
+    /// τ of the adaptive methods.
+    public var serverTau = 1e-3
 
     public init() {}
 
@@ -62,7 +72,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         "name", "model", "layers", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
         "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "stop_at_target",
-        "evaluate_every", "threads", "codec", "downlink",
+        "evaluate_every", "threads", "codec", "downlink", "server_optimizer", "server_lr",
+        "server_momentum", "server_beta2", "server_tau",
     ]
 
     /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
@@ -148,6 +159,11 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try int("threads") { c.threads = v }
         if let v = try string("codec") { c.codec = v }
         if let v = try string("downlink") { c.downlink = v }
+        if let v = try string("server_optimizer") { c.serverOptimizer = v }
+        if let v = try double("server_lr") { c.serverLearningRate = v }
+        if let v = try double("server_momentum") { c.serverMomentum = v }
+        if let v = try double("server_beta2") { c.serverBeta2 = v }
+        if let v = try double("server_tau") { c.serverTau = v }
         return c
     }
 
@@ -172,6 +188,19 @@ public struct SimulationConfiguration: Sendable, Equatable {
         _ = try modelSpec()
         _ = try uplinkSpec()
         _ = try downlinkSpec()
+        _ = try serverOptimizerSettings()
+    }
+
+    /// The server optimizer named by `server_optimizer` with its hyperparameters.
+    public func serverOptimizerSettings() throws -> ServerOptimizer.Settings {
+        guard let kind = ServerOptimizer.Kind(rawValue: serverOptimizer.lowercased()) else {
+            throw ConfigurationError("server_optimizer must be one of \(ServerOptimizer.Kind.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(serverOptimizer)\"")
+        }
+        let settings = ServerOptimizer.Settings(
+            kind: kind, learningRate: Float(serverLearningRate), momentum: Float(serverMomentum),
+            beta2: Float(serverBeta2), tau: Float(serverTau))
+        do { try settings.validate() } catch let error as ModelError { throw ConfigurationError(error.description) }
+        return settings
     }
 
     /// The parsed `codec`.

@@ -137,6 +137,9 @@ extension SimulationConfiguration {
             "evaluate_every": .int(evaluateEvery), "threads": .int(effectiveThreads),
             "clients_per_round": .int(clientsPerRound),
             "codec": .string(codec), "downlink": .string(downlink),
+            "server_optimizer": .string(serverOptimizer), "server_lr": .double(serverLearningRate),
+            "server_momentum": .double(serverMomentum), "server_beta2": .double(serverBeta2),
+            "server_tau": .double(serverTau),
         ]
     }
 }

@@ -35,6 +35,9 @@ struct FedSimCommand: ParsableCommand {
     @Option(help: "Worker threads (0 = one per core).") var threads: Int?
     @Option(help: "Update codec: fp32, fp16, q8, q4, q2, sign, optionally topk:F+ before and +ef, +sr, +gN, +zN, +raw after (e.g. topk:0.01+q8+ef).") var codec: String?
     @Option(help: "Codec for the global model sent to clients: fp32, fp16 or q8 (+raw for no zlib).") var downlink: String?
+    @Option(name: .customLong("server-optimizer"), help: "fedavg, fedavgm, fedadagrad, fedadam or fedyogi.") var serverOptimizer: String?
+    @Option(name: .customLong("server-lr"), help: "Server learning rate.") var serverLearningRate: Double?
+    @Option(name: .customLong("server-momentum"), help: "Server momentum (FedAvgM) or beta1 (adaptive).") var serverMomentum: Double?
     @Option(help: "Directory with the MNIST IDX files (overrides the scenario's data).") var data: String?
     @Option(help: "Write the JSON report to this file.") var report: String?
     @Flag(name: .shortAndLong, help: "Print only the final summary.") var quiet = false
@@ -82,6 +85,9 @@ struct FedSimCommand: ParsableCommand {
         if let threads { c.threads = threads }
         if let codec { c.codec = codec }
         if let downlink { c.downlink = downlink }
+        if let serverOptimizer { c.serverOptimizer = serverOptimizer }
+        if let serverLearningRate { c.serverLearningRate = serverLearningRate }
+        if let serverMomentum { c.serverMomentum = serverMomentum }
         if let data { c.data = data }
         try c.validate()
         return c

@@ -117,6 +117,22 @@ enum SmallMNIST {
         #expect(accuracy(sparse) > 0.75, "top-k with error feedback learns: \(accuracy(sparse))")
     }
 
+    @Test(arguments: ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+    func serverOptimizersTrain(name: String) throws {
+        let c = configuration {
+            $0.rounds = 5
+            $0.serverOptimizer = name
+            $0.serverLearningRate = name == "fedavgm" ? 1 : 0.03
+            $0.serverMomentum = name == "fedavgm" ? 0.5 : 0.9
+        }
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let report = try simulation.run()
+        let accuracies = report.rounds.compactMap(\.testAccuracy)
+        #expect(accuracies.last! > 0.7, "\(name): \(accuracies)")
+        #expect(simulation.serverOptimizer.settings.kind.rawValue == name)
+        #expect(!simulation.serverOptimizer.m.isEmpty)
+    }
+
     @Test func codecRunsAreReproducible() throws {
         func run() throws -> [Float] {
             let c = configuration { $0.rounds = 2; $0.codec = "topk:0.1+q4+sr+ef" }
@@ -125,6 +141,11 @@ enum SmallMNIST {
             return simulation.global
         }
         #expect(try run() == run())
+    }
+
+    @Test func unknownServerOptimizerIsRefused() {
+        let c = configuration { $0.serverOptimizer = "fedsgd2" }
+        #expect { try c.validate() } throws: { "\($0)".contains("server_optimizer") }
     }
 
     @Test(arguments: [("codec", "q7"), ("codec", "topk:3+q8"), ("downlink", "topk:0.1+q8"), ("downlink", "q8+ef")])
