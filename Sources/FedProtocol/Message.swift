@@ -98,7 +98,8 @@ public enum Message: Equatable, Sendable {
     case challenge(nonce: [UInt8], version: UInt8)
     /// HMAC-SHA256(secret, nonce ‖ client id in UTF-8).
     case authenticate(mac: [UInt8])
-    case welcome(sessionID: UInt64, heartbeatMilliseconds: UInt32)
+    /// Authentication succeeded; `model` describes the architecture (FedModel's model string).
+    case welcome(sessionID: UInt64, heartbeatMilliseconds: UInt32, model: String)
     case modelShard(ModelShard)
     case trainingTask(TrainingTask)
     case update(Update)
@@ -140,9 +141,10 @@ public enum Message: Equatable, Sendable {
             buffer.writeInteger(version)
         case .authenticate(let mac):
             buffer.writeBytes(mac)
-        case .welcome(let session, let heartbeat):
+        case .welcome(let session, let heartbeat, let model):
             buffer.writeInteger(session, endianness: .little)
             buffer.writeInteger(heartbeat, endianness: .little)
+            buffer.writeString16(model)
         case .modelShard(let s):
             buffer.writeInteger(s.round, endianness: .little)
             buffer.writeInteger(s.modelVersion, endianness: .little)
@@ -204,7 +206,7 @@ public enum Message: Equatable, Sendable {
         case .authenticate:
             message = .authenticate(mac: try b.readBytesOrThrow(32, field: "mac"))
         case .welcome:
-            message = .welcome(sessionID: try b.readU64("session id"), heartbeatMilliseconds: try b.readU32("heartbeat"))
+            message = .welcome(sessionID: try b.readU64("session id"), heartbeatMilliseconds: try b.readU32("heartbeat"), model: try b.readString16(field: "model"))
         case .modelShard:
             message = .modelShard(ModelShard(
                 round: try b.readU32("round"), modelVersion: try b.readU32("model version"),

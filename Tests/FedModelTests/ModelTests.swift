@@ -51,6 +51,13 @@ import Testing
         #expect(throws: ModelError.self) { try LayerSpec(parsing: "lstm:3") }
     }
 
+    @Test(arguments: [ModelSpec.mnist2NN, .mnistCNN])
+    func wireDescriptionRoundTrips(spec: ModelSpec) throws {
+        #expect(try ModelSpec(wireDescription: spec.wireDescription) == spec)
+        #expect(throws: ModelError.self) { try ModelSpec(wireDescription: "784|10") }
+        #expect(throws: ModelError.self) { try ModelSpec(wireDescription: "0|10|dense:10") }
+    }
+
     @Test func mismatchedOutputIsRejected() {
         let spec = ModelSpec(input: .vector(4), classes: 10, layers: [.dense(outputs: 3)])
         #expect(throws: ModelError.self) { try Network(spec) }

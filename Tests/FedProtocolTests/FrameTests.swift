@@ -15,7 +15,7 @@ let sampleMessages: [Message] = [
     .hello(Hello(clientID: "device-17", protocolVersions: [1], codecs: ["q8", "topk:0.01+q8"], memoryBudget: 64 << 20, exampleCount: 600)),
     .challenge(nonce: Array(0..<32), version: 1),
     .authenticate(mac: Array(repeating: 0xAB, count: 32)),
-    .welcome(sessionID: 42, heartbeatMilliseconds: 5000),
+    .welcome(sessionID: 42, heartbeatMilliseconds: 5000, model: "784|10|dense:200,relu,dense:200,relu,dense:10"),
     .modelShard(ModelShard(round: 3, modelVersion: 3, shardIndex: 1, sha256: Array(repeating: 7, count: 32), encoded: [1, 2, 3, 4, 5])),
     .trainingTask(TrainingTask(round: 3, modelVersion: 3, shards: [0, 1, 2, 3, 4, 5], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "q8", deadlineMilliseconds: 30_000)),
     .update(Update(round: 3, modelVersion: 3, exampleCount: 600, trainingLoss: 0.25, shards: [ShardDelta(index: 0, encoded: [9, 9]), ShardDelta(index: 5, encoded: [])])),
@@ -128,6 +128,16 @@ let sampleMessages: [Message] = [
         lying.writeBytes([UInt8](repeating: 0, count: 32))
         lying.writeInteger(UInt32.max, endianness: .little)
         #expect { try Message.decode(type: MessageType.modelShard.rawValue, payload: lying) } throws: { ($0 as? ProtocolError)?.code == .malformedMessage }
+    }
+
+    @Test func authenticationVerifiesTheSecretAndTheNonce() {
+        let nonce = Authentication.nonce()
+        let mac = Authentication.mac(secret: "s3cret", nonce: nonce, clientID: "dev1")
+        #expect(mac.count == 32)
+        #expect(Authentication.verify(mac: mac, secret: "s3cret", nonce: nonce, clientID: "dev1"))
+        #expect(!Authentication.verify(mac: mac, secret: "wrong", nonce: nonce, clientID: "dev1"))
+        #expect(!Authentication.verify(mac: mac, secret: "s3cret", nonce: Authentication.nonce(), clientID: "dev1"), "a replayed MAC fails against a fresh nonce")
+        #expect(!Authentication.verify(mac: mac, secret: "s3cret", nonce: nonce, clientID: "dev2"))
     }
 
     @Test func helloHexExample() {

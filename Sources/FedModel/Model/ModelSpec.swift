@@ -91,3 +91,30 @@ public struct ModelError: Error, CustomStringConvertible, Equatable {
 }
 
 import Foundation
+
+extension ModelSpec {
+    /// The architecture as one line, `HxWxC|classes|layer,layer,...` (a vector input is just
+    /// its length), as the coordinator sends it to clients: `784|10|dense:200,relu,dense:10`.
+    public var wireDescription: String {
+        let input = input.height == 1 && input.width == 1 ? "\(input.channels)" : "\(input.height)x\(input.width)x\(input.channels)"
+        return "\(input)|\(classes)|" + layers.map(\.description).joined(separator: ",")
+    }
+
+    /// Parses ``wireDescription``.
+    public init(wireDescription text: String) throws {
+        let parts = text.split(separator: "|", omittingEmptySubsequences: false)
+        guard parts.count == 3 else { throw ModelError("model description \"\(text)\" is not input|classes|layers") }
+        let dims = parts[0].split(separator: "x").map { Int($0) }
+        let shape: TensorShape
+        if dims.count == 1, let n = dims[0], n > 0 {
+            shape = .vector(n)
+        } else if dims.count == 3, let h = dims[0], let w = dims[1], let c = dims[2], h > 0, w > 0, c > 0 {
+            shape = TensorShape(height: h, width: w, channels: c)
+        } else {
+            throw ModelError("bad input shape \"\(parts[0])\" in model description")
+        }
+        guard let classes = Int(parts[1]), classes >= 2 else { throw ModelError("bad class count \"\(parts[1])\" in model description") }
+        let layers = try parts[2].split(separator: ",").map { try LayerSpec(parsing: String($0)) }
+        self.init(input: shape, classes: classes, layers: layers)
+    }
+}
