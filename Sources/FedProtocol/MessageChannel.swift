@@ -9,8 +9,9 @@ public func makeFramedChannel(_ channel: any Channel, maximumFramePayload: Int =
     return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
 }
 
-/// Reads whole messages from a framed connection (one task at a time).
-public final class MessageReader {
+/// Reads whole messages from a framed connection. It may be handed from task to task (for
+/// example into a timeout), but only one task may call ``next()`` at a time.
+public final class MessageReader: @unchecked Sendable {
     private var iterator: NIOAsyncChannelInboundStream<Frame>.AsyncIterator
     private var framer: MessageFramer
 

@@ -1,0 +1,222 @@
+import Crypto
+import FedCodec
+import FedModel
+import FedProtocol
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+
+/// What a client daemon needs: where the coordinator is, who it is, and its private data.
+public struct ClientConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 7420
+    public var clientID: String
+    public var secret: String
+    /// The device's own examples; they never leave the process.
+    public var data: DatasetSlice
+    /// Seed of local shuffling and stochastic rounding (with the round and ``seedStream``).
+    public var seed: UInt64 = 1
+    /// Separates this client's random streams from others' (fedsim passes the client index).
+    public var seedStream: UInt64 = 0
+    /// File that keeps the error-feedback residual across restarts (nil = memory only).
+    public var stateFile: URL?
+    /// Reconnect forever with exponential backoff (a daemon) or stop when the connection ends.
+    public var reconnect = true
+    /// First and largest reconnection delay, in seconds; each wait is jittered ±50 %.
+    public var initialBackoff = 0.2
+    public var maximumBackoff = 30.0
+
+    public init(clientID: String, secret: String, data: DatasetSlice) {
+        self.clientID = clientID
+        self.secret = secret
+        self.data = data
+    }
+}
+
+/// The device side: connects, authenticates, caches the model shards it is sent (by index and
+/// version), trains on its own data when given a task, encodes its delta with the requested
+/// codec (keeping the error-feedback residual), uploads it, and waits for the next task.
+public actor ClientDaemon {
+    public let configuration: ClientConfiguration
+    private let logger: Logger
+    private var network: Network?
+    private var trainer: LocalTrainer?
+    private var model: [Float] = []
+    private var versions: [UInt32?] = []
+    private var residual: ErrorFeedback?
+    /// Rounds this client trained and uploaded.
+    public private(set) var completedRounds: [Int] = []
+    private var stopped = false
+
+    public init(configuration: ClientConfiguration, logger: Logger? = nil) {
+        self.configuration = configuration
+        self.logger = logger ?? Logger(label: "fedclient.\(configuration.clientID)")
+    }
+
+    /// Runs until the coordinator says goodbye, ``stop()`` is called, or (without `reconnect`)
+    /// the connection ends.
+    public func run() async {
+        var backoff = configuration.initialBackoff
+        while !stopped {
+            do {
+                let finished = try await session()
+                if finished { return }
+                backoff = configuration.initialBackoff
+            } catch is CancellationError {
+                return
+            } catch {
+                logger.info("connection lost", metadata: ["error": "\(error)"])
+            }
+            guard configuration.reconnect, !stopped else { return }
+            let wait = backoff * Double.random(in: 0.5...1.5)
+            backoff = min(configuration.maximumBackoff, backoff * 2)
+            try? await Task.sleep(nanoseconds: UInt64(wait * 1e9))
+        }
+    }
+
+    public func stop() { stopped = true }
+
+    /// One connection. Returns true when the coordinator said goodbye.
+    private func session() async throws -> Bool {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: configuration.host, port: configuration.port) { channel in
+                channel.eventLoop.makeCompletedFuture { try makeFramedChannel(channel) }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            let reader = MessageReader(inbound)
+            let writer = MessageWriter(outbound)
+            try await writer.send(.hello(Hello(
+                clientID: configuration.clientID, protocolVersions: [Frame.protocolVersion],
+                codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0,
+                exampleCount: UInt32(configuration.data.count))))
+            guard case .challenge(let nonce, _)? = try await reader.next() else {
+                throw ProtocolError(.unexpectedMessage, "expected CHALLENGE")
+            }
+            try await writer.send(.authenticate(mac: Authentication.mac(secret: configuration.secret, nonce: nonce, clientID: configuration.clientID)))
+            switch try await reader.next() {
+            case .welcome(_, _, let model)?:
+                try prepare(model: model)
+            case .error(let code, let message)?:
+                throw ProtocolError(ProtocolError.Code(rawValue: code) ?? .unexpectedMessage, message)
+            default:
+                throw ProtocolError(.unexpectedMessage, "expected WELCOME")
+            }
+            logger.info("connected", metadata: ["coordinator": "\(configuration.host):\(configuration.port)"])
+            while let message = try await reader.next() {
+                switch message {
+                case .modelShard(let shard):
+                    try receive(shard)
+                case .trainingTask(let task):
+                    let update = try await train(task)
+                    try await writer.send(.update(update))
+                case .heartbeat(let timestamp):
+                    try await writer.send(.heartbeat(timestamp: timestamp))
+                case .acknowledgement:
+                    break
+                case .error(let code, let text):
+                    logger.warning("coordinator refused", metadata: ["code": "\(code)", "message": "\(text)"])
+                case .goodbye(let reason):
+                    logger.info("coordinator said goodbye", metadata: ["reason": "\(reason)"])
+                    return true
+                default:
+                    throw ProtocolError(.unexpectedMessage, "\(message.type) is not expected from the coordinator")
+                }
+            }
+            return false
+        }
+    }
+
+    /// Builds the network the coordinator named (once; a different model resets the cache).
+    private func prepare(model description: String) throws {
+        let spec = try ModelSpec(wireDescription: description)
+        if let network, network.spec == spec { return }
+        let network = try Network(spec)
+        guard configuration.data.dataset.sampleShape.count == spec.input.count else {
+            throw ModelError("local data has \(configuration.data.dataset.sampleShape.count) features, the model expects \(spec.input.count)")
+        }
+        self.network = network
+        trainer = LocalTrainer(network: network, batchCapacity: 1024)
+        model = [Float](repeating: 0, count: network.parameterCount)
+        versions = Array(repeating: nil, count: network.layout.tensors.count)
+        residual = try loadResidual(count: network.parameterCount)
+    }
+
+    private func receive(_ shard: ModelShard) throws {
+        guard let network else { throw ProtocolError(.unexpectedMessage, "model shard before WELCOME") }
+        let index = Int(shard.shardIndex)
+        guard index < network.layout.tensors.count else { throw ProtocolError(.malformedMessage, "shard index \(index) out of range") }
+        let range = network.layout.tensors[index].range
+        do {
+            try model.withUnsafeMutableBufferPointer { all in
+                try shard.encoded.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[range])) }
+            }
+        } catch let error as CodecError {
+            versions[index] = nil
+            throw ProtocolError(.malformedMessage, "model shard \(index): \(error)")
+        }
+        let digest = model[range].withUnsafeBytes { Array(SHA256.hash(data: $0)) }
+        guard digest == shard.sha256 else {
+            versions[index] = nil
+            throw ProtocolError(.badChecksum, "model shard \(index) does not match its SHA-256")
+        }
+        versions[index] = shard.modelVersion
+    }
+
+    private func train(_ task: TrainingTask) async throws -> Update {
+        guard let network, let trainer else { throw ProtocolError(.unexpectedMessage, "training task before WELCOME") }
+        for index in task.shards where versions[Int(index)] != task.modelVersion {
+            throw ProtocolError(.unexpectedMessage, "task for model version \(task.modelVersion) but shard \(index) is at \(versions[Int(index)].map(String.init) ?? "none")")
+        }
+        let spec = try CodecSpec(parsing: task.codec)
+        guard task.batchSize > 0, task.localEpochs > 0, task.batchSize <= 1024 else {
+            throw ProtocolError(.malformedMessage, "task with batch \(task.batchSize) and \(task.localEpochs) epochs")
+        }
+        var local = model
+        var generator = SeededGenerator(seed: configuration.seed, stream: 0xC11E, UInt64(task.round), configuration.seedStream)
+        let summary = trainer.train(
+            parameters: &local, anchor: nil, data: configuration.data, epochs: Int(task.localEpochs),
+            batchSize: Int(task.batchSize), sgd: SGD(learningRate: task.learningRate), generator: &generator)
+        var delta = zip(local, model).map { $0 - $1 }
+        if spec.errorFeedback { residual?.compensate(&delta) }
+        var codecGenerator = SeededGenerator(seed: configuration.seed, stream: 0xC0DE, UInt64(task.round), configuration.seedStream)
+        let codec = UpdateCodec(spec: spec, shardRanges: network.layout.tensors.map(\.range))
+        let encoded = try codec.encode(delta, generator: &codecGenerator)
+        if spec.errorFeedback, var feedback = residual {
+            var decoded = delta
+            try codec.decode(encoded, into: &decoded)
+            feedback.record(sent: delta, decoded: decoded)
+            residual = feedback
+            try saveResidual(feedback)
+        }
+        completedRounds.append(Int(task.round))
+        return Update(
+            round: task.round, modelVersion: task.modelVersion, exampleCount: UInt32(configuration.data.count),
+            trainingLoss: Float(summary.meanLoss),
+            shards: task.shards.map { ShardDelta(index: $0, encoded: encoded[Int($0)]) })
+    }
+
+    // MARK: Error-feedback state
+
+    private func loadResidual(count: Int) throws -> ErrorFeedback {
+        var feedback = ErrorFeedback(count: count)
+        guard let url = configuration.stateFile, let data = try? Data(contentsOf: url) else { return feedback }
+        guard data.count == count * 4 else {
+            logger.warning("ignoring residual state of the wrong size", metadata: ["file": "\(url.path)"])
+            return feedback
+        }
+        var values = [Float](repeating: 0, count: count)
+        _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0) }
+        guard values.allSatisfy(\.isFinite) else { return feedback }
+        let sent = values
+        feedback.record(sent: sent, decoded: [Float](repeating: 0, count: count))
+        return feedback
+    }
+
+    private func saveResidual(_ feedback: ErrorFeedback) throws {
+        guard let url = configuration.stateFile else { return }
+        let data = feedback.residual.withUnsafeBytes { Data($0) }
+        try data.write(to: url, options: .atomic)
+    }
+}

@@ -1,0 +1,415 @@
+import Crypto
+import FedCodec
+import FedModel
+import FedProtocol
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The coordinator: a SwiftNIO TCP server that authenticates clients, runs training rounds
+/// (select with over-selection, send missing shards and the task, collect updates until the
+/// target count or the deadline, aggregate into a running per-shard sum, apply the server
+/// optimizer, evaluate) and stops after the configured rounds or at the target accuracy.
+///
+/// One misbehaving connection never harms the others: each connection is handled in its own
+/// task that catches every error, answers protocol errors with an ERROR message, and closes.
+public actor Coordinator {
+    public let configuration: CoordinatorConfiguration
+    public let network: Network
+    public private(set) var global: [Float]
+    public private(set) var modelVersion: UInt32 = 0
+    public private(set) var history: [CoordinatorRound] = []
+    /// The bound port once ``run(onBound:progress:)`` is listening.
+    public private(set) var port: Int?
+
+    private var optimizer: ServerOptimizer
+    private let uplink: UpdateCodec
+    private let downlink: UpdateCodec
+    private let evaluator: Evaluator?
+    private let testSlice: DatasetSlice?
+    private let logger: Logger
+    private var clients: [String: ConnectedClient] = [:]
+    private var nextSession: UInt64 = 1
+    private var roundState: RoundState?
+    private var aggregate: ShardedDeltaSum
+    private var roundLossSum = 0.0
+    private var roundExamples = 0.0
+    private var roundUplinkBytes = 0
+    private var roundRefused = 0
+    private var scratch: [Float]
+    /// The model as downloaded at the current version: encoded shards and their SHA-256.
+    private var downloadCache: (version: UInt32, shards: [[UInt8]], digests: [[UInt8]])?
+    private var stopping = false
+
+    private struct ConnectedClient {
+        var session: UInt64
+        var outbound: AsyncStream<Message>.Continuation
+        var channel: any Channel
+        var heldVersions: [UInt32?]
+        var busy = false
+    }
+
+    public init(configuration: CoordinatorConfiguration, test: Dataset? = nil, logger: Logger = Logger(label: "fedcoord")) throws {
+        let network = try Network(configuration.model)
+        self.configuration = configuration
+        self.network = network
+        self.logger = logger
+        global = network.initialParameters(seed: configuration.seed)
+        let ranges = network.layout.tensors.map(\.range)
+        uplink = UpdateCodec(spec: try CodecSpec(parsing: configuration.uplinkCodec), shardRanges: ranges)
+        downlink = UpdateCodec(spec: try CodecSpec(parsing: configuration.downlinkCodec), shardRanges: ranges)
+        optimizer = ServerOptimizer(settings: configuration.serverOptimizer, parameterCount: network.parameterCount)
+        aggregate = ShardedDeltaSum(shardRanges: ranges)
+        scratch = [Float](repeating: 0, count: network.parameterCount)
+        if let test {
+            guard test.sampleShape.count == configuration.model.input.count else {
+                throw ModelError("test data has \(test.sampleShape.count) features, the model expects \(configuration.model.input.count)")
+            }
+            evaluator = Evaluator(network: network, threads: availableCores)
+            testSlice = test.all
+        } else {
+            evaluator = nil
+            testSlice = nil
+        }
+    }
+
+    // MARK: Serving
+
+    /// Listens, runs every round, says goodbye to the clients and returns the rounds' records.
+    /// `onBound` receives the listening port (useful with port 0).
+    public func run(
+        onBound: @Sendable (Int) -> Void = { _ in },
+        progress: @Sendable @escaping (CoordinatorRound) -> Void = { _ in }
+    ) async throws -> [CoordinatorRound] {
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .bind(host: configuration.host, port: configuration.port) { channel in
+                channel.eventLoop.makeCompletedFuture { try makeFramedChannel(channel) }
+            }
+        let boundPort = server.channel.localAddress?.port ?? configuration.port
+        port = boundPort
+        logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(boundPort)", "model": "\(configuration.model.wireDescription)"])
+        onBound(boundPort)
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask {
+                defer { server.channel.close(promise: nil) }
+                try await self.runRounds(progress: progress)
+                await self.dismissClients(reason: "training finished")
+            }
+            try await server.executeThenClose { inbound in
+                for try await connection in inbound {
+                    group.addTask { await self.handle(connection) }
+                }
+            }
+        }
+        return history
+    }
+
+    /// Asks the round loop to stop after the current round (graceful shutdown).
+    public func stop() {
+        stopping = true
+    }
+
+    private func dismissClients(reason: String) {
+        for (_, client) in clients {
+            client.outbound.yield(.goodbye(reason: reason))
+            client.outbound.finish()
+        }
+    }
+
+    /// One connection, start to end. Never throws: errors are answered, logged and end only this connection.
+    private nonisolated func handle(_ connection: NIOAsyncChannel<Frame, Frame>) async {
+        let peer = connection.channel.remoteAddress?.description ?? "?"
+        var clientID: String?
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                let reader = MessageReader(inbound)
+                let writer = MessageWriter(outbound)
+                do {
+                    let (id, hello) = try await authenticate(reader: reader, writer: writer)
+                    let (stream, continuation) = AsyncStream.makeStream(of: Message.self)
+                    let session = try await register(id, hello: hello, outbound: continuation, channel: connection.channel)
+                    clientID = id
+                    try await writer.send(.welcome(sessionID: session, heartbeatMilliseconds: configuration.heartbeatMilliseconds, model: configuration.model.wireDescription))
+                    try await withThrowingTaskGroup(of: Void.self) { tasks in
+                        tasks.addTask {
+                            for await message in stream { try await writer.send(message) }
+                        }
+                        tasks.addTask {
+                            defer { continuation.finish() }
+                            while let message = try await reader.next() {
+                                if case .goodbye = message { return }
+                                await self.received(message, from: id)
+                            }
+                        }
+                        try await tasks.next()
+                        tasks.cancelAll()
+                    }
+                } catch let error as ProtocolError {
+                    logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(clientID ?? "-")", "error": "\(error)"])
+                    try? await writer.send(.error(code: error.code.rawValue, message: error.message))
+                }
+            }
+        } catch {
+            logger.info("connection ended", metadata: ["peer": "\(peer)", "client": "\(clientID ?? "-")", "reason": "\(error)"])
+        }
+        if let clientID { await unregister(clientID) }
+    }
+
+    /// HELLO → CHALLENGE → AUTHENTICATE, within the handshake timeout.
+    private nonisolated func authenticate(reader: MessageReader, writer: MessageWriter) async throws -> (String, Hello) {
+        let timeout = configuration.handshakeTimeout
+        return try await withDeadline(seconds: timeout) {
+            guard case .hello(let hello)? = try await reader.next() else {
+                throw ProtocolError(.unexpectedMessage, "the first message must be HELLO")
+            }
+            guard hello.protocolVersions.contains(Frame.protocolVersion) else {
+                throw ProtocolError(.unsupportedVersion, "client speaks versions \(hello.protocolVersions), coordinator speaks \(Frame.protocolVersion)")
+            }
+            let nonce = Authentication.nonce()
+            try await writer.send(.challenge(nonce: nonce, version: Frame.protocolVersion))
+            guard case .authenticate(let mac)? = try await reader.next() else {
+                throw ProtocolError(.unexpectedMessage, "expected AUTHENTICATE after CHALLENGE")
+            }
+            // Unknown ids and wrong secrets get the same answer.
+            guard let secret = self.configuration.secrets[hello.clientID],
+                  Authentication.verify(mac: mac, secret: secret, nonce: nonce, clientID: hello.clientID) else {
+                throw ProtocolError(.authenticationFailed, "authentication failed for client \"\(hello.clientID)\"")
+            }
+            return (hello.clientID, hello)
+        }
+    }
+
+    private func register(_ id: String, hello: Hello, outbound: AsyncStream<Message>.Continuation, channel: any Channel) throws -> UInt64 {
+        if let existing = clients[id] {
+            // A reconnecting device replaces its stale connection.
+            existing.outbound.finish()
+            existing.channel.close(promise: nil)
+        }
+        let session = nextSession
+        nextSession += 1
+        clients[id] = ConnectedClient(session: session, outbound: outbound, channel: channel, heldVersions: Array(repeating: nil, count: network.layout.tensors.count))
+        logger.info("client joined", metadata: ["client": "\(id)", "examples": "\(hello.exampleCount)", "connected": "\(clients.count)"])
+        return session
+    }
+
+    private func unregister(_ id: String) {
+        guard clients[id] != nil else { return }
+        clients[id] = nil
+        logger.info("client left", metadata: ["client": "\(id)", "connected": "\(clients.count)"])
+    }
+
+    private func received(_ message: Message, from id: String) {
+        switch message {
+        case .update(let update):
+            receiveUpdate(update, from: id)
+        case .heartbeat(let timestamp):
+            clients[id]?.outbound.yield(.heartbeat(timestamp: timestamp))
+        default:
+            refuse(id, ProtocolError(.unexpectedMessage, "\(message.type) is not expected from a client now"))
+        }
+    }
+
+    private func refuse(_ id: String, _ error: ProtocolError) {
+        roundRefused += 1
+        logger.warning("refused", metadata: ["client": "\(id)", "error": "\(error)"])
+        clients[id]?.outbound.yield(.error(code: error.code.rawValue, message: error.message))
+    }
+
+    // MARK: Updates
+
+    private func receiveUpdate(_ update: Update, from id: String) {
+        guard var state = roundState else {
+            refuse(id, ProtocolError(.lateUpdate, "no round is collecting updates"))
+            return
+        }
+        // Validate the content before it takes a place in the round.
+        var trained: [Int] = []
+        var bytes = 0
+        do {
+            guard update.exampleCount > 0 else { throw ProtocolError(.badUpdate, "update with no examples") }
+            guard update.trainingLoss.isFinite else { throw ProtocolError(.badUpdate, "training loss is \(update.trainingLoss)") }
+            guard !update.shards.isEmpty else { throw ProtocolError(.badUpdate, "update carries no shards") }
+            try scratch.withUnsafeMutableBufferPointer { all in
+                for shard in update.shards {
+                    let index = Int(shard.index)
+                    guard index < network.layout.tensors.count, !trained.contains(index) else {
+                        throw ProtocolError(.badUpdate, "shard index \(index) is out of range or repeated")
+                    }
+                    let range = network.layout.tensors[index].range
+                    do {
+                        try shard.encoded.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[range])) }
+                    } catch let error as CodecError {
+                        throw ProtocolError(.badUpdate, "shard \(index): \(error)")
+                    }
+                    trained.append(index)
+                    bytes += shard.encoded.count
+                }
+            }
+        } catch let error as ProtocolError {
+            refuse(id, error)
+            return
+        } catch {
+            refuse(id, ProtocolError(.badUpdate, "\(error)"))
+            return
+        }
+        switch state.admit(client: id, round: update.round, version: update.modelVersion) {
+        case .refuse(let code, let message):
+            refuse(id, ProtocolError(code, message))
+            return
+        case .accept:
+            break
+        }
+        roundState = state
+        aggregate.add(delta: scratch, shards: trained, weight: Double(update.exampleCount))
+        roundLossSum += Double(update.trainingLoss) * Double(update.exampleCount)
+        roundExamples += Double(update.exampleCount)
+        roundUplinkBytes += bytes
+        clients[id]?.busy = false
+        clients[id]?.outbound.yield(.acknowledgement(type: MessageType.update.rawValue, round: update.round))
+    }
+
+    // MARK: Rounds
+
+    private func runRounds(progress: @Sendable (CoordinatorRound) -> Void) async throws {
+        var round = 1
+        var abandoned = 0
+        while round <= configuration.rounds, !stopping {
+            try await waitForClients()
+            if stopping { break }
+            let start = Date()
+            let selected = selectClients(round: round, attempt: abandoned)
+            let downloadBytes = try sendTasks(to: selected, round: round)
+            roundState = RoundState(round: round, modelVersion: modelVersion, selected: Set(selected), wanted: configuration.clientsPerRound)
+            let deadline = Date().addingTimeInterval(configuration.roundDeadline)
+            while let state = roundState, !state.isComplete, Date() < deadline, !allSelectedGone(selected) {
+                try await Task.sleep(nanoseconds: 5_000_000)
+            }
+            roundState?.close()
+            let completed = roundState?.reported.count ?? 0
+            for id in selected { clients[id]?.busy = false }
+            if completed < configuration.minimumUpdates {
+                logger.warning("round abandoned below quorum", metadata: ["round": "\(round)", "updates": "\(completed)", "quorum": "\(configuration.minimumUpdates)"])
+                abandoned += 1
+                resetRound()
+                continue
+            }
+            if let mean = aggregate.mean {
+                optimizer.apply(delta: mean, to: &global)
+                modelVersion += 1
+            }
+            var record = CoordinatorRound(
+                round: round, selected: selected.count, completed: completed, refused: roundRefused,
+                uplinkBytes: roundUplinkBytes, downlinkBytes: downloadBytes,
+                trainingLoss: roundExamples > 0 ? roundLossSum / roundExamples : 0,
+                testAccuracy: nil, testLoss: nil, seconds: 0, abandonedAttempts: abandoned)
+            if let evaluator, let testSlice {
+                let evaluation = evaluator.evaluate(global, on: testSlice)
+                record.testAccuracy = evaluation.accuracy
+                record.testLoss = evaluation.loss
+            }
+            record.seconds = Date().timeIntervalSince(start)
+            history.append(record)
+            progress(record)
+            logger.info("round complete", metadata: [
+                "round": "\(round)", "updates": "\(completed)/\(selected.count)", "accuracy": "\(record.testAccuracy.map { String(format: "%.4f", $0) } ?? "-")",
+                "seconds": "\(String(format: "%.2f", record.seconds))",
+            ])
+            resetRound()
+            abandoned = 0
+            if configuration.targetAccuracy > 0, let accuracy = record.testAccuracy, accuracy >= configuration.targetAccuracy { break }
+            round += 1
+        }
+    }
+
+    private func resetRound() {
+        roundState = nil
+        aggregate = ShardedDeltaSum(shardRanges: aggregate.shardRanges)
+        roundLossSum = 0
+        roundExamples = 0
+        roundUplinkBytes = 0
+        roundRefused = 0
+    }
+
+    private func allSelectedGone(_ selected: [String]) -> Bool {
+        selected.allSatisfy { clients[$0] == nil || roundState?.reported.contains($0) == true }
+    }
+
+    private func waitForClients() async throws {
+        var lastLog = Date.distantPast
+        while clients.count < configuration.minimumClients, !stopping {
+            if Date().timeIntervalSince(lastLog) > 5 {
+                logger.info("waiting for clients", metadata: ["connected": "\(clients.count)", "needed": "\(configuration.minimumClients)"])
+                lastLog = Date()
+            }
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+    }
+
+    /// Up to ``CoordinatorConfiguration/selectionSize`` idle clients, drawn from the seed.
+    private func selectClients(round: Int, attempt: Int) -> [String] {
+        var pool = clients.filter { !$0.value.busy }.keys.sorted()
+        var generator = SeededGenerator(seed: configuration.seed, stream: 0x5E1E, UInt64(round), UInt64(attempt))
+        let count = min(pool.count, configuration.selectionSize)
+        for i in 0..<count {
+            pool.swapAt(i, i + Int(generator.next() % UInt64(pool.count - i)))
+        }
+        return Array(pool.prefix(count))
+    }
+
+    /// Sends each selected client the shards it lacks at this version, then its task.
+    /// Returns the bytes of shards sent.
+    private func sendTasks(to selected: [String], round: Int) throws -> Int {
+        let cache = try downloadShards()
+        let task = TrainingTask(
+            round: UInt32(round), modelVersion: modelVersion,
+            shards: (0..<network.layout.tensors.count).map { UInt16($0) },
+            localEpochs: UInt16(configuration.localEpochs), batchSize: UInt16(configuration.batchSize),
+            learningRate: configuration.learningRate, codec: configuration.uplinkCodec,
+            deadlineMilliseconds: UInt32(configuration.roundDeadline * 1000))
+        var bytes = 0
+        for id in selected {
+            guard var client = clients[id] else { continue }
+            for (index, encoded) in cache.shards.enumerated() where client.heldVersions[index] != modelVersion {
+                client.outbound.yield(.modelShard(ModelShard(
+                    round: UInt32(round), modelVersion: modelVersion, shardIndex: UInt16(index),
+                    sha256: cache.digests[index], encoded: encoded)))
+                client.heldVersions[index] = modelVersion
+                bytes += encoded.count
+            }
+            client.busy = true
+            client.outbound.yield(.trainingTask(task))
+            clients[id] = client
+        }
+        return bytes
+    }
+
+    private func downloadShards() throws -> (version: UInt32, shards: [[UInt8]], digests: [[UInt8]]) {
+        if let cache = downloadCache, cache.version == modelVersion { return cache }
+        var generator = SeededGenerator(seed: configuration.seed, stream: 0xD0, UInt64(modelVersion))
+        let shards = try downlink.encode(global, generator: &generator)
+        var decoded = global
+        try downlink.decode(shards, into: &decoded)
+        let digests = network.layout.tensors.map { tensor in
+            decoded[tensor.range].withUnsafeBytes { Array(SHA256.hash(data: $0)) }
+        }
+        let cache = (modelVersion, shards, digests)
+        downloadCache = cache
+        return cache
+    }
+}
+
+/// Runs `body`, failing with a timeout error if it takes longer than `seconds`.
+func withDeadline<T: Sendable>(seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+            throw ProtocolError(.timeout, "no answer within \(seconds) s")
+        }
+        defer { group.cancelAll() }
+        return try await group.next()!
+    }
+}

@@ -1,0 +1,62 @@
+import FedModel
+
+/// What a coordinator needs to run a federated training job.
+public struct CoordinatorConfiguration: Sendable {
+    /// Address to listen on.
+    public var host = "127.0.0.1"
+    /// TCP port; 0 lets the OS choose (see ``Coordinator/port``).
+    public var port = 7420
+    /// The model architecture.
+    public var model = ModelSpec.mnist2NN
+    /// Rounds to complete.
+    public var rounds = 10
+    /// Stop early once the test accuracy reaches this (0 = never).
+    public var targetAccuracy = 0.0
+    /// Connected, authenticated clients needed before a round starts.
+    public var minimumClients = 2
+    /// Updates wanted per round.
+    public var clientsPerRound = 10
+    /// Clients selected per round = ceil(clientsPerRound × overSelection), to absorb dropouts.
+    public var overSelection = 1.3
+    /// Fewest updates that make a round count; fewer by the deadline and the round is retried.
+    public var minimumUpdates = 1
+    /// Seconds a round waits for updates.
+    public var roundDeadline = 60.0
+    /// Local training the clients are asked to do.
+    public var localEpochs = 1
+    public var batchSize = 10
+    public var learningRate: Float = 0.1
+    /// Codec spec for client updates and for the model download.
+    public var uplinkCodec = "fp32+raw"
+    public var downlinkCodec = "fp32+raw"
+    public var serverOptimizer = ServerOptimizer.Settings()
+    /// Registered clients: id → shared secret.
+    public var secrets: [String: String] = [:]
+    /// Seed for initialisation and client selection.
+    public var seed: UInt64 = 1
+    /// Heartbeat period announced to clients, in milliseconds.
+    public var heartbeatMilliseconds: UInt32 = 5000
+    /// Seconds a connection may take to authenticate.
+    public var handshakeTimeout = 10.0
+
+    public init() {}
+
+    /// Number selected each round.
+    public var selectionSize: Int { Int((Double(clientsPerRound) * overSelection).rounded(.up)) }
+}
+
+/// One round's outcome, for logs, reports and (later) the store.
+public struct CoordinatorRound: Sendable, Equatable {
+    public var round: Int
+    public var selected: Int
+    public var completed: Int
+    public var refused: Int
+    public var uplinkBytes: Int
+    public var downlinkBytes: Int
+    public var trainingLoss: Double
+    public var testAccuracy: Double?
+    public var testLoss: Double?
+    public var seconds: Double
+    /// Attempts that were abandoned below quorum before this one completed.
+    public var abandonedAttempts: Int
+}
