@@ -1,0 +1,156 @@
+import FedClient
+import FedCodec
+import FedModel
+import FedProtocol
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import FedCoordinator
+
+/// A hand-driven protocol peer for the tests: it can say exactly the wrong thing.
+final class FramedPeer: @unchecked Sendable {
+    let channel: NIOAsyncChannel<Frame, Frame>
+    let inbound: NIOAsyncChannelInboundStream<Frame>
+    let writer: MessageWriter
+    let reader: MessageReader
+
+    static func connect(port: Int) async throws -> FramedPeer {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture { try makeFramedChannel(channel) }
+            }
+        return FramedPeer(channel)
+    }
+
+    private init(_ channel: NIOAsyncChannel<Frame, Frame>) {
+        self.channel = channel
+        inbound = channel.inbound
+        writer = MessageWriter(channel.outbound)
+        reader = MessageReader(channel.inbound)
+    }
+
+    func authenticate(id: String, secret: String) async throws -> Message? {
+        try await writer.send(.hello(Hello(clientID: id, protocolVersions: [1], codecs: ["fp32"], memoryBudget: 0, exampleCount: 100)))
+        guard case .challenge(let nonce, _)? = try await reader.next() else { return nil }
+        try await writer.send(.authenticate(mac: Authentication.mac(secret: secret, nonce: nonce, clientID: id)))
+        return try await reader.next()
+    }
+
+    /// Messages until the first ERROR (returned) or the end of the connection (nil).
+    func nextError() async throws -> ProtocolError.Code? {
+        while let message = try await reader.next() {
+            if case .error(let code, _) = message { return ProtocolError.Code(rawValue: code) }
+        }
+        return nil
+    }
+}
+
+/// Sends raw bytes and returns the error code of the first ERROR frame that comes back.
+func sendRaw(_ bytes: [UInt8], port: Int) async throws -> ProtocolError.Code? {
+    let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .connect(host: "127.0.0.1", port: port) { channel in
+            channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+        }
+    return try await channel.executeThenClose { inbound, outbound in
+        try await outbound.write(ByteBuffer(bytes: bytes))
+        var decoder = FrameDecoder()
+        var framer = MessageFramer()
+        var buffer = ByteBuffer()
+        for try await var chunk in inbound {
+            buffer.writeBuffer(&chunk)
+            while let frame = try decoder.decodeFrame(&buffer) {
+                if case .error(let code, _)? = try framer.receive(frame) { return ProtocolError.Code(rawValue: code) }
+            }
+        }
+        return nil
+    }
+}
+
+/// A valid-looking update for the 2NN: zero deltas, fp32.
+func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
+    let layout = try Network(.mnist2NN).layout
+    var g = SeededGenerator(seed: 1)
+    let shards = try layout.tensors.map { tensor in
+        ShardDelta(index: UInt16(tensor.index), encoded: try [Float](repeating: 0, count: tensor.count).withUnsafeBufferPointer {
+            try ShardCodec.encode($0, spec: CodecSpec(parsing: "fp32+raw"), generator: &g)
+        })
+    }
+    return Update(round: round, modelVersion: version, exampleCount: 10, trainingLoss: 1, shards: shards)
+}
+
+@Suite(.serialized) struct HostilePeerTests {
+    @Test func badPeersAreRefusedAndTheRunCompletes() async throws {
+        // Six honest clients and one straggler that authenticates but never trains.
+        var config = configuration(clients: 7, perRound: 7, rounds: 2)
+        config.minimumUpdates = 4
+        config.roundDeadline = 1.5
+        let deployment = try await Deployment.start(config)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 6, seed: 2)
+        let daemons = (0..<6).map { deployment.client("device-\($0)", secret: "secret-\($0)", indices: shares[$0]) }
+        let clientTasks = daemons.map { daemon in Task { await daemon.run() } }
+
+        let straggler = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await straggler.authenticate(id: "device-6", secret: "secret-6") else {
+            Issue.record("the straggler was not welcomed")
+            return
+        }
+
+        // Strangers and broken peers, while the round runs.
+        let wrongSecret = try await FramedPeer.connect(port: deployment.port)
+        #expect(try await wrongSecret.authenticate(id: "device-1", secret: "guess") == .error(code: ProtocolError.Code.authenticationFailed.rawValue, message: "authentication failed for client \"device-1\""))
+        let unknown = try await FramedPeer.connect(port: deployment.port)
+        if case .error(let code, _)? = try await unknown.authenticate(id: "intruder", secret: "x") {
+            #expect(code == ProtocolError.Code.authenticationFailed.rawValue)
+        } else {
+            Issue.record("an unknown client was not refused")
+        }
+        #expect(try await sendRaw(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), port: deployment.port) == .badMagic)
+        var oversized = ByteBuffer(bytes: Frame.magic)
+        oversized.writeInteger(UInt8(1)); oversized.writeInteger(UInt8(1)); oversized.writeInteger(UInt16(0), endianness: .little)
+        oversized.writeInteger(UInt32(1 << 30), endianness: .little); oversized.writeInteger(UInt32(0), endianness: .little)
+        #expect(try await sendRaw(Array(oversized.readableBytesView), port: deployment.port) == .frameTooLarge)
+        var badCRC = ByteBuffer()
+        for frame in MessageFramer().frames(for: .heartbeat(timestamp: 1)) { frame.write(to: &badCRC) }
+        badCRC.setInteger(UInt32(0xDEAD_BEEF), at: 12, endianness: .little)
+        #expect(try await sendRaw(Array(badCRC.readableBytesView), port: deployment.port) == .badChecksum)
+        let newer = try await sendRaw({ var b = badCRC; b.setInteger(UInt8(9), at: 4); return Array(b.readableBytesView) }(), port: deployment.port)
+        #expect(newer == .unsupportedVersion)
+
+        // A peer that drops in the middle of a frame.
+        var partial = ByteBuffer()
+        for frame in MessageFramer().frames(for: .update(try zeroUpdate(round: 1, version: 0))) { frame.write(to: &partial) }
+        let dropper = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: deployment.port) { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            }
+        try await dropper.executeThenClose { _, outbound in
+            try await outbound.write(partial.getSlice(at: 0, length: 5000)!)
+        }
+
+        // The straggler's update for a round that is not current is refused as stale.
+        try await straggler.writer.send(.update(try zeroUpdate(round: 77, version: 0)))
+
+        let history = try await deployment.run.value
+        for task in clientTasks { await task.value }
+        #expect(history.count == 2, "the run completes despite the bad peers")
+        #expect(history.allSatisfy { $0.completed == 6 && $0.selected == 7 }, "\(history.map { ($0.selected, $0.completed) })")
+        #expect(history.compactMap(\.testAccuracy).last! > 0.6)
+        var sawStale = false
+        while let message = try await straggler.reader.next() {
+            if case .error(let code, _) = message, code == ProtocolError.Code.staleRound.rawValue { sawStale = true }
+        }
+        #expect(sawStale, "the stale update was refused with staleRound")
+    }
+
+    @Test func roundStateAdmitsOnceAndRefusesStaleAndLate() {
+        var state = RoundState(round: 3, modelVersion: 2, selected: ["a", "b", "c"], wanted: 2)
+        #expect(state.admit(client: "a", round: 3, version: 2) == .accept)
+        if case .refuse(let code, _) = state.admit(client: "a", round: 3, version: 2) { #expect(code == .unexpectedMessage) } else { Issue.record("second update admitted") }
+        if case .refuse(let code, _) = state.admit(client: "b", round: 2, version: 1) { #expect(code == .staleRound) } else { Issue.record("stale update admitted") }
+        if case .refuse(let code, _) = state.admit(client: "z", round: 3, version: 2) { #expect(code == .unexpectedMessage) } else { Issue.record("unselected client admitted") }
+        #expect(state.admit(client: "b", round: 3, version: 2) == .accept)
+        #expect(state.isComplete)
+        if case .refuse(let code, _) = state.admit(client: "c", round: 3, version: 2) { #expect(code == .lateUpdate) } else { Issue.record("update beyond the target admitted") }
+    }
+}
