@@ -23,6 +23,8 @@ let package = Package(
         .library(name: "FedSim", targets: ["FedSim"]),
         .executable(name: "fedsim", targets: ["fedsim"]),
         .executable(name: "fedbench", targets: ["fedbench"]),
+        .executable(name: "fedcoord", targets: ["fedcoord"]),
+        .executable(name: "fedclient", targets: ["fedclient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -68,6 +70,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -96,6 +99,25 @@ let package = Package(
             dependencies: [
                 "FedSim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "fedcoord",
+            dependencies: [
+                "FedCoordinator", "FedModel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "fedclient",
+            dependencies: [
+                "FedClient", "FedModel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: swiftSettings
         ),

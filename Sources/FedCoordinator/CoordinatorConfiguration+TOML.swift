@@ -1,0 +1,126 @@
+import FedModel
+import Foundation
+import TOMLKit
+
+extension CoordinatorConfiguration {
+    static let keys: Set<String> = [
+        "host", "port", "model", "layers", "rounds", "target_accuracy", "min_clients", "clients_per_round",
+        "over_selection", "min_updates", "round_deadline", "local_epochs", "batch_size", "learning_rate",
+        "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
+        "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
+    ]
+
+    /// Reads a coordinator configuration file (Configs/coordinator.toml documents every key).
+    /// Returns the configuration and the test-data directory, if any (relative paths are
+    /// resolved against the file's directory).
+    public static func load(contentsOf url: URL) throws -> (CoordinatorConfiguration, testData: URL?) {
+        let text: String
+        do { text = try String(contentsOf: url, encoding: .utf8) } catch {
+            throw ConfigurationFileError("\(url.path): \(FileManager.default.fileExists(atPath: url.path) ? "cannot read file" : "no such file")")
+        }
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
+            throw ConfigurationFileError("\(url.path): invalid TOML at line \(error.source.begin.line): \(error.description)")
+        }
+        let source = url.path
+        for key in table.keys where !keys.contains(key) {
+            throw ConfigurationFileError("\(source): unknown key \"\(key)\"")
+        }
+        func value<T>(_ key: String, _ read: (TOMLValueConvertible) -> T?, _ type: String) throws -> T? {
+            guard let v = table[key] else { return nil }
+            guard let result = read(v) else { throw ConfigurationFileError("\(source): \"\(key)\" must be \(type)") }
+            return result
+        }
+        let number: (TOMLValueConvertible) -> Double? = { $0.double ?? $0.int.map(Double.init) }
+        var c = CoordinatorConfiguration()
+        if let v = try value("host", { $0.string }, "a string") { c.host = v }
+        if let v = try value("port", { $0.int }, "an integer") { c.port = v }
+        if let v = try value("model", { $0.string }, "a string") {
+            guard let spec = ModelSpec.preset(v) else { throw ConfigurationFileError("\(source): model must be 2nn or cnn, got \"\(v)\"") }
+            c.model = spec
+        }
+        if let v = try value("layers", { $0.array?.compactMap { $0.string } }, "an array of strings") {
+            do {
+                let layers = try v.map(LayerSpec.init(parsing:))
+                let conv = layers.contains { if case .conv = $0 { true } else { false } }
+                c.model = ModelSpec(input: conv ? TensorShape(height: 28, width: 28, channels: 1) : .vector(784), classes: 10, layers: layers)
+            } catch let error as ModelError { throw ConfigurationFileError("\(source): layers: \(error)") }
+        }
+        if let v = try value("rounds", { $0.int }, "an integer") { c.rounds = v }
+        if let v = try value("target_accuracy", number, "a number") { c.targetAccuracy = v }
+        if let v = try value("min_clients", { $0.int }, "an integer") { c.minimumClients = v }
+        if let v = try value("clients_per_round", { $0.int }, "an integer") { c.clientsPerRound = v }
+        if let v = try value("over_selection", number, "a number") { c.overSelection = v }
+        if let v = try value("min_updates", { $0.int }, "an integer") { c.minimumUpdates = v }
+        if let v = try value("round_deadline", number, "a number of seconds") { c.roundDeadline = v }
+        if let v = try value("local_epochs", { $0.int }, "an integer") { c.localEpochs = v }
+        if let v = try value("batch_size", { $0.int }, "an integer") { c.batchSize = v }
+        if let v = try value("learning_rate", number, "a number") { c.learningRate = Float(v) }
+        if let v = try value("codec", { $0.string }, "a string") { c.uplinkCodec = v }
+        if let v = try value("downlink", { $0.string }, "a string") { c.downlinkCodec = v }
+        if let v = try value("server_optimizer", { $0.string }, "a string") {
+            guard let kind = ServerOptimizer.Kind(rawValue: v.lowercased()) else { throw ConfigurationFileError("\(source): unknown server_optimizer \"\(v)\"") }
+            c.serverOptimizer.kind = kind
+        }
+        if let v = try value("server_lr", number, "a number") { c.serverOptimizer.learningRate = Float(v) }
+        if let v = try value("server_momentum", number, "a number") { c.serverOptimizer.momentum = Float(v) }
+        if let v = try value("server_beta2", number, "a number") { c.serverOptimizer.beta2 = Float(v) }
+        if let v = try value("server_tau", number, "a number") { c.serverOptimizer.tau = Float(v) }
+        if let v = try value("seed", { $0.int }, "an integer"), v >= 0 { c.seed = UInt64(v) }
+        if let v = try value("heartbeat_ms", { $0.int }, "an integer") { c.heartbeatMilliseconds = UInt32(clamping: v) }
+        if let v = try value("handshake_timeout", number, "a number of seconds") { c.handshakeTimeout = v }
+        if let clients = table["clients"] {
+            guard let t = clients.table else { throw ConfigurationFileError("\(source): [clients] must be a table of id = \"secret\"") }
+            for id in t.keys {
+                guard let secret = t[id]?.string, !secret.isEmpty else { throw ConfigurationFileError("\(source): secret of client \"\(id)\" must be a non-empty string") }
+                c.secrets[id] = secret
+            }
+        }
+        var testData: URL?
+        if let v = try value("test_data", { $0.string }, "a string") {
+            testData = v.hasPrefix("/") ? URL(fileURLWithPath: v) : url.deletingLastPathComponent().appendingPathComponent(v).standardizedFileURL
+        }
+        try c.validate()
+        return (c, testData)
+    }
+
+    /// Checks every value; the error names the key.
+    public func validate() throws {
+        func fail(_ m: String) -> ConfigurationFileError { ConfigurationFileError(m) }
+        guard (0...65_535).contains(port) else { throw fail("port must be in 0...65535, got \(port)") }
+        guard rounds >= 1 else { throw fail("rounds must be at least 1") }
+        guard minimumClients >= 1 else { throw fail("min_clients must be at least 1") }
+        guard clientsPerRound >= 1 else { throw fail("clients_per_round must be at least 1") }
+        guard overSelection >= 1, overSelection <= 10 else { throw fail("over_selection must be in [1, 10], got \(overSelection)") }
+        guard minimumUpdates >= 1, minimumUpdates <= clientsPerRound else { throw fail("min_updates must be in 1...clients_per_round") }
+        guard roundDeadline > 0 else { throw fail("round_deadline must be positive") }
+        guard (1...65_535).contains(localEpochs) else { throw fail("local_epochs must be in 1...65535") }
+        guard (1...1024).contains(batchSize) else { throw fail("batch_size must be in 1...1024") }
+        guard learningRate > 0, learningRate.isFinite else { throw fail("learning_rate must be positive") }
+        guard handshakeTimeout > 0 else { throw fail("handshake_timeout must be positive") }
+        do {
+            _ = try CodecSpecCheck.parse(uplinkCodec)
+            _ = try CodecSpecCheck.parse(downlinkCodec)
+            try serverOptimizer.validate()
+            _ = try Network(model)
+        } catch let error as ModelError {
+            throw fail(error.description)
+        } catch {
+            throw fail("\(error)")
+        }
+        guard !secrets.isEmpty else { throw fail("no clients registered: add a [clients] table of id = \"secret\"") }
+    }
+}
+
+import FedCodec
+enum CodecSpecCheck {
+    static func parse(_ text: String) throws -> CodecSpec {
+        do { return try CodecSpec(parsing: text) } catch let error as CodecError { throw ConfigurationFileError("codec: \(error.message)") }
+    }
+}
+
+/// A configuration file that cannot be used; the message names the file or key.
+public struct ConfigurationFileError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,81 @@
+import ArgumentParser
+import Dispatch
+import FedCoordinator
+import FedModel
+import Foundation
+import Logging
+
+@main
+struct FedCoord: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fedcoord",
+        abstract: "The federated learning coordinator.",
+        version: "0.1.0",
+        subcommands: [Serve.self],
+        defaultSubcommand: Serve.self)
+}
+
+extension FedCoord {
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Listen for client daemons and run the training rounds of a configuration.",
+            discussion: "Stops after the configured rounds or at the target accuracy. SIGTERM or SIGINT finish the current round, say goodbye to the clients and exit.")
+
+        @Option(help: "Coordinator configuration (TOML); Configs/coordinator.toml documents every key.")
+        var config = "Configs/coordinator.toml"
+        @Option(help: "Port to listen on (overrides the configuration; 0 = any free port).")
+        var port: Int?
+        @Option(help: "Address to listen on (overrides the configuration).")
+        var host: String?
+        @Option(help: "Rounds to run (overrides the configuration).")
+        var rounds: Int?
+
+        func run() async throws {
+            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+            let logger = Logger(label: "fedcoord")
+            var configuration: CoordinatorConfiguration
+            let testData: URL?
+            let test: Dataset?
+            do {
+                (configuration, testData) = try CoordinatorConfiguration.load(contentsOf: URL(fileURLWithPath: config))
+                if let port { configuration.port = port }
+                if let host { configuration.host = host }
+                if let rounds { configuration.rounds = rounds }
+                try configuration.validate()
+                test = try testData.map { try MNIST.load(directory: $0, train: false) }
+            } catch let error as ConfigurationFileError {
+                fail(error.description)
+            } catch let error as DataError {
+                fail(error.description)
+            }
+            let coordinator = try Coordinator(configuration: configuration, test: test, logger: logger)
+            let signals = [SIGTERM, SIGINT].map { signal -> DispatchSourceSignal in
+                Foundation.signal(signal, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: signal)
+                source.setEventHandler {
+                    logger.info("shutting down after the current round", metadata: ["signal": "\(signal)"])
+                    Task { await coordinator.stop() }
+                }
+                source.resume()
+                return source
+            }
+            let listenHost = configuration.host
+            let history = try await coordinator.run(onBound: { port in
+                print("fedcoord: listening on \(listenHost):\(port)")
+                fflush(nil)
+            }, progress: { r in
+                let accuracy = r.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
+                print(String(format: "round %4d  accuracy %@  updates %d/%d  refused %d  up %d B  down %d B  %.2fs",
+                             r.round, accuracy, r.completed, r.selected, r.refused, r.uplinkBytes, r.downlinkBytes, r.seconds))
+                fflush(nil)
+            })
+            _ = signals
+            print("fedcoord: done: \(history.count) rounds, final accuracy \(history.last?.testAccuracy.map { String(format: "%.4f", $0) } ?? "-")")
+        }
+
+        private func fail(_ message: String) -> Never {
+            FileHandle.standardError.write(Data("fedcoord: error: \(message)\n".utf8))
+            Foundation.exit(1)
+        }
+    }
+}
