@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+
+/// The real executables, as an operator and device owners start them, talking over 127.0.0.1.
+@Suite(.serialized) struct DaemonProcessTests {
+    static func executable(_ name: String) -> URL {
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        while !FileManager.default.isExecutableFile(atPath: directory.appendingPathComponent(name).path), directory.pathComponents.count > 2 {
+            directory = directory.deletingLastPathComponent()
+        }
+        return directory.appendingPathComponent(name)
+    }
+
+    func start(_ name: String, _ arguments: [String], output: URL) throws -> Process {
+        let process = Process()
+        process.executableURL = Self.executable(name)
+        process.arguments = arguments
+        process.currentDirectoryURL = repositoryRoot
+        FileManager.default.createFile(atPath: output.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: output)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        return process
+    }
+
+    @Test func coordinatorAndTwoClientProcessesTrainThreeRounds() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedproc-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let config = directory.appendingPathComponent("coordinator.toml")
+        try """
+            port = 0
+            rounds = 3
+            min_clients = 2
+            clients_per_round = 2
+            over_selection = 1.0
+            codec = "topk:0.1+q8+ef"
+            test_data = "\(repositoryRoot.path)/Simulations/data/mnist"
+            [clients]
+            a = "secret-a"
+            b = "secret-b"
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let coordinatorLog = directory.appendingPathComponent("coordinator.log")
+        let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: coordinatorLog)
+        defer { if coordinator.isRunning { coordinator.terminate() } }
+        var port: Int?
+        for _ in 0..<200 where port == nil {
+            try await Task.sleep(nanoseconds: 50_000_000)
+            let text = (try? String(contentsOf: coordinatorLog, encoding: .utf8)) ?? ""
+            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("fedcoord: listening on") }) {
+                port = Int(line.split(separator: ":").last!)
+            }
+        }
+        let listening = try #require(port, "fedcoord did not report its port")
+        var clients: [Process] = []
+        for (id, range) in [("a", "0..<600"), ("b", "600..<1200")] {
+            clients.append(try start("fedclient", [
+                "--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", "secret-\(id)",
+                "--data", "Simulations/data/mnist", "--examples", range,
+                "--state-file", directory.appendingPathComponent("\(id).residual").path,
+            ], output: directory.appendingPathComponent("\(id).log")))
+        }
+        for _ in 0..<600 where coordinator.isRunning { try await Task.sleep(nanoseconds: 100_000_000) }
+        for client in clients {
+            for _ in 0..<100 where client.isRunning { try await Task.sleep(nanoseconds: 100_000_000) }
+        }
+        let log = try String(contentsOf: coordinatorLog, encoding: .utf8)
+        #expect(coordinator.terminationStatus == 0, "coordinator log:\n\(log)")
+        #expect(log.contains("round    3"), "coordinator log:\n\(log)")
+        #expect(log.contains("fedcoord: done: 3 rounds"))
+        for (client, id) in zip(clients, ["a", "b"]) {
+            let clientLog = try String(contentsOf: directory.appendingPathComponent("\(id).log"), encoding: .utf8)
+            #expect(client.terminationStatus == 0, "client \(id):\n\(clientLog)")
+            #expect(clientLog.contains("finished after 3 rounds"), "client \(id):\n\(clientLog)")
+            // Error feedback is on, so the residual was persisted, one float per parameter.
+            let residual = try Data(contentsOf: directory.appendingPathComponent("\(id).residual"))
+            #expect(residual.count == 199_210 * 4)
+        }
+    }
+
+    @Test func badConfigurationsAreOneLineErrors() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedcfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let cases: [(String, String)] = [
+            ("port = 0\n", "no clients registered"),
+            ("port = 0\nrounds = 0\n[clients]\na = \"s\"\n", "rounds"),
+            ("port = 0\nflavour = 1\n[clients]\na = \"s\"\n", "unknown key \"flavour\""),
+            ("port = 0\ncodec = \"q9\"\n[clients]\na = \"s\"\n", "codec"),
+        ]
+        for (index, (text, expected)) in cases.enumerated() {
+            let config = directory.appendingPathComponent("c\(index).toml")
+            try text.write(to: config, atomically: true, encoding: .utf8)
+            let log = directory.appendingPathComponent("c\(index).log")
+            let process = try start("fedcoord", ["serve", "--config", config.path], output: log)
+            process.waitUntilExit()
+            let output = try String(contentsOf: log, encoding: .utf8)
+            #expect(process.terminationStatus == 1, "\(text): \(output)")
+            #expect(output.contains(expected) && output.split(separator: "\n").count == 1, "\(text): \(output)")
+        }
+        let log = directory.appendingPathComponent("client.log")
+        let client = try start("fedclient", ["--id", "a", "--secret", "s", "--data", "/no/such/dir"], output: log)
+        client.waitUntilExit()
+        #expect(client.terminationStatus == 1)
+        #expect(try String(contentsOf: log, encoding: .utf8).contains("no such file"))
+    }
+}
