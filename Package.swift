@@ -90,6 +90,9 @@ let package = Package(
             dependencies: [
                 "FedModel",
                 "FedCodec",
+                "FedCoordinator",
+                "FedClient",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: swiftSettings

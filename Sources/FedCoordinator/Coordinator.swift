@@ -351,7 +351,10 @@ public actor Coordinator {
     /// Up to ``CoordinatorConfiguration/selectionSize`` idle clients, drawn from the seed.
     private func selectClients(round: Int, attempt: Int) -> [String] {
         var pool = clients.filter { !$0.value.busy }.keys.sorted()
-        var generator = SeededGenerator(seed: configuration.seed, stream: 0x5E1E, UInt64(round), UInt64(attempt))
+        // The same draw as fedsim's in-memory transport, so both pick the same clients.
+        var generator = attempt == 0
+            ? SeededGenerator(seed: configuration.seed, stream: 0x5A3B, UInt64(round))
+            : SeededGenerator(seed: configuration.seed, stream: 0x5A3B, UInt64(round), UInt64(attempt))
         let count = min(pool.count, configuration.selectionSize)
         for i in 0..<count {
             pool.swapAt(i, i + Int(generator.next() % UInt64(pool.count - i)))

@@ -191,7 +191,12 @@ public final class Simulation {
     }
 
     /// The report of the rounds run so far.
-    public var report: SimulationReport {
+    public var report: SimulationReport { makeReport(records) }
+
+    /// The report of rounds run through the TCP transport.
+    func reportOverTCP(_ rounds: [RoundRecord]) -> SimulationReport { makeReport(rounds) }
+
+    private func makeReport(_ records: [RoundRecord]) -> SimulationReport {
         let accuracies = records.compactMap(\.testAccuracy)
         let target = configuration.targetAccuracy > 0 ? configuration.targetAccuracy : nil
         let total = records.reduce(0) { $0 + $1.seconds }

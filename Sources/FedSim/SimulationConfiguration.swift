@@ -55,6 +55,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var codec = "fp32+raw"
     /// How the server encodes the global model it sends (no top-k, no error feedback).
     public var downlink = "fp32+raw"
+    /// `memory`: clients are trained by worker threads; `tcp`: a real coordinator and one real
+    /// client daemon per client, in this process, over 127.0.0.1.
+    public var transport = "memory"
     /// Server optimizer applied to the aggregated delta: fedavg, fedavgm, fedadagrad, fedadam, fedyogi.
     public var serverOptimizer = "fedavg"
     /// Server learning rate η.
@@ -73,7 +76,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
         "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "stop_at_target",
         "evaluate_every", "threads", "codec", "downlink", "server_optimizer", "server_lr",
-        "server_momentum", "server_beta2", "server_tau",
+        "server_momentum", "server_beta2", "server_tau", "transport",
     ]
 
     /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
@@ -160,6 +163,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try string("codec") { c.codec = v }
         if let v = try string("downlink") { c.downlink = v }
         if let v = try string("server_optimizer") { c.serverOptimizer = v }
+        if let v = try string("transport") { c.transport = v }
         if let v = try double("server_lr") { c.serverLearningRate = v }
         if let v = try double("server_momentum") { c.serverMomentum = v }
         if let v = try double("server_beta2") { c.serverBeta2 = v }
@@ -189,6 +193,14 @@ public struct SimulationConfiguration: Sendable, Equatable {
         _ = try uplinkSpec()
         _ = try downlinkSpec()
         _ = try serverOptimizerSettings()
+        switch transport {
+        case "memory": break
+        case "tcp":
+            guard momentum == 0, weightDecay == 0, proximalMu == 0 else {
+                throw ConfigurationError("transport tcp: the training task carries only the learning rate; momentum, weight_decay and proximal_mu must be 0")
+            }
+        default: throw ConfigurationError("transport must be memory or tcp, got \"\(transport)\"")
+        }
     }
 
     /// The server optimizer named by `server_optimizer` with its hyperparameters.

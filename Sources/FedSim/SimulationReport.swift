@@ -139,7 +139,7 @@ extension SimulationConfiguration {
             "codec": .string(codec), "downlink": .string(downlink),
             "server_optimizer": .string(serverOptimizer), "server_lr": .double(serverLearningRate),
             "server_momentum": .double(serverMomentum), "server_beta2": .double(serverBeta2),
-            "server_tau": .double(serverTau),
+            "server_tau": .double(serverTau), "transport": .string(transport),
         ]
     }
 }

@@ -4,7 +4,7 @@ import FedSim
 import Foundation
 
 @main
-struct FedSimCommand: ParsableCommand {
+struct FedSimCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fedsim",
         abstract: "Simulate federated averaging with many clients in one process on MNIST.",
@@ -35,6 +35,7 @@ struct FedSimCommand: ParsableCommand {
     @Option(help: "Worker threads (0 = one per core).") var threads: Int?
     @Option(help: "Update codec: fp32, fp16, q8, q4, q2, sign, optionally topk:F+ before and +ef, +sr, +gN, +zN, +raw after (e.g. topk:0.01+q8+ef).") var codec: String?
     @Option(help: "Codec for the global model sent to clients: fp32, fp16 or q8 (+raw for no zlib).") var downlink: String?
+    @Option(help: "memory (worker threads) or tcp (a real coordinator and client daemons over 127.0.0.1).") var transport: String?
     @Option(name: .customLong("server-optimizer"), help: "fedavg, fedavgm, fedadagrad, fedadam or fedyogi.") var serverOptimizer: String?
     @Option(name: .customLong("server-lr"), help: "Server learning rate.") var serverLearningRate: Double?
     @Option(name: .customLong("server-momentum"), help: "Server momentum (FedAvgM) or beta1 (adaptive).") var serverMomentum: Double?
@@ -42,9 +43,9 @@ struct FedSimCommand: ParsableCommand {
     @Option(help: "Write the JSON report to this file.") var report: String?
     @Flag(name: .shortAndLong, help: "Print only the final summary.") var quiet = false
 
-    func run() throws {
+    func run() async throws {
         do {
-            try simulate()
+            try await simulate()
         } catch let error as ConfigurationError {
             fail(error.description)
         } catch let error as DataError {
@@ -86,6 +87,7 @@ struct FedSimCommand: ParsableCommand {
         if let codec { c.codec = codec }
         if let downlink { c.downlink = downlink }
         if let serverOptimizer { c.serverOptimizer = serverOptimizer }
+        if let transport { c.transport = transport }
         if let serverLearningRate { c.serverLearningRate = serverLearningRate }
         if let serverMomentum { c.serverMomentum = serverMomentum }
         if let data { c.data = data }
@@ -93,7 +95,7 @@ struct FedSimCommand: ParsableCommand {
         return c
     }
 
-    private func simulate() throws {
+    private func simulate() async throws {
         let c = try effectiveConfiguration()
         if let report {
             // Fail before hours of work, not after.
@@ -109,11 +111,11 @@ struct FedSimCommand: ParsableCommand {
                 fedsim: \(c.name): model \(c.layers.isEmpty ? c.model : c.layers.joined(separator: ",")) \
                 (\(simulation.network.parameterCount) parameters), codec \(c.codec), downlink \(c.downlink), \(c.clients) clients, \
                 \(c.clientsPerRound) per round, partition \(c.partition), E=\(c.localEpochs) B=\(c.batchSize) \
-                lr=\(c.learningRate), \(c.rounds) rounds, \(c.effectiveThreads) threads, seed \(c.seed) \
+                lr=\(c.learningRate), \(c.rounds) rounds, transport \(c.transport), \(c.effectiveThreads) threads, seed \(c.seed) \
                 (data loaded in \(String(format: "%.1f", Date().timeIntervalSince(loadStart)))s)
                 """)
         }
-        let result = try simulation.run { record in
+        let printRound: @Sendable (RoundRecord) -> Void = { [quiet] record in
             guard !quiet else { return }
             let accuracy = record.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
             let loss = record.testLoss.map { String(format: "%.4f", $0) } ?? "-"
@@ -122,6 +124,9 @@ struct FedSimCommand: ParsableCommand {
                 record.round, c.rounds, accuracy, loss, record.trainLoss, record.clients, record.seconds))
             fflush(nil)
         }
+        let result = c.transport == "tcp"
+            ? try await simulation.runOverTCP(progress: printRound)
+            : try simulation.run(progress: printRound)
         let s = result.summary
         let final = s.finalAccuracy.map { String(format: "%.4f", $0) } ?? "-"
         let best = s.bestAccuracy.map { String(format: "%.4f", $0) } ?? "-"

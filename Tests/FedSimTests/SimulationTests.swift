@@ -154,6 +154,21 @@ enum SmallMNIST {
         #expect { try c.validate() } throws: { "\($0)".hasPrefix(key + ":") }
     }
 
+    @Test func tcpTransportMatchesMemoryTransport() async throws {
+        let memory = try Simulation(configuration: configuration { $0.rounds = 3 }, train: SmallMNIST.train, test: SmallMNIST.test)
+        let viaMemory = try memory.run()
+        let tcp = try Simulation(configuration: configuration { $0.rounds = 3; $0.transport = "tcp" }, train: SmallMNIST.train, test: SmallMNIST.test)
+        let viaTCP = try await tcp.runOverTCP()
+        #expect(viaTCP.rounds.count == 3)
+        for (a, b) in zip(viaMemory.rounds, viaTCP.rounds) {
+            #expect(abs(a.testAccuracy! - b.testAccuracy!) < 0.01, "round \(a.round): memory \(a.testAccuracy!) tcp \(b.testAccuracy!)")
+            #expect(a.clients == b.clients)
+        }
+        // Same clients, same training, same encoder: the same update bytes in round 1.
+        #expect(viaMemory.rounds[0].uplinkBytes == viaTCP.rounds[0].uplinkBytes)
+        #expect(viaMemory.rounds[0].trainLoss == viaTCP.rounds[0].trainLoss || abs(viaMemory.rounds[0].trainLoss - viaTCP.rounds[0].trainLoss) < 1e-6)
+    }
+
     @Test func moreShardsThanDataIsAConfigurationError() {
         let c = configuration { $0.clients = 4000; $0.partition = "shards" }
         #expect { try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test) } throws: {
