@@ -18,3 +18,4 @@ import Testing
         #expect(try ShardCodec.decode(bytes, expectedCount: 8) == [0, 0.5, 0, 0, -2, 0, 0, 0])
     }
 }
+

@@ -146,3 +146,18 @@ let sampleMessages: [Message] = [
         #expect(hex == "46 45 44 4c 01 01 00 00 1b 00 00 00 55 0b 96 61 04 00 64 65 76 31 01 00 01 01 00 02 00 71 38 00 00 00 00 00 00 00 00 58 02 00 00")
     }
 }
+
+@Suite struct ProtocolExampleTests {
+    @Test func smallUpdateHexExample() {
+        // An update for round 1 from model version 0: 600 examples, loss 0.5, one shard (index 1)
+        // whose delta [0.5, -0.25] is encoded q8+raw.
+        let shard: [UInt8] = [
+            0x46, 0x43, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+            0x02, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0xa5, 0x53, 0x54, 0xd3,
+            0x00, 0x00, 0x80, 0xbe, 0xc1, 0xc0, 0x40, 0x3b, 0xff, 0x00,
+        ]
+        let frames = MessageFramer().frames(for: .update(Update(round: 1, modelVersion: 0, exampleCount: 600, trainingLoss: 0.5, shards: [ShardDelta(index: 1, encoded: shard)])))
+        let hex = bytes(of: frames).readableBytesView.map { String(format: "%02x", $0) }.joined(separator: " ")
+        #expect(hex == "46 45 44 4c 01 07 00 00 42 00 00 00 2d c2 16 7f 01 00 00 00 00 00 00 00 58 02 00 00 00 00 00 3f 01 00 01 00 2a 00 00 00 46 43 01 02 00 00 00 00 00 01 00 00 02 00 00 00 02 00 00 00 0a 00 00 00 0a 00 00 00 a5 53 54 d3 00 00 80 be c1 c0 40 3b ff 00")
+    }
+}
