@@ -137,7 +137,7 @@ public actor ClientDaemon {
             throw ModelError("local data has \(configuration.data.dataset.sampleShape.count) features, the model expects \(spec.input.count)")
         }
         self.network = network
-        trainer = LocalTrainer(network: network, batchCapacity: 1024)
+        trainer = nil
         model = [Float](repeating: 0, count: network.parameterCount)
         versions = Array(repeating: nil, count: network.layout.tensors.count)
         residual = try loadResidual(count: network.parameterCount)
@@ -165,7 +165,7 @@ public actor ClientDaemon {
     }
 
     private func train(_ task: TrainingTask) async throws -> Update {
-        guard let network, let trainer else { throw ProtocolError(.unexpectedMessage, "training task before WELCOME") }
+        guard let network else { throw ProtocolError(.unexpectedMessage, "training task before WELCOME") }
         for index in task.shards where versions[Int(index)] != task.modelVersion {
             throw ProtocolError(.unexpectedMessage, "task for model version \(task.modelVersion) but shard \(index) is at \(versions[Int(index)].map(String.init) ?? "none")")
         }
@@ -173,6 +173,10 @@ public actor ClientDaemon {
         guard task.batchSize > 0, task.localEpochs > 0, task.batchSize <= 1024 else {
             throw ProtocolError(.malformedMessage, "task with batch \(task.batchSize) and \(task.localEpochs) epochs")
         }
+        // Buffers sized for the batch the task asks for, kept while it stays the same.
+        let batch = Int(task.batchSize)
+        let trainer = self.trainer.flatMap { $0.workspace.capacity == batch ? $0 : nil } ?? LocalTrainer(network: network, batchCapacity: batch)
+        self.trainer = trainer
         var local = model
         var generator = SeededGenerator(seed: configuration.seed, stream: 0xC11E, UInt64(task.round), configuration.seedStream)
         let summary = trainer.train(

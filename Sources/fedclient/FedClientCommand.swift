@@ -102,13 +102,13 @@ struct FedClientCommand: AsyncParsableCommand {
             let dataset = try CSVDataset.load(contentsOf: url, sampleShape: .vector(max(1, width)), classes: 10)
             return dataset.all
         }
-        let dataset = try MNIST.load(directory: url, train: true)
-        guard let examples else { return dataset.all }
+        guard let examples else { return try MNIST.load(directory: url, train: true).all }
         let bounds = examples.components(separatedBy: "..<")
-        guard bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds[1]), low >= 0, high <= dataset.count, low < high else {
-            fail("examples must be LOW..<HIGH within 0..<\(dataset.count), got \"\(examples)\"")
+        guard bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds[1]), low >= 0, low < high else {
+            fail("examples must be LOW..<HIGH, got \"\(examples)\"")
         }
-        return DatasetSlice(dataset: dataset, indices: (low..<high).map { Int32($0) })
+        // Only this device's examples are kept in memory.
+        return try MNIST.load(directory: url, train: true, examples: low..<high).all
     }
 
     private func fail(_ message: String) -> Never {

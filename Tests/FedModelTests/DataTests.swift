@@ -25,7 +25,7 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
         let data = idx(magic: [0, 0, 8, 3], dimensions: [2, 2, 3], payload: Array(0..<12))
         let (dims, bytes) = try IDX.parse(data, expectedDimensions: 3, source: "x")
         #expect(dims == [2, 2, 3])
-        #expect(bytes == Array(0..<12))
+        #expect(Array(bytes) == Array(0..<12))
     }
 
     @Test func rejectsBadMagic() {
@@ -77,6 +77,15 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
         #expect(test.sampleShape == TensorShape(height: 28, width: 28, channels: 1))
         #expect(test.features.allSatisfy { $0 >= 0 && $0 <= 1 })
         #expect(test.classCounts().allSatisfy { $0 > 800 })
+    }
+
+    @Test func aRangeKeepsOnlyThoseExamples() throws {
+        let all = try MNIST.load(directory: mnistDirectory, train: false)
+        let part = try MNIST.load(directory: mnistDirectory, train: false, examples: 100..<150)
+        #expect(part.count == 50)
+        #expect(part.labels == Array(all.labels[100..<150]))
+        #expect(part.features == Array(all.features[(100 * 784)..<(150 * 784)]))
+        #expect(throws: DataError.self) { try MNIST.load(directory: mnistDirectory, train: false, examples: 9990..<10_010) }
     }
 
     @Test func alteredFileFailsItsChecksum() throws {

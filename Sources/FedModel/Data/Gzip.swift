@@ -9,7 +9,11 @@ func gunzipIfNeeded(_ data: [UInt8], limit: Int, source: String) throws -> [UInt
     guard fed_inflateInit2(&stream, 15 + 16) == Z_OK else { throw DataError(source, "zlib could not start") }
     defer { inflateEnd(&stream) }
     var output = [UInt8]()
-    output.reserveCapacity(min(limit, data.count * 4))
+    // The gzip trailer's ISIZE (uncompressed size mod 2^32) sizes the buffer exactly, so it is
+    // not regrown (and briefly doubled) while inflating; it is only a hint, the limit still rules.
+    let n = data.count
+    let declared = n >= 4 ? Int(data[n - 4]) | Int(data[n - 3]) << 8 | Int(data[n - 2]) << 16 | Int(data[n - 1]) << 24 : 0
+    output.reserveCapacity(min(limit, declared > 0 ? declared : n * 4))
     var chunk = [UInt8](repeating: 0, count: 1 << 16)
     var status: Int32 = Z_OK
     try data.withUnsafeBufferPointer { input in

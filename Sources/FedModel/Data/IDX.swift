@@ -8,7 +8,7 @@ public enum IDX {
     public static let maximumBytes = 1 << 30
 
     /// The dimensions and payload of an unsigned-byte IDX file, validated.
-    public static func read(contentsOf url: URL, expectedDimensions: Int) throws -> (dimensions: [Int], bytes: [UInt8]) {
+    public static func read(contentsOf url: URL, expectedDimensions: Int) throws -> (dimensions: [Int], bytes: ArraySlice<UInt8>) {
         try parse(readDecompressed(url), expectedDimensions: expectedDimensions, source: url.path)
     }
 
@@ -25,7 +25,8 @@ public enum IDX {
     }
 
     /// Validates an already decompressed IDX buffer.
-    public static func parse(_ data: [UInt8], expectedDimensions: Int, source: String) throws -> (dimensions: [Int], bytes: [UInt8]) {
+    /// The payload is returned as a slice of `data` (no copy); its indices start after the header.
+    public static func parse(_ data: [UInt8], expectedDimensions: Int, source: String) throws -> (dimensions: [Int], bytes: ArraySlice<UInt8>) {
         guard data.count >= 4 else { throw DataError(source, "too short for an IDX header (\(data.count) bytes)") }
         guard data[0] == 0, data[1] == 0 else { throw DataError(source, "bad IDX magic \(hex(data[0..<4])): first two bytes must be zero") }
         guard data[2] == 0x08 else { throw DataError(source, "bad IDX magic \(hex(data[0..<4])): element type 0x\(String(data[2], radix: 16)) is not unsigned byte (0x08)") }
@@ -50,7 +51,7 @@ public enum IDX {
             let what = payload < total ? "truncated" : "has trailing bytes"
             throw DataError(source, "\(what): header \(dimensions) promises \(total) data bytes, file has \(payload)")
         }
-        return (dimensions, Array(data[headerBytes...]))
+        return (dimensions, data[headerBytes...])
     }
 
     private static func hex(_ bytes: ArraySlice<UInt8>) -> String {

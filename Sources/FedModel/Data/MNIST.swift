@@ -18,28 +18,36 @@ public enum MNIST {
 
     /// Loads the training or test split from a directory holding the four standard files.
     /// Files with a known name are checked against ``checksums`` (after decompression).
-    public static func load(directory: URL, train: Bool, verifyChecksums: Bool = true) throws -> Dataset {
+    /// With `examples`, only that range is kept (and converted to floats), which keeps a device
+    /// that holds a slice of MNIST small.
+    public static func load(directory: URL, train: Bool, verifyChecksums: Bool = true, examples: Range<Int>? = nil) throws -> Dataset {
         let imageURL = directory.appendingPathComponent(train ? trainImages : testImages)
         let labelURL = directory.appendingPathComponent(train ? trainLabels : testLabels)
-        return try load(images: imageURL, labels: labelURL, verifyChecksums: verifyChecksums)
+        return try load(images: imageURL, labels: labelURL, verifyChecksums: verifyChecksums, examples: examples)
     }
 
     /// Loads an image file and a label file in IDX format (gzipped or raw).
-    public static func load(images imageURL: URL, labels labelURL: URL, verifyChecksums: Bool = true) throws -> Dataset {
+    public static func load(images imageURL: URL, labels labelURL: URL, verifyChecksums: Bool = true, examples: Range<Int>? = nil) throws -> Dataset {
         let images = try readVerified(imageURL, dimensions: 3, verify: verifyChecksums)
         let labels = try readVerified(labelURL, dimensions: 1, verify: verifyChecksums)
         let (count, height, width) = (images.dimensions[0], images.dimensions[1], images.dimensions[2])
         guard labels.dimensions[0] == count else {
             throw DataError(labelURL.path, "has \(labels.dimensions[0]) labels but \(imageURL.lastPathComponent) has \(count) images")
         }
+        let range = examples ?? 0..<count
+        guard range.lowerBound >= 0, range.upperBound <= count, !range.isEmpty else {
+            throw DataError(imageURL.path, "examples \(range) outside the file's 0..<\(count)")
+        }
         let scale: Float = 1 / 255
-        let features = images.bytes.map { Float($0) * scale }
+        let pixels = height * width
+        let imageStart = images.bytes.startIndex, labelStart = labels.bytes.startIndex
+        let features = images.bytes[(imageStart + range.lowerBound * pixels)..<(imageStart + range.upperBound * pixels)].map { Float($0) * scale }
         return try Dataset(
             name: imageURL.lastPathComponent, sampleShape: TensorShape(height: height, width: width, channels: 1),
-            classes: 10, features: features, labels: labels.bytes)
+            classes: 10, features: features, labels: Array(labels.bytes[(labelStart + range.lowerBound)..<(labelStart + range.upperBound)]))
     }
 
-    private static func readVerified(_ url: URL, dimensions: Int, verify: Bool) throws -> (dimensions: [Int], bytes: [UInt8]) {
+    private static func readVerified(_ url: URL, dimensions: Int, verify: Bool) throws -> (dimensions: [Int], bytes: ArraySlice<UInt8>) {
         let source = url.path
         let data = try IDX.readDecompressed(url)
         let base = url.lastPathComponent.hasSuffix(".gz") ? url.lastPathComponent : url.lastPathComponent + ".gz"
