@@ -81,8 +81,9 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
 
 @Suite(.serialized) struct HostilePeerTests {
     @Test func badPeersAreRefusedAndTheRunCompletes() async throws {
-        // Six honest clients and one straggler that authenticates but never trains.
-        var config = configuration(clients: 7, perRound: 7, rounds: 2)
+        // Six honest clients and two stragglers that authenticate but never train. Rounds start
+        // only when all eight are connected, which the test does after the hostile checks.
+        var config = configuration(clients: 8, perRound: 8, rounds: 2)
         config.minimumUpdates = 4
         config.roundDeadline = 1.5
         let deployment = try await Deployment.start(config)
@@ -128,13 +129,22 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
             try await outbound.write(partial.getSlice(at: 0, length: 5000)!)
         }
 
-        // The straggler's update for a round that is not current is refused as stale.
+        // The last client joins: rounds begin. Once the straggler holds a task, its update for
+        // a round that is not current is refused as stale.
+        let second = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await second.authenticate(id: "device-7", secret: "secret-7") else {
+            Issue.record("the second straggler was not welcomed")
+            return
+        }
+        while let message = try await straggler.reader.next() {
+            if case .trainingTask = message { break }
+        }
         try await straggler.writer.send(.update(try zeroUpdate(round: 77, version: 0)))
 
         let history = try await deployment.run.value
         for task in clientTasks { await task.value }
         #expect(history.count == 2, "the run completes despite the bad peers")
-        #expect(history.allSatisfy { $0.completed == 6 && $0.selected == 7 }, "\(history.map { ($0.selected, $0.completed) })")
+        #expect(history.allSatisfy { $0.completed == 6 && $0.selected == 8 }, "\(history.map { ($0.selected, $0.completed) })")
         #expect(history.compactMap(\.testAccuracy).last! > 0.6)
         var sawStale = false
         while let message = try await straggler.reader.next() {
