@@ -164,3 +164,62 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
         if case .refuse(let code, _) = state.admit(client: "c", round: 3, version: 2) { #expect(code == .lateUpdate) } else { Issue.record("update beyond the target admitted") }
     }
 }
+
+@Suite(.serialized) struct ResilienceTests {
+    @Test func selectedClientDroppingMidUploadDoesNotStopTheRound() async throws {
+        var config = configuration(clients: 5, perRound: 5, rounds: 1)
+        config.minimumUpdates = 3
+        config.roundDeadline = 20
+        let deployment = try await Deployment.start(config)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
+        let daemons = (0..<4).map { deployment.client("device-\($0)", secret: "secret-\($0)", indices: shares[$0]) }
+        let tasks = daemons.map { daemon in Task { await daemon.run() } }
+        let dropper = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await dropper.authenticate(id: "device-4", secret: "secret-4") else {
+            Issue.record("not welcomed")
+            return
+        }
+        var task: TrainingTask?
+        while let message = try await dropper.reader.next() {
+            if case .trainingTask(let t) = message { task = t; break }
+        }
+        let assigned = try #require(task)
+        // Half of a real update frame, then the connection goes away.
+        var bytes = ByteBuffer()
+        for frame in MessageFramer().frames(for: .update(try zeroUpdate(round: assigned.round, version: assigned.modelVersion))) { frame.write(to: &bytes) }
+        try await dropper.channel.channel.writeAndFlush(NIOAny(Frame(type: MessageType.update.rawValue, flags: 0, payload: bytes.getSlice(at: 16, length: 100)!)))
+            .get()
+        try await dropper.channel.channel.close()
+        let history = try await deployment.run.value
+        for t in tasks { await t.value }
+        #expect(history.count == 1)
+        #expect(history[0].completed == 4 && history[0].selected == 5, "round 1: \(history[0])")
+        #expect(history[0].seconds < 15, "the round ended when the dropped client left, not at the deadline")
+    }
+
+    @Test func clientsReconnectToARestartedCoordinator() async throws {
+        var config = configuration(clients: 2, perRound: 2, rounds: 50)
+        let first = try await Deployment.start(config)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 4)
+        let daemons = (0..<2).map { i -> ClientDaemon in
+            var c = ClientConfiguration(clientID: "device-\(i)", secret: "secret-\(i)", data: DatasetSlice(dataset: Data6k.train, indices: shares[i]))
+            c.port = first.port
+            c.reconnect = true
+            c.initialBackoff = 0.05
+            return ClientDaemon(configuration: c)
+        }
+        let tasks = daemons.map { daemon in Task { await daemon.run() } }
+        // The first coordinator dies after one round without saying goodbye: stop its task.
+        while await first.coordinator.history.isEmpty { try await Task.sleep(nanoseconds: 10_000_000) }
+        first.run.cancel()
+        _ = try? await first.run.value
+        // A new coordinator on the same port; the daemons find it on their own.
+        config.port = first.port
+        config.rounds = 2
+        let second = try await Deployment.start(config)
+        let history = try await second.run.value
+        for t in tasks { await t.value }
+        #expect(history.count == 2 && history.allSatisfy { $0.completed == 2 })
+        for daemon in daemons { #expect(await daemon.completedRounds.count >= 3, "rounds with the first coordinator, then two with the second") }
+    }
+}
