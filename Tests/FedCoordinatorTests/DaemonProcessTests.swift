@@ -79,6 +79,48 @@ import Testing
         }
     }
 
+    @Test func sigtermFinishesTheRoundAndDismissesTheClients() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedterm-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let config = directory.appendingPathComponent("coordinator.toml")
+        try "port = 0\nrounds = 100000\nmin_clients = 2\nclients_per_round = 2\nover_selection = 1.0\n[clients]\na = \"sa\"\nb = \"sb\"\n"
+            .write(to: config, atomically: true, encoding: .utf8)
+        let log = directory.appendingPathComponent("coordinator.log")
+        let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: log)
+        defer { if coordinator.isRunning { coordinator.terminate() } }
+        var port: Int?
+        for _ in 0..<200 where port == nil {
+            try await Task.sleep(nanoseconds: 50_000_000)
+            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            port = text.split(separator: "\n").first { $0.hasPrefix("fedcoord: listening on") }.flatMap { Int($0.split(separator: ":").last!) }
+        }
+        let listening = try #require(port)
+        let clients = try ["a", "b"].map { id in
+            try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", "s\(id)",
+                                    "--data", "Simulations/data/mnist", "--examples", id == "a" ? "0..<300" : "300..<600"],
+                      output: directory.appendingPathComponent("\(id).log"))
+        }
+        // Let a few rounds pass, then ask the coordinator to stop.
+        for _ in 0..<300 {
+            try await Task.sleep(nanoseconds: 50_000_000)
+            if ((try? String(contentsOf: log, encoding: .utf8)) ?? "").contains("round    3") { break }
+        }
+        kill(coordinator.processIdentifier, SIGTERM)
+        for _ in 0..<200 where coordinator.isRunning || clients.contains(where: \.isRunning) {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        let text = try String(contentsOf: log, encoding: .utf8)
+        #expect(!coordinator.isRunning && coordinator.terminationStatus == 0, "coordinator:\n\(text)")
+        #expect(text.contains("shutting down after the current round"))
+        #expect(text.contains("fedcoord: done:"))
+        for (client, id) in zip(clients, ["a", "b"]) {
+            let clientLog = try String(contentsOf: directory.appendingPathComponent("\(id).log"), encoding: .utf8)
+            #expect(!client.isRunning && client.terminationStatus == 0, "client \(id):\n\(clientLog)")
+            #expect(clientLog.contains("coordinator said goodbye"), "client \(id):\n\(clientLog)")
+        }
+    }
+
     @Test func badConfigurationsAreOneLineErrors() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedcfg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
