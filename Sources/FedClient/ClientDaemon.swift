@@ -19,6 +19,9 @@ public struct ClientConfiguration: Sendable {
     public var seed: UInt64 = 1
     /// Separates this client's random streams from others' (fedsim passes the client index).
     public var seedStream: UInt64 = 0
+    /// Bytes of memory this device offers for training (0 = no limit); a small budget makes the
+    /// coordinator assign only some shards (Protocol.md, section 7).
+    public var memoryBudget: UInt64 = 0
     /// File that keeps the error-feedback residual across restarts (nil = memory only).
     public var stateFile: URL?
     /// Reconnect forever with exponential backoff (a daemon) or stop when the connection ends.
@@ -89,7 +92,7 @@ public actor ClientDaemon {
             let writer = MessageWriter(outbound)
             try await writer.send(.hello(Hello(
                 clientID: configuration.clientID, protocolVersions: [Frame.protocolVersion],
-                codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0,
+                codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: configuration.memoryBudget,
                 exampleCount: UInt32(configuration.data.count))))
             guard case .challenge(let nonce, _)? = try await reader.next() else {
                 throw ProtocolError(.unexpectedMessage, "expected CHALLENGE")
@@ -179,9 +182,15 @@ public actor ClientDaemon {
         self.trainer = trainer
         var local = model
         var generator = SeededGenerator(seed: configuration.seed, stream: 0xC11E, UInt64(task.round), configuration.seedStream)
+        let trained = Set(task.shards.map(Int.init))
+        guard trained.allSatisfy({ $0 < network.layout.tensors.count }) else {
+            throw ProtocolError(.malformedMessage, "task names a shard outside the model")
+        }
+        let frozen = Set(network.layout.tensors.indices).subtracting(trained)
         let summary = trainer.train(
             parameters: &local, anchor: nil, data: configuration.data, epochs: Int(task.localEpochs),
-            batchSize: Int(task.batchSize), sgd: SGD(learningRate: task.learningRate), generator: &generator)
+            batchSize: Int(task.batchSize), sgd: SGD(learningRate: task.learningRate), generator: &generator,
+            frozen: frozen)
         var delta = zip(local, model).map { $0 - $1 }
         if spec.errorFeedback { residual?.compensate(&delta) }
         var codecGenerator = SeededGenerator(seed: configuration.seed, stream: 0xC0DE, UInt64(task.round), configuration.seedStream)

@@ -48,6 +48,8 @@ public actor Coordinator {
         var channel: any Channel
         var heldVersions: [UInt32?]
         var busy = false
+        /// Shards this client trains (all unless its memory budget is small).
+        var trainedShards: [UInt16]
     }
 
     public init(configuration: CoordinatorConfiguration, test: Dataset? = nil, logger: Logger = Logger(label: "fedcoord")) throws {
@@ -190,7 +192,10 @@ public actor Coordinator {
         }
         let session = nextSession
         nextSession += 1
-        clients[id] = ConnectedClient(session: session, outbound: outbound, channel: channel, heldVersions: Array(repeating: nil, count: network.layout.tensors.count))
+        clients[id] = ConnectedClient(
+            session: session, outbound: outbound, channel: channel,
+            heldVersions: Array(repeating: nil, count: network.layout.tensors.count),
+            trainedShards: Self.shardsToTrain(layout: network.layout, memoryBudget: hello.memoryBudget))
         logger.info("client joined", metadata: ["client": "\(id)", "examples": "\(hello.exampleCount)", "connected": "\(clients.count)"])
         return session
     }
@@ -237,6 +242,9 @@ public actor Coordinator {
                     let index = Int(shard.index)
                     guard index < network.layout.tensors.count, !trained.contains(index) else {
                         throw ProtocolError(.badUpdate, "shard index \(index) is out of range or repeated")
+                    }
+                    guard clients[id]?.trainedShards.contains(UInt16(index)) ?? false else {
+                        throw ProtocolError(.badUpdate, "shard \(index) was not assigned to this client")
                     }
                     let range = network.layout.tensors[index].range
                     do {
@@ -362,13 +370,35 @@ public actor Coordinator {
         return Array(pool.prefix(count))
     }
 
+    /// The shards a client with `memoryBudget` bytes trains (Protocol.md, section 7): holding the
+    /// model costs 4 bytes per parameter; training a shard costs 12 bytes per parameter of it
+    /// (gradient, local copy, delta). Shards are taken largest first while they fit; a client
+    /// whose budget fits none trains the smallest one. A budget of 0 means no limit.
+    static func shardsToTrain(layout: ParameterLayout, memoryBudget: UInt64) -> [UInt16] {
+        let all = layout.tensors.map { UInt16($0.index) }
+        guard memoryBudget > 0 else { return all }
+        var remaining = Int64(clamping: memoryBudget) - Int64(layout.parameterCount * 4)
+        var chosen: [UInt16] = []
+        for tensor in layout.tensors.sorted(by: { ($0.count, $1.index) > ($1.count, $0.index) }) {
+            let cost = Int64(tensor.count * 12)
+            if cost <= remaining {
+                chosen.append(UInt16(tensor.index))
+                remaining -= cost
+            }
+        }
+        if chosen.isEmpty, let smallest = layout.tensors.min(by: { $0.count < $1.count }) {
+            chosen = [UInt16(smallest.index)]
+        }
+        return chosen.sorted()
+    }
+
     /// Sends each selected client the shards it lacks at this version, then its task.
     /// Returns the bytes of shards sent.
     private func sendTasks(to selected: [String], round: Int) throws -> Int {
         let cache = try downloadShards()
-        let task = TrainingTask(
+        var task = TrainingTask(
             round: UInt32(round), modelVersion: modelVersion,
-            shards: (0..<network.layout.tensors.count).map { UInt16($0) },
+            shards: [],
             localEpochs: UInt16(configuration.localEpochs), batchSize: UInt16(configuration.batchSize),
             learningRate: configuration.learningRate, codec: configuration.uplinkCodec,
             deadlineMilliseconds: UInt32(configuration.roundDeadline * 1000))
@@ -383,6 +413,7 @@ public actor Coordinator {
                 bytes += encoded.count
             }
             client.busy = true
+            task.shards = client.trainedShards
             client.outbound.yield(.trainingTask(task))
             clients[id] = client
         }

@@ -58,6 +58,10 @@ struct FedClientCommand: AsyncParsableCommand {
         configuration.host = String(parts[0])
         configuration.port = port
         configuration.stateFile = settings["state_file"].map { resolve($0, base) }
+        if let budget = settings["memory_budget"] {
+            guard let bytes = UInt64(budget) else { fail("memory_budget must be a number of bytes, got \"\(budget)\"") }
+            configuration.memoryBudget = bytes
+        }
         let daemon = ClientDaemon(configuration: configuration)
         let signals = [SIGTERM, SIGINT].map { signal -> DispatchSourceSignal in
             Foundation.signal(signal, SIG_IGN)
@@ -78,7 +82,7 @@ struct FedClientCommand: AsyncParsableCommand {
     }
 
     private func readSettings(_ url: URL) throws -> [String: String] {
-        let known: Set<String> = ["id", "secret", "coordinator", "data", "examples", "state_file"]
+        let known: Set<String> = ["id", "secret", "coordinator", "data", "examples", "state_file", "memory_budget"]
         do {
             let table = try TOMLTable(string: try String(contentsOf: url, encoding: .utf8))
             var result: [String: String] = [:]

@@ -223,3 +223,32 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
         for daemon in daemons { #expect(await daemon.completedRounds.count >= 3, "rounds with the first coordinator, then two with the second") }
     }
 }
+
+@Suite(.serialized) struct ShardAssignmentTests {
+    @Test func memoryBudgetChoosesShards() throws {
+        let layout = try Network(.mnist2NN).layout  // shards: 157,000 / 200 / 40,000 / 200 / 2,000 / 10 values
+        let model = UInt64(layout.parameterCount * 4)
+        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: 0) == [0, 1, 2, 3, 4, 5])
+        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: 1) == [5], "nothing fits: the smallest shard")
+        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: model + 12 * 40_000) == [2])
+        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: model + 12 * 42_410) == [1, 2, 3, 4, 5])
+        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: model * 10) == [0, 1, 2, 3, 4, 5])
+    }
+
+    @Test func aSmallDeviceTrainsItsShardsOnly() async throws {
+        let deployment = try await Deployment.start(configuration(clients: 2, perRound: 2, rounds: 2))
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 5)
+        var small = ClientConfiguration(clientID: "device-0", secret: "secret-0", data: DatasetSlice(dataset: Data6k.train, indices: shares[0]))
+        small.port = deployment.port
+        small.reconnect = false
+        small.memoryBudget = UInt64(199_210 * 4 + 12 * 40_000)  // room for dense2.weight only
+        let daemons = [ClientDaemon(configuration: small), deployment.client("device-1", secret: "secret-1", indices: shares[1])]
+        let tasks = daemons.map { daemon in Task { await daemon.run() } }
+        let history = try await deployment.run.value
+        for t in tasks { await t.value }
+        #expect(history.count == 2 && history.allSatisfy { $0.completed == 2 && $0.refused == 0 }, "\(history)")
+        // The small device uploads one shard: its update is far smaller than the full one.
+        #expect(history[0].uplinkBytes < 199_210 * 4 + 40_000 * 4 + 1000)
+        #expect(await daemons[0].completedRounds == [1, 2])
+    }
+}

@@ -61,6 +61,20 @@ import Testing
         }
     }
 
+    @Test func frozenShardsKeepTheirValues() throws {
+        let network = try Network(.mnist2NN)
+        let start = network.initialParameters(seed: 1)
+        var parameters = start
+        var g = SeededGenerator(seed: 1)
+        _ = LocalTrainer(network: network, batchCapacity: 10).train(
+            parameters: &parameters, anchor: nil, data: slice(0..<200), epochs: 1, batchSize: 10,
+            sgd: SGD(learningRate: 0.1), generator: &g, frozen: [0, 3, 5])
+        for tensor in network.layout.tensors {
+            let changed = parameters[tensor.range] != start[tensor.range]
+            #expect(changed == ![0, 3, 5].contains(tensor.index), "\(tensor.name) changed: \(changed)")
+        }
+    }
+
     @Test func weightedDeltaSumIsTheExampleWeightedMean() {
         var sum = WeightedDeltaSum(parameterCount: 3)
         let global: [Float] = [1, 1, 1]

@@ -26,9 +26,13 @@ public final class LocalTrainer {
     /// Trains `parameters` in place for `epochs` passes over `data` in shuffled minibatches
     /// of `batchSize` (the last batch of an epoch may be smaller). `anchor` is the global
     /// model the run started from, needed only for FedProx (`sgd.proximalMu > 0`).
+    ///
+    /// `frozen` lists parameter tensors (shard indices) that keep their values: their gradients
+    /// flow through as usual, but the optimiser does not step them.
     public func train(
         parameters: inout [Float], anchor: [Float]?, data: DatasetSlice,
-        epochs: Int, batchSize: Int, sgd: SGD, generator: inout SeededGenerator
+        epochs: Int, batchSize: Int, sgd: SGD, generator: inout SeededGenerator,
+        frozen: Set<Int> = []
     ) -> TrainingSummary {
         precondition(parameters.count == network.parameterCount, "parameter vector does not match the model")
         precondition(batchSize > 0 && batchSize <= workspace.capacity, "batch size \(batchSize) outside 1...\(workspace.capacity)")
@@ -43,7 +47,13 @@ public final class LocalTrainer {
         var steps = 0
         let workspace = self.workspace
         let layers = network.layers.indices
-        let ranges = layers.map { workspace.parameterRange(ofLayer: $0) }
+        // The ranges the optimiser steps after each layer's backward pass: the layer's tensors
+        // that are not frozen.
+        let tensors = network.layout.tensors
+        let ranges: [[Range<Int>]] = layers.map { layer in
+            let span = workspace.parameterRange(ofLayer: layer)
+            return tensors.filter { !frozen.contains($0.index) && span.contains($0.offset) }.map(\.range)
+        }
         let useVelocity = sgd.momentum > 0
         parameters.withUnsafeMutableBufferPointer { w in
             velocity.withUnsafeMutableBufferPointer { v in
@@ -59,8 +69,7 @@ public final class LocalTrainer {
                                     UnsafeBufferPointer(rebasing: order[start..<(start + batch)]),
                                     features: workspace.input, labels: workspace.labels)
                                 let result = workspace.lossAndGradient(parameters: w.baseAddress!, batch: batch) { layer in
-                                    let range = ranges[layer]
-                                    guard !range.isEmpty else { return }
+                                    for range in ranges[layer] where !range.isEmpty {
                                     let threads = range.count >= 1 << 16 ? workspace.threads : 1
                                     forEachBatchChunk(range.count, threads: threads) { part in
                                         let start = range.lowerBound + part.lowerBound
@@ -70,6 +79,7 @@ public final class LocalTrainer {
                                             anchor: anchorBase.map { $0 + start },
                                             velocity: useVelocity ? v.baseAddress! + start : nil,
                                             count: part.count)
+                                    }
                                     }
                                 }
                                 lossSum += result.lossSum
