@@ -51,6 +51,7 @@ public actor ClientDaemon {
     /// Rounds this client trained and uploaded.
     public private(set) var completedRounds: [Int] = []
     private var stopped = false
+    private var connection: (any Channel)?
 
     public init(configuration: ClientConfiguration, logger: Logger? = nil) {
         self.configuration = configuration
@@ -68,17 +69,30 @@ public actor ClientDaemon {
                 backoff = configuration.initialBackoff
             } catch is CancellationError {
                 return
+            } catch where stopped {
+                return
             } catch {
                 logger.info("connection lost", metadata: ["error": "\(error)"])
             }
             guard configuration.reconnect, !stopped else { return }
             let wait = backoff * Double.random(in: 0.5...1.5)
             backoff = min(configuration.maximumBackoff, backoff * 2)
-            try? await Task.sleep(nanoseconds: UInt64(wait * 1e9))
+            // Sleep in short steps so that stop() takes effect at once.
+            let until = Date().addingTimeInterval(wait)
+            while !stopped, Date() < until { try? await Task.sleep(nanoseconds: 50_000_000) }
         }
     }
 
-    public func stop() { stopped = true }
+    /// Says goodbye to the coordinator (if connected), closes the connection and ends ``run()``.
+    public func stop() {
+        stopped = true
+        guard let connection else { return }
+        for frame in MessageFramer().frames(for: .goodbye(reason: "client stopping")) {
+            connection.write(frame, promise: nil)
+        }
+        connection.flush()
+        connection.close(promise: nil)
+    }
 
     /// One connection. Returns true when the coordinator said goodbye.
     private func session() async throws -> Bool {
@@ -87,6 +101,9 @@ public actor ClientDaemon {
             .connect(host: configuration.host, port: configuration.port) { channel in
                 channel.eventLoop.makeCompletedFuture { try makeFramedChannel(channel) }
             }
+        connection = channel.channel
+        defer { connection = nil }
+        if stopped { channel.channel.close(promise: nil) }
         return try await channel.executeThenClose { inbound, outbound in
             let reader = MessageReader(inbound)
             let writer = MessageWriter(outbound)

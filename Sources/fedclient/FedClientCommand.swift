@@ -66,7 +66,7 @@ struct FedClientCommand: AsyncParsableCommand {
         let signals = [SIGTERM, SIGINT].map { signal -> DispatchSourceSignal in
             Foundation.signal(signal, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signal)
-            source.setEventHandler { Foundation.exit(0) }
+            source.setEventHandler { Task { await daemon.stop() } }
             source.resume()
             return source
         }

@@ -121,6 +121,20 @@ import Testing
         }
     }
 
+    @Test func sigtermStopsAClientCleanly() async throws {
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("fedclient-\(UUID().uuidString).log")
+        defer { try? FileManager.default.removeItem(at: log) }
+        // Nothing listens on this port: the daemon is in its reconnection backoff when stopped.
+        let client = try start("fedclient", ["--coordinator", "127.0.0.1:9", "--id", "a", "--secret", "s",
+                                             "--data", "Simulations/data/mnist", "--examples", "0..<100"], output: log)
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        kill(client.processIdentifier, SIGTERM)
+        for _ in 0..<100 where client.isRunning { try await Task.sleep(nanoseconds: 50_000_000) }
+        let text = try String(contentsOf: log, encoding: .utf8)
+        #expect(!client.isRunning && client.terminationStatus == 0, "\(text)")
+        #expect(text.contains("fedclient: finished after 0 rounds"), "\(text)")
+    }
+
     @Test func badConfigurationsAreOneLineErrors() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedcfg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
