@@ -13,6 +13,15 @@ let numericSettings: [SwiftSetting] = swiftSettings + [
     .unsafeFlags(["-O"], .when(configuration: .debug)),
 ]
 
+/// What the coordinator and the client daemon both build on.
+let daemonDependencies: [Target.Dependency] = [
+    "FedModel", "FedCodec", "FedProtocol",
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "Logging", package: "swift-log"),
+    .product(name: "Crypto", package: "swift-crypto"),
+]
+
 let package = Package(
     name: "FederatedSwift",
     platforms: [.macOS(.v14)],
@@ -64,25 +73,12 @@ let package = Package(
         ),
         .target(
             name: "FedCoordinator",
-            dependencies: [
-                "FedModel", "FedCodec", "FedProtocol",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "TOMLKit", package: "TOMLKit"),
-            ],
+            dependencies: daemonDependencies + [.product(name: "TOMLKit", package: "TOMLKit")],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "FedClient",
-            dependencies: [
-                "FedModel", "FedCodec", "FedProtocol",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
+            dependencies: daemonDependencies,
             swiftSettings: swiftSettings
         ),
         .target(

@@ -255,7 +255,7 @@ extension Array where Element == UInt8 {
 }
 
 /// SplitMix64: small and fast; used for the per-value draws of stochastic rounding.
-struct SplitMix64 {
+struct SplitMix64: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
 

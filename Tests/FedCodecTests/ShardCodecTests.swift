@@ -3,18 +3,8 @@ import PropertyBased
 import Testing
 @testable import FedCodec
 
-/// A fixed-seed generator for the tests' own randomness (SplitMix64).
-struct TestGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// The tests' own fixed-seed randomness.
+typealias TestGenerator = SplitMix64
 
 func encode(_ values: [Float], _ spec: String, seed: UInt64 = 1) throws -> [UInt8] {
     var g = TestGenerator(seed: seed)
