@@ -60,15 +60,22 @@ extension FedCoord {
                 return source
             }
             let listenHost = configuration.host
-            let history = try await coordinator.run(onBound: { port in
-                print("fedcoord: listening on \(listenHost):\(port)")
-                fflush(nil)
-            }, progress: { r in
+            let progress: @Sendable (CoordinatorRound) -> Void = { r in
                 let accuracy = r.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
                 print(String(format: "round %4d  accuracy %@  updates %d/%d  refused %d  up %d B  down %d B  %.2fs",
                              r.round, accuracy, r.completed, r.selected, r.refused, r.uplinkBytes, r.downlinkBytes, r.seconds))
                 fflush(nil)
-            })
+            }
+            let history: [CoordinatorRound]
+            do {
+                history = try await coordinator.run(onBound: { port in
+                    print("fedcoord: listening on \(listenHost):\(port)")
+                    fflush(nil)
+                }, progress: progress)
+            } catch {
+                // Binding is what fails in practice (address in use, no permission).
+                fail("cannot serve on \(configuration.host):\(configuration.port): \(error)")
+            }
             _ = signals
             print("fedcoord: done: \(history.count) rounds, final accuracy \(history.last?.testAccuracy.map { String(format: "%.4f", $0) } ?? "-")")
         }
