@@ -1,0 +1,226 @@
+import Crypto
+import Foundation
+import GRDB
+
+/// Everything needed to continue a run from a committed round.
+public struct Checkpoint: Sendable, Equatable {
+    public var round: Int
+    public var modelVersion: UInt32
+    public var model: [Float]
+    /// Server-optimizer moments (empty when the optimizer keeps none).
+    public var optimizerM: [Float]
+    public var optimizerV: [Float]
+    /// Hex SHA-256 of the model as little-endian float32.
+    public var modelSHA256: String
+}
+
+/// What is recorded about a committed round.
+public struct RoundRow: Sendable, Equatable {
+    public var round: Int
+    public var startedAt: Date
+    public var endedAt: Date
+    public var selected: Int
+    public var completed: Int
+    public var refused: Int
+    public var uplinkBytes: Int
+    public var downlinkBytes: Int
+    public var trainingLoss: Double
+    public var testAccuracy: Double?
+    public var testLoss: Double?
+
+    public init(round: Int, startedAt: Date, endedAt: Date, selected: Int, completed: Int, refused: Int,
+                uplinkBytes: Int, downlinkBytes: Int, trainingLoss: Double, testAccuracy: Double?, testLoss: Double?) {
+        self.round = round
+        self.startedAt = startedAt
+        self.endedAt = endedAt
+        self.selected = selected
+        self.completed = completed
+        self.refused = refused
+        self.uplinkBytes = uplinkBytes
+        self.downlinkBytes = downlinkBytes
+        self.trainingLoss = trainingLoss
+        self.testAccuracy = testAccuracy
+        self.testLoss = testLoss
+    }
+}
+
+/// A run's record in one SQLite file (WAL mode): the run's configuration, every committed
+/// round and its model checkpoint. Committing a round is one transaction, so a round is never
+/// marked done without its model, and a process killed at any moment leaves the last
+/// committed round intact.
+public final class RunStore: Sendable {
+    /// The newest schema this build knows.
+    public static let schemaVersion = 1
+    private let queue: DatabaseQueue
+    public let path: String
+
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// A database written by a newer build, or a file that is not one of ours, is refused.
+    public init(path: String) throws {
+        self.path = path
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(5)
+        do {
+            queue = try DatabaseQueue(path: path, configuration: configuration)
+            try queue.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA journal_mode = WAL")
+            }
+            let existing = try queue.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0 }
+            if existing > Self.schemaVersion {
+                throw StoreError("\(path): database schema version \(existing) is newer than this build's \(Self.schemaVersion); use a newer fedcoord")
+            }
+            let foreign = try queue.read { db in
+                try db.tableExists("grdb_migrations") == false && (try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table'")).isEmpty == false
+            }
+            if foreign { throw StoreError("\(path): not a fedcoord database (it has other tables)") }
+            try Self.migrator.migrate(queue)
+        } catch let error as StoreError {
+            throw error
+        } catch let error as DatabaseError {
+            throw StoreError("\(path): \(error.message ?? "SQLite error \(error.resultCode)")")
+        }
+    }
+
+    private static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE runs (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    configuration TEXT NOT NULL,
+                    started_at REAL NOT NULL
+                );
+                CREATE TABLE rounds (
+                    number INTEGER PRIMARY KEY,
+                    state TEXT NOT NULL CHECK (state IN ('committed')),
+                    started_at REAL NOT NULL,
+                    ended_at REAL NOT NULL,
+                    selected INTEGER NOT NULL,
+                    completed INTEGER NOT NULL,
+                    refused INTEGER NOT NULL,
+                    bytes_up INTEGER NOT NULL,
+                    bytes_down INTEGER NOT NULL,
+                    training_loss REAL NOT NULL,
+                    test_accuracy REAL,
+                    test_loss REAL,
+                    model_sha256 TEXT NOT NULL
+                );
+                CREATE TABLE checkpoints (
+                    round INTEGER PRIMARY KEY REFERENCES rounds(number),
+                    model_version INTEGER NOT NULL,
+                    model BLOB NOT NULL,
+                    model_sha256 TEXT NOT NULL,
+                    optimizer_m BLOB NOT NULL,
+                    optimizer_v BLOB NOT NULL
+                );
+                CREATE TABLE events (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    at REAL NOT NULL,
+                    kind TEXT NOT NULL,
+                    client TEXT,
+                    message TEXT NOT NULL
+                );
+                PRAGMA user_version = 1;
+                """)
+        }
+        return migrator
+    }
+
+    /// Records the run's configuration the first time; later opens keep the original.
+    public func recordRun(configuration: String) throws {
+        try write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO runs (id, configuration, started_at) VALUES (1, ?, ?)",
+                           arguments: [configuration, Date().timeIntervalSince1970])
+        }
+    }
+
+    /// Commits a round: its row and its checkpoint, together or not at all.
+    public func commit(_ row: RoundRow, checkpoint: Checkpoint) throws {
+        try write { db in
+            try db.inTransaction {
+                try db.execute(sql: """
+                    INSERT INTO rounds (number, state, started_at, ended_at, selected, completed, refused, bytes_up, bytes_down,
+                                        training_loss, test_accuracy, test_loss, model_sha256)
+                    VALUES (?, 'committed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """, arguments: [row.round, row.startedAt.timeIntervalSince1970, row.endedAt.timeIntervalSince1970,
+                                     row.selected, row.completed, row.refused, row.uplinkBytes, row.downlinkBytes,
+                                     row.trainingLoss, row.testAccuracy, row.testLoss, checkpoint.modelSHA256])
+                try db.execute(sql: """
+                    INSERT INTO checkpoints (round, model_version, model, model_sha256, optimizer_m, optimizer_v)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """, arguments: [checkpoint.round, Int(checkpoint.modelVersion), Self.blob(checkpoint.model),
+                                     checkpoint.modelSHA256, Self.blob(checkpoint.optimizerM), Self.blob(checkpoint.optimizerV)])
+                return .commit
+            }
+        }
+    }
+
+    /// Logs an event (error, refusal, restart).
+    public func recordEvent(kind: String, client: String? = nil, message: String) throws {
+        try write { db in
+            try db.execute(sql: "INSERT INTO events (at, kind, client, message) VALUES (?, ?, ?, ?)",
+                           arguments: [Date().timeIntervalSince1970, kind, client, message])
+        }
+    }
+
+    /// The newest committed checkpoint, verified against its SHA-256, or nil for a new run.
+    public func lastCheckpoint() throws -> Checkpoint? {
+        try read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM checkpoints ORDER BY round DESC LIMIT 1") else { return nil }
+            let model = Self.floats(row["model"])
+            let checkpoint = Checkpoint(
+                round: row["round"], modelVersion: UInt32(row["model_version"] as Int), model: model,
+                optimizerM: Self.floats(row["optimizer_m"]), optimizerV: Self.floats(row["optimizer_v"]),
+                modelSHA256: row["model_sha256"])
+            guard Self.sha256(model) == checkpoint.modelSHA256 else {
+                throw StoreError("\(path): checkpoint of round \(checkpoint.round) does not match its SHA-256")
+            }
+            return checkpoint
+        }
+    }
+
+    /// Committed rounds, oldest first.
+    public func rounds() throws -> [RoundRow] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM rounds ORDER BY number").map { row in
+                RoundRow(
+                    round: row["number"], startedAt: Date(timeIntervalSince1970: row["started_at"]),
+                    endedAt: Date(timeIntervalSince1970: row["ended_at"]), selected: row["selected"],
+                    completed: row["completed"], refused: row["refused"], uplinkBytes: row["bytes_up"],
+                    downlinkBytes: row["bytes_down"], trainingLoss: row["training_loss"],
+                    testAccuracy: row["test_accuracy"], testLoss: row["test_loss"])
+            }
+        }
+    }
+
+    /// Hex SHA-256 of float32 values, little-endian.
+    public static func sha256(_ values: [Float]) -> String {
+        values.withUnsafeBytes { SHA256.hash(data: $0) }.map { String(format: "%02x", $0) }.joined()
+    }
+
+    private static func blob(_ values: [Float]) -> Data { values.withUnsafeBytes { Data($0) } }
+
+    private static func floats(_ data: Data) -> [Float] {
+        var values = [Float](repeating: 0, count: data.count / 4)
+        _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0) }
+        return values
+    }
+
+    private func write<T>(_ body: (Database) throws -> T) throws -> T {
+        do { return try queue.writeWithoutTransaction(body) } catch let error as DatabaseError {
+            throw StoreError("\(path): write failed: \(error.message ?? "SQLite error \(error.resultCode)")")
+        }
+    }
+
+    private func read<T>(_ body: (Database) throws -> T) throws -> T {
+        do { return try queue.read(body) } catch let error as DatabaseError {
+            throw StoreError("\(path): read failed: \(error.message ?? "SQLite error \(error.resultCode)")")
+        }
+    }
+}
+
+/// A database that cannot be used, naming the file and the problem.
+public struct StoreError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

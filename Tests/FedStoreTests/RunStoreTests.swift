@@ -1,0 +1,84 @@
+import Foundation
+import Testing
+@testable import FedStore
+
+func temporaryDatabase() -> String {
+    FileManager.default.temporaryDirectory.appendingPathComponent("fedstore-\(UUID().uuidString).sqlite").path
+}
+
+func row(_ round: Int) -> RoundRow {
+    RoundRow(round: round, startedAt: Date(), endedAt: Date(), selected: 10, completed: 9, refused: 1,
+             uplinkBytes: 1000, downlinkBytes: 2000, trainingLoss: 0.5, testAccuracy: 0.9, testLoss: 0.3)
+}
+
+func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
+    Checkpoint(round: round, modelVersion: UInt32(round), model: model, optimizerM: [1, 2], optimizerV: [3],
+               modelSHA256: RunStore.sha256(model))
+}
+
+@Suite struct RunStoreTests {
+    @Test func committedRoundsSurviveReopening() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            let store = try RunStore(path: path)
+            try store.recordRun(configuration: "{}")
+            #expect(try store.lastCheckpoint() == nil)
+            try store.commit(row(1), checkpoint: checkpoint(1, [1, 2, 3]))
+            try store.commit(row(2), checkpoint: checkpoint(2, [4, 5, 6]))
+        }
+        let reopened = try RunStore(path: path)
+        let last = try #require(try reopened.lastCheckpoint())
+        #expect(last.round == 2 && last.model == [4, 5, 6] && last.optimizerM == [1, 2] && last.optimizerV == [3])
+        #expect(try reopened.rounds().map(\.round) == [1, 2])
+    }
+
+    @Test func aRoundIsCommittedOnlyOnce() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path)
+        try store.commit(row(1), checkpoint: checkpoint(1, [1]))
+        #expect(throws: StoreError.self) { try store.commit(row(1), checkpoint: checkpoint(1, [2])) }
+        // The failed commit left neither a second row nor a changed checkpoint.
+        #expect(try store.rounds().count == 1)
+        #expect(try store.lastCheckpoint()?.model == [1])
+    }
+
+    @Test func newerOrForeignDatabasesAreRefused() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        _ = try RunStore(path: path)
+        // Pretend a newer build wrote it.
+        let raw = try RunStoreTestAccess.execute(path: path, sql: "PRAGMA user_version = 99")
+        _ = raw
+        #expect { try RunStore(path: path) } throws: { "\($0)".contains("newer") }
+
+        let foreign = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: foreign) }
+        _ = try RunStoreTestAccess.execute(path: foreign, sql: "CREATE TABLE invoices (id INTEGER)")
+        #expect { try RunStore(path: foreign) } throws: { "\($0)".contains("not a fedcoord database") }
+
+        let garbage = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: garbage) }
+        try Data(repeating: 0x5A, count: 4096).write(to: URL(fileURLWithPath: garbage))
+        #expect(throws: StoreError.self) { try RunStore(path: garbage) }
+    }
+
+    @Test func tamperedCheckpointIsDetected() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path)
+        try store.commit(row(1), checkpoint: checkpoint(1, [1, 2]))
+        _ = try RunStoreTestAccess.execute(path: path, sql: "UPDATE checkpoints SET model_sha256 = 'x'")
+        #expect { try RunStore(path: path).lastCheckpoint() } throws: { "\($0)".contains("SHA-256") }
+    }
+}
+
+import GRDB
+enum RunStoreTestAccess {
+    static func execute(path: String, sql: String) throws -> Bool {
+        let queue = try DatabaseQueue(path: path)
+        try queue.writeWithoutTransaction { try $0.execute(sql: sql) }
+        return true
+    }
+}
