@@ -169,7 +169,7 @@ let package = Package(
         .testTarget(
             name: "FedCoordinatorTests",
             dependencies: [
-                "FedCoordinator", "FedClient", "FedModel", "FedProtocol",
+                "FedCoordinator", "FedClient", "FedModel", "FedProtocol", "FedStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

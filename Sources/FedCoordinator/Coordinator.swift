@@ -2,6 +2,7 @@ import Crypto
 import FedCodec
 import FedModel
 import FedProtocol
+import FedStore
 import Foundation
 import Logging
 import NIOCore
@@ -41,6 +42,9 @@ public actor Coordinator {
     /// The model as downloaded at the current version: encoded shards and their SHA-256.
     private var downloadCache: (version: UInt32, shards: [[UInt8]], digests: [[UInt8]])?
     private var stopping = false
+    private let store: RunStore?
+    /// The first round this process runs (after the last committed one when resuming).
+    public let firstRound: Int
 
     private struct ConnectedClient {
         var session: UInt64
@@ -64,6 +68,26 @@ public actor Coordinator {
         optimizer = ServerOptimizer(settings: configuration.serverOptimizer, parameterCount: network.parameterCount)
         aggregate = ShardedDeltaSum(shardRanges: ranges)
         scratch = [Float](repeating: 0, count: network.parameterCount)
+        var firstRound = 1
+        if let path = configuration.databasePath {
+            let store = try RunStore(path: path)
+            try store.recordRun(configuration: configuration.model.wireDescription)
+            if let checkpoint = try store.lastCheckpoint() {
+                guard checkpoint.model.count == network.parameterCount else {
+                    throw StoreError("\(path): its model has \(checkpoint.model.count) parameters, the configured model \(network.parameterCount)")
+                }
+                global = checkpoint.model
+                modelVersion = checkpoint.modelVersion
+                optimizer = ServerOptimizer(settings: configuration.serverOptimizer, m: checkpoint.optimizerM, v: checkpoint.optimizerV)
+                firstRound = checkpoint.round + 1
+                logger.info("resuming", metadata: ["database": "\(path)", "last committed round": "\(checkpoint.round)", "model sha256": "\(checkpoint.modelSHA256)"])
+                try? store.recordEvent(kind: "restart", message: "resumed after round \(checkpoint.round)")
+            }
+            self.store = store
+        } else {
+            store = nil
+        }
+        self.firstRound = firstRound
         if let test {
             guard test.sampleShape.count == configuration.model.input.count else {
                 throw ModelError("test data has \(test.sampleShape.count) features, the model expects \(configuration.model.input.count)")
@@ -282,7 +306,7 @@ public actor Coordinator {
     // MARK: Rounds
 
     private func runRounds(progress: @Sendable (CoordinatorRound) -> Void) async throws {
-        var round = 1
+        var round = firstRound
         var abandoned = 0
         while round <= configuration.rounds, !stopping {
             try await waitForClients()
@@ -319,6 +343,16 @@ public actor Coordinator {
                 record.testLoss = evaluation.loss
             }
             record.seconds = Date().timeIntervalSince(start)
+            if let store {
+                // The round counts only once it is committed with its model; a failed write
+                // stops the run and leaves the last committed round as it was.
+                try store.commit(
+                    RoundRow(round: round, startedAt: start, endedAt: Date(), selected: record.selected, completed: record.completed,
+                             refused: record.refused, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
+                             trainingLoss: record.trainingLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
+                    checkpoint: Checkpoint(round: round, modelVersion: modelVersion, model: global,
+                                           optimizerM: optimizer.m, optimizerV: optimizer.v, modelSHA256: RunStore.sha256(global)))
+            }
             history.append(record)
             progress(record)
             logger.info("round complete", metadata: [

@@ -7,7 +7,7 @@ extension CoordinatorConfiguration {
         "host", "port", "model", "layers", "rounds", "target_accuracy", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
-        "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
+        "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients", "database",
     ]
 
     /// Reads a coordinator configuration file (Configs/coordinator.toml documents every key).
@@ -75,6 +75,9 @@ extension CoordinatorConfiguration {
                 guard let secret = t[id]?.string, !secret.isEmpty else { throw ConfigurationFileError("\(source): secret of client \"\(id)\" must be a non-empty string") }
                 c.secrets[id] = secret
             }
+        }
+        if let v = try value("database", { $0.string }, "a string") {
+            c.databasePath = v.hasPrefix("/") ? v : url.deletingLastPathComponent().appendingPathComponent(v).standardizedFileURL.path
         }
         var testData: URL?
         if let v = try value("test_data", { $0.string }, "a string") {

@@ -38,6 +38,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var heartbeatMilliseconds: UInt32 = 5000
     /// Seconds a connection may take to authenticate.
     public var handshakeTimeout = 10.0
+    /// SQLite file recording every committed round with its model; an existing file resumes
+    /// its run from the last committed round. nil keeps nothing.
+    public var databasePath: String?
 
     public init() {}
 

@@ -12,6 +12,15 @@ public struct Checkpoint: Sendable, Equatable {
     public var optimizerV: [Float]
     /// Hex SHA-256 of the model as little-endian float32.
     public var modelSHA256: String
+
+    public init(round: Int, modelVersion: UInt32, model: [Float], optimizerM: [Float], optimizerV: [Float], modelSHA256: String) {
+        self.round = round
+        self.modelVersion = modelVersion
+        self.model = model
+        self.optimizerM = optimizerM
+        self.optimizerV = optimizerV
+        self.modelSHA256 = modelSHA256
+    }
 }
 
 /// What is recorded about a committed round.

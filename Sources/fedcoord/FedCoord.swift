@@ -29,6 +29,8 @@ extension FedCoord {
         var host: String?
         @Option(help: "Rounds to run (overrides the configuration).")
         var rounds: Int?
+        @Option(help: "SQLite file recording the run; an existing one resumes from its last committed round.")
+        var db: String?
 
         func run() async throws {
             LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
@@ -41,6 +43,7 @@ extension FedCoord {
                 if let port { configuration.port = port }
                 if let host { configuration.host = host }
                 if let rounds { configuration.rounds = rounds }
+                if let db { configuration.databasePath = db }
                 try configuration.validate()
                 test = try testData.map { try MNIST.load(directory: $0, train: false) }
             } catch let error as ConfigurationFileError {
@@ -48,7 +51,12 @@ extension FedCoord {
             } catch let error as DataError {
                 fail(error.description)
             }
-            let coordinator = try Coordinator(configuration: configuration, test: test, logger: logger)
+            let coordinator: Coordinator
+            do {
+                coordinator = try Coordinator(configuration: configuration, test: test, logger: logger)
+            } catch {
+                fail("\(error)")
+            }
             let signals = [SIGTERM, SIGINT].map { signal -> DispatchSourceSignal in
                 Foundation.signal(signal, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: signal)

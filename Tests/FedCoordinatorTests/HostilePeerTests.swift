@@ -252,3 +252,45 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
         #expect(await daemons[0].completedRounds == [1, 2])
     }
 }
+
+import FedStore
+
+@Suite(.serialized) struct ResumeTests {
+    @Test func aRestartedCoordinatorContinuesFromItsLastCommittedRound() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("fedresume-\(UUID().uuidString).sqlite").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var config = configuration(clients: 2, perRound: 2, rounds: 2)
+        config.databasePath = path
+        config.serverOptimizer = ServerOptimizer.Settings(kind: .fedAdam, learningRate: 0.02)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 6)
+
+        func runDeployment(rounds: Int) async throws -> (history: [CoordinatorRound], coordinator: Coordinator) {
+            config.rounds = rounds
+            let deployment = try await Deployment.start(config)
+            let tasks = (0..<2).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
+            let history = try await deployment.run.value
+            for t in tasks { await t.value }
+            return (history, deployment.coordinator)
+        }
+
+        let first = try await runDeployment(rounds: 2)
+        #expect(first.history.map(\.round) == [1, 2])
+        let committed = try #require(try RunStore(path: path).lastCheckpoint())
+        #expect(committed.round == 2)
+        #expect(committed.modelSHA256 == RunStore.sha256(await first.coordinator.global))
+        #expect(!committed.optimizerV.isEmpty, "FedAdam's moments are in the checkpoint")
+
+        // A new process on the same database: same model, continues at round 3.
+        config.rounds = 4
+        let resumed = try Coordinator(configuration: config, test: Data6k.test)
+        #expect(await resumed.firstRound == 3)
+        #expect(RunStore.sha256(await resumed.global) == committed.modelSHA256)
+        #expect(await resumed.modelVersion == committed.modelVersion)
+
+        let second = try await runDeployment(rounds: 4)
+        #expect(second.history.map(\.round) == [3, 4])
+        let rounds = try RunStore(path: path).rounds()
+        #expect(rounds.map(\.round) == [1, 2, 3, 4], "no committed round lost or duplicated")
+        #expect(rounds.last!.testAccuracy! > rounds.first!.testAccuracy!)
+    }
+}
