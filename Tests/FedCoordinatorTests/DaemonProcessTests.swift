@@ -1,3 +1,4 @@
+import FedStore
 import Foundation
 import Testing
 
@@ -118,6 +119,55 @@ import Testing
             let clientLog = try String(contentsOf: directory.appendingPathComponent("\(id).log"), encoding: .utf8)
             #expect(!client.isRunning && client.terminationStatus == 0, "client \(id):\n\(clientLog)")
             #expect(clientLog.contains("coordinator said goodbye"), "client \(id):\n\(clientLog)")
+        }
+    }
+
+    @Test func coordinatorKilledMidRunResumesWithoutLosingARound() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedkill-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let database = directory.appendingPathComponent("run.sqlite").path
+        let config = directory.appendingPathComponent("coordinator.toml")
+        try "port = 0\nrounds = 8\nmin_clients = 2\nclients_per_round = 2\nover_selection = 1.0\nserver_optimizer = \"fedyogi\"\nserver_lr = 0.02\n[clients]\na = \"sa\"\nb = \"sb\"\n"
+            .write(to: config, atomically: true, encoding: .utf8)
+        func waitFor(_ text: String, in log: URL, seconds: Double) async throws -> String? {
+            for _ in 0..<Int(seconds * 20) {
+                let content = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+                if content.contains(text) { return content }
+                try await Task.sleep(nanoseconds: 50_000_000)
+            }
+            return nil
+        }
+        let firstLog = directory.appendingPathComponent("first.log")
+        let first = try start("fedcoord", ["serve", "--config", config.path, "--db", database], output: firstLog)
+        let listening = try #require(try await waitFor("fedcoord: listening on", in: firstLog, seconds: 10)
+            .flatMap { $0.split(separator: "\n").first { $0.hasPrefix("fedcoord: listening on") } }
+            .flatMap { Int($0.split(separator: ":").last!) })
+        let clients = try ["a", "b"].map { id in
+            try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", "s\(id)",
+                                    "--data", "Simulations/data/mnist", "--examples", id == "a" ? "0..<2000" : "2000..<4000"],
+                      output: directory.appendingPathComponent("\(id).log"))
+        }
+        defer { for c in clients where c.isRunning { c.terminate() } }
+        _ = try #require(try await waitFor("round    3", in: firstLog, seconds: 60))
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        let beforeRestart = try RunStore(path: database)
+        let committed = try #require(try beforeRestart.lastCheckpoint())
+        let committedRounds = try beforeRestart.rounds().map(\.round)
+        #expect(committedRounds == Array(1...committed.round))
+
+        let secondLog = directory.appendingPathComponent("second.log")
+        let second = try start("fedcoord", ["serve", "--config", config.path, "--db", database, "--port", "\(listening)"], output: secondLog)
+        defer { if second.isRunning { second.terminate() } }
+        let log = try #require(try await waitFor("fedcoord: done", in: secondLog, seconds: 90), "second coordinator did not finish")
+        #expect(log.contains("model sha256=\(committed.modelSHA256)"), "resumed from the last committed model")
+        #expect(log.contains("round    \(committed.round + 1) "), "continued at the next round")
+        let rounds = try RunStore(path: database).rounds().map(\.round)
+        #expect(rounds == Array(1...8), "no committed round lost or duplicated: \(rounds)")
+        for client in clients {
+            for _ in 0..<100 where client.isRunning { try await Task.sleep(nanoseconds: 50_000_000) }
+            #expect(client.terminationStatus == 0)
         }
     }
 
