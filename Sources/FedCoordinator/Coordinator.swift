@@ -38,6 +38,7 @@ public actor Coordinator {
     private var roundExamples = 0.0
     private var roundUplinkBytes = 0
     private var roundRefused = 0
+    private var roundParticipations: [Participation] = []
     private var scratch: [Float]
     /// The model as downloaded at the current version: encoded shards and their SHA-256.
     private var downloadCache: (version: UInt32, shards: [[UInt8]], digests: [[UInt8]])?
@@ -243,6 +244,9 @@ public actor Coordinator {
 
     private func refuse(_ id: String, _ error: ProtocolError) {
         roundRefused += 1
+        roundParticipations.append(Participation(
+            client: id, state: "refused", bytes: 0, examples: 0, localLoss: nil,
+            codec: configuration.uplinkCodec, errorCode: Int(error.code.rawValue)))
         logger.warning("refused", metadata: ["client": "\(id)", "error": "\(error)"])
         clients[id]?.outbound.yield(.error(code: error.code.rawValue, message: error.message))
     }
@@ -299,6 +303,9 @@ public actor Coordinator {
         roundLossSum += Double(update.trainingLoss) * Double(update.exampleCount)
         roundExamples += Double(update.exampleCount)
         roundUplinkBytes += bytes
+        roundParticipations.append(Participation(
+            client: id, state: "accepted", bytes: bytes, examples: Int(update.exampleCount),
+            localLoss: Double(update.trainingLoss), codec: configuration.uplinkCodec, errorCode: nil))
         clients[id]?.busy = false
         clients[id]?.outbound.yield(.acknowledgement(type: MessageType.update.rawValue, round: update.round))
     }
@@ -351,7 +358,8 @@ public actor Coordinator {
                              refused: record.refused, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
                              trainingLoss: record.trainingLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
                     checkpoint: Checkpoint(round: round, modelVersion: modelVersion, model: global,
-                                           optimizerM: optimizer.m, optimizerV: optimizer.v, modelSHA256: RunStore.sha256(global)))
+                                           optimizerM: optimizer.m, optimizerV: optimizer.v, modelSHA256: RunStore.sha256(global)),
+                    participations: roundParticipations, retention: configuration.retention)
             }
             history.append(record)
             progress(record)
@@ -373,6 +381,7 @@ public actor Coordinator {
         roundExamples = 0
         roundUplinkBytes = 0
         roundRefused = 0
+        roundParticipations = []
     }
 
     private func allSelectedGone(_ selected: [String]) -> Bool {

@@ -1,4 +1,5 @@
 import FedModel
+import FedStore
 
 /// What a coordinator needs to run a federated training job.
 public struct CoordinatorConfiguration: Sendable {
@@ -41,6 +42,8 @@ public struct CoordinatorConfiguration: Sendable {
     /// SQLite file recording every committed round with its model; an existing file resumes
     /// its run from the last committed round. nil keeps nothing.
     public var databasePath: String?
+    /// Checkpoints kept in the database: the last N and every Mth round.
+    public var retention = RetentionPolicy()
 
     public init() {}
 

@@ -53,6 +53,39 @@ public struct RoundRow: Sendable, Equatable {
     }
 }
 
+/// One client's part in a round: an accepted update or a refusal.
+public struct Participation: Sendable, Equatable, Codable {
+    public var client: String
+    /// `accepted` or `refused`.
+    public var state: String
+    public var bytes: Int
+    public var examples: Int
+    public var localLoss: Double?
+    public var codec: String
+    /// The protocol error code when refused.
+    public var errorCode: Int?
+
+    public init(client: String, state: String, bytes: Int, examples: Int, localLoss: Double?, codec: String, errorCode: Int?) {
+        self.client = client
+        self.state = state
+        self.bytes = bytes
+        self.examples = examples
+        self.localLoss = localLoss
+        self.codec = codec
+        self.errorCode = errorCode
+    }
+}
+
+/// Which checkpoints to keep: the last `keepLast`, and every `keepEvery`-th round.
+public struct RetentionPolicy: Sendable, Equatable {
+    public var keepLast: Int
+    public var keepEvery: Int
+    public init(keepLast: Int = 5, keepEvery: Int = 10) {
+        self.keepLast = max(1, keepLast)
+        self.keepEvery = max(1, keepEvery)
+    }
+}
+
 /// A run's record in one SQLite file (WAL mode): the run's configuration, every committed
 /// round and its model checkpoint. Committing a round is one transaction, so a round is never
 /// marked done without its model, and a process killed at any moment leaves the last
@@ -122,6 +155,17 @@ public final class RunStore: Sendable {
                     optimizer_m BLOB NOT NULL,
                     optimizer_v BLOB NOT NULL
                 );
+                CREATE TABLE participations (
+                    round INTEGER NOT NULL REFERENCES rounds(number),
+                    client TEXT NOT NULL,
+                    state TEXT NOT NULL CHECK (state IN ('accepted', 'refused')),
+                    bytes INTEGER NOT NULL,
+                    examples INTEGER NOT NULL,
+                    local_loss REAL,
+                    codec TEXT NOT NULL,
+                    error_code INTEGER
+                );
+                CREATE INDEX participations_by_round ON participations(round);
                 CREATE TABLE events (
                     id INTEGER PRIMARY KEY AUTOINCREMENT,
                     at REAL NOT NULL,
@@ -143,8 +187,9 @@ public final class RunStore: Sendable {
         }
     }
 
-    /// Commits a round: its row and its checkpoint, together or not at all.
-    public func commit(_ row: RoundRow, checkpoint: Checkpoint) throws {
+    /// Commits a round: its row, its participations and its checkpoint, together or not at
+    /// all; then drops checkpoints the retention policy no longer keeps.
+    public func commit(_ row: RoundRow, checkpoint: Checkpoint, participations: [Participation] = [], retention: RetentionPolicy = RetentionPolicy()) throws {
         try write { db in
             try db.inTransaction {
                 try db.execute(sql: """
@@ -159,6 +204,16 @@ public final class RunStore: Sendable {
                     VALUES (?, ?, ?, ?, ?, ?)
                     """, arguments: [checkpoint.round, Int(checkpoint.modelVersion), Self.blob(checkpoint.model),
                                      checkpoint.modelSHA256, Self.blob(checkpoint.optimizerM), Self.blob(checkpoint.optimizerV)])
+                for p in participations {
+                    try db.execute(sql: """
+                        INSERT INTO participations (round, client, state, bytes, examples, local_loss, codec, error_code)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                        """, arguments: [row.round, p.client, p.state, p.bytes, p.examples, p.localLoss, p.codec, p.errorCode])
+                }
+                try db.execute(sql: """
+                    DELETE FROM checkpoints
+                    WHERE round NOT IN (SELECT round FROM checkpoints ORDER BY round DESC LIMIT ?) AND round % ? != 0
+                    """, arguments: [retention.keepLast, retention.keepEvery])
                 return .commit
             }
         }
@@ -200,6 +255,21 @@ public final class RunStore: Sendable {
                     testAccuracy: row["test_accuracy"], testLoss: row["test_loss"])
             }
         }
+    }
+
+    /// The participations of a round.
+    public func participations(round: Int) throws -> [Participation] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM participations WHERE round = ? ORDER BY rowid", arguments: [round]).map { row in
+                Participation(client: row["client"], state: row["state"], bytes: row["bytes"], examples: row["examples"],
+                              localLoss: row["local_loss"], codec: row["codec"], errorCode: row["error_code"])
+            }
+        }
+    }
+
+    /// Rounds that still have a checkpoint.
+    public func checkpointRounds() throws -> [Int] {
+        try read { db in try Int.fetchAll(db, sql: "SELECT round FROM checkpoints ORDER BY round") }
     }
 
     /// Hex SHA-256 of float32 values, little-endian.

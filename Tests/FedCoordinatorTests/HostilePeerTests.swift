@@ -292,5 +292,7 @@ import FedStore
         let rounds = try RunStore(path: path).rounds()
         #expect(rounds.map(\.round) == [1, 2, 3, 4], "no committed round lost or duplicated")
         #expect(rounds.last!.testAccuracy! > rounds.first!.testAccuracy!)
+        let participants = try RunStore(path: path).participations(round: 3)
+        #expect(participants.map(\.client).sorted() == ["device-0", "device-1"] && participants.allSatisfy { $0.state == "accepted" && $0.examples == 3000 })
     }
 }

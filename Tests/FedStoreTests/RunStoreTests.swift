@@ -44,6 +44,33 @@ func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
         #expect(try store.lastCheckpoint()?.model == [1])
     }
 
+    @Test func retentionKeepsTheLastNAndEveryMth() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path)
+        for round in 1...25 {
+            try store.commit(row(round), checkpoint: checkpoint(round, [Float(round)]), retention: RetentionPolicy(keepLast: 3, keepEvery: 10))
+        }
+        #expect(try store.checkpointRounds() == [10, 20, 23, 24, 25])
+        #expect(try store.rounds().count == 25, "round rows are never dropped")
+        #expect(try store.lastCheckpoint()?.round == 25)
+    }
+
+    @Test func participationsAreCommittedWithTheirRound() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path)
+        let people = [
+            Participation(client: "a", state: "accepted", bytes: 100, examples: 600, localLoss: 0.4, codec: "q8", errorCode: nil),
+            Participation(client: "b", state: "refused", bytes: 0, examples: 0, localLoss: nil, codec: "q8", errorCode: 10),
+        ]
+        try store.commit(row(1), checkpoint: checkpoint(1, [1]), participations: people)
+        #expect(try store.participations(round: 1) == people)
+        // A failed commit (duplicate round) adds no participation rows either.
+        #expect(throws: StoreError.self) { try store.commit(row(1), checkpoint: checkpoint(1, [1]), participations: people) }
+        #expect(try store.participations(round: 1).count == 2)
+    }
+
     @Test func newerOrForeignDatabasesAreRefused() throws {
         let path = temporaryDatabase()
         defer { try? FileManager.default.removeItem(atPath: path) }
