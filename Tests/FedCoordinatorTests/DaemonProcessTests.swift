@@ -165,6 +165,14 @@ import Testing
         #expect(log.contains("round    \(committed.round + 1) "), "continued at the next round")
         let rounds = try RunStore(path: database).rounds().map(\.round)
         #expect(rounds == Array(1...8), "no committed round lost or duplicated: \(rounds)")
+        // The report command reads the same database.
+        let csvLog = directory.appendingPathComponent("report.csv")
+        let report = try start("fedcoord", ["report", "--db", database, "--csv"], output: csvLog)
+        report.waitUntilExit()
+        let csv = try String(contentsOf: csvLog, encoding: .utf8).split(separator: "\n")
+        #expect(report.terminationStatus == 0)
+        #expect(csv.first == "round,selected,completed,refused,uplink_bytes,downlink_bytes,training_loss,test_accuracy,test_loss,seconds")
+        #expect(csv.dropFirst().map { Int($0.split(separator: ",")[0])! } == Array(1...8))
         for client in clients {
             for _ in 0..<100 where client.isRunning { try await Task.sleep(nanoseconds: 50_000_000) }
             #expect(client.terminationStatus == 0)
