@@ -113,7 +113,7 @@ let package = Package(
         .executableTarget(
             name: "fedcoord",
             dependencies: [
-                "FedCoordinator", "FedModel", "FedStore",
+                "FedCoordinator", "FedModel", "FedStore", "FedCodec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

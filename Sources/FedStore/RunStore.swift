@@ -267,6 +267,25 @@ public final class RunStore: Sendable {
         }
     }
 
+    /// The checkpoint of `round`, if the retention policy kept it.
+    public func checkpoint(round: Int) throws -> Checkpoint? {
+        try read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM checkpoints WHERE round = ?", arguments: [round]) else { return nil }
+            let model = Self.floats(row["model"])
+            guard Self.sha256(model) == row["model_sha256"] as String else {
+                throw StoreError("\(path): checkpoint of round \(round) does not match its SHA-256")
+            }
+            return Checkpoint(round: round, modelVersion: UInt32(row["model_version"] as Int), model: model,
+                              optimizerM: Self.floats(row["optimizer_m"]), optimizerV: Self.floats(row["optimizer_v"]),
+                              modelSHA256: row["model_sha256"])
+        }
+    }
+
+    /// The configuration recorded when the run started (the model description), if any.
+    public func runConfiguration() throws -> String? {
+        try read { db in try String.fetchOne(db, sql: "SELECT configuration FROM runs WHERE id = 1") }
+    }
+
     /// Rounds that still have a checkpoint.
     public func checkpointRounds() throws -> [Int] {
         try read { db in try Int.fetchAll(db, sql: "SELECT round FROM checkpoints ORDER BY round") }

@@ -11,7 +11,7 @@ struct FedCoord: AsyncParsableCommand {
         commandName: "fedcoord",
         abstract: "The federated learning coordinator.",
         version: "0.1.0",
-        subcommands: [Serve.self, Report.self],
+        subcommands: [Serve.self, Report.self, Export.self],
         defaultSubcommand: Serve.self)
 }
 

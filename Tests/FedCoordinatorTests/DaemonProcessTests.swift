@@ -173,6 +173,16 @@ import Testing
         #expect(report.terminationStatus == 0)
         #expect(csv.first == "round,selected,completed,refused,uplink_bytes,downlink_bytes,training_loss,test_accuracy,test_loss,seconds")
         #expect(csv.dropFirst().map { Int($0.split(separator: ",")[0])! } == Array(1...8))
+        // Export the last round's model as 8-bit and see its accuracy next to float32's.
+        let exportLog = directory.appendingPathComponent("export.log")
+        let modelFile = directory.appendingPathComponent("model.fedmodel")
+        let export = try start("fedcoord", ["export", "--db", database, "--out", modelFile.path, "--codec", "q8"], output: exportLog)
+        export.waitUntilExit()
+        let exportText = try String(contentsOf: exportLog, encoding: .utf8)
+        #expect(export.terminationStatus == 0, "\(exportText)")
+        #expect(exportText.contains("exported round 8 as q8") && exportText.contains("test accuracy: float32"), "\(exportText)")
+        let bytes = try Data(contentsOf: modelFile)
+        #expect(bytes.starts(with: Data("FEDMODEL 1\n".utf8)) && bytes.count < 199_210 * 4 / 3)
         for client in clients {
             for _ in 0..<100 where client.isRunning { try await Task.sleep(nanoseconds: 50_000_000) }
             #expect(client.terminationStatus == 0)

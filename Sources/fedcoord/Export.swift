@@ -1,0 +1,72 @@
+import ArgumentParser
+import FedCodec
+import FedModel
+import FedStore
+import Foundation
+
+extension FedCoord {
+    struct Export: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write the global model of a committed round to a file, optionally quantized, and print its test accuracy.",
+            discussion: """
+                File format: the line "FEDMODEL 1", the model description line (Protocol.md, section 6),
+                then for each shard in layout order a u32 little-endian length and the encoded shard
+                (Protocol.md, section 8). The accuracy of the exported model is printed next to the
+                float32 model's, so the cost of shipping a quantized model is visible.
+                """)
+
+        @Option(help: "The run database.") var db: String
+        @Option(help: "Round whose model to export (default: the last committed round).") var round: Int?
+        @Option(help: "Output file.") var out: String
+        @Option(help: "Codec spec for the weights: fp32, fp16, q8, ... (no top-k or error feedback).") var codec = "fp32"
+        @Option(help: "MNIST directory for the accuracy check.") var testData = "Simulations/data/mnist"
+
+        func run() throws {
+            do {
+                let store = try RunStore(path: db)
+                guard let description = try store.runConfiguration() else { throw StoreError("\(db): no run recorded") }
+                let spec = try ModelSpec(wireDescription: description)
+                let network = try Network(spec)
+                let wanted = try round ?? (store.lastCheckpoint()?.round ?? 0)
+                guard let checkpoint = try store.checkpoint(round: wanted) else {
+                    throw StoreError("\(db): no checkpoint for round \(wanted) (kept: \(try store.checkpointRounds().map(String.init).joined(separator: ", ")))")
+                }
+                let codecSpec = try CodecSpec(parsing: codec)
+                guard codecSpec.topK == nil, !codecSpec.errorFeedback else { throw StoreError("export codecs cannot use top-k or error feedback, got \(codec)") }
+                let codec = UpdateCodec(spec: codecSpec, shardRanges: network.layout.tensors.map(\.range))
+                var generator = SeededGenerator(seed: 1)
+                let shards = try codec.encode(checkpoint.model, generator: &generator)
+                var file = Data("FEDMODEL 1\n\(description)\n".utf8)
+                for shard in shards {
+                    var length = UInt32(shard.count).littleEndian
+                    file.append(Data(bytes: &length, count: 4))
+                    file.append(contentsOf: shard)
+                }
+                try file.write(to: URL(fileURLWithPath: out), options: .atomic)
+                var decoded = checkpoint.model
+                try codec.decode(shards, into: &decoded)
+                let test = try MNIST.load(directory: URL(fileURLWithPath: testData), train: false)
+                let evaluator = Evaluator(network: network, threads: availableCores)
+                let reference = evaluator.evaluate(checkpoint.model, on: test.all)
+                let exported = evaluator.evaluate(decoded, on: test.all)
+                print(String(format: "fedcoord: exported round %d as %@ to %@ (%d bytes, float32 is %d)",
+                             wanted, codecSpec.description, out, file.count, checkpoint.model.count * 4))
+                print(String(format: "test accuracy: float32 %.4f, exported %.4f (%+.2f points)",
+                             reference.accuracy, exported.accuracy, (exported.accuracy - reference.accuracy) * 100))
+            } catch let error as StoreError {
+                fail(error.description)
+            } catch let error as CodecError {
+                fail("codec: \(error.message)")
+            } catch let error as DataError {
+                fail(error.description)
+            } catch let error as ModelError {
+                fail(error.description)
+            }
+        }
+
+        private func fail(_ message: String) -> Never {
+            FileHandle.standardError.write(Data("fedcoord: error: \(message)\n".utf8))
+            Foundation.exit(1)
+        }
+    }
+}
