@@ -97,6 +97,7 @@ let package = Package(
                 "FedCodec",
                 "FedCoordinator",
                 "FedClient",
+                "FedStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ],
@@ -105,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "fedsim",
             dependencies: [
-                "FedSim",
+                "FedSim", "FedStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -177,7 +178,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FedSimTests",
-            dependencies: ["FedSim"],
+            dependencies: ["FedSim", "FedStore"],
             swiftSettings: swiftSettings
         ),
     ]

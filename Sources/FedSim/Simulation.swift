@@ -1,5 +1,6 @@
 import FedCodec
 import FedModel
+import FedStore
 import Foundation
 
 /// Federated averaging with every client simulated in this process (McMahan et al. 2017):
@@ -32,6 +33,8 @@ public final class Simulation {
     private var decodedDeltas: [[Float]]
     /// Error-feedback residuals of the clients that have sent an update (only with `+ef`).
     private let residuals = ResidualStore()
+    /// Where rounds are committed (`fedsim --db`), in the coordinator's schema.
+    public var store: RunStore?
     /// Turns each round's mean delta into the new global model (FedAvg, FedAvgM, FedAdam, ...).
     public private(set) var serverOptimizer: ServerOptimizer
 
@@ -172,6 +175,18 @@ public final class Simulation {
             record.testLoss = evaluation.loss
         }
         record.seconds = Date().timeIntervalSince(startTime)
+        if let store {
+            try store.commit(
+                RoundRow(round: round, startedAt: startTime, endedAt: Date(), selected: selected.count, completed: selected.count,
+                         refused: 0, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
+                         trainingLoss: record.trainLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
+                checkpoint: Checkpoint(round: round, modelVersion: UInt32(round), model: global,
+                                       optimizerM: serverOptimizer.m, optimizerV: serverOptimizer.v, modelSHA256: RunStore.sha256(global)),
+                participations: state.participations.map { p in
+                    Participation(client: String(format: "client-%06d", selected[p.slot]), state: "accepted", bytes: p.outcome.uplinkBytes,
+                                  examples: p.outcome.examples, localLoss: p.outcome.loss, codec: c.codec, errorCode: nil)
+                })
+        }
         records.append(record)
         return record
     }
@@ -217,13 +232,15 @@ public final class Simulation {
 /// Shared by the workers of one round: hands out clients in sampling order and adds their
 /// deltas to the running sum strictly in that order (a worker that finishes early waits
 /// for its turn), which makes the floating-point sum independent of thread timing.
-private final class RoundState: @unchecked Sendable {
+final class RoundState: @unchecked Sendable {
     private let condition = NSCondition()
     private var nextSlot = 0
     private var committed = 0
     var sum: WeightedDeltaSum
     var trainLossSum = 0.0
     var uplinkBytes = 0
+    /// Each client's outcome, in sampling order (for the store).
+    var participations: [(slot: Int, outcome: ClientOutcome)] = []
     /// Why the round failed: the first client (in sampling order) whose training diverged or
     /// whose update could not be encoded. A failed round is not applied.
     var failure: String?
@@ -250,6 +267,7 @@ private final class RoundState: @unchecked Sendable {
         }
         trainLossSum += outcome.loss * Double(outcome.examples)
         uplinkBytes += outcome.uplinkBytes
+        participations.append((slot, outcome))
         committed += 1
         condition.broadcast()
         condition.unlock()
@@ -257,7 +275,7 @@ private final class RoundState: @unchecked Sendable {
 }
 
 /// What one client's training produced, for the round's totals.
-private struct ClientOutcome {
+struct ClientOutcome {
     var examples: Int
     var loss: Double
     var uplinkBytes = 0

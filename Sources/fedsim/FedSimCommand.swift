@@ -1,6 +1,7 @@
 import ArgumentParser
 import FedModel
 import FedSim
+import FedStore
 import Foundation
 
 @main
@@ -41,6 +42,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("server-momentum"), help: "Server momentum (FedAvgM) or beta1 (adaptive).") var serverMomentum: Double?
     @Option(help: "Directory with the MNIST IDX files (overrides the scenario's data).") var data: String?
     @Option(help: "Write the JSON report to this file.") var report: String?
+    @Option(help: "Record the run in this SQLite file (the fedcoord schema; read it with fedcoord report). In-memory transport only.") var db: String?
     @Flag(name: .shortAndLong, help: "Print only the final summary.") var quiet = false
 
     func run() async throws {
@@ -51,6 +53,8 @@ struct FedSimCommand: AsyncParsableCommand {
         } catch let error as DataError {
             fail(error.description)
         } catch let error as ModelError {
+            fail(error.description)
+        } catch let error as StoreError {
             fail(error.description)
         }
     }
@@ -106,6 +110,17 @@ struct FedSimCommand: AsyncParsableCommand {
         }
         let loadStart = Date()
         let simulation = try Simulation(configuration: c)
+        if let db {
+            guard c.transport == "memory" else { throw ConfigurationError("--db records the in-memory transport; with --transport tcp use fedcoord serve --db") }
+            do {
+                let store = try RunStore(path: db)
+                guard try store.lastCheckpoint() == nil else { throw ConfigurationError("\(db) already holds a run; fedsim starts new runs only") }
+                try store.recordRun(configuration: simulation.network.spec.wireDescription)
+                simulation.store = store
+            } catch let error as StoreError {
+                throw ConfigurationError(error.description)
+            }
+        }
         if !quiet {
             print("""
                 fedsim: \(c.name): model \(c.layers.isEmpty ? c.model : c.layers.joined(separator: ",")) \

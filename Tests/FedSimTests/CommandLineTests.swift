@@ -1,3 +1,4 @@
+import FedStore
 import Foundation
 import Testing
 
@@ -69,6 +70,23 @@ struct FedSimProcess {
         let result = try FedSimProcess.run(["--config", file.path])
         #expect(result.status == 1)
         #expect(result.stderr.contains("unknown key \"learning_rat\""), "stderr: \(result.stderr)")
+    }
+
+    @Test func runIsRecordedInTheCoordinatorSchema() throws {
+        let db = FileManager.default.temporaryDirectory.appendingPathComponent("fedsim-\(UUID().uuidString).sqlite").path
+        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: db + suffix) } }
+        let result = try FedSimProcess.run(["--rounds", "3", "--clients", "20", "--fraction", "0.2", "--quiet", "--db", db, "--codec", "q8"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let store = try RunStore(path: db)
+        let rounds = try store.rounds()
+        #expect(rounds.map(\.round) == [1, 2, 3])
+        #expect(rounds.allSatisfy { $0.completed == 4 && $0.testAccuracy != nil })
+        #expect(try store.participations(round: 2).count == 4)
+        #expect(try store.participations(round: 2).allSatisfy { $0.codec == "q8" && $0.bytes > 0 })
+        #expect(try store.lastCheckpoint()?.round == 3)
+        // A second run into the same database is refused rather than mixed in.
+        let again = try FedSimProcess.run(["--rounds", "1", "--quiet", "--db", db])
+        #expect(again.status == 1 && again.stderr.contains("already holds a run"))
     }
 
     @Test func shortRunWritesAReport() throws {
