@@ -10,6 +10,7 @@ extension FedCoord {
         @Option(help: "The run database (fedcoord serve --db).") var db: String
         @Flag(help: "JSON instead of a table.") var json = false
         @Flag(help: "CSV instead of a table.") var csv = false
+        @Option(help: "Also draw test accuracy, test loss and bytes per round into this SVG file.") var plot: String?
 
         func validate() throws {
             if json && csv { throw ValidationError("choose one of --json and --csv") }
@@ -23,6 +24,13 @@ extension FedCoord {
             } catch let error as StoreError {
                 FileHandle.standardError.write(Data("fedcoord: error: \(error)\n".utf8))
                 throw ExitCode(1)
+            }
+            if let plot {
+                let svg = RunPlot.svg(rounds: rounds, title: "fedcoord run: \(URL(fileURLWithPath: db).lastPathComponent)")
+                do { try svg.write(toFile: plot, atomically: true, encoding: .utf8) } catch {
+                    FileHandle.standardError.write(Data("fedcoord: error: cannot write \(plot): \(error.localizedDescription)\n".utf8))
+                    throw ExitCode(1)
+                }
             }
             func value(_ x: Double?) -> String { x.map { String(format: "%.4f", $0) } ?? "" }
             if json {

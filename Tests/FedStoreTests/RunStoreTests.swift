@@ -109,3 +109,24 @@ enum RunStoreTestAccess {
         return true
     }
 }
+
+@Suite struct RunPlotTests {
+    @Test func chartHasBothPanelsAxesAndLegend() {
+        let rounds = (1...12).map { r in
+            RoundRow(round: r, startedAt: Date(), endedAt: Date(), selected: 10, completed: 10, refused: 0,
+                     uplinkBytes: 1000 * r, downlinkBytes: 8000, trainingLoss: 1 / Double(r),
+                     testAccuracy: 0.8 + Double(r) / 100, testLoss: 1 / Double(r))
+        }
+        let svg = RunPlot.svg(rounds: rounds, title: "run <1>")
+        #expect(svg.hasPrefix("<svg") && svg.hasSuffix("</svg>\n"))
+        #expect(svg.components(separatedBy: "<polyline").count - 1 == 4, "accuracy, loss, bytes up, bytes down")
+        for text in ["test accuracy", "test loss", "bytes up", "bytes down", "round", "bytes per round", "run &lt;1&gt;"] {
+            #expect(svg.contains(">\(text)<"), "missing \(text)")
+        }
+        // Rounds without evaluation leave gaps rather than crashing the chart.
+        var sparse = rounds
+        sparse[3].testAccuracy = nil
+        #expect(RunPlot.svg(rounds: sparse, title: "x").contains("<polyline"))
+        #expect(RunPlot.svg(rounds: [], title: "empty").hasSuffix("</svg>\n"))
+    }
+}
