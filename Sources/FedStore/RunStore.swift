@@ -98,10 +98,11 @@ public final class RunStore: Sendable {
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     /// A database written by a newer build, or a file that is not one of ours, is refused.
-    public init(path: String) throws {
+    /// `busyTimeout` is how long to wait for another process's lock before failing.
+    public init(path: String, busyTimeout: TimeInterval = 5) throws {
         self.path = path
         var configuration = Configuration()
-        configuration.busyMode = .timeout(5)
+        configuration.busyMode = .timeout(busyTimeout)
         do {
             queue = try DatabaseQueue(path: path, configuration: configuration)
             try queue.writeWithoutTransaction { db in
@@ -289,6 +290,12 @@ public final class RunStore: Sendable {
     /// Rounds that still have a checkpoint.
     public func checkpointRounds() throws -> [Int] {
         try read { db in try Int.fetchAll(db, sql: "SELECT round FROM checkpoints ORDER BY round") }
+    }
+
+    /// Caps the file at `pages` database pages (SQLite's `max_page_count`), for tests that
+    /// simulate a full disk.
+    func setMaximumPageCount(_ pages: Int) throws {
+        try write { db in _ = try Int.fetchOne(db, sql: "PRAGMA max_page_count = \(pages)") }
     }
 
     /// Hex SHA-256 of float32 values, little-endian.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import FedCoordinator
 import FedModel
+import FedStore
 import Foundation
 import Logging
 
@@ -80,6 +81,9 @@ extension FedCoord {
                     print("fedcoord: listening on \(listenHost):\(port)")
                     fflush(nil)
                 }, progress: progress)
+            } catch let error as StoreError {
+                // The last committed round is intact; the run resumes from it on restart.
+                fail("\(error)")
             } catch {
                 // Binding is what fails in practice (address in use, no permission).
                 fail("cannot serve on \(configuration.host):\(configuration.port): \(error)")

@@ -130,3 +130,49 @@ enum RunStoreTestAccess {
         #expect(RunPlot.svg(rounds: [], title: "empty").hasSuffix("</svg>\n"))
     }
 }
+
+@Suite struct StoreFailureTests {
+    /// A full disk, simulated with SQLite's page limit: the failing commit is refused with a
+    /// clear error and the last committed round stays intact.
+    @Test func fullDiskKeepsTheLastCommittedRound() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path)
+        let model = [Float](repeating: 0.5, count: 20_000)
+        try store.commit(row(1), checkpoint: checkpoint(1, model))
+        let queue = try DatabaseQueue(path: path)
+        let pages = try queue.read { try Int.fetchOne($0, sql: "PRAGMA page_count")! }
+        // Limit the file to a little more than it holds now: the next checkpoint cannot fit.
+        let limited = try RunStoreWithPageLimit(path: path, maxPages: pages + 5)
+        var bigger = model
+        bigger[0] = 1
+        #expect { try limited.store.commit(row(2), checkpoint: checkpoint(2, bigger)) } throws: { "\($0)".contains("full") }
+        let reopened = try RunStore(path: path)
+        #expect(try reopened.lastCheckpoint()?.round == 1)
+        #expect(try reopened.lastCheckpoint()?.model == model)
+        #expect(try reopened.rounds().map(\.round) == [1])
+    }
+
+    @Test func lockedDatabaseIsAClearError() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path, busyTimeout: 0.3)
+        let other = try DatabaseQueue(path: path)
+        try other.writeWithoutTransaction { db in
+            try db.execute(sql: "BEGIN EXCLUSIVE")
+            #expect { try store.commit(row(1), checkpoint: checkpoint(1, [1])) } throws: { "\($0)".contains("locked") }
+            try db.execute(sql: "ROLLBACK")
+        }
+        try store.commit(row(1), checkpoint: checkpoint(1, [1]))
+        #expect(try store.rounds().count == 1)
+    }
+}
+
+/// A RunStore whose connection has a page limit (simulating a small disk).
+struct RunStoreWithPageLimit {
+    let store: RunStore
+    init(path: String, maxPages: Int) throws {
+        store = try RunStore(path: path)
+        try store.setMaximumPageCount(maxPages)
+    }
+}
