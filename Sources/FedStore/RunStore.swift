@@ -167,6 +167,15 @@ public final class RunStore: Sendable {
                     error_code INTEGER
                 );
                 CREATE INDEX participations_by_round ON participations(round);
+                CREATE TABLE clients (
+                    id TEXT PRIMARY KEY,
+                    first_seen REAL NOT NULL,
+                    last_seen REAL NOT NULL,
+                    updates INTEGER NOT NULL DEFAULT 0,
+                    refusals INTEGER NOT NULL DEFAULT 0,
+                    bytes_up INTEGER NOT NULL DEFAULT 0,
+                    examples INTEGER NOT NULL DEFAULT 0
+                );
                 CREATE TABLE events (
                     id INTEGER PRIMARY KEY AUTOINCREMENT,
                     at REAL NOT NULL,
@@ -205,11 +214,22 @@ public final class RunStore: Sendable {
                     VALUES (?, ?, ?, ?, ?, ?)
                     """, arguments: [checkpoint.round, Int(checkpoint.modelVersion), Self.blob(checkpoint.model),
                                      checkpoint.modelSHA256, Self.blob(checkpoint.optimizerM), Self.blob(checkpoint.optimizerV)])
+                let now = row.endedAt.timeIntervalSince1970
                 for p in participations {
                     try db.execute(sql: """
                         INSERT INTO participations (round, client, state, bytes, examples, local_loss, codec, error_code)
                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                         """, arguments: [row.round, p.client, p.state, p.bytes, p.examples, p.localLoss, p.codec, p.errorCode])
+                    let accepted = p.state == "accepted" ? 1 : 0
+                    try db.execute(sql: """
+                        INSERT INTO clients (id, first_seen, last_seen, updates, refusals, bytes_up, examples) VALUES (?, ?, ?, ?, ?, ?, ?)
+                        ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen, updates = updates + excluded.updates,
+                            refusals = refusals + excluded.refusals, bytes_up = bytes_up + excluded.bytes_up, examples = examples + excluded.examples
+                        """, arguments: [p.client, now, now, accepted, 1 - accepted, p.bytes, p.examples])
+                    if accepted == 0 {
+                        try db.execute(sql: "INSERT INTO events (at, kind, client, message) VALUES (?, 'refusal', ?, ?)",
+                                       arguments: [now, p.client, "round \(row.round): update refused with error \(p.errorCode ?? 0)"])
+                    }
                 }
                 try db.execute(sql: """
                     DELETE FROM checkpoints
@@ -285,6 +305,24 @@ public final class RunStore: Sendable {
     /// The configuration recorded when the run started (the model description), if any.
     public func runConfiguration() throws -> String? {
         try read { db in try String.fetchOne(db, sql: "SELECT configuration FROM runs WHERE id = 1") }
+    }
+
+    /// Per-client totals: id → (updates, refusals, bytes up, examples).
+    public func clientTotals() throws -> [String: (updates: Int, refusals: Int, bytesUp: Int, examples: Int)] {
+        try read { db in
+            var result: [String: (updates: Int, refusals: Int, bytesUp: Int, examples: Int)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM clients") {
+                result[row["id"]] = (row["updates"], row["refusals"], row["bytes_up"], row["examples"])
+            }
+            return result
+        }
+    }
+
+    /// Events of one kind (`refusal`, `restart`, ...), oldest first: (client, message).
+    public func events(kind: String) throws -> [(client: String?, message: String)] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT client, message FROM events WHERE kind = ? ORDER BY id", arguments: [kind]).map { ($0["client"], $0["message"]) }
+        }
     }
 
     /// Rounds that still have a checkpoint.

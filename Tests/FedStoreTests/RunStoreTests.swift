@@ -66,9 +66,15 @@ func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
         ]
         try store.commit(row(1), checkpoint: checkpoint(1, [1]), participations: people)
         #expect(try store.participations(round: 1) == people)
+        try store.commit(row(2), checkpoint: checkpoint(2, [1]), participations: [people[0]])
+        let totals = try store.clientTotals()
+        #expect(totals["a"]?.updates == 2 && totals["a"]?.bytesUp == 200 && totals["a"]?.examples == 1200)
+        #expect(totals["b"]?.updates == 0 && totals["b"]?.refusals == 1)
+        #expect(try store.events(kind: "refusal").map(\.client) == ["b"])
         // A failed commit (duplicate round) adds no participation rows either.
         #expect(throws: StoreError.self) { try store.commit(row(1), checkpoint: checkpoint(1, [1]), participations: people) }
         #expect(try store.participations(round: 1).count == 2)
+        #expect(try store.clientTotals()["a"]?.updates == 2, "the failed commit changed no totals")
     }
 
     @Test func newerOrForeignDatabasesAreRefused() throws {
