@@ -23,6 +23,9 @@ public actor Coordinator {
     public private(set) var history: [CoordinatorRound] = []
     /// The bound port once ``run(onBound:progress:)`` is listening.
     public private(set) var port: Int?
+    /// The bound port of the metrics endpoint, when configured.
+    public private(set) var metricsPort: Int?
+    public let metrics = CoordinatorMetrics()
 
     private var optimizer: ServerOptimizer
     private let uplink: UpdateCodec
@@ -117,6 +120,14 @@ public actor Coordinator {
             }
         let boundPort = server.channel.localAddress?.port ?? configuration.port
         port = boundPort
+        var metricsChannel: (any Channel)?
+        if let wanted = configuration.metricsPort {
+            let channel = try await MetricsServer.start(host: configuration.host, port: wanted, metrics: metrics)
+            metricsPort = channel.localAddress?.port
+            metricsChannel = channel
+            logger.info("serving metrics", metadata: ["url": "http://\(configuration.host):\(metricsPort ?? wanted)/metrics"])
+        }
+        defer { metricsChannel?.close(promise: nil) }
         logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(boundPort)", "model": "\(configuration.model.wireDescription)"])
         onBound(boundPort)
         try await withThrowingDiscardingTaskGroup { group in
@@ -176,6 +187,8 @@ public actor Coordinator {
                     }
                 } catch let error as ProtocolError {
                     logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(clientID ?? "-")", "error": "\(error)"])
+                    metrics.refused.increment()
+                    try? store?.recordEvent(kind: "refusal", client: clientID, message: "\(peer): \(error)")
                     try? await writer.send(.error(code: error.code.rawValue, message: error.message))
                 }
             }
@@ -217,6 +230,7 @@ public actor Coordinator {
         }
         let session = nextSession
         nextSession += 1
+        metrics.connected.set(to: Double(clients.count + (clients[id] == nil ? 1 : 0)))
         clients[id] = ConnectedClient(
             session: session, outbound: outbound, channel: channel,
             heldVersions: Array(repeating: nil, count: network.layout.tensors.count),
@@ -228,6 +242,7 @@ public actor Coordinator {
     private func unregister(_ id: String) {
         guard clients[id] != nil else { return }
         clients[id] = nil
+        metrics.connected.set(to: Double(clients.count))
         logger.info("client left", metadata: ["client": "\(id)", "connected": "\(clients.count)"])
     }
 
@@ -244,6 +259,7 @@ public actor Coordinator {
 
     private func refuse(_ id: String, _ error: ProtocolError) {
         roundRefused += 1
+        metrics.refused.increment()
         roundParticipations.append(Participation(
             client: id, state: "refused", bytes: 0, examples: 0, localLoss: nil,
             codec: configuration.uplinkCodec, errorCode: Int(error.code.rawValue)))
@@ -303,6 +319,8 @@ public actor Coordinator {
         roundLossSum += Double(update.trainingLoss) * Double(update.exampleCount)
         roundExamples += Double(update.exampleCount)
         roundUplinkBytes += bytes
+        metrics.accepted.increment()
+        metrics.bytesUp.increment(by: Int64(bytes))
         roundParticipations.append(Participation(
             client: id, state: "accepted", bytes: bytes, examples: Int(update.exampleCount),
             localLoss: Double(update.trainingLoss), codec: configuration.uplinkCodec, errorCode: nil))
@@ -362,6 +380,10 @@ public actor Coordinator {
                     participations: roundParticipations, retention: configuration.retention)
             }
             history.append(record)
+            metrics.rounds.increment()
+            metrics.currentRound.set(to: Double(round))
+            metrics.bytesDown.increment(by: Int64(downloadBytes))
+            if let accuracy = record.testAccuracy { metrics.accuracy.set(to: accuracy) }
             progress(record)
             logger.info("round complete", metadata: [
                 "round": "\(round)", "updates": "\(completed)/\(selected.count)", "accuracy": "\(record.testAccuracy.map { String(format: "%.4f", $0) } ?? "-")",

@@ -7,7 +7,7 @@ extension CoordinatorConfiguration {
         "host", "port", "model", "layers", "rounds", "target_accuracy", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
-        "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients", "database", "keep_checkpoints", "checkpoint_every",
+        "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
     ]
 
     /// Reads a coordinator configuration file (Configs/coordinator.toml documents every key).
@@ -79,6 +79,7 @@ extension CoordinatorConfiguration {
         if let v = try value("database", { $0.string }, "a string") {
             c.databasePath = v.hasPrefix("/") ? v : url.deletingLastPathComponent().appendingPathComponent(v).standardizedFileURL.path
         }
+        if let v = try value("metrics_port", { $0.int }, "an integer") { c.metricsPort = v }
         if let v = try value("keep_checkpoints", { $0.int }, "an integer") { c.retention.keepLast = max(1, v) }
         if let v = try value("checkpoint_every", { $0.int }, "an integer") { c.retention.keepEvery = max(1, v) }
         var testData: URL?

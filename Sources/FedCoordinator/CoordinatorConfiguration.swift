@@ -42,6 +42,8 @@ public struct CoordinatorConfiguration: Sendable {
     /// SQLite file recording every committed round with its model; an existing file resumes
     /// its run from the last committed round. nil keeps nothing.
     public var databasePath: String?
+    /// Port for the Prometheus `/metrics` endpoint (on `host`); nil = no endpoint, 0 = any free port.
+    public var metricsPort: Int?
     /// Checkpoints kept in the database: the last N and every Mth round.
     public var retention = RetentionPolicy()
 

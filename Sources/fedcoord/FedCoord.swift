@@ -32,6 +32,8 @@ extension FedCoord {
         var rounds: Int?
         @Option(help: "SQLite file recording the run; an existing one resumes from its last committed round.")
         var db: String?
+        @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics.")
+        var metricsPort: Int?
 
         func run() async throws {
             LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
@@ -45,6 +47,7 @@ extension FedCoord {
                 if let host { configuration.host = host }
                 if let rounds { configuration.rounds = rounds }
                 if let db { configuration.databasePath = db }
+                if let metricsPort { configuration.metricsPort = metricsPort }
                 try configuration.validate()
                 test = try testData.map { try MNIST.load(directory: $0, train: false) }
             } catch let error as ConfigurationFileError {

@@ -23,6 +23,12 @@ final class FramedPeer: @unchecked Sendable {
         return FramedPeer(channel)
     }
 
+    deinit {
+        // NIO requires an async channel's writer to be finished before it goes away.
+        channel.outbound.finish()
+        channel.channel.close(promise: nil)
+    }
+
     private init(_ channel: NIOAsyncChannel<Frame, Frame>) {
         self.channel = channel
         inbound = channel.inbound
@@ -294,5 +300,47 @@ import FedStore
         #expect(rounds.last!.testAccuracy! > rounds.first!.testAccuracy!)
         let participants = try RunStore(path: path).participations(round: 3)
         #expect(participants.map(\.client).sorted() == ["device-0", "device-1"] && participants.allSatisfy { $0.state == "accepted" && $0.examples == 3000 })
+    }
+}
+
+@Suite(.serialized) struct MetricsTests {
+    func get(_ path: String, port: Int) async throws -> String {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: x\r\n\r\n"))
+            var response = ""
+            for try await chunk in inbound { response += String(buffer: chunk) }
+            return response
+        }
+    }
+
+    @Test func prometheusEndpointReportsTheRun() async throws {
+        // Two clients that train and a straggler that never does: each round lasts until its
+        // deadline, which leaves time to read the metrics while the run is still going.
+        var config = configuration(clients: 3, perRound: 3, rounds: 2)
+        config.metricsPort = 0
+        config.minimumUpdates = 2
+        config.roundDeadline = 2
+        let deployment = try await Deployment.start(config)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 7)
+        // A refused stranger, counted in the metrics.
+        _ = try await FramedPeer.connect(port: deployment.port).authenticate(id: "nobody", secret: "x")
+        let straggler = try await FramedPeer.connect(port: deployment.port)
+        _ = try await straggler.authenticate(id: "device-2", secret: "secret-2")
+        let tasks = (0..<2).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
+        while await deployment.coordinator.history.count < 1 { try await Task.sleep(nanoseconds: 10_000_000) }
+        let port = try #require(await deployment.coordinator.metricsPort)
+        let response = try await get("/metrics", port: port)
+        #expect(response.hasPrefix("HTTP/1.1 200 OK"))
+        for line in ["fed_rounds_total 1", "fed_updates_accepted_total 2", "fed_round 1", "fed_connected_clients 3", "# HELP fed_test_accuracy"] {
+            #expect(response.contains(line), "missing \(line) in\n\(response)")
+        }
+        #expect(response.contains("fed_updates_refused_total 1"), "\(response)")
+        #expect(try await get("/other", port: port).hasPrefix("HTTP/1.1 404"))
+        _ = try await deployment.run.value
+        for t in tasks { await t.value }
     }
 }
