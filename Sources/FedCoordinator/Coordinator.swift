@@ -58,6 +58,8 @@ public actor Coordinator {
         var busy = false
         /// Shards this client trains (all unless its memory budget is small).
         var trainedShards: [UInt16]
+        /// When its current task was sent.
+        var taskSentAt: Date?
     }
 
     public init(configuration: CoordinatorConfiguration, test: Dataset? = nil, logger: Logger = Logger(label: "fedcoord")) throws {
@@ -323,7 +325,8 @@ public actor Coordinator {
         metrics.bytesUp.increment(by: Int64(bytes))
         roundParticipations.append(Participation(
             client: id, state: "accepted", bytes: bytes, examples: Int(update.exampleCount),
-            localLoss: Double(update.trainingLoss), codec: configuration.uplinkCodec, errorCode: nil))
+            localLoss: Double(update.trainingLoss), codec: configuration.uplinkCodec, errorCode: nil,
+            durationSeconds: clients[id]?.taskSentAt.map { Date().timeIntervalSince($0) }))
         clients[id]?.busy = false
         clients[id]?.outbound.yield(.acknowledgement(type: MessageType.update.rawValue, round: update.round))
     }
@@ -479,6 +482,7 @@ public actor Coordinator {
             }
             client.busy = true
             task.shards = client.trainedShards
+            client.taskSentAt = Date()
             client.outbound.yield(.trainingTask(task))
             clients[id] = client
         }

@@ -64,8 +64,10 @@ public struct Participation: Sendable, Equatable, Codable {
     public var codec: String
     /// The protocol error code when refused.
     public var errorCode: Int?
+    /// Seconds from the task being sent to the update arriving (training and upload), if known.
+    public var durationSeconds: Double?
 
-    public init(client: String, state: String, bytes: Int, examples: Int, localLoss: Double?, codec: String, errorCode: Int?) {
+    public init(client: String, state: String, bytes: Int, examples: Int, localLoss: Double?, codec: String, errorCode: Int?, durationSeconds: Double? = nil) {
         self.client = client
         self.state = state
         self.bytes = bytes
@@ -73,6 +75,7 @@ public struct Participation: Sendable, Equatable, Codable {
         self.localLoss = localLoss
         self.codec = codec
         self.errorCode = errorCode
+        self.durationSeconds = durationSeconds
     }
 }
 
@@ -140,6 +143,7 @@ public final class RunStore: Sendable {
                     ended_at REAL NOT NULL,
                     selected INTEGER NOT NULL,
                     completed INTEGER NOT NULL,
+                    dropped INTEGER NOT NULL,
                     refused INTEGER NOT NULL,
                     bytes_up INTEGER NOT NULL,
                     bytes_down INTEGER NOT NULL,
@@ -164,7 +168,8 @@ public final class RunStore: Sendable {
                     examples INTEGER NOT NULL,
                     local_loss REAL,
                     codec TEXT NOT NULL,
-                    error_code INTEGER
+                    error_code INTEGER,
+                    duration_seconds REAL
                 );
                 CREATE INDEX participations_by_round ON participations(round);
                 CREATE TABLE clients (
@@ -203,11 +208,11 @@ public final class RunStore: Sendable {
         try write { db in
             try db.inTransaction {
                 try db.execute(sql: """
-                    INSERT INTO rounds (number, state, started_at, ended_at, selected, completed, refused, bytes_up, bytes_down,
+                    INSERT INTO rounds (number, state, started_at, ended_at, selected, completed, dropped, refused, bytes_up, bytes_down,
                                         training_loss, test_accuracy, test_loss, model_sha256)
-                    VALUES (?, 'committed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    VALUES (?, 'committed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """, arguments: [row.round, row.startedAt.timeIntervalSince1970, row.endedAt.timeIntervalSince1970,
-                                     row.selected, row.completed, row.refused, row.uplinkBytes, row.downlinkBytes,
+                                     row.selected, row.completed, max(0, row.selected - row.completed), row.refused, row.uplinkBytes, row.downlinkBytes,
                                      row.trainingLoss, row.testAccuracy, row.testLoss, checkpoint.modelSHA256])
                 try db.execute(sql: """
                     INSERT INTO checkpoints (round, model_version, model, model_sha256, optimizer_m, optimizer_v)
@@ -217,9 +222,9 @@ public final class RunStore: Sendable {
                 let now = row.endedAt.timeIntervalSince1970
                 for p in participations {
                     try db.execute(sql: """
-                        INSERT INTO participations (round, client, state, bytes, examples, local_loss, codec, error_code)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                        """, arguments: [row.round, p.client, p.state, p.bytes, p.examples, p.localLoss, p.codec, p.errorCode])
+                        INSERT INTO participations (round, client, state, bytes, examples, local_loss, codec, error_code, duration_seconds)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """, arguments: [row.round, p.client, p.state, p.bytes, p.examples, p.localLoss, p.codec, p.errorCode, p.durationSeconds])
                     let accepted = p.state == "accepted" ? 1 : 0
                     try db.execute(sql: """
                         INSERT INTO clients (id, first_seen, last_seen, updates, refusals, bytes_up, examples) VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -283,7 +288,8 @@ public final class RunStore: Sendable {
         try read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM participations WHERE round = ? ORDER BY rowid", arguments: [round]).map { row in
                 Participation(client: row["client"], state: row["state"], bytes: row["bytes"], examples: row["examples"],
-                              localLoss: row["local_loss"], codec: row["codec"], errorCode: row["error_code"])
+                              localLoss: row["local_loss"], codec: row["codec"], errorCode: row["error_code"],
+                              durationSeconds: row["duration_seconds"])
             }
         }
     }

@@ -300,6 +300,7 @@ import FedStore
         #expect(rounds.last!.testAccuracy! > rounds.first!.testAccuracy!)
         let participants = try RunStore(path: path).participations(round: 3)
         #expect(participants.map(\.client).sorted() == ["device-0", "device-1"] && participants.allSatisfy { $0.state == "accepted" && $0.examples == 3000 })
+        #expect(participants.allSatisfy { ($0.durationSeconds ?? -1) > 0 }, "task-to-update durations are recorded")
     }
 }
 
