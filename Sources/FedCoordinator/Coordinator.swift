@@ -352,6 +352,7 @@ public actor Coordinator {
             for id in selected { clients[id]?.busy = false }
             if completed < configuration.minimumUpdates {
                 logger.warning("round abandoned below quorum", metadata: ["round": "\(round)", "updates": "\(completed)", "quorum": "\(configuration.minimumUpdates)"])
+                try? store?.recordEvent(kind: "abandoned", message: "round \(round): \(completed) updates, quorum \(configuration.minimumUpdates); retrying")
                 abandoned += 1
                 resetRound()
                 continue
