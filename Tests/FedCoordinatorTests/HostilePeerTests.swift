@@ -336,7 +336,10 @@ import FedStore
         let port = try #require(await deployment.coordinator.metricsPort)
         let response = try await get("/metrics", port: port)
         #expect(response.hasPrefix("HTTP/1.1 200 OK"))
-        for line in ["fed_rounds_total 1", "fed_updates_accepted_total 2", "fed_round 1", "fed_connected_clients 3", "# HELP fed_test_accuracy"] {
+        // Round 2 cannot end before its deadline (the straggler), but its two updates may
+        // already have arrived: 2 or 4 accepted.
+        #expect(response.contains("fed_updates_accepted_total 2\n") || response.contains("fed_updates_accepted_total 4\n"), "\(response)")
+        for line in ["fed_rounds_total 1", "fed_round 1", "fed_connected_clients 3", "# HELP fed_test_accuracy"] {
             #expect(response.contains(line), "missing \(line) in\n\(response)")
         }
         #expect(response.contains("fed_updates_refused_total 1"), "\(response)")
