@@ -29,6 +29,10 @@ public struct ClientConfiguration: Sendable {
     /// First and largest reconnection delay, in seconds; each wait is jittered ±50 %.
     public var initialBackoff = 0.2
     public var maximumBackoff = 30.0
+    /// Keep the model shards between rounds (a daemon: a shard unchanged since the last round is
+    /// not downloaded again). Off, an idle client holds no model and no training buffers; fedsim
+    /// turns it off for its thousands of in-process clients.
+    public var retainModel = true
 
     public init(clientID: String, secret: String, data: DatasetSlice) {
         self.clientID = clientID
@@ -47,6 +51,7 @@ public actor ClientDaemon {
     private var trainer: LocalTrainer?
     private var model: [Float] = []
     private var versions: [UInt32?] = []
+    /// Error-feedback residual: loaded or created on the first task that uses `+ef`.
     private var residual: ErrorFeedback?
     /// Rounds this client trained and uploaded.
     public private(set) var completedRounds: [Int] = []
@@ -158,9 +163,17 @@ public actor ClientDaemon {
         }
         self.network = network
         trainer = nil
-        model = [Float](repeating: 0, count: network.parameterCount)
+        model = []
         versions = Array(repeating: nil, count: network.layout.tensors.count)
-        residual = try loadResidual(count: network.parameterCount)
+        residual = nil
+    }
+
+    /// Forgets the model and training buffers (after an upload, when not retaining the model).
+    private func releaseModel() {
+        guard let network else { return }
+        model = []
+        trainer = nil
+        versions = Array(repeating: nil, count: network.layout.tensors.count)
     }
 
     private func receive(_ shard: ModelShard) throws {
@@ -168,6 +181,7 @@ public actor ClientDaemon {
         let index = Int(shard.shardIndex)
         guard index < network.layout.tensors.count else { throw ProtocolError(.malformedMessage, "shard index \(index) out of range") }
         let range = network.layout.tensors[index].range
+        if model.isEmpty { model = [Float](repeating: 0, count: network.parameterCount) }
         do {
             try model.withUnsafeMutableBufferPointer { all in
                 try shard.encoded.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[range])) }
@@ -186,6 +200,7 @@ public actor ClientDaemon {
 
     private func train(_ task: TrainingTask) async throws -> Update {
         guard let network else { throw ProtocolError(.unexpectedMessage, "training task before WELCOME") }
+        guard !model.isEmpty else { throw ProtocolError(.unexpectedMessage, "training task before any model shard") }
         for index in task.shards where versions[Int(index)] != task.modelVersion {
             throw ProtocolError(.unexpectedMessage, "task for model version \(task.modelVersion) but shard \(index) is at \(versions[Int(index)].map(String.init) ?? "none")")
         }
@@ -209,6 +224,7 @@ public actor ClientDaemon {
             batchSize: Int(task.batchSize), sgd: SGD(learningRate: task.learningRate), generator: &generator,
             frozen: frozen)
         var delta = zip(local, model).map { $0 - $1 }
+        if spec.errorFeedback, residual == nil { residual = try loadResidual(count: network.parameterCount) }
         if spec.errorFeedback { residual?.compensate(&delta) }
         var codecGenerator = SeededGenerator(seed: configuration.seed, stream: 0xC0DE, UInt64(task.round), configuration.seedStream)
         let codec = UpdateCodec(spec: spec, shardRanges: network.layout.tensors.map(\.range))
@@ -221,6 +237,7 @@ public actor ClientDaemon {
             try saveResidual(feedback)
         }
         completedRounds.append(Int(task.round))
+        if !configuration.retainModel { releaseModel() }
         return Update(
             round: task.round, modelVersion: task.modelVersion, exampleCount: UInt32(configuration.data.count),
             trainingLoss: Float(summary.meanLoss),

@@ -251,6 +251,9 @@ public actor Coordinator {
     private func received(_ message: Message, from id: String) {
         switch message {
         case .update(let update):
+            // After its update a client may have dropped its model (fedsim's clients do, to
+            // stay small while idle), so nothing it held is assumed any more (Protocol.md, 3).
+            if let held = clients[id]?.heldVersions { clients[id]?.heldVersions = held.map { _ in nil } }
             receiveUpdate(update, from: id)
         case .heartbeat(let timestamp):
             clients[id]?.outbound.yield(.heartbeat(timestamp: timestamp))

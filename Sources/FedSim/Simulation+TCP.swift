@@ -13,6 +13,8 @@ extension Simulation {
     /// rounding rather than bit for bit.
     public func runOverTCP(progress: @escaping @Sendable (RoundRecord) -> Void = { _ in }) async throws -> SimulationReport {
         let c = configuration
+        // Each client costs two descriptors here (its socket and the coordinator's).
+        try raiseOpenFileLimit(toAtLeast: 2 * c.clients + 64)
         var coordinator = CoordinatorConfiguration()
         coordinator.host = "127.0.0.1"
         coordinator.port = 0
@@ -48,6 +50,7 @@ extension Simulation {
             client.seed = c.seed
             client.seedStream = UInt64(index)
             client.reconnect = false
+            client.retainModel = false
             return ClientDaemon(configuration: client, logger: quiet)
         }
         let clientTasks = daemons.map { daemon in Task { await daemon.run() } }
@@ -56,6 +59,26 @@ extension Simulation {
         return reportOverTCP(history.map(RoundRecord.init(round:)))
     }
 }
+
+/// Raises this process's soft limit on open files (often 1,024) towards the hard limit.
+func raiseOpenFileLimit(toAtLeast needed: Int) throws {
+    var limit = rlimit()
+    guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return }
+    if limit.rlim_cur >= rlim_t(needed) { return }
+    guard limit.rlim_max >= rlim_t(needed) else {
+        throw ConfigurationError("transport tcp needs \(needed) open files but this system allows \(limit.rlim_max) (raise `ulimit -Hn` or use fewer clients)")
+    }
+    limit.rlim_cur = rlim_t(needed)
+    guard setrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else {
+        throw ConfigurationError("transport tcp needs \(needed) open files; setrlimit failed: \(String(cString: strerror(errno)))")
+    }
+}
+
+#if canImport(Glibc)
+private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+#else
+private let RLIMIT_NOFILE_VALUE = RLIMIT_NOFILE
+#endif
 
 extension RoundRecord {
     init(round r: CoordinatorRound) {

@@ -23,6 +23,8 @@ public final class Simulation {
     public private(set) var records: [RoundRecord] = []
 
     private let trainers: [LocalTrainer]
+    /// Each client's device (speed and links), drawn once from the seed.
+    private let profiles: [DeviceModel.Profile]
     private let evaluator: Evaluator
     private let testSlice: DatasetSlice
     private var localModels: [[Float]]
@@ -79,15 +81,21 @@ public final class Simulation {
         uplink = UpdateCodec(spec: try configuration.uplinkSpec(), shardRanges: ranges)
         downlink = UpdateCodec(spec: try configuration.downlinkSpec(), shardRanges: ranges)
         evaluator = Evaluator(network: network, threads: configuration.effectiveThreads)
+        profiles = (0..<configuration.clients).map { configuration.devices.profile(client: $0, seed: configuration.seed) }
         testSlice = test.all
         serverOptimizer = ServerOptimizer(settings: try configuration.serverOptimizerSettings(), parameterCount: network.parameterCount)
     }
 
-    /// The clients sampled in `round`: C·K distinct clients, drawn from the run's seed.
+    /// The clients sampled in `round`: C·K distinct clients (⌈C·K × over_selection⌉ with
+    /// over-selection) drawn from the run's seed among the clients online in that round.
     public func sampleClients(round: Int) -> [Int] {
         var generator = SeededGenerator(seed: configuration.seed, stream: 0x5A3B, UInt64(round))
-        var pool = Array(0..<configuration.clients)
-        let m = configuration.clientsPerRound
+        let devices = configuration.devices
+        var pool = devices.availability < 1
+            ? (0..<configuration.clients).filter { devices.isAvailable(client: $0, round: round, seed: configuration.seed) }
+            : Array(0..<configuration.clients)
+        let wanted = Int((Double(configuration.clientsPerRound) * devices.overSelection).rounded(.up))
+        let m = min(wanted, pool.count)
         for i in 0..<m {
             let j = i + Int(generator.next() % UInt64(pool.count - i))
             pool.swapAt(i, j)
@@ -103,10 +111,15 @@ public final class Simulation {
         let startTime = Date()
         let selected = sampleClients(round: round)
         let c = configuration
+        let devices = c.devices
+        let dropped = selected.map { devices.dropsOut(client: $0, round: round, seed: c.seed) }
+        // Whether arrival order decides which updates count: then updates are held (encoded)
+        // until every selected client's simulated arrival time is known.
+        let cut = selected.count > c.clientsPerRound || devices.roundDeadline > 0
         let sgd = SGD(
             learningRate: Float(c.learningRate), momentum: Float(c.momentum),
             weightDecay: Float(c.weightDecay), proximalMu: Float(c.proximalMu))
-        let state = RoundState(parameterCount: network.parameterCount)
+        let state = RoundState(parameterCount: network.parameterCount, holdUpdates: cut)
         // The model every participant starts from: the global model as the downlink codec
         // delivers it. The server keeps its own exact copy and applies deltas to that.
         var downlinkGenerator = SeededGenerator(seed: c.seed, stream: 0xD0, UInt64(round))
@@ -126,20 +139,27 @@ public final class Simulation {
             parallelFor(trainers.count) { worker in
                 while let slot = state.claim(limit: selected.count) {
                     let client = selected[slot]
-                    locals[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: start) }
+                    var outcome = ClientOutcome(examples: indices[client].count, loss: 0)
+                    guard !dropped[slot] else {
+                        outcome.dropped = true
+                        state.commit(slot: slot, delta: decoded[worker], encoded: [], outcome: outcome)
+                        continue
+                    }
+                    _ = locals[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: start) }
                     var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, UInt64(round), UInt64(client))
                     let summary = trainers[worker].train(
                         parameters: &locals[worker], anchor: anchor,
                         data: DatasetSlice(dataset: data, indices: indices[client]),
                         epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator)
-                    var outcome = ClientOutcome(examples: indices[client].count, loss: summary.meanLoss)
+                    outcome.loss = summary.meanLoss
+                    var encoded: [[UInt8]] = []
                     if summary.meanLoss.isFinite {
                         do {
                             for i in 0..<parameterCount { sent[worker][i] = locals[worker][i] - start[i] }
                             let feedback = uplink.spec.errorFeedback ? residuals.take(client, count: parameterCount) : nil
                             feedback?.compensate(&sent[worker])
                             var codecGenerator = SeededGenerator(seed: c.seed, stream: 0xC0DE, UInt64(round), UInt64(client))
-                            let encoded = try uplink.encode(sent[worker], generator: &codecGenerator)
+                            encoded = try uplink.encode(sent[worker], generator: &codecGenerator)
                             outcome.uplinkBytes = encoded.reduce(0) { $0 + $1.count }
                             try uplink.decode(encoded, into: &decoded[worker])
                             if var feedback {
@@ -152,23 +172,53 @@ public final class Simulation {
                     } else {
                         outcome.failure = "training diverged in round \(round): client \(client) reached a non-finite loss; lower learning_rate (now \(c.learningRate))"
                     }
-                    state.commit(slot: slot, delta: decoded[worker], outcome: outcome)
+                    state.commit(slot: slot, delta: decoded[worker], encoded: encoded, outcome: outcome)
                 }
             }
         }
         if let failure = state.failure {
             throw ConfigurationError(failure)
         }
+        // The virtual clock: when each delivered update reaches the server.
+        var simulatedSeconds: Double?
+        if devices.hasClock || cut {
+            let arrivals = state.participations.map { p -> Double in
+                guard !p.outcome.dropped else { return .infinity }
+                return profiles[selected[p.slot]].seconds(
+                    downlinkBytes: downloadBytes, examples: p.outcome.examples * c.localEpochs, uplinkBytes: p.outcome.uplinkBytes)
+            }
+            let order = arrivals.indices.sorted { (arrivals[$0], $0) < (arrivals[$1], $1) }
+            let deadline = devices.roundDeadline > 0 ? devices.roundDeadline : Double.infinity
+            var accepted = 0
+            var last = 0.0
+            for i in order where arrivals[i].isFinite {
+                if accepted < c.clientsPerRound, arrivals[i] <= deadline {
+                    accepted += 1
+                    last = arrivals[i]
+                } else {
+                    state.participations[i].outcome.late = true
+                }
+            }
+            let enough = accepted == c.clientsPerRound
+            simulatedSeconds = devices.hasClock ? (enough || deadline == .infinity ? last : deadline) : nil
+            if cut { try state.aggregateHeld(using: uplink, scratch: &decodedDeltas[0]) }
+        }
         if let mean = state.sum.mean {
             serverOptimizer.apply(delta: mean, to: &self.global)
         }
+        let delivered = state.participations.filter(\.outcome.counts)
+        let examples = delivered.reduce(0) { $0 + $1.outcome.examples }
         var record = RoundRecord(
             round: round, testAccuracy: nil, testLoss: nil,
-            trainLoss: state.trainLossSum / max(1, state.sum.totalWeight),
-            clients: selected.count,
-            uplinkBytes: state.uplinkBytes,
+            trainLoss: delivered.reduce(0) { $0 + $1.outcome.loss * Double($1.outcome.examples) } / Double(max(1, examples)),
+            clients: delivered.count,
+            uplinkBytes: state.participations.reduce(0) { $0 + $1.outcome.uplinkBytes },
             downlinkBytes: selected.count * downloadBytes,
-            seconds: 0)
+            seconds: 0,
+            selected: selected.count,
+            dropped: state.participations.filter(\.outcome.dropped).count,
+            late: state.participations.filter(\.outcome.late).count,
+            simulatedSeconds: simulatedSeconds)
         if round % c.evaluateEvery == 0 || round == c.rounds {
             let evaluation = evaluator.evaluate(self.global, on: testSlice)
             record.testAccuracy = evaluation.accuracy
@@ -177,14 +227,14 @@ public final class Simulation {
         record.seconds = Date().timeIntervalSince(startTime)
         if let store {
             try store.commit(
-                RoundRow(round: round, startedAt: startTime, endedAt: Date(), selected: selected.count, completed: selected.count,
+                RoundRow(round: round, startedAt: startTime, endedAt: Date(), selected: selected.count, completed: delivered.count,
                          refused: 0, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
                          trainingLoss: record.trainLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
                 checkpoint: Checkpoint(round: round, modelVersion: UInt32(round), model: global,
                                        optimizerM: serverOptimizer.m, optimizerV: serverOptimizer.v, modelSHA256: RunStore.sha256(global)),
                 participations: state.participations.map { p in
-                    Participation(client: String(format: "client-%06d", selected[p.slot]), state: "accepted", bytes: p.outcome.uplinkBytes,
-                                  examples: p.outcome.examples, localLoss: p.outcome.loss, codec: c.codec, errorCode: nil)
+                    Participation(client: String(format: "client-%06d", selected[p.slot]), state: p.outcome.state, bytes: p.outcome.uplinkBytes,
+                                  examples: p.outcome.examples, localLoss: p.outcome.dropped ? nil : p.outcome.loss, codec: c.codec, errorCode: nil)
                 })
         }
         records.append(record)
@@ -224,7 +274,8 @@ public final class Simulation {
             totalSeconds: total,
             meanSecondsPerRound: records.isEmpty ? 0 : total / Double(records.count),
             uplinkBytes: records.reduce(0) { $0 + $1.uplinkBytes },
-            downlinkBytes: records.reduce(0) { $0 + $1.downlinkBytes })
+            downlinkBytes: records.reduce(0) { $0 + $1.downlinkBytes },
+            simulatedSeconds: configuration.devices.hasClock ? records.reduce(0) { $0 + ($1.simulatedSeconds ?? 0) } : nil)
         return SimulationReport(config: configuration.reportValues, rounds: records, summary: summary)
     }
 }
@@ -232,21 +283,27 @@ public final class Simulation {
 /// Shared by the workers of one round: hands out clients in sampling order and adds their
 /// deltas to the running sum strictly in that order (a worker that finishes early waits
 /// for its turn), which makes the floating-point sum independent of thread timing.
+///
+/// When arrival order decides which updates count (over-selection, a deadline), updates are
+/// held encoded instead, and ``aggregateHeld(using:scratch:)`` adds the ones that count, in
+/// sampling order, once the virtual clock has decided.
 final class RoundState: @unchecked Sendable {
     private let condition = NSCondition()
     private var nextSlot = 0
     private var committed = 0
+    let holdUpdates: Bool
     var sum: WeightedDeltaSum
-    var trainLossSum = 0.0
-    var uplinkBytes = 0
-    /// Each client's outcome, in sampling order (for the store).
+    /// Each client's outcome, in sampling order.
     var participations: [(slot: Int, outcome: ClientOutcome)] = []
+    /// Encoded updates by slot, while they wait for the cut.
+    private var held: [Int: [[UInt8]]] = [:]
     /// Why the round failed: the first client (in sampling order) whose training diverged or
     /// whose update could not be encoded. A failed round is not applied.
     var failure: String?
 
-    init(parameterCount: Int) {
+    init(parameterCount: Int, holdUpdates: Bool = false) {
         sum = WeightedDeltaSum(parameterCount: parameterCount)
+        self.holdUpdates = holdUpdates
     }
 
     func claim(limit: Int) -> Int? {
@@ -257,20 +314,32 @@ final class RoundState: @unchecked Sendable {
         return nextSlot - 1
     }
 
-    func commit(slot: Int, delta: [Float], outcome: ClientOutcome) {
+    func commit(slot: Int, delta: [Float], encoded: [[UInt8]], outcome: ClientOutcome) {
         condition.lock()
         while committed != slot { condition.wait() }
         if let problem = outcome.failure {
             failure = failure ?? problem
-        } else if failure == nil {
-            sum.add(delta: delta, weight: Double(outcome.examples))
+        } else if failure == nil, !outcome.dropped {
+            if holdUpdates {
+                held[slot] = encoded
+            } else {
+                sum.add(delta: delta, weight: Double(outcome.examples))
+            }
         }
-        trainLossSum += outcome.loss * Double(outcome.examples)
-        uplinkBytes += outcome.uplinkBytes
         participations.append((slot, outcome))
         committed += 1
         condition.broadcast()
         condition.unlock()
+    }
+
+    /// Decodes and adds the held updates that count (not late), in sampling order.
+    func aggregateHeld(using codec: UpdateCodec, scratch: inout [Float]) throws {
+        for p in participations where p.outcome.counts {
+            guard let encoded = held[p.slot] else { continue }
+            try codec.decode(encoded, into: &scratch)
+            sum.add(delta: scratch, weight: Double(p.outcome.examples))
+        }
+        held = [:]
     }
 }
 
@@ -280,6 +349,16 @@ struct ClientOutcome {
     var loss: Double
     var uplinkBytes = 0
     var failure: String?
+    /// Dropped out before delivering (nothing was trained or sent).
+    var dropped = false
+    /// Delivered after the deadline or after the round had enough updates: not aggregated.
+    var late = false
+
+    /// Whether the update is part of the aggregate.
+    var counts: Bool { !dropped && !late && failure == nil }
+
+    /// The participation state recorded in the store.
+    var state: String { dropped ? "dropped" : late ? "late" : "accepted" }
 }
 
 /// Error-feedback residuals by client id. Each client is trained by one worker at a time, so

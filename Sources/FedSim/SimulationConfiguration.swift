@@ -68,6 +68,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var serverBeta2 = 0.99
     /// τ of the adaptive methods.
     public var serverTau = 1e-3
+    /// Device speeds, links, availability and dropout on a virtual clock (memory transport).
+    public var devices = DeviceModel()
 
     public init() {}
 
@@ -77,6 +79,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "stop_at_target",
         "evaluate_every", "threads", "codec", "downlink", "server_optimizer", "server_lr",
         "server_momentum", "server_beta2", "server_tau", "transport",
+        "compute_speed", "uplink_mbps", "downlink_mbps", "availability", "dropout", "over_selection", "round_deadline",
     ]
 
     /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
@@ -168,6 +171,23 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try double("server_momentum") { c.serverMomentum = v }
         if let v = try double("server_beta2") { c.serverBeta2 = v }
         if let v = try double("server_tau") { c.serverTau = v }
+        func distribution(_ key: String) throws -> Distribution? {
+            guard let value = table[key] else { return nil }
+            let text: String
+            if let s = value.string { text = s } else if let d = value.double { text = "\(d)" } else if let i = value.int { text = "\(i)" } else {
+                throw ConfigurationError("\(source): \"\(key)\" must be a number or a distribution string")
+            }
+            do { return try Distribution(parsing: text) } catch let error as ConfigurationError {
+                throw ConfigurationError("\(source): \"\(key)\": \(error.description)")
+            }
+        }
+        c.devices.computeSpeed = try distribution("compute_speed")
+        c.devices.uplinkMbps = try distribution("uplink_mbps")
+        c.devices.downlinkMbps = try distribution("downlink_mbps")
+        if let v = try double("availability") { c.devices.availability = v }
+        if let v = try double("dropout") { c.devices.dropout = v }
+        if let v = try double("over_selection") { c.devices.overSelection = v }
+        if let v = try double("round_deadline") { c.devices.roundDeadline = v }
         return c
     }
 
@@ -193,9 +213,13 @@ public struct SimulationConfiguration: Sendable, Equatable {
         _ = try uplinkSpec()
         _ = try downlinkSpec()
         _ = try serverOptimizerSettings()
+        try devices.validate()
         switch transport {
         case "memory": break
         case "tcp":
+            guard devices == DeviceModel() else {
+                throw ConfigurationError("transport tcp runs on real time: device speeds, links, availability, dropout, over_selection and round_deadline are simulated by the memory transport only")
+            }
             guard momentum == 0, weightDecay == 0, proximalMu == 0 else {
                 throw ConfigurationError("transport tcp: the training task carries only the learning rate; momentum, weight_decay and proximal_mu must be 0")
             }

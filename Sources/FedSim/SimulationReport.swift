@@ -16,9 +16,18 @@ public struct RoundRecord: Codable, Sendable, Equatable {
     public var downlinkBytes: Int
     /// Wall-clock seconds for the round, evaluation included.
     public var seconds: Double
+    /// Clients selected (with over-selection, more than those whose updates count).
+    public var selected = 0
+    /// Selected clients that dropped out before delivering.
+    public var dropped = 0
+    /// Clients whose update arrived after the deadline or after the round had enough.
+    public var late = 0
+    /// The round's duration on the virtual clock (nil without a device model).
+    public var simulatedSeconds: Double?
 
     enum CodingKeys: String, CodingKey {
-        case round, clients, seconds
+        case round, clients, seconds, selected, dropped, late
+        case simulatedSeconds = "simulated_seconds"
         case testAccuracy = "test_accuracy"
         case testLoss = "test_loss"
         case trainLoss = "train_loss"
@@ -37,6 +46,10 @@ public struct RoundRecord: Codable, Sendable, Equatable {
         try c.encode(uplinkBytes, forKey: .uplinkBytes)
         try c.encode(downlinkBytes, forKey: .downlinkBytes)
         try c.encode(seconds, forKey: .seconds)
+        try c.encode(selected, forKey: .selected)
+        try c.encode(dropped, forKey: .dropped)
+        try c.encode(late, forKey: .late)
+        try c.encode(simulatedSeconds, forKey: .simulatedSeconds)
     }
 }
 
@@ -52,8 +65,11 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
     public var meanSecondsPerRound: Double
     public var uplinkBytes: Int
     public var downlinkBytes: Int
+    /// Total duration on the virtual clock (nil without a device model).
+    public var simulatedSeconds: Double? = nil
 
     enum CodingKeys: String, CodingKey {
+        case simulatedSeconds = "simulated_seconds"
         case roundsRun = "rounds_run"
         case finalAccuracy = "final_accuracy"
         case bestAccuracy = "best_accuracy"
@@ -77,6 +93,7 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
         try c.encode(meanSecondsPerRound, forKey: .meanSecondsPerRound)
         try c.encode(uplinkBytes, forKey: .uplinkBytes)
         try c.encode(downlinkBytes, forKey: .downlinkBytes)
+        try c.encode(simulatedSeconds, forKey: .simulatedSeconds)
     }
 }
 
@@ -140,6 +157,11 @@ extension SimulationConfiguration {
             "server_optimizer": .string(serverOptimizer), "server_lr": .double(serverLearningRate),
             "server_momentum": .double(serverMomentum), "server_beta2": .double(serverBeta2),
             "server_tau": .double(serverTau), "transport": .string(transport),
+            "compute_speed": .string(devices.computeSpeed?.description ?? ""),
+            "uplink_mbps": .string(devices.uplinkMbps?.description ?? ""),
+            "downlink_mbps": .string(devices.downlinkMbps?.description ?? ""),
+            "availability": .double(devices.availability), "dropout": .double(devices.dropout),
+            "over_selection": .double(devices.overSelection), "round_deadline": .double(devices.roundDeadline),
         ]
     }
 }

@@ -43,7 +43,10 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(help: "Directory with the MNIST IDX files (overrides the scenario's data).") var data: String?
     @Option(help: "Write the JSON report to this file.") var report: String?
     @Option(help: "Record the run in this SQLite file (the fedcoord schema; read it with fedcoord report). In-memory transport only.") var db: String?
-    @Flag(name: .shortAndLong, help: "Print only the final summary.") var quiet = false
+    @Option(help: "Write an SVG plot of accuracy, loss and bytes per round to this file.") var plot: String?
+    @Option(help: "Progress display: auto (a live bar on a terminal, one line per round otherwise), bar, lines or none.")
+    var progress: ProgressStyle = .auto
+    @Flag(name: .shortAndLong, help: "Print only the final summary (for scripts).") var quiet = false
 
     func run() async throws {
         do {
@@ -108,6 +111,12 @@ struct FedSimCommand: AsyncParsableCommand {
                 throw ConfigurationError("cannot write the report to \(report): directory \(directory) is not writable or does not exist")
             }
         }
+        if let plot {
+            let directory = URL(fileURLWithPath: plot).deletingLastPathComponent().path
+            guard FileManager.default.isWritableFile(atPath: directory.isEmpty ? "." : directory) else {
+                throw ConfigurationError("cannot write the plot to \(plot): directory \(directory) is not writable or does not exist")
+            }
+        }
         let loadStart = Date()
         let simulation = try Simulation(configuration: c)
         if let db {
@@ -130,18 +139,13 @@ struct FedSimCommand: AsyncParsableCommand {
                 (data loaded in \(String(format: "%.1f", Date().timeIntervalSince(loadStart)))s)
                 """)
         }
-        let printRound: @Sendable (RoundRecord) -> Void = { [quiet] record in
-            guard !quiet else { return }
-            let accuracy = record.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
-            let loss = record.testLoss.map { String(format: "%.4f", $0) } ?? "-"
-            print(String(
-                format: "round %4d/%d  accuracy %@  loss %@  train_loss %.4f  clients %d  %.2fs",
-                record.round, c.rounds, accuracy, loss, record.trainLoss, record.clients, record.seconds))
-            fflush(nil)
-        }
+        let style = quiet ? .none : progress.resolved(terminal: isatty(STDERR_FILENO) == 1)
+        let display = ProgressDisplay(style: style, rounds: c.rounds, virtualClock: c.devices.hasClock)
+        let printRound: @Sendable (RoundRecord) -> Void = { display.show($0) }
         let result = c.transport == "tcp"
             ? try await simulation.runOverTCP(progress: printRound)
             : try simulation.run(progress: printRound)
+        display.finish()
         let s = result.summary
         let final = s.finalAccuracy.map { String(format: "%.4f", $0) } ?? "-"
         let best = s.bestAccuracy.map { String(format: "%.4f", $0) } ?? "-"
@@ -151,6 +155,7 @@ struct FedSimCommand: AsyncParsableCommand {
         }
         line += String(format: ", %.2fs per round, %.1fs total", s.meanSecondsPerRound, s.totalSeconds)
         line += ", uplink \(s.uplinkBytes) bytes, downlink \(s.downlinkBytes) bytes"
+        if let simulated = s.simulatedSeconds { line += String(format: ", %.1f simulated seconds", simulated) }
         print(line)
         if let report {
             do {
@@ -159,6 +164,19 @@ struct FedSimCommand: AsyncParsableCommand {
                 throw ConfigurationError("cannot write the report to \(report): \(error.localizedDescription)")
             }
             if !quiet { print("fedsim: report written to \(report)") }
+        }
+        if let plot {
+            let rows = result.rounds.map { r in
+                RoundRow(round: r.round, startedAt: Date(), endedAt: Date(), selected: r.selected, completed: r.clients, refused: 0,
+                         uplinkBytes: r.uplinkBytes, downlinkBytes: r.downlinkBytes, trainingLoss: r.trainLoss,
+                         testAccuracy: r.testAccuracy, testLoss: r.testLoss)
+            }
+            do {
+                try Data(RunPlot.svg(rounds: rows, title: "fedsim \(c.name): \(c.codec), \(c.serverOptimizer)").utf8).write(to: URL(fileURLWithPath: plot))
+            } catch {
+                throw ConfigurationError("cannot write the plot to \(plot): \(error.localizedDescription)")
+            }
+            if !quiet { print("fedsim: plot written to \(plot)") }
         }
     }
 }

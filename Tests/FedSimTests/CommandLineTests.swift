@@ -103,4 +103,21 @@ struct FedSimProcess {
         #expect((json["rounds"] as! [Any]).count == 2)
         #expect((json["config"] as! [String: Any])["clients"] as? Int == 50)
     }
+
+    @Test func liveBarAndPlot() throws {
+        let plot = FileManager.default.temporaryDirectory.appendingPathComponent("plot-\(UUID().uuidString).svg")
+        defer { try? FileManager.default.removeItem(at: plot) }
+        let result = try FedSimProcess.run([
+            "--config", "Simulations/mnist-2nn-devices.toml", "--rounds", "3", "--progress", "bar", "--plot", plot.path,
+        ])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("round 3/3 [########################]"), "\(result.stderr)")
+        #expect(result.stderr.contains("ETA"))
+        #expect(!result.stdout.contains("round    1/3"))
+        #expect(result.stdout.contains("simulated seconds"))
+        let svg = try String(contentsOf: plot, encoding: .utf8)
+        #expect(svg.hasPrefix("<svg") && svg.contains("accuracy"))
+        let quiet = try FedSimProcess.run(["--config", "Simulations/mnist-2nn-devices.toml", "--rounds", "2", "--quiet"])
+        #expect(quiet.stderr.isEmpty && quiet.stdout.split(separator: "\n").count == 1, "\(quiet.stdout)\(quiet.stderr)")
+    }
 }
