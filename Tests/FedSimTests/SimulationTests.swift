@@ -169,6 +169,16 @@ enum SmallMNIST {
         #expect(viaMemory.rounds[0].trainLoss == viaTCP.rounds[0].trainLoss || abs(viaMemory.rounds[0].trainLoss - viaTCP.rounds[0].trainLoss) < 1e-6)
     }
 
+    @Test func hundredsOfTCPClientsInOneProcess() async throws {
+        // 300 real daemons on 300 sockets; the selected ones free their model after uploading,
+        // so the third round must resend whole shards to any client selected again.
+        let c = configuration { $0.clients = 300; $0.fraction = 0.05; $0.rounds = 3; $0.transport = "tcp" }
+        let report = try await Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).runOverTCP()
+        #expect(report.rounds.count == 3)
+        #expect(report.rounds.allSatisfy { $0.clients == 15 })
+        #expect(report.rounds.last!.testAccuracy! > report.rounds.first!.testAccuracy!)
+    }
+
     @Test func moreShardsThanDataIsAConfigurationError() {
         let c = configuration { $0.clients = 4000; $0.partition = "shards" }
         #expect { try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test) } throws: {
