@@ -23,6 +23,10 @@ public final class Simulation {
     public private(set) var records: [RoundRecord] = []
 
     private let trainers: [LocalTrainer]
+    /// The malicious clients (`attackers` × K of them, drawn from the seed).
+    public let attackers: Set<Int>
+    /// The training set with poisoned labels (label-flipping attackers train on it).
+    private let poisonedData: Dataset?
     /// Each client's device (speed and links), drawn once from the seed.
     private let profiles: [DeviceModel.Profile]
     private let evaluator: Evaluator
@@ -81,6 +85,14 @@ public final class Simulation {
         uplink = UpdateCodec(spec: try configuration.uplinkSpec(), shardRanges: ranges)
         downlink = UpdateCodec(spec: try configuration.downlinkSpec(), shardRanges: ranges)
         evaluator = Evaluator(network: network, threads: configuration.effectiveThreads)
+        var attackerDraw = SeededGenerator(seed: configuration.seed, stream: 0xBAD0)
+        var everyone = Array(0..<configuration.clients)
+        everyone.withUnsafeMutableBufferPointer { attackerDraw.shuffle($0) }
+        attackers = Set(everyone.prefix(Int((configuration.attackers * Double(configuration.clients)).rounded())))
+        poisonedData = configuration.attackers > 0 && configuration.attack == Attack.labelFlip.rawValue
+            ? try Dataset(name: train.name + " (labels flipped)", sampleShape: train.sampleShape, classes: train.classes,
+                          features: train.features, labels: train.labels.map { UInt8(train.classes - 1) - $0 })
+            : nil
         profiles = (0..<configuration.clients).map { configuration.devices.profile(client: $0, seed: configuration.seed) }
         testSlice = test.all
         serverOptimizer = ServerOptimizer(settings: try configuration.serverOptimizerSettings(), parameterCount: network.parameterCount)
@@ -115,11 +127,12 @@ public final class Simulation {
         let dropped = selected.map { devices.dropsOut(client: $0, round: round, seed: c.seed) }
         // Whether arrival order decides which updates count: then updates are held (encoded)
         // until every selected client's simulated arrival time is known.
-        let cut = selected.count > c.clientsPerRound || devices.roundDeadline > 0
+        let cut = selected.count > c.clientsPerRound || devices.roundDeadline > 0 || c.aggregation.holdsUpdates
         let sgd = SGD(
             learningRate: Float(c.learningRate), momentum: Float(c.momentum),
             weightDecay: Float(c.weightDecay), proximalMu: Float(c.proximalMu))
-        let state = RoundState(parameterCount: network.parameterCount, holdUpdates: cut)
+        let state = RoundState(
+            aggregator: UpdateAggregator(shardRanges: network.layout.tensors.map(\.range), settings: c.aggregation), holdUpdates: cut)
         // The model every participant starts from: the global model as the downlink codec
         // delivers it. The server keeps its own exact copy and applies deltas to that.
         var downlinkGenerator = SeededGenerator(seed: c.seed, stream: 0xD0, UInt64(round))
@@ -131,6 +144,9 @@ public final class Simulation {
         let anchor: [Float]? = c.proximalMu > 0 ? start : nil
         let trainers = self.trainers
         let data = trainData
+        let poisoned = poisonedData
+        let attackers = self.attackers
+        let attack = Attack(rawValue: c.attack) ?? .signFlip
         let indices = clientIndices
         let uplink = self.uplink
         let residuals = self.residuals
@@ -147,15 +163,20 @@ public final class Simulation {
                     }
                     _ = locals[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: start) }
                     var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, UInt64(round), UInt64(client))
+                    let malicious = attackers.contains(client)
                     let summary = trainers[worker].train(
                         parameters: &locals[worker], anchor: anchor,
-                        data: DatasetSlice(dataset: data, indices: indices[client]),
+                        data: DatasetSlice(dataset: malicious ? (poisoned ?? data) : data, indices: indices[client]),
                         epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator)
                     outcome.loss = summary.meanLoss
                     var encoded: [[UInt8]] = []
                     if summary.meanLoss.isFinite {
                         do {
                             for i in 0..<parameterCount { sent[worker][i] = locals[worker][i] - start[i] }
+                            if malicious {
+                                var noise = SeededGenerator(seed: c.seed, stream: 0xBAD, UInt64(round), UInt64(client))
+                                attack.apply(to: &sent[worker], scale: Float(c.attackScale), noise: c.attackNoise, generator: &noise)
+                            }
                             let feedback = uplink.spec.errorFeedback ? residuals.take(client, count: parameterCount) : nil
                             feedback?.compensate(&sent[worker])
                             var codecGenerator = SeededGenerator(seed: c.seed, stream: 0xC0DE, UInt64(round), UInt64(client))
@@ -201,9 +222,10 @@ public final class Simulation {
             }
             let enough = accepted == c.clientsPerRound
             simulatedSeconds = devices.hasClock ? (enough || deadline == .infinity ? last : deadline) : nil
-            if cut { try state.aggregateHeld(using: uplink, scratch: &decodedDeltas[0]) }
         }
-        if let mean = state.sum.mean {
+        if cut { try state.aggregateHeld(using: uplink, scratch: &decodedDeltas[0]) }
+        var dpGenerator = SeededGenerator(seed: c.seed, stream: 0xD9, UInt64(round))
+        if let mean = state.aggregator.finish(generator: &dpGenerator).delta {
             serverOptimizer.apply(delta: mean, to: &self.global)
         }
         let delivered = state.participations.filter(\.outcome.counts)
@@ -292,7 +314,8 @@ final class RoundState: @unchecked Sendable {
     private var nextSlot = 0
     private var committed = 0
     let holdUpdates: Bool
-    var sum: WeightedDeltaSum
+    var aggregator: UpdateAggregator
+    private let allShards: [Int]
     /// Each client's outcome, in sampling order.
     var participations: [(slot: Int, outcome: ClientOutcome)] = []
     /// Encoded updates by slot, while they wait for the cut.
@@ -301,9 +324,10 @@ final class RoundState: @unchecked Sendable {
     /// whose update could not be encoded. A failed round is not applied.
     var failure: String?
 
-    init(parameterCount: Int, holdUpdates: Bool = false) {
-        sum = WeightedDeltaSum(parameterCount: parameterCount)
+    init(aggregator: UpdateAggregator, holdUpdates: Bool = false) {
+        self.aggregator = aggregator
         self.holdUpdates = holdUpdates
+        allShards = Array(aggregator.shardRanges.indices)
     }
 
     func claim(limit: Int) -> Int? {
@@ -323,7 +347,7 @@ final class RoundState: @unchecked Sendable {
             if holdUpdates {
                 held[slot] = encoded
             } else {
-                sum.add(delta: delta, weight: Double(outcome.examples))
+                aggregator.add(delta: delta, shards: allShards, weight: Double(outcome.examples))
             }
         }
         participations.append((slot, outcome))
@@ -337,9 +361,21 @@ final class RoundState: @unchecked Sendable {
         for p in participations where p.outcome.counts {
             guard let encoded = held[p.slot] else { continue }
             try codec.decode(encoded, into: &scratch)
-            sum.add(delta: scratch, weight: Double(p.outcome.examples))
+            aggregator.add(delta: scratch, shards: allShards, weight: Double(p.outcome.examples))
         }
         held = [:]
+    }
+}
+
+extension Attack {
+    /// Turns an honest delta into this attack's update (label flipping happens in training).
+    func apply(to delta: inout [Float], scale: Float, noise: Double, generator: inout SeededGenerator) {
+        switch self {
+        case .signFlip: for i in delta.indices { delta[i] = -delta[i] }
+        case .scale: for i in delta.indices { delta[i] *= scale }
+        case .noise: for i in delta.indices { delta[i] = Float(noise * generator.nextGaussian()) }
+        case .labelFlip: break
+        }
     }
 }
 

@@ -70,6 +70,18 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var serverTau = 1e-3
     /// Device speeds, links, availability and dropout on a virtual clock (memory transport).
     public var devices = DeviceModel()
+    /// How updates are combined (FedAvg or a robust rule), the norm bound and central DP.
+    public var aggregation = AggregationSettings()
+    private var aggregatorName: String?
+    private var normBoundActionName: String?
+    /// Fraction of the clients that are malicious (chosen by the seed).
+    public var attackers = 0.0
+    /// What the malicious clients do: sign_flip, scale, noise or label_flip.
+    public var attack = "sign_flip"
+    /// Factor of the `scale` attack.
+    public var attackScale = 10.0
+    /// Standard deviation per coordinate of the `noise` attack.
+    public var attackNoise = 1.0
 
     public init() {}
 
@@ -80,6 +92,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         "evaluate_every", "threads", "codec", "downlink", "server_optimizer", "server_lr",
         "server_momentum", "server_beta2", "server_tau", "transport",
         "compute_speed", "uplink_mbps", "downlink_mbps", "availability", "dropout", "over_selection", "round_deadline",
+        "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
+        "attackers", "attack", "attack_scale", "attack_noise",
     ]
 
     /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
@@ -188,6 +202,18 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try double("dropout") { c.devices.dropout = v }
         if let v = try double("over_selection") { c.devices.overSelection = v }
         if let v = try double("round_deadline") { c.devices.roundDeadline = v }
+        if let v = try string("aggregator") { c.aggregator = v }
+        if let v = try double("trim_beta") { c.aggregation.trimBeta = v }
+        if let v = try int("krum_f") { c.aggregation.byzantine = v }
+        if let v = try int("multi_krum_m") { c.aggregation.multiKrumSelect = v }
+        if let v = try double("norm_bound") { c.aggregation.normBound = v }
+        if let v = try string("norm_bound_action") { c.normBoundAction = v }
+        if let v = try double("dp_clip") { c.aggregation.dpClip = v }
+        if let v = try double("dp_noise_multiplier") { c.aggregation.dpNoiseMultiplier = v }
+        if let v = try double("attackers") { c.attackers = v }
+        if let v = try string("attack") { c.attack = v }
+        if let v = try double("attack_scale") { c.attackScale = v }
+        if let v = try double("attack_noise") { c.attackNoise = v }
         return c
     }
 
@@ -214,9 +240,22 @@ public struct SimulationConfiguration: Sendable, Equatable {
         _ = try downlinkSpec()
         _ = try serverOptimizerSettings()
         try devices.validate()
+        if let aggregatorName {
+            throw ConfigurationError("aggregator must be one of \(AggregationSettings.Rule.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(aggregatorName)\"")
+        }
+        if let normBoundActionName { throw ConfigurationError("norm_bound_action must be clip or refuse, got \"\(normBoundActionName)\"") }
+        do { try aggregation.validate() } catch let error as ModelError { throw ConfigurationError(error.description) }
+        guard attackers >= 0, attackers < 1 else { throw ConfigurationError("attackers must be in [0, 1), got \(attackers)") }
+        guard Attack(rawValue: attack) != nil else {
+            throw ConfigurationError("attack must be one of \(Attack.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(attack)\"")
+        }
+        guard attackScale.isFinite, attackNoise >= 0, attackNoise.isFinite else { throw ConfigurationError("attack_scale and attack_noise must be finite (attack_noise non-negative)") }
         switch transport {
         case "memory": break
         case "tcp":
+            guard attackers == 0 else {
+                throw ConfigurationError("transport tcp: malicious clients are simulated by the memory transport only (set the coordinator's aggregator with fedcoord)")
+            }
             guard devices == DeviceModel() else {
                 throw ConfigurationError("transport tcp runs on real time: device speeds, links, availability, dropout, over_selection and round_deadline are simulated by the memory transport only")
             }
@@ -224,6 +263,32 @@ public struct SimulationConfiguration: Sendable, Equatable {
                 throw ConfigurationError("transport tcp: the training task carries only the learning rate; momentum, weight_decay and proximal_mu must be 0")
             }
         default: throw ConfigurationError("transport must be memory or tcp, got \"\(transport)\"")
+        }
+    }
+
+    /// The aggregation rule's name (`fedavg`, `median`, `trimmed_mean`, `krum`, `multi_krum`);
+    /// an unknown name is kept as written so that ``validate()`` can name it.
+    public var aggregator: String {
+        get { aggregatorName ?? aggregation.rule.rawValue }
+        set {
+            if let rule = AggregationSettings.Rule(rawValue: newValue.lowercased().replacingOccurrences(of: "-", with: "_")) {
+                aggregation.rule = rule
+                aggregatorName = nil
+            } else {
+                aggregatorName = newValue
+            }
+        }
+    }
+
+    /// `clip` or `refuse` (an unknown value is kept for ``validate()`` to name).
+    public var normBoundAction: String {
+        get { normBoundActionName ?? (aggregation.clipToNormBound ? "clip" : "refuse") }
+        set {
+            switch newValue {
+            case "clip": aggregation.clipToNormBound = true; normBoundActionName = nil
+            case "refuse": aggregation.clipToNormBound = false; normBoundActionName = nil
+            default: normBoundActionName = newValue
+            }
         }
     }
 
@@ -290,6 +355,18 @@ public struct SimulationConfiguration: Sendable, Equatable {
 
     /// Worker threads actually used.
     public var effectiveThreads: Int { threads > 0 ? threads : availableCores }
+}
+
+/// What a malicious simulated client does to its update.
+public enum Attack: String, Sendable, CaseIterable {
+    /// Sends the negated delta.
+    case signFlip = "sign_flip"
+    /// Sends the delta times `attack_scale`.
+    case scale
+    /// Sends Gaussian noise (standard deviation `attack_noise`) instead of a delta.
+    case noise
+    /// Trains honestly on poisoned labels (label l becomes 9 − l).
+    case labelFlip = "label_flip"
 }
 
 /// A configuration that cannot be used, with a one-line explanation naming the key.

@@ -162,6 +162,11 @@ extension SimulationConfiguration {
             "downlink_mbps": .string(devices.downlinkMbps?.description ?? ""),
             "availability": .double(devices.availability), "dropout": .double(devices.dropout),
             "over_selection": .double(devices.overSelection), "round_deadline": .double(devices.roundDeadline),
+            "aggregator": .string(aggregator), "trim_beta": .double(aggregation.trimBeta), "krum_f": .int(aggregation.byzantine),
+            "multi_krum_m": .int(aggregation.multiKrumSelect), "norm_bound": .double(aggregation.normBound),
+            "norm_bound_action": .string(normBoundAction), "dp_clip": .double(aggregation.dpClip),
+            "dp_noise_multiplier": .double(aggregation.dpNoiseMultiplier),
+            "attackers": .double(attackers), "attack": .string(attack), "attack_scale": .double(attackScale), "attack_noise": .double(attackNoise),
         ]
     }
 }

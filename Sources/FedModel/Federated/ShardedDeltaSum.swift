@@ -1,5 +1,3 @@
-import FedCodec
-
 /// A running example-weighted sum of deltas kept per shard: a client that trained only some
 /// shards contributes to those shards only, and each shard's mean is divided by the weight of
 /// the clients that trained it. Memory is one model, whatever the number of clients.

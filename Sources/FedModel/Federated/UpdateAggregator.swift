@@ -1,0 +1,236 @@
+import Foundation
+
+/// How a round's updates become one delta, and what is done to them first.
+public struct AggregationSettings: Sendable, Equatable {
+    public enum Rule: String, Sendable, CaseIterable {
+        /// Example-weighted mean (McMahan et al. 2017); streams, O(model) memory.
+        case fedavg
+        /// Coordinate-wise median (Yin et al. 2018).
+        case median
+        /// Coordinate-wise mean after dropping the `trimBeta` fraction at each end.
+        case trimmedMean = "trimmed_mean"
+        /// The one update closest to its n − f − 2 nearest neighbours (Blanchard et al. 2017).
+        case krum
+        /// The mean of the `multiKrumSelect` best-scoring updates by Krum's score.
+        case multiKrum = "multi_krum"
+    }
+
+    public var rule = Rule.fedavg
+    /// Fraction trimmed at each end by the trimmed mean, in [0, 0.5).
+    public var trimBeta = 0.1
+    /// Attackers Krum is told to tolerate (f).
+    public var byzantine = 1
+    /// Updates multi-Krum averages (0 = n − f).
+    public var multiKrumSelect = 0
+    /// Refuse or clip an update whose L2 norm exceeds this multiple of the round's median norm
+    /// (0 = off).
+    public var normBound = 0.0
+    /// With a norm bound: clip the outlier to the bound (true) or leave it out (false).
+    public var clipToNormBound = true
+    /// Central differential privacy: each update is clipped to this L2 norm (0 = off) ...
+    public var dpClip = 0.0
+    /// ... and Gaussian noise of standard deviation `dpNoiseMultiplier` × `dpClip` is added to
+    /// the sum of the clipped updates before dividing (the Gaussian mechanism, McMahan et al. 2018).
+    public var dpNoiseMultiplier = 0.0
+
+    public init(rule: Rule = .fedavg) { self.rule = rule }
+
+    /// Whether the round's updates must be held until it closes (anything but plain FedAvg
+    /// needs the whole set, or at least the round's median norm).
+    public var holdsUpdates: Bool { rule != .fedavg || normBound > 0 }
+
+    public func validate() throws {
+        guard trimBeta >= 0, trimBeta < 0.5 else { throw ModelError("trim_beta must be in [0, 0.5), got \(trimBeta)") }
+        guard byzantine >= 0 else { throw ModelError("krum_f must be non-negative, got \(byzantine)") }
+        guard multiKrumSelect >= 0 else { throw ModelError("multi_krum_m must be non-negative, got \(multiKrumSelect)") }
+        guard normBound == 0 || (normBound >= 1 && normBound.isFinite) else { throw ModelError("norm_bound must be 0 (off) or at least 1, got \(normBound)") }
+        guard dpClip >= 0, dpClip.isFinite else { throw ModelError("dp_clip must be non-negative, got \(dpClip)") }
+        guard dpNoiseMultiplier >= 0, dpNoiseMultiplier.isFinite else { throw ModelError("dp_noise_multiplier must be non-negative, got \(dpNoiseMultiplier)") }
+        guard dpNoiseMultiplier == 0 || dpClip > 0 else { throw ModelError("dp_noise_multiplier needs dp_clip (the noise is scaled by the clipping norm)") }
+    }
+}
+
+/// One round's aggregation: updates (model-sized deltas, each covering some shards) go in as they
+/// arrive, ``finish(generator:)`` gives the delta to apply. Plain FedAvg streams into a running
+/// sum; the robust rules and the norm bound keep each update until the round closes (memory:
+/// one model per update; each shard is aggregated over the updates that carry it).
+public struct UpdateAggregator: Sendable {
+    public let settings: AggregationSettings
+    public let shardRanges: [Range<Int>]
+    private var stream: ShardedDeltaSum
+    private var held: [(delta: [Float], shards: [Int], weight: Double)] = []
+
+    /// What happened to the updates beyond averaging.
+    public struct Outcome: Sendable, Equatable {
+        /// Indices (in arrival order) of updates clipped or left out by the norm bound.
+        public var clipped: [Int] = []
+        public var excluded: [Int] = []
+        /// Indices of the updates Krum or multi-Krum selected.
+        public var selected: [Int] = []
+        /// The round's median update norm (when the norm bound was on).
+        public var medianNorm: Double?
+    }
+
+    public init(shardRanges: [Range<Int>], settings: AggregationSettings) {
+        self.shardRanges = shardRanges
+        self.settings = settings
+        stream = ShardedDeltaSum(shardRanges: shardRanges)
+    }
+
+    public var count: Int { settings.holdsUpdates ? held.count : stream.contributions }
+
+    /// Adds a delta covering `shards` (other entries of `delta` are ignored).
+    public mutating func add(delta: [Float], shards: [Int], weight: Double) {
+        var delta = delta
+        if settings.dpClip > 0 { Self.clip(&delta, shards: shards, ranges: shardRanges, to: settings.dpClip) }
+        if settings.holdsUpdates {
+            held.append((delta, shards, weight))
+        } else {
+            stream.add(delta: delta, shards: shards, weight: settings.dpClip > 0 ? 1 : weight)
+        }
+    }
+
+    /// The aggregate delta (nil when no update was added) and what the rules did.
+    public mutating func finish(generator: inout SeededGenerator) -> (delta: [Float]?, outcome: Outcome) {
+        var outcome = Outcome()
+        var result: [Float]?
+        if !settings.holdsUpdates {
+            result = stream.mean
+        } else if !held.isEmpty {
+            if settings.normBound > 0 { applyNormBound(&outcome) }
+            result = robustAggregate(&outcome)
+        }
+        if settings.dpNoiseMultiplier > 0, var noisy = result {
+            // With clipping, every update weighs the same: the mean is sum / n and the noise on
+            // the sum (σ·S) becomes σ·S / n on the mean.
+            for (shard, range) in shardRanges.enumerated() {
+                let n = contributors(of: shard)
+                guard n > 0 else { continue }
+                let sigma = settings.dpNoiseMultiplier * settings.dpClip / Double(n)
+                for i in range { noisy[i] += Float(sigma * generator.nextGaussian()) }
+            }
+            result = noisy
+        }
+        return (result, outcome)
+    }
+
+    private func contributors(of shard: Int) -> Int {
+        // Streaming with clipping adds each update with weight 1: the shard's weight is its count.
+        settings.holdsUpdates ? held.filter { $0.shards.contains(shard) }.count : Int(stream.weights[shard].rounded())
+    }
+
+    // MARK: Norm bound
+
+    private static func norm(_ delta: [Float], shards: [Int], ranges: [Range<Int>]) -> Double {
+        var sum = 0.0
+        for shard in shards { for i in ranges[shard] { sum += Double(delta[i]) * Double(delta[i]) } }
+        return sum.squareRoot()
+    }
+
+    private static func clip(_ delta: inout [Float], shards: [Int], ranges: [Range<Int>], to bound: Double) {
+        let n = norm(delta, shards: shards, ranges: ranges)
+        guard n > bound else { return }
+        let scale = Float(bound / n)
+        for shard in shards { for i in ranges[shard] { delta[i] *= scale } }
+    }
+
+    private mutating func applyNormBound(_ outcome: inout Outcome) {
+        let norms = held.map { Self.norm($0.delta, shards: $0.shards, ranges: shardRanges) }
+        let median = Self.median(norms)
+        outcome.medianNorm = median
+        let bound = settings.normBound * median
+        var kept: [(delta: [Float], shards: [Int], weight: Double)] = []
+        for (i, update) in held.enumerated() {
+            guard norms[i] > bound else { kept.append(update); continue }
+            if settings.clipToNormBound {
+                var delta = update.delta
+                Self.clip(&delta, shards: update.shards, ranges: shardRanges, to: bound)
+                kept.append((delta, update.shards, update.weight))
+                outcome.clipped.append(i)
+            } else {
+                outcome.excluded.append(i)
+            }
+        }
+        held = kept
+    }
+
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return 0 }
+        let mid = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+    }
+
+    // MARK: Robust rules, shard by shard
+
+    private func robustAggregate(_ outcome: inout Outcome) -> [Float]? {
+        guard !held.isEmpty else { return nil }
+        var result = [Float](repeating: 0, count: shardRanges.last?.upperBound ?? 0)
+        var selectedAnywhere = Set<Int>()
+        for (shard, range) in shardRanges.enumerated() {
+            let members = held.indices.filter { held[$0].shards.contains(shard) }
+            guard !members.isEmpty else { continue }
+            switch settings.rule {
+            case .fedavg:
+                weightedMean(members, range: range, into: &result)
+            case .median, .trimmedMean:
+                let n = members.count
+                let trim = settings.rule == .median ? 0 : min(Int(settings.trimBeta * Double(n)), (n - 1) / 2)
+                var column = [Float](repeating: 0, count: n)
+                for i in range {
+                    for (k, m) in members.enumerated() { column[k] = held[m].delta[i] }
+                    column.sort()
+                    if settings.rule == .median {
+                        result[i] = n % 2 == 1 ? column[n / 2] : (column[n / 2 - 1] + column[n / 2]) / 2
+                    } else {
+                        var sum: Float = 0
+                        for k in trim..<(n - trim) { sum += column[k] }
+                        result[i] = sum / Float(n - 2 * trim)
+                    }
+                }
+            case .krum, .multiKrum:
+                let chosen = krum(members, range: range)
+                selectedAnywhere.formUnion(chosen)
+                weightedMean(chosen, range: range, into: &result)
+            }
+        }
+        outcome.selected = selectedAnywhere.sorted()
+        return result
+    }
+
+    private func weightedMean(_ members: [Int], range: Range<Int>, into result: inout [Float]) {
+        let total = members.reduce(0.0) { $0 + (settings.dpClip > 0 ? 1 : held[$1].weight) }
+        for m in members {
+            let w = Float((settings.dpClip > 0 ? 1 : held[m].weight) / total)
+            let delta = held[m].delta
+            for i in range { result[i] += w * delta[i] }
+        }
+    }
+
+    /// Krum's choice among `members` on this shard: scores are the sums of squared distances to
+    /// the n − f − 2 nearest others (at least one); Krum keeps the lowest, multi-Krum the m lowest.
+    private func krum(_ members: [Int], range: Range<Int>) -> [Int] {
+        let n = members.count
+        guard n > 2 else { return members }
+        var distances = [[Double]](repeating: [Double](repeating: 0, count: n), count: n)
+        for a in 0..<n {
+            for b in (a + 1)..<n {
+                let x = held[members[a]].delta, y = held[members[b]].delta
+                var d = 0.0
+                for i in range { let t = Double(x[i] - y[i]); d += t * t }
+                distances[a][b] = d
+                distances[b][a] = d
+            }
+        }
+        let neighbours = max(1, n - settings.byzantine - 2)
+        let scores = (0..<n).map { a -> Double in
+            var row = distances[a]
+            row.remove(at: a)
+            row.sort()
+            return row.prefix(neighbours).reduce(0, +)
+        }
+        let order = (0..<n).sorted { (scores[$0], $0) < (scores[$1], $1) }
+        let keep = settings.rule == .krum ? 1 : (settings.multiKrumSelect > 0 ? min(settings.multiKrumSelect, n) : max(1, n - settings.byzantine))
+        return order.prefix(keep).map { members[$0] }
+    }
+}

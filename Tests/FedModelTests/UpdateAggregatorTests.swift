@@ -1,0 +1,120 @@
+import Testing
+@testable import FedModel
+
+@Suite struct UpdateAggregatorTests {
+    /// Two shards: [0, 2) and [2, 4).
+    let ranges = [0..<2, 2..<4]
+
+    func aggregate(_ updates: [[Float]], weights: [Double]? = nil, shards: [[Int]]? = nil, _ settings: AggregationSettings) -> ([Float]?, UpdateAggregator.Outcome) {
+        var aggregator = UpdateAggregator(shardRanges: ranges, settings: settings)
+        for (i, u) in updates.enumerated() {
+            aggregator.add(delta: u, shards: shards?[i] ?? [0, 1], weight: weights?[i] ?? 1)
+        }
+        var generator = SeededGenerator(seed: 1, stream: 2)
+        let (delta, outcome) = aggregator.finish(generator: &generator)
+        return (delta, outcome)
+    }
+
+    @Test func fedAvgIsTheWeightedMeanAndMatchesTheRunningSum() {
+        let updates: [[Float]] = [[1, 2, 3, 4], [3, 2, 1, 0]]
+        let (mean, _) = aggregate(updates, weights: [1, 3], AggregationSettings())
+        let expected: [Float] = [2.5, 2, 1.5, 1]
+        #expect(mean == expected)
+        var sum = WeightedDeltaSum(parameterCount: 4)
+        sum.add(delta: updates[0], weight: 1)
+        sum.add(delta: updates[1], weight: 3)
+        #expect(sum.mean == mean)
+        // Held (norm bound on, nothing above it) gives the same numbers.
+        var settings = AggregationSettings()
+        settings.normBound = 100
+        #expect(aggregate(updates, weights: [1, 3], settings).0 == mean)
+    }
+
+    @Test func medianAndTrimmedMeanIgnoreAFewOutliers() {
+        let honest: [[Float]] = [[1, 1, 1, 1], [1.2, 0.8, 1, 1.1], [0.9, 1.1, 1, 0.9], [1.1, 0.9, 1, 1]]
+        let poisoned = honest + [[1000, -1000, 1000, -1000]]
+        let (median, _) = aggregate(poisoned, AggregationSettings(rule: .median))
+        let expectedMedian: [Float] = [1.1, 0.9, 1, 1]
+        #expect(median == expectedMedian)
+        var trimmed = AggregationSettings(rule: .trimmedMean)
+        trimmed.trimBeta = 0.2 // drops one value at each end of five
+        let (mean, _) = aggregate(poisoned, trimmed)
+        let expectedMean: [Float] = [1.1, 0.9, 1, 0.966_667]
+        for (value, expected) in zip(mean!, expectedMean) {
+            #expect(abs(value - expected) < 1e-5, "\(mean!)")
+        }
+        // With an even count the median is the mean of the middle two.
+        let even: [Float] = [2, 0, 0, 0]
+        #expect(aggregate([[1, 0, 0, 0], [3, 0, 0, 0]], AggregationSettings(rule: .median)).0 == even)
+    }
+
+    @Test func krumPicksAnUpdateFromTheHonestCluster() {
+        let honest: [[Float]] = [[1, 1, 1, 1], [1.1, 1, 1, 1], [1, 1.1, 1, 1], [1, 1, 1.1, 1], [1, 1, 1, 1.1]]
+        let attackers: [[Float]] = [[-5, -5, -5, -5], [-5.1, -5, -5, -5]]
+        var settings = AggregationSettings(rule: .krum)
+        settings.byzantine = 2
+        let (chosen, outcome) = aggregate(attackers + honest, settings)
+        #expect(outcome.selected.count == 1 && outcome.selected[0] >= 2, "\(outcome.selected)")
+        #expect(chosen!.allSatisfy { $0 > 0.9 })
+        settings.rule = .multiKrum
+        let (mean, multi) = aggregate(attackers + honest, settings)
+        #expect(Set(multi.selected) == Set(2...6))
+        #expect(mean!.allSatisfy { $0 > 0.9 && $0 < 1.1 })
+    }
+
+    @Test func normBoundClipsOrLeavesOutOutliers() {
+        let updates: [[Float]] = [[3, 4, 0, 0], [0, 0, 3, 4], [4, 3, 0, 0], [30, 40, 0, 0]] // norms 5, 5, 5, 50
+        var settings = AggregationSettings()
+        settings.normBound = 2
+        let (clipped, outcome) = aggregate(updates, settings)
+        #expect(outcome.medianNorm == 5)
+        #expect(outcome.clipped == [3])
+        // The outlier is scaled to norm 10: (6, 8, 0, 0).
+        let expectedClipped: [Float] = [13.0 / 4, 15.0 / 4, 0.75, 1]
+        #expect(clipped == expectedClipped)
+        settings.clipToNormBound = false
+        let (kept, refused) = aggregate(updates, settings)
+        #expect(refused.excluded == [3])
+        let expectedKept: [Float] = [7.0 / 3, 7.0 / 3, 1, 4.0 / 3]
+        #expect(kept!.enumerated().allSatisfy { abs($1 - expectedKept[$0]) < 1e-6 }, "\(kept!)")
+    }
+
+    @Test func eachShardIsAggregatedOverTheUpdatesThatCarryIt() {
+        // The second update trained only shard 1; robust rules work shard by shard too.
+        let updates: [[Float]] = [[2, 2, 2, 2], [9, 9, 4, 4], [4, 4, 6, 6]]
+        let shards = [[0, 1], [1], [0, 1]]
+        let expected: [Float] = [3, 3, 4, 4]
+        #expect(aggregate(updates, shards: shards, AggregationSettings()).0 == expected)
+        #expect(aggregate(updates, shards: shards, AggregationSettings(rule: .median)).0 == expected)
+    }
+
+    @Test func centralDPClipsEveryUpdateAndAddsCalibratedNoise() {
+        var settings = AggregationSettings()
+        settings.dpClip = 1
+        // Without noise: both updates are clipped to norm 1 and weigh the same.
+        let (clipped, _) = aggregate([[30, 40, 0, 0], [0, 0, 0, 0.5]], weights: [100, 1], settings)
+        let expectedDP: [Float] = [0.3, 0.4, 0, 0.25]
+        #expect(clipped!.enumerated().allSatisfy { abs($1 - expectedDP[$0]) < 1e-6 }, "\(clipped!)")
+        // With noise: σ·S/n per coordinate on the mean; check its spread over many coordinates.
+        settings.dpNoiseMultiplier = 2
+        let count = 20_000
+        var aggregator = UpdateAggregator(shardRanges: [0..<count], settings: settings)
+        for _ in 0..<4 { aggregator.add(delta: [Float](repeating: 0, count: count), shards: [0], weight: 1) }
+        var generator = SeededGenerator(seed: 3, stream: 4)
+        let noisy = aggregator.finish(generator: &generator).delta!
+        let variance = noisy.reduce(0.0) { $0 + Double($1) * Double($1) } / Double(count)
+        #expect(abs(variance.squareRoot() - 0.5) < 0.02, "noise sd \(variance.squareRoot()), expected 2 × 1 / 4")
+    }
+
+    @Test func settingsAreValidated() {
+        var s = AggregationSettings()
+        s.trimBeta = 0.5
+        #expect(throws: ModelError.self) { try s.validate() }
+        s = AggregationSettings()
+        s.dpNoiseMultiplier = 1
+        #expect(throws: ModelError.self) { try s.validate() }
+        s = AggregationSettings()
+        s.normBound = 0.5
+        #expect(throws: ModelError.self) { try s.validate() }
+    }
+}

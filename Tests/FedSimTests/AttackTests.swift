@@ -1,0 +1,63 @@
+import FedModel
+import Foundation
+import Testing
+@testable import FedSim
+
+@Suite struct AttackTests {
+    func run(_ change: (inout SimulationConfiguration) -> Void) throws -> (Simulation, SimulationReport) {
+        var c = SimulationConfiguration()
+        c.clients = 20
+        c.fraction = 0.5
+        c.rounds = 4
+        c.learningRate = 0.1
+        c.seed = 5
+        change(&c)
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        return (simulation, try simulation.run())
+    }
+
+    @Test func attackersAreAFixedSeededFraction() throws {
+        let (simulation, _) = try run { $0.attackers = 0.2; $0.rounds = 1 }
+        #expect(simulation.attackers.count == 4)
+        let (again, _) = try run { $0.attackers = 0.2; $0.rounds = 1 }
+        #expect(again.attackers == simulation.attackers)
+    }
+
+    @Test func scaledUpdatesWreckFedAvgButNotTheRobustRules() throws {
+        let clean = try run { _ in }.1.summary.finalAccuracy!
+        let attacked = try run { $0.attackers = 0.2; $0.attack = "scale"; $0.attackScale = 10 }.1.summary.finalAccuracy!
+        #expect(attacked < clean - 0.1, "FedAvg under attack \(attacked), clean \(clean)")
+        for rule in ["median", "trimmed_mean", "multi_krum"] {
+            let robust = try run { $0.attackers = 0.2; $0.attack = "scale"; $0.aggregator = rule; $0.aggregation.byzantine = 2; $0.aggregation.trimBeta = 0.2 }
+            #expect(robust.1.summary.finalAccuracy! > attacked + 0.1, "\(rule): \(robust.1.summary.finalAccuracy!) vs FedAvg \(attacked)")
+        }
+        let bounded = try run { $0.attackers = 0.2; $0.attack = "scale"; $0.aggregation.normBound = 2 }
+        #expect(bounded.1.summary.finalAccuracy! > attacked + 0.1)
+    }
+
+    @Test(arguments: ["sign_flip", "noise", "label_flip"])
+    func everyAttackRunsAndIsReproducible(attack: String) throws {
+        let (a, reportA) = try run { $0.attackers = 0.2; $0.attack = attack; $0.aggregator = "median"; $0.rounds = 2 }
+        let (b, _) = try run { $0.attackers = 0.2; $0.attack = attack; $0.aggregator = "median"; $0.rounds = 2; $0.threads = 1 }
+        #expect(a.global == b.global)
+        #expect(reportA.rounds.allSatisfy { $0.clients == 10 })
+    }
+
+    @Test func centralDPRunsAndCostsAccuracyWithMoreNoise() throws {
+        let light = try run { $0.aggregation.dpClip = 1; $0.aggregation.dpNoiseMultiplier = 0.01 }.1.summary.finalAccuracy!
+        let heavy = try run { $0.aggregation.dpClip = 1; $0.aggregation.dpNoiseMultiplier = 1 }.1.summary.finalAccuracy!
+        #expect(light > 0.7)
+        #expect(heavy < light - 0.1, "noise 1: \(heavy), noise 0.01: \(light)")
+    }
+
+    @Test func badSettingsAreConfigurationErrors() {
+        for (text, message) in [
+            ("aggregator = \"mean\"", "aggregator must be one of"), ("attack = \"bribe\"", "attack must be one of"),
+            ("attackers = 1.5", "attackers"), ("trim_beta = 0.5", "trim_beta"), ("dp_noise_multiplier = 1", "dp_clip"),
+            ("norm_bound_action = \"ignore\"", "norm_bound_action"), ("attackers = 0.1\ntransport = \"tcp\"", "memory transport"),
+        ] {
+            let error = #expect(throws: ConfigurationError.self) { try SimulationConfiguration.parse(text, source: "t").validate() }
+            #expect(error?.description.contains(message) == true, "\(error?.description ?? "")")
+        }
+    }
+}
