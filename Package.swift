@@ -176,6 +176,7 @@ let package = Package(
             name: "FedCoordinatorTests",
             dependencies: [
                 "FedCoordinator", "FedClient", "FedModel", "FedProtocol", "FedStore",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

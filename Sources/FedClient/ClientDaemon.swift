@@ -119,7 +119,7 @@ public actor ClientDaemon {
             guard case .challenge(let nonce, _)? = try await reader.next() else {
                 throw ProtocolError(.unexpectedMessage, "expected CHALLENGE")
             }
-            try await writer.send(.authenticate(mac: Authentication.mac(secret: configuration.secret, nonce: nonce, clientID: configuration.clientID)))
+            try await writer.send(.authenticate(signature: Authentication.sign(secret: configuration.secret, nonce: nonce, clientID: configuration.clientID)))
             switch try await reader.next() {
             case .welcome(_, _, let model)?:
                 try prepare(model: model)

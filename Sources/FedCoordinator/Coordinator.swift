@@ -188,9 +188,10 @@ public actor Coordinator {
                         tasks.cancelAll()
                     }
                 } catch let error as ProtocolError {
-                    logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(clientID ?? "-")", "error": "\(error)"])
+                    let client = clientID ?? error.clientID
+                    logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(client ?? "-")", "error": "\(error)"])
                     metrics.refused.increment()
-                    try? store?.recordEvent(kind: "refusal", client: clientID, message: "\(peer): \(error)")
+                    try? store?.recordEvent(kind: "refusal", client: client, message: "\(peer): \(error)")
                     try? await writer.send(.error(code: error.code.rawValue, message: error.message))
                 }
             }
@@ -198,6 +199,15 @@ public actor Coordinator {
             logger.info("connection ended", metadata: ["peer": "\(peer)", "client": "\(clientID ?? "-")", "reason": "\(error)"])
         }
         if let clientID { await unregister(clientID) }
+    }
+
+    /// The public key `id` authenticates with: the database's registration when there is one
+    /// (nil if revoked), else the configuration file's.
+    private nonisolated func publicKey(of id: String) throws -> String? {
+        if let store, let credential = try store.credential(id: id) {
+            return credential.revoked ? nil : credential.publicKey
+        }
+        return configuration.clientKeys[id]
     }
 
     /// HELLO → CHALLENGE → AUTHENTICATE, within the handshake timeout.
@@ -212,13 +222,16 @@ public actor Coordinator {
             }
             let nonce = Authentication.nonce()
             try await writer.send(.challenge(nonce: nonce, version: Frame.protocolVersion))
-            guard case .authenticate(let mac)? = try await reader.next() else {
+            guard case .authenticate(let signature)? = try await reader.next() else {
                 throw ProtocolError(.unexpectedMessage, "expected AUTHENTICATE after CHALLENGE")
             }
-            // Unknown ids and wrong secrets get the same answer.
-            guard let secret = self.configuration.secrets[hello.clientID],
-                  Authentication.verify(mac: mac, secret: secret, nonce: nonce, clientID: hello.clientID) else {
-                throw ProtocolError(.authenticationFailed, "authentication failed for client \"\(hello.clientID)\"")
+            // Unknown, revoked and wrong-key clients all get the same answer on the wire; the
+            // log and the events say which.
+            guard let key = try self.publicKey(of: hello.clientID) else {
+                throw ProtocolError(.authenticationFailed, "authentication failed for client \"\(hello.clientID)\"", detail: "unknown or revoked client", clientID: hello.clientID)
+            }
+            guard Authentication.verify(signature: signature, publicKey: key, nonce: nonce, clientID: hello.clientID) else {
+                throw ProtocolError(.authenticationFailed, "authentication failed for client \"\(hello.clientID)\"", detail: "bad signature", clientID: hello.clientID)
             }
             return (hello.clientID, hello)
         }
@@ -274,7 +287,30 @@ public actor Coordinator {
 
     // MARK: Updates
 
+    /// Drops the connections of clients revoked (`fedcoord clients revoke`) since they joined.
+    private func disconnectRevokedClients() {
+        guard let store, let revoked = try? store.revokedIDs() else { return }
+        for id in revoked where clients[id] != nil {
+            disconnect(id, ProtocolError(.authenticationFailed, "client \"\(id)\" has been revoked", clientID: id))
+        }
+    }
+
+    /// Refuses with `error`, says so to the client and closes its connection.
+    private func disconnect(_ id: String, _ error: ProtocolError) {
+        guard let client = clients[id] else { return }
+        logger.warning("disconnecting client", metadata: ["client": "\(id)", "error": "\(error)"])
+        metrics.refused.increment()
+        try? store?.recordEvent(kind: "refusal", client: id, message: "\(error)")
+        client.outbound.yield(.error(code: error.code.rawValue, message: error.message))
+        client.outbound.finish()
+        unregister(id)
+    }
+
     private func receiveUpdate(_ update: Update, from id: String) {
+        if let store, (try? store.credential(id: id))??.revoked == true {
+            disconnect(id, ProtocolError(.authenticationFailed, "client \"\(id)\" has been revoked", clientID: id))
+            return
+        }
         guard var state = roundState else {
             refuse(id, ProtocolError(.lateUpdate, "no round is collecting updates"))
             return
@@ -342,6 +378,7 @@ public actor Coordinator {
         while round <= configuration.rounds, !stopping {
             try await waitForClients()
             if stopping { break }
+            disconnectRevokedClients()
             let start = Date()
             let selected = selectClients(round: round, attempt: abandoned)
             let downloadBytes = try sendTasks(to: selected, round: round)
@@ -420,8 +457,9 @@ public actor Coordinator {
     private func waitForClients() async throws {
         var lastLog = Date.distantPast
         while clients.count < configuration.minimumClients, !stopping {
-            if Date().timeIntervalSince(lastLog) > 5 {
-                logger.info("waiting for clients", metadata: ["connected": "\(clients.count)", "needed": "\(configuration.minimumClients)"])
+            if Date().timeIntervalSince(lastLog) > 1 {
+                disconnectRevokedClients()
+                logger.debug("waiting for clients", metadata: ["connected": "\(clients.count)", "needed": "\(configuration.minimumClients)"])
                 lastLog = Date()
             }
             try await Task.sleep(nanoseconds: 10_000_000)

@@ -1,3 +1,4 @@
+import FedProtocol
 import FedModel
 import Foundation
 import TOMLKit
@@ -70,10 +71,12 @@ extension CoordinatorConfiguration {
         if let v = try value("heartbeat_ms", { $0.int }, "an integer") { c.heartbeatMilliseconds = UInt32(clamping: v) }
         if let v = try value("handshake_timeout", number, "a number of seconds") { c.handshakeTimeout = v }
         if let clients = table["clients"] {
-            guard let t = clients.table else { throw ConfigurationFileError("\(source): [clients] must be a table of id = \"secret\"") }
+            guard let t = clients.table else { throw ConfigurationFileError("\(source): [clients] must be a table of id = \"fedpk1:...\" (public keys)") }
             for id in t.keys {
-                guard let secret = t[id]?.string, !secret.isEmpty else { throw ConfigurationFileError("\(source): secret of client \"\(id)\" must be a non-empty string") }
-                c.secrets[id] = secret
+                guard let key = t[id]?.string, (try? Authentication.validate(publicKey: key)) != nil else {
+                    throw ConfigurationFileError("\(source): client \"\(id)\" must map to its public key, \"fedpk1:\" and 64 hex digits (printed by `fedcoord clients add`)")
+                }
+                c.clientKeys[id] = key
             }
         }
         if let v = try value("database", { $0.string }, "a string") {
@@ -114,7 +117,9 @@ extension CoordinatorConfiguration {
         } catch {
             throw fail("\(error)")
         }
-        guard !secrets.isEmpty else { throw fail("no clients registered: add a [clients] table of id = \"secret\"") }
+        guard !clientKeys.isEmpty || databasePath != nil else {
+            throw fail("no clients registered: set database and run `fedcoord clients add ID`, or add a [clients] table of id = \"fedpk1:...\"")
+        }
     }
 }
 

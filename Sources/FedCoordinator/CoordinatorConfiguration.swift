@@ -31,8 +31,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var uplinkCodec = "fp32+raw"
     public var downlinkCodec = "fp32+raw"
     public var serverOptimizer = ServerOptimizer.Settings()
-    /// Registered clients: id → shared secret.
-    public var secrets: [String: String] = [:]
+    /// Clients registered in the configuration file: id → public key (`fedpk1:...`). Clients
+    /// registered in the database with `fedcoord clients add` are looked up there.
+    public var clientKeys: [String: String] = [:]
     /// Seed for initialisation and client selection.
     public var seed: UInt64 = 1
     /// Heartbeat period announced to clients, in milliseconds.

@@ -97,7 +97,7 @@ public enum Message: Equatable, Sendable {
     /// A fresh 32-byte random nonce to sign, and the version the coordinator chose.
     case challenge(nonce: [UInt8], version: UInt8)
     /// HMAC-SHA256(secret, nonce ‖ client id in UTF-8).
-    case authenticate(mac: [UInt8])
+    case authenticate(signature: [UInt8])
     /// Authentication succeeded; `model` describes the architecture (FedModel's model string).
     case welcome(sessionID: UInt64, heartbeatMilliseconds: UInt32, model: String)
     case modelShard(ModelShard)
@@ -139,8 +139,8 @@ public enum Message: Equatable, Sendable {
         case .challenge(let nonce, let version):
             buffer.writeBytes(nonce)
             buffer.writeInteger(version)
-        case .authenticate(let mac):
-            buffer.writeBytes(mac)
+        case .authenticate(let signature):
+            buffer.writeBytes(signature)
         case .welcome(let session, let heartbeat, let model):
             buffer.writeInteger(session, endianness: .little)
             buffer.writeInteger(heartbeat, endianness: .little)
@@ -204,7 +204,7 @@ public enum Message: Equatable, Sendable {
         case .challenge:
             message = .challenge(nonce: try b.readBytesOrThrow(32, field: "nonce"), version: try b.readU8("version"))
         case .authenticate:
-            message = .authenticate(mac: try b.readBytesOrThrow(32, field: "mac"))
+            message = .authenticate(signature: try b.readBytesOrThrow(Authentication.signatureLength, field: "signature"))
         case .welcome:
             message = .welcome(sessionID: try b.readU64("session id"), heartbeatMilliseconds: try b.readU32("heartbeat"), model: try b.readString16(field: "model"))
         case .modelShard:

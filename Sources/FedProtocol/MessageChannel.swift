@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 import NIOCore
 
 /// Installs the frame decoder and encoder on a new connection and wraps it for async use.
@@ -44,23 +45,83 @@ public struct MessageWriter: Sendable {
     }
 }
 
-/// Challenge-response authentication: the client proves it holds its secret without sending it.
+/// Challenge-response authentication with Ed25519 signatures: a client proves it holds its
+/// secret (a private key) by signing the coordinator's fresh nonce; the coordinator keeps only
+/// the public key, so its database or configuration holds nothing that would let anyone log in.
+///
+/// A secret is written `fedsk1:` + 64 hex digits (the 32-byte private key), a public key
+/// `fedpk1:` + 64 hex digits.
 public enum Authentication {
-    /// HMAC-SHA256(key: secret as UTF-8, message: nonce ‖ client id as UTF-8).
-    public static func mac(secret: String, nonce: [UInt8], clientID: String) -> [UInt8] {
-        let key = SymmetricKey(data: Array(secret.utf8))
-        return Array(HMAC<SHA256>.authenticationCode(for: nonce + Array(clientID.utf8), using: key))
+    public static let signatureLength = 64
+    static let context = Array("FEDL-AUTH-v1".utf8)
+
+    /// A fresh secret and its public key.
+    public static func generate() -> (secret: String, publicKey: String) {
+        let key = Curve25519.Signing.PrivateKey()
+        return ("fedsk1:" + hex(key.rawRepresentation), "fedpk1:" + hex(key.publicKey.rawRepresentation))
     }
 
-    /// Constant-time comparison of a received MAC with the expected one.
-    public static func verify(mac: [UInt8], secret: String, nonce: [UInt8], clientID: String) -> Bool {
-        let key = SymmetricKey(data: Array(secret.utf8))
-        return HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: nonce + Array(clientID.utf8), using: key)
+    /// A secret made from 32 given bytes (fedsim derives its clients' keys from the run's seed).
+    public static func secret(fromSeed bytes: [UInt8]) throws -> String {
+        let key = try Curve25519.Signing.PrivateKey(rawRepresentation: bytes)
+        return "fedsk1:" + hex(key.rawRepresentation)
+    }
+
+    /// The public key of a secret.
+    public static func publicKey(ofSecret secret: String) throws -> String {
+        "fedpk1:" + hex(try privateKey(secret).publicKey.rawRepresentation)
+    }
+
+    /// Checks that a public key is well formed.
+    public static func validate(publicKey: String) throws {
+        _ = try self.publicKey(publicKey)
+    }
+
+    /// The signature a client sends: Ed25519 over "FEDL-AUTH-v1" ‖ nonce ‖ client id as UTF-8.
+    public static func sign(secret: String, nonce: [UInt8], clientID: String) throws -> [UInt8] {
+        Array(try privateKey(secret).signature(for: context + nonce + Array(clientID.utf8)))
+    }
+
+    public static func verify(signature: [UInt8], publicKey: String, nonce: [UInt8], clientID: String) -> Bool {
+        guard signature.count == signatureLength, let key = try? self.publicKey(publicKey) else { return false }
+        return key.isValidSignature(signature, for: context + nonce + Array(clientID.utf8))
     }
 
     /// A fresh random 32-byte nonce.
     public static func nonce() -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
         return (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
+    static func privateKey(_ secret: String) throws -> Curve25519.Signing.PrivateKey {
+        guard secret.hasPrefix("fedsk1:"), let bytes = unhex(secret.dropFirst(7)), bytes.count == 32,
+              let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: bytes) else {
+            throw ProtocolError(.authenticationFailed, "a client secret is \"fedsk1:\" and 64 hex digits (from `fedcoord clients add`)")
+        }
+        return key
+    }
+
+    static func publicKey(_ text: String) throws -> Curve25519.Signing.PublicKey {
+        guard text.hasPrefix("fedpk1:"), let bytes = unhex(text.dropFirst(7)), bytes.count == 32,
+              let key = try? Curve25519.Signing.PublicKey(rawRepresentation: bytes) else {
+            throw ProtocolError(.authenticationFailed, "a public key is \"fedpk1:\" and 64 hex digits")
+        }
+        return key
+    }
+
+    static func hex<D: DataProtocol>(_ bytes: D) -> String {
+        bytes.map { String(format: "%02x", $0) }.joined()
+    }
+
+    static func unhex(_ text: Substring) -> [UInt8]? {
+        let digits = Array(text.utf8)
+        guard digits.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(digits.count / 2)
+        for i in stride(from: 0, to: digits.count, by: 2) {
+            guard let byte = UInt8(String(decoding: digits[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
+            bytes.append(byte)
+        }
+        return bytes
     }
 }

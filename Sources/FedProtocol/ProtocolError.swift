@@ -19,12 +19,19 @@ public struct ProtocolError: Error, Equatable, CustomStringConvertible, Sendable
     }
 
     public let code: Code
+    /// What the peer is told.
     public let message: String
+    /// What only the log and the store are told (e.g. why an authentication failed).
+    public let detail: String?
+    /// The client the error concerns, when it is known (for logs and events).
+    public let clientID: String?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, detail: String? = nil, clientID: String? = nil) {
         self.code = code
         self.message = message
+        self.detail = detail
+        self.clientID = clientID
     }
 
-    public var description: String { "\(code) (\(code.rawValue)): \(message)" }
+    public var description: String { "\(code) (\(code.rawValue)): \(message)" + (detail.map { " [\($0)]" } ?? "") }
 }

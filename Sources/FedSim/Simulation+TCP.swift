@@ -1,6 +1,7 @@
 import FedClient
 import FedCoordinator
 import FedModel
+import FedProtocol
 import Foundation
 import Logging
 
@@ -34,7 +35,12 @@ extension Simulation {
         coordinator.serverOptimizer = try c.serverOptimizerSettings()
         coordinator.seed = c.seed
         let ids = (0..<c.clients).map { String(format: "client-%06d", $0) }
-        for id in ids { coordinator.secrets[id] = "sim-\(id)" }
+        // Each simulated device gets its own key pair, derived from the seed.
+        let secrets = try ids.indices.map { index -> String in
+            var generator = SeededGenerator(seed: c.seed, stream: 0x5EC, UInt64(index))
+            return try Authentication.secret(fromSeed: (0..<32).map { _ in UInt8(truncatingIfNeeded: generator.next()) })
+        }
+        for (id, secret) in zip(ids, secrets) { coordinator.clientKeys[id] = try Authentication.publicKey(ofSecret: secret) }
         var quiet = Logger(label: "fedsim.tcp")
         quiet.logLevel = .error
         let server = try Coordinator(configuration: coordinator, test: testData, logger: quiet)
@@ -45,7 +51,7 @@ extension Simulation {
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next() else { throw CancellationError() }
         let daemons = ids.enumerated().map { index, id in
-            var client = ClientConfiguration(clientID: id, secret: "sim-\(id)", data: DatasetSlice(dataset: trainData, indices: clientIndices[index]))
+            var client = ClientConfiguration(clientID: id, secret: secrets[index], data: DatasetSlice(dataset: trainData, indices: clientIndices[index]))
             client.port = port
             client.seed = c.seed
             client.seedStream = UInt64(index)

@@ -190,6 +190,10 @@ public final class Simulation {
                         } catch {
                             outcome.failure = "client \(client)'s update could not be encoded with \(uplink.spec): \(error)"
                         }
+                    } else if c.attackers > 0 {
+                        // Under attack a poisoned global model can make honest training blow up:
+                        // the server refuses the non-finite update, as the coordinator does.
+                        outcome.refused = true
                     } else {
                         outcome.failure = "training diverged in round \(round): client \(client) reached a non-finite loss; lower learning_rate (now \(c.learningRate))"
                     }
@@ -204,7 +208,7 @@ public final class Simulation {
         var simulatedSeconds: Double?
         if devices.hasClock || cut {
             let arrivals = state.participations.map { p -> Double in
-                guard !p.outcome.dropped else { return .infinity }
+                guard !p.outcome.dropped, !p.outcome.refused else { return .infinity }
                 return profiles[selected[p.slot]].seconds(
                     downlinkBytes: downloadBytes, examples: p.outcome.examples * c.localEpochs, uplinkBytes: p.outcome.uplinkBytes)
             }
@@ -250,7 +254,7 @@ public final class Simulation {
         if let store {
             try store.commit(
                 RoundRow(round: round, startedAt: startTime, endedAt: Date(), selected: selected.count, completed: delivered.count,
-                         refused: 0, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
+                         refused: state.participations.filter(\.outcome.refused).count, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
                          trainingLoss: record.trainLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
                 checkpoint: Checkpoint(round: round, modelVersion: UInt32(round), model: global,
                                        optimizerM: serverOptimizer.m, optimizerV: serverOptimizer.v, modelSHA256: RunStore.sha256(global)),
@@ -343,7 +347,7 @@ final class RoundState: @unchecked Sendable {
         while committed != slot { condition.wait() }
         if let problem = outcome.failure {
             failure = failure ?? problem
-        } else if failure == nil, !outcome.dropped {
+        } else if failure == nil, !outcome.dropped, !outcome.refused {
             if holdUpdates {
                 held[slot] = encoded
             } else {
@@ -387,14 +391,16 @@ struct ClientOutcome {
     var failure: String?
     /// Dropped out before delivering (nothing was trained or sent).
     var dropped = false
+    /// Refused by the server (a non-finite update).
+    var refused = false
     /// Delivered after the deadline or after the round had enough updates: not aggregated.
     var late = false
 
     /// Whether the update is part of the aggregate.
-    var counts: Bool { !dropped && !late && failure == nil }
+    var counts: Bool { !dropped && !late && !refused && failure == nil }
 
     /// The participation state recorded in the store.
-    var state: String { dropped ? "dropped" : late ? "late" : "accepted" }
+    var state: String { dropped ? "dropped" : refused ? "refused" : late ? "late" : "accepted" }
 }
 
 /// Error-feedback residuals by client id. Each client is trained by one worker at a time, so

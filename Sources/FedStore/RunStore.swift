@@ -95,7 +95,7 @@ public struct RetentionPolicy: Sendable, Equatable {
 /// committed round intact.
 public final class RunStore: Sendable {
     /// The newest schema this build knows.
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
     private let queue: DatabaseQueue
     public let path: String
 
@@ -191,7 +191,84 @@ public final class RunStore: Sendable {
                 PRAGMA user_version = 1;
                 """)
         }
+        migrator.registerMigration("v2") { db in
+            // Registered clients (only their public keys), and participation states for
+            // simulated devices (dropped, late).
+            try db.execute(sql: """
+                CREATE TABLE credentials (
+                    id TEXT PRIMARY KEY,
+                    public_key TEXT NOT NULL,
+                    created_at REAL NOT NULL,
+                    revoked_at REAL
+                );
+                CREATE TABLE participations_v2 (
+                    round INTEGER NOT NULL REFERENCES rounds(number),
+                    client TEXT NOT NULL,
+                    state TEXT NOT NULL CHECK (state IN ('accepted', 'refused', 'dropped', 'late')),
+                    bytes INTEGER NOT NULL,
+                    examples INTEGER NOT NULL,
+                    local_loss REAL,
+                    codec TEXT NOT NULL,
+                    error_code INTEGER,
+                    duration_seconds REAL
+                );
+                INSERT INTO participations_v2 SELECT * FROM participations;
+                DROP TABLE participations;
+                ALTER TABLE participations_v2 RENAME TO participations;
+                CREATE INDEX participations_by_round ON participations(round);
+                PRAGMA user_version = 2;
+                """)
+        }
         return migrator
+    }
+
+    // MARK: Registered clients
+
+    /// Registers `id` with its public key. An id that is registered and not revoked is refused;
+    /// a revoked id may be registered again (with a new key).
+    public func addCredential(id: String, publicKey: String) throws {
+        try write { db in
+            if let revoked = try Row.fetchOne(db, sql: "SELECT revoked_at FROM credentials WHERE id = ?", arguments: [id]) {
+                guard (revoked["revoked_at"] as Double?) != nil else { throw StoreError("client \"\(id)\" is already registered (revoke it first to issue a new secret)") }
+            }
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO credentials (id, public_key, created_at, revoked_at) VALUES (?, ?, ?, NULL)",
+                arguments: [id, publicKey, Date().timeIntervalSince1970])
+        }
+    }
+
+    /// Marks `id` revoked; it can no longer authenticate.
+    public func revokeCredential(id: String) throws {
+        try write { db in
+            try db.execute(sql: "UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", arguments: [Date().timeIntervalSince1970, id])
+            guard db.changesCount == 1 else {
+                let known = try Bool.fetchOne(db, sql: "SELECT 1 FROM credentials WHERE id = ?", arguments: [id]) ?? false
+                throw StoreError(known ? "client \"\(id)\" is already revoked" : "no client \"\(id)\" is registered")
+            }
+        }
+    }
+
+    /// A registered client's public key and whether it was revoked; nil when unknown.
+    public func credential(id: String) throws -> (publicKey: String, revoked: Bool)? {
+        try read { db in
+            try Row.fetchOne(db, sql: "SELECT public_key, revoked_at FROM credentials WHERE id = ?", arguments: [id]).map {
+                ($0["public_key"], ($0["revoked_at"] as Double?) != nil)
+            }
+        }
+    }
+
+    /// Every registered client, by id.
+    public func credentials() throws -> [(id: String, publicKey: String, createdAt: Date, revokedAt: Date?)] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT id, public_key, created_at, revoked_at FROM credentials ORDER BY id").map {
+                ($0["id"], $0["public_key"], Date(timeIntervalSince1970: $0["created_at"]), ($0["revoked_at"] as Double?).map(Date.init(timeIntervalSince1970:)))
+            }
+        }
+    }
+
+    /// Ids revoked so far (the coordinator disconnects them).
+    public func revokedIDs() throws -> Set<String> {
+        try read { db in Set(try String.fetchAll(db, sql: "SELECT id FROM credentials WHERE revoked_at IS NOT NULL")) }
     }
 
     /// Records the run's configuration the first time; later opens keep the original.

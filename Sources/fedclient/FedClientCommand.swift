@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import FedClient
 import FedModel
+import FedProtocol
 import Foundation
 import Logging
 import TOMLKit
@@ -44,6 +45,7 @@ struct FedClientCommand: AsyncParsableCommand {
         if let stateFile { settings["state_file"] = stateFile }
         guard let clientID = settings["id"], !clientID.isEmpty else { fail("no client id (--id or id = in the configuration)") }
         guard let secret = settings["secret"], !secret.isEmpty else { fail("no secret (secret = in the configuration)") }
+        do { _ = try Authentication.publicKey(ofSecret: secret) } catch let error as ProtocolError { fail("secret: \(error.message)") }
         let address = settings["coordinator"] ?? "127.0.0.1:7420"
         let parts = address.split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]), (1...65_535).contains(port) else { fail("coordinator must be HOST:PORT, got \"\(address)\"") }

@@ -39,7 +39,7 @@ struct Deployment {
     }
 
     func client(_ id: String, secret: String, indices: [Int32]) -> ClientDaemon {
-        var c = ClientConfiguration(clientID: id, secret: secret, data: DatasetSlice(dataset: Data6k.train, indices: indices))
+        var c = ClientConfiguration(clientID: id, secret: testSecret(secret), data: DatasetSlice(dataset: Data6k.train, indices: indices))
         c.port = port
         c.reconnect = false
         return ClientDaemon(configuration: c)
@@ -56,7 +56,7 @@ func configuration(clients: Int, perRound: Int, rounds: Int) -> CoordinatorConfi
     c.minimumUpdates = max(1, perRound / 2)
     c.roundDeadline = 60
     c.learningRate = 0.1
-    for i in 0..<clients { c.secrets["device-\(i)"] = "secret-\(i)" }
+    for i in 0..<clients { c.clientKeys["device-\(i)"] = testPublicKey("secret-\(i)") }
     return c
 }
 

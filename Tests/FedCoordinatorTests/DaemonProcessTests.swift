@@ -39,8 +39,8 @@ import Testing
             codec = "topk:0.1+q8+ef"
             test_data = "\(repositoryRoot.path)/Simulations/data/mnist"
             [clients]
-            a = "secret-a"
-            b = "secret-b"
+            a = "\(testPublicKey("secret-a"))"
+            b = "\(testPublicKey("secret-b"))"
             """.write(to: config, atomically: true, encoding: .utf8)
         let coordinatorLog = directory.appendingPathComponent("coordinator.log")
         let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: coordinatorLog)
@@ -57,7 +57,7 @@ import Testing
         var clients: [Process] = []
         for (id, range) in [("a", "0..<600"), ("b", "600..<1200")] {
             clients.append(try start("fedclient", [
-                "--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", "secret-\(id)",
+                "--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", testSecret("secret-\(id)"),
                 "--data", "Simulations/data/mnist", "--examples", range,
                 "--state-file", directory.appendingPathComponent("\(id).residual").path,
             ], output: directory.appendingPathComponent("\(id).log")))
@@ -85,7 +85,7 @@ import Testing
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let config = directory.appendingPathComponent("coordinator.toml")
-        try "port = 0\nrounds = 100000\nmin_clients = 2\nclients_per_round = 2\nover_selection = 1.0\n[clients]\na = \"sa\"\nb = \"sb\"\n"
+        try "port = 0\nrounds = 100000\nmin_clients = 2\nclients_per_round = 2\nover_selection = 1.0\n[clients]\na = \"\(testPublicKey("sa"))\"\nb = \"\(testPublicKey("sb"))\"\n"
             .write(to: config, atomically: true, encoding: .utf8)
         let log = directory.appendingPathComponent("coordinator.log")
         let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: log)
@@ -98,7 +98,7 @@ import Testing
         }
         let listening = try #require(port)
         let clients = try ["a", "b"].map { id in
-            try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", "s\(id)",
+            try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", testSecret("s\(id)"),
                                     "--data", "Simulations/data/mnist", "--examples", id == "a" ? "0..<300" : "300..<600"],
                       output: directory.appendingPathComponent("\(id).log"))
         }
@@ -128,7 +128,7 @@ import Testing
         defer { try? FileManager.default.removeItem(at: directory) }
         let database = directory.appendingPathComponent("run.sqlite").path
         let config = directory.appendingPathComponent("coordinator.toml")
-        try "port = 0\nrounds = 8\nmin_clients = 2\nclients_per_round = 2\nover_selection = 1.0\nserver_optimizer = \"fedyogi\"\nserver_lr = 0.02\n[clients]\na = \"sa\"\nb = \"sb\"\n"
+        try "port = 0\nrounds = 8\nmin_clients = 2\nclients_per_round = 2\nover_selection = 1.0\nserver_optimizer = \"fedyogi\"\nserver_lr = 0.02\n[clients]\na = \"\(testPublicKey("sa"))\"\nb = \"\(testPublicKey("sb"))\"\n"
             .write(to: config, atomically: true, encoding: .utf8)
         func waitFor(_ text: String, in log: URL, seconds: Double) async throws -> String? {
             for _ in 0..<Int(seconds * 20) {
@@ -144,7 +144,7 @@ import Testing
             .flatMap { $0.split(separator: "\n").first { $0.hasPrefix("fedcoord: listening on") } }
             .flatMap { Int($0.split(separator: ":").last!) })
         let clients = try ["a", "b"].map { id in
-            try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", "s\(id)",
+            try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", testSecret("s\(id)"),
                                     "--data", "Simulations/data/mnist", "--examples", id == "a" ? "0..<2000" : "2000..<4000"],
                       output: directory.appendingPathComponent("\(id).log"))
         }
@@ -193,7 +193,7 @@ import Testing
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("fedclient-\(UUID().uuidString).log")
         defer { try? FileManager.default.removeItem(at: log) }
         // Nothing listens on this port: the daemon is in its reconnection backoff when stopped.
-        let client = try start("fedclient", ["--coordinator", "127.0.0.1:9", "--id", "a", "--secret", "s",
+        let client = try start("fedclient", ["--coordinator", "127.0.0.1:9", "--id", "a", "--secret", testSecret("s"),
                                              "--data", "Simulations/data/mnist", "--examples", "0..<100"], output: log)
         try await Task.sleep(nanoseconds: 1_000_000_000)
         kill(client.processIdentifier, SIGTERM)
@@ -209,9 +209,9 @@ import Testing
         defer { try? FileManager.default.removeItem(at: directory) }
         let cases: [(String, String)] = [
             ("port = 0\n", "no clients registered"),
-            ("port = 0\nrounds = 0\n[clients]\na = \"s\"\n", "rounds"),
-            ("port = 0\nflavour = 1\n[clients]\na = \"s\"\n", "unknown key \"flavour\""),
-            ("port = 0\ncodec = \"q9\"\n[clients]\na = \"s\"\n", "codec"),
+            ("port = 0\nrounds = 0\n[clients]\na = \"\(testPublicKey("s"))\"\n", "rounds"),
+            ("port = 0\nflavour = 1\n[clients]\na = \"\(testPublicKey("s"))\"\n", "unknown key \"flavour\""),
+            ("port = 0\ncodec = \"q9\"\n[clients]\na = \"\(testPublicKey("s"))\"\n", "codec"),
         ]
         for (index, (text, expected)) in cases.enumerated() {
             let config = directory.appendingPathComponent("c\(index).toml")
@@ -224,7 +224,7 @@ import Testing
             #expect(output.contains(expected) && output.split(separator: "\n").count == 1, "\(text): \(output)")
         }
         let log = directory.appendingPathComponent("client.log")
-        let client = try start("fedclient", ["--id", "a", "--secret", "s", "--data", "/no/such/dir"], output: log)
+        let client = try start("fedclient", ["--id", "a", "--secret", testSecret("s"), "--data", "/no/such/dir"], output: log)
         client.waitUntilExit()
         #expect(client.terminationStatus == 1)
         #expect(try String(contentsOf: log, encoding: .utf8).contains("no such file"))

@@ -39,7 +39,7 @@ final class FramedPeer: @unchecked Sendable {
     func authenticate(id: String, secret: String) async throws -> Message? {
         try await writer.send(.hello(Hello(clientID: id, protocolVersions: [1], codecs: ["fp32"], memoryBudget: 0, exampleCount: 100)))
         guard case .challenge(let nonce, _)? = try await reader.next() else { return nil }
-        try await writer.send(.authenticate(mac: Authentication.mac(secret: secret, nonce: nonce, clientID: id)))
+        try await writer.send(.authenticate(signature: Authentication.sign(secret: testSecret(secret), nonce: nonce, clientID: id)))
         return try await reader.next()
     }
 
@@ -208,7 +208,7 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
         let first = try await Deployment.start(config)
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 4)
         let daemons = (0..<2).map { i -> ClientDaemon in
-            var c = ClientConfiguration(clientID: "device-\(i)", secret: "secret-\(i)", data: DatasetSlice(dataset: Data6k.train, indices: shares[i]))
+            var c = ClientConfiguration(clientID: "device-\(i)", secret: testSecret("secret-\(i)"), data: DatasetSlice(dataset: Data6k.train, indices: shares[i]))
             c.port = first.port
             c.reconnect = true
             c.initialBackoff = 0.05
@@ -244,7 +244,7 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
     @Test func aSmallDeviceTrainsItsShardsOnly() async throws {
         let deployment = try await Deployment.start(configuration(clients: 2, perRound: 2, rounds: 2))
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 5)
-        var small = ClientConfiguration(clientID: "device-0", secret: "secret-0", data: DatasetSlice(dataset: Data6k.train, indices: shares[0]))
+        var small = ClientConfiguration(clientID: "device-0", secret: testSecret("secret-0"), data: DatasetSlice(dataset: Data6k.train, indices: shares[0]))
         small.port = deployment.port
         small.reconnect = false
         small.memoryBudget = UInt64(199_210 * 4 + 12 * 40_000)  // room for dense2.weight only

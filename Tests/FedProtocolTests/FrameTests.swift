@@ -14,7 +14,7 @@ func bytes(of frames: [Frame]) -> ByteBuffer {
 let sampleMessages: [Message] = [
     .hello(Hello(clientID: "device-17", protocolVersions: [1], codecs: ["q8", "topk:0.01+q8"], memoryBudget: 64 << 20, exampleCount: 600)),
     .challenge(nonce: Array(0..<32), version: 1),
-    .authenticate(mac: Array(repeating: 0xAB, count: 32)),
+    .authenticate(signature: Array(repeating: 0xAB, count: 64)),
     .welcome(sessionID: 42, heartbeatMilliseconds: 5000, model: "784|10|dense:200,relu,dense:200,relu,dense:10"),
     .modelShard(ModelShard(round: 3, modelVersion: 3, shardIndex: 1, sha256: Array(repeating: 7, count: 32), encoded: [1, 2, 3, 4, 5])),
     .trainingTask(TrainingTask(round: 3, modelVersion: 3, shards: [0, 1, 2, 3, 4, 5], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "q8", deadlineMilliseconds: 30_000)),
@@ -130,14 +130,27 @@ let sampleMessages: [Message] = [
         #expect { try Message.decode(type: MessageType.modelShard.rawValue, payload: lying) } throws: { ($0 as? ProtocolError)?.code == .malformedMessage }
     }
 
-    @Test func authenticationVerifiesTheSecretAndTheNonce() {
+    @Test func authenticationVerifiesTheKeyAndTheNonce() throws {
+        let (secret, publicKey) = Authentication.generate()
+        let (other, otherKey) = Authentication.generate()
+        #expect(try Authentication.publicKey(ofSecret: secret) == publicKey)
+        #expect(secret != other && publicKey != otherKey)
         let nonce = Authentication.nonce()
-        let mac = Authentication.mac(secret: "s3cret", nonce: nonce, clientID: "dev1")
-        #expect(mac.count == 32)
-        #expect(Authentication.verify(mac: mac, secret: "s3cret", nonce: nonce, clientID: "dev1"))
-        #expect(!Authentication.verify(mac: mac, secret: "wrong", nonce: nonce, clientID: "dev1"))
-        #expect(!Authentication.verify(mac: mac, secret: "s3cret", nonce: Authentication.nonce(), clientID: "dev1"), "a replayed MAC fails against a fresh nonce")
-        #expect(!Authentication.verify(mac: mac, secret: "s3cret", nonce: nonce, clientID: "dev2"))
+        let signature = try Authentication.sign(secret: secret, nonce: nonce, clientID: "dev1")
+        #expect(signature.count == 64)
+        #expect(Authentication.verify(signature: signature, publicKey: publicKey, nonce: nonce, clientID: "dev1"))
+        #expect(!Authentication.verify(signature: signature, publicKey: otherKey, nonce: nonce, clientID: "dev1"))
+        #expect(!Authentication.verify(signature: signature, publicKey: publicKey, nonce: Authentication.nonce(), clientID: "dev1"), "a replayed signature fails against a fresh nonce")
+        #expect(!Authentication.verify(signature: signature, publicKey: publicKey, nonce: nonce, clientID: "dev2"))
+        var flipped = signature
+        flipped[10] ^= 1
+        #expect(!Authentication.verify(signature: flipped, publicKey: publicKey, nonce: nonce, clientID: "dev1"))
+        #expect(!Authentication.verify(signature: signature, publicKey: "fedpk1:zz", nonce: nonce, clientID: "dev1"))
+        // What is printed is what is parsed; anything else is refused with a clear error.
+        #expect(secret.hasPrefix("fedsk1:") && secret.count == 7 + 64)
+        for bad in ["", "secret", "fedsk1:", "fedsk1:" + String(repeating: "g", count: 64), publicKey] {
+            #expect(throws: ProtocolError.self) { try Authentication.sign(secret: bad, nonce: nonce, clientID: "dev1") }
+        }
     }
 
     @Test func helloHexExample() {
