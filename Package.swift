@@ -18,6 +18,7 @@ let daemonDependencies: [Target.Dependency] = [
     "FedModel", "FedCodec", "FedProtocol",
     .product(name: "NIOCore", package: "swift-nio"),
     .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
     .product(name: "Logging", package: "swift-log"),
     .product(name: "Crypto", package: "swift-crypto"),
 ]

@@ -5,6 +5,7 @@ import FedProtocol
 import FedStore
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -46,6 +47,10 @@ public actor Coordinator {
     /// The model as downloaded at the current version: encoded shards and their SHA-256.
     private var downloadCache: (version: UInt32, shards: [[UInt8]], digests: [[UInt8]])?
     private var stopping = false
+    /// Set once the rounds are over and the clients dismissed.
+    private var finished = false
+    /// Connections being served (not actor state: the accept loop counts them synchronously).
+    private nonisolated let openConnections = NIOLockedValueBox(0)
     private let store: RunStore?
     /// The first round this process runs (after the last committed one when resuming).
     public let firstRound: Int
@@ -60,6 +65,8 @@ public actor Coordinator {
         var trainedShards: [UInt16]
         /// When its current task was sent.
         var taskSentAt: Date?
+        /// When it last sent anything (the idle timeout counts from here).
+        var lastHeard = Date()
     }
 
     public init(configuration: CoordinatorConfiguration, test: Dataset? = nil, logger: Logger = Logger(label: "fedcoord")) throws {
@@ -117,8 +124,12 @@ public actor Coordinator {
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .bind(host: configuration.host, port: configuration.port) { channel in
-                channel.eventLoop.makeCompletedFuture { try makeFramedChannel(channel) }
+            .bind(host: configuration.host, port: configuration.port) { [configuration] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try makeFramedChannel(
+                        channel, maximumFramePayload: configuration.maximumFramePayload,
+                        readTimeout: configuration.readTimeout > 0 ? .milliseconds(Int64(configuration.readTimeout * 1000)) : nil)
+                }
             }
         let boundPort = server.channel.localAddress?.port ?? configuration.port
         port = boundPort
@@ -135,12 +146,25 @@ public actor Coordinator {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask {
                 defer { server.channel.close(promise: nil) }
+                defer { Task { await self.markFinished() } }
                 try await self.runRounds(progress: progress)
                 await self.dismissClients(reason: "training finished")
             }
+            group.addTask { await self.keepConnectionsAlive() }
             try await server.executeThenClose { inbound in
                 for try await connection in inbound {
-                    group.addTask { await self.handle(connection) }
+                    guard self.openConnections.withLockedValue({ count in
+                        guard count < self.configuration.maximumConnections else { return false }
+                        count += 1
+                        return true
+                    }) else {
+                        group.addTask { await self.turnAway(connection) }
+                        continue
+                    }
+                    group.addTask {
+                        await self.handle(connection)
+                        self.openConnections.withLockedValue { $0 -= 1 }
+                    }
                 }
             }
         }
@@ -150,6 +174,45 @@ public actor Coordinator {
     /// Asks the round loop to stop after the current round (graceful shutdown).
     public func stop() {
         stopping = true
+    }
+
+    private func markFinished() { finished = true }
+
+    /// Connections being served now (handshakes included).
+    public nonisolated var connectionCount: Int { openConnections.withLockedValue { $0 } }
+
+    /// Answers a connection beyond `max_connections` with ERROR overloaded and closes it.
+    private nonisolated func turnAway(_ connection: NIOAsyncChannel<Frame, Frame>) async {
+        let peer = connection.channel.remoteAddress?.description ?? "?"
+        logger.warning("refusing connection", metadata: ["peer": "\(peer)", "error": "too many connections (\(configuration.maximumConnections))"])
+        metrics.refused.increment()
+        try? store?.recordEvent(kind: "refusal", message: "\(peer): too many connections (max_connections = \(configuration.maximumConnections))")
+        try? await connection.executeThenClose { _, outbound in
+            try await MessageWriter(outbound).send(.error(code: ProtocolError.Code.overloaded.rawValue, message: "too many connections; try again later"))
+        }
+    }
+
+    /// Every heartbeat period: a HEARTBEAT to each idle client (a live one echoes it), and
+    /// clients silent for longer than `idle_timeout` while not training are dropped. A client
+    /// that is training is bounded by the round deadline instead.
+    private func keepConnectionsAlive() async {
+        let period = Double(max(50, configuration.heartbeatMilliseconds)) / 1000
+        var next = Date().addingTimeInterval(period)
+        while !finished {
+            // Cancelled (the run is being torn down): stop at once rather than spin.
+            do { try await Task.sleep(nanoseconds: 50_000_000) } catch { return }
+            guard Date() >= next else { continue }
+            next = Date().addingTimeInterval(period)
+            let now = Date()
+            let timestamp = UInt64(now.timeIntervalSince1970 * 1000)
+            for (id, client) in clients where !client.busy {
+                if configuration.idleTimeout > 0, now.timeIntervalSince(client.lastHeard) > configuration.idleTimeout {
+                    disconnect(id, ProtocolError(.timeout, "nothing heard for \(String(format: "%.1f", configuration.idleTimeout)) s (idle_timeout)", clientID: id))
+                } else {
+                    client.outbound.yield(.heartbeat(timestamp: timestamp))
+                }
+            }
+        }
     }
 
     private func dismissClients(reason: String) {
@@ -262,14 +325,15 @@ public actor Coordinator {
     }
 
     private func received(_ message: Message, from id: String) {
+        clients[id]?.lastHeard = Date()
         switch message {
         case .update(let update):
             // After its update a client may have dropped its model (fedsim's clients do, to
             // stay small while idle), so nothing it held is assumed any more (Protocol.md, 3).
             if let held = clients[id]?.heldVersions { clients[id]?.heldVersions = held.map { _ in nil } }
             receiveUpdate(update, from: id)
-        case .heartbeat(let timestamp):
-            clients[id]?.outbound.yield(.heartbeat(timestamp: timestamp))
+        case .heartbeat:
+            break // it counts as hearing from the client (above); our own heartbeats come back here
         default:
             refuse(id, ProtocolError(.unexpectedMessage, "\(message.type) is not expected from a client now"))
         }
@@ -389,7 +453,10 @@ public actor Coordinator {
             }
             roundState?.close()
             let completed = roundState?.reported.count ?? 0
-            for id in selected { clients[id]?.busy = false }
+            for id in selected {
+                clients[id]?.busy = false
+                clients[id]?.lastHeard = Date() // a fresh idle window after training
+            }
             if completed < configuration.minimumUpdates {
                 logger.warning("round abandoned below quorum", metadata: ["round": "\(round)", "updates": "\(completed)", "quorum": "\(configuration.minimumUpdates)"])
                 try? store?.recordEvent(kind: "abandoned", message: "round \(round): \(completed) updates, quorum \(configuration.minimumUpdates); retrying")

@@ -8,7 +8,8 @@ extension CoordinatorConfiguration {
         "host", "port", "model", "layers", "rounds", "target_accuracy", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
-        "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
+        "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
+        "max_connections", "idle_timeout", "read_timeout", "max_frame_bytes", "max_message_bytes", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
     ]
 
     /// Reads a coordinator configuration file (Configs/coordinator.toml documents every key).
@@ -70,6 +71,11 @@ extension CoordinatorConfiguration {
         if let v = try value("seed", { $0.int }, "an integer"), v >= 0 { c.seed = UInt64(v) }
         if let v = try value("heartbeat_ms", { $0.int }, "an integer") { c.heartbeatMilliseconds = UInt32(clamping: v) }
         if let v = try value("handshake_timeout", number, "a number of seconds") { c.handshakeTimeout = v }
+        if let v = try value("max_connections", { $0.int }, "an integer") { c.maximumConnections = v }
+        if let v = try value("idle_timeout", number, "a number of seconds") { c.idleTimeout = v }
+        if let v = try value("read_timeout", number, "a number of seconds") { c.readTimeout = v }
+        if let v = try value("max_frame_bytes", { $0.int }, "an integer") { c.maximumFramePayload = v }
+        if let v = try value("max_message_bytes", { $0.int }, "an integer") { c.maximumMessage = v }
         if let clients = table["clients"] {
             guard let t = clients.table else { throw ConfigurationFileError("\(source): [clients] must be a table of id = \"fedpk1:...\" (public keys)") }
             for id in t.keys {
@@ -107,6 +113,13 @@ extension CoordinatorConfiguration {
         guard (1...1024).contains(batchSize) else { throw fail("batch_size must be in 1...1024") }
         guard learningRate > 0, learningRate.isFinite else { throw fail("learning_rate must be positive") }
         guard handshakeTimeout > 0 else { throw fail("handshake_timeout must be positive") }
+        guard maximumConnections >= 1 else { throw fail("max_connections must be at least 1") }
+        guard idleTimeout >= 0, readTimeout >= 0 else { throw fail("idle_timeout and read_timeout must be non-negative (0 = no limit)") }
+        guard idleTimeout == 0 || idleTimeout * 1000 > Double(heartbeatMilliseconds) * 2 else {
+            throw fail("idle_timeout must exceed two heartbeat periods (heartbeat_ms = \(heartbeatMilliseconds))")
+        }
+        guard (1024...(16 << 20)).contains(maximumFramePayload) else { throw fail("max_frame_bytes must be in 1024...16777216") }
+        guard maximumMessage >= maximumFramePayload, maximumMessage <= 1 << 30 else { throw fail("max_message_bytes must be at least max_frame_bytes and at most 1 GiB") }
         do {
             _ = try CodecSpecCheck.parse(uplinkCodec)
             _ = try CodecSpecCheck.parse(downlinkCodec)

@@ -1,3 +1,4 @@
+import FedProtocol
 import FedModel
 import FedStore
 
@@ -40,6 +41,18 @@ public struct CoordinatorConfiguration: Sendable {
     public var heartbeatMilliseconds: UInt32 = 5000
     /// Seconds a connection may take to authenticate.
     public var handshakeTimeout = 10.0
+    /// Connections served at once; more are answered ERROR overloaded and closed.
+    public var maximumConnections = 4096
+    /// Seconds an authenticated client that is not training may stay silent (the coordinator
+    /// sends HEARTBEAT every heartbeat period, which a live client echoes); 0 = no limit.
+    public var idleTimeout = 60.0
+    /// Seconds one frame may take to arrive once it has started (slow-loris peers); 0 = no limit.
+    /// The default lets a 1 MiB frame arrive over links down to about 140 kbit/s.
+    public var readTimeout = 60.0
+    /// Largest frame payload and largest reassembled message accepted from a peer: together
+    /// they bound what one connection can make the coordinator buffer.
+    public var maximumFramePayload = Frame.defaultMaximumPayload
+    public var maximumMessage = 64 << 20
     /// SQLite file recording every committed round with its model; an existing file resumes
     /// its run from the last committed round. nil keeps nothing.
     public var databasePath: String?

@@ -62,14 +62,28 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 
     public let maximumPayload: Int
+    /// How long a frame may take to arrive once its first byte has (nil = no limit): a peer
+    /// dribbling bytes to hold a connection open (slow loris) is cut off when its next byte
+    /// comes in too late. Silence is the idle timeout's business, above the decoder.
+    public let readTimeout: TimeAmount?
     private var state = State.waitingForHeader
+    private var frameStartedAt: NIODeadline?
 
-    public init(maximumPayload: Int = Frame.defaultMaximumPayload) {
+    public init(maximumPayload: Int = Frame.defaultMaximumPayload, readTimeout: TimeAmount? = nil) {
         self.maximumPayload = maximumPayload
+        self.readTimeout = readTimeout
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        if let readTimeout {
+            let now = NIODeadline.now()
+            if let started = frameStartedAt, now - started > readTimeout {
+                throw ProtocolError(.timeout, "a frame took longer than \(readTimeout.nanoseconds / 1_000_000_000) s to arrive")
+            }
+            if frameStartedAt == nil, buffer.readableBytes > 0 { frameStartedAt = now }
+        }
         guard let frame = try decodeFrame(&buffer) else { return .needMoreData }
+        frameStartedAt = buffer.readableBytes > 0 && readTimeout != nil ? .now() : nil
         context.fireChannelRead(wrapInboundOut(frame))
         return .continue
     }

@@ -4,8 +4,10 @@ import NIOCore
 
 /// Installs the frame decoder and encoder on a new connection and wraps it for async use.
 /// Call inside the bootstrap's channel initializer.
-public func makeFramedChannel(_ channel: any Channel, maximumFramePayload: Int = Frame.defaultMaximumPayload) throws -> NIOAsyncChannel<Frame, Frame> {
-    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumPayload: maximumFramePayload)))
+public func makeFramedChannel(
+    _ channel: any Channel, maximumFramePayload: Int = Frame.defaultMaximumPayload, readTimeout: TimeAmount? = nil
+) throws -> NIOAsyncChannel<Frame, Frame> {
+    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumPayload: maximumFramePayload, readTimeout: readTimeout)))
     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
     return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
 }

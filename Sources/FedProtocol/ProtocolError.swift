@@ -16,6 +16,8 @@ public struct ProtocolError: Error, Equatable, CustomStringConvertible, Sendable
         case badUpdate = 12
         case timeout = 13
         case shuttingDown = 14
+        /// The coordinator has as many connections as it accepts; try again later.
+        case overloaded = 15
     }
 
     public let code: Code
