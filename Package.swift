@@ -75,6 +75,14 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "FedFuzz",
+            dependencies: [
+                "FedProtocol", "FedCodec",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "FedStore",
             dependencies: [
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -139,7 +147,7 @@ let package = Package(
         .executableTarget(
             name: "fedbench",
             dependencies: [
-                "FedModel",
+                "FedModel", "FedFuzz",
                 "FedCodec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -161,7 +169,7 @@ let package = Package(
         .testTarget(
             name: "FedProtocolTests",
             dependencies: [
-                "FedProtocol",
+                "FedProtocol", "FedFuzz",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FedCodec
+import FedFuzz
 import FedModel
 import Foundation
 
@@ -22,7 +23,25 @@ struct FedBench: ParsableCommand {
     @Flag(help: "Instead, time the matrix products of one CNN and 2NN training step (GFLOP/s, one core).") var kernels = false
     @Flag(help: "Instead, time encoding and decoding of real 2NN and CNN deltas per codec (MB/s of float32, one core).") var codecs = false
 
+    @Option(help: "Instead, fuzz the frame decoder and every codec's decoder with this many seeded random and mutated inputs (e.g. 1000000).") var fuzz: Int?
+    @Option(name: .customLong("fuzz-seed"), help: "Seed of the fuzzer's inputs.") var fuzzSeed: UInt64 = 1
+
     func run() throws {
+        if let fuzz {
+            guard fuzz > 0 else { throw ValidationError("--fuzz must be positive") }
+            var driver = FuzzDriver(seed: fuzzSeed)
+            let rssBefore = peakResidentMegabytes()
+            let report = driver.run(inputs: fuzz) { done in
+                FileHandle.standardError.write(Data("\rfuzz: \(done)/\(fuzz) inputs".utf8))
+            }
+            FileHandle.standardError.write(Data("\n".utf8))
+            print("fuzz (seed \(fuzzSeed)): \(report)")
+            print("fuzz: inputs per target: \(report.perTarget.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+            print(String(format: "fuzz: peak RSS %.0f MB before, %.0f MB after", rssBefore, peakResidentMegabytes()))
+            for finding in report.findings.prefix(20) { print("FINDING: \(finding)") }
+            if !report.findings.isEmpty { throw ExitCode(1) }
+            return
+        }
         if kernels {
             measureKernels()
             return
@@ -164,4 +183,15 @@ struct FedBench: ParsableCommand {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         return Double(600 * epochs * clients) / seconds
     }
+}
+
+/// This process's peak resident set size so far, in megabytes.
+func peakResidentMegabytes() -> Double {
+    var usage = rusage()
+    #if canImport(Glibc)
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    #else
+    getrusage(RUSAGE_SELF, &usage)
+    #endif
+    return Double(usage.ru_maxrss) / 1024
 }
