@@ -37,7 +37,11 @@ public actor Coordinator {
     private var clients: [String: ConnectedClient] = [:]
     private var nextSession: UInt64 = 1
     private var roundState: RoundState?
-    private var aggregate: ShardedDeltaSum
+    private var aggregate: UpdateAggregator
+    /// Who sent each update added to ``aggregate``, in order.
+    private var aggregatedClients: [String] = []
+    /// The last round's reference norm for the norm bound.
+    private var referenceNorm: Double?
     private var roundLossSum = 0.0
     private var roundExamples = 0.0
     private var roundUplinkBytes = 0
@@ -79,7 +83,7 @@ public actor Coordinator {
         uplink = UpdateCodec(spec: try CodecSpec(parsing: configuration.uplinkCodec), shardRanges: ranges)
         downlink = UpdateCodec(spec: try CodecSpec(parsing: configuration.downlinkCodec), shardRanges: ranges)
         optimizer = ServerOptimizer(settings: configuration.serverOptimizer, parameterCount: network.parameterCount)
-        aggregate = ShardedDeltaSum(shardRanges: ranges)
+        aggregate = UpdateAggregator(shardRanges: ranges, settings: configuration.aggregation)
         scratch = [Float](repeating: 0, count: network.parameterCount)
         var firstRound = 1
         if let path = configuration.databasePath {
@@ -421,6 +425,7 @@ public actor Coordinator {
         }
         roundState = state
         aggregate.add(delta: scratch, shards: trained, weight: Double(update.exampleCount))
+        aggregatedClients.append(id)
         roundLossSum += Double(update.trainingLoss) * Double(update.exampleCount)
         roundExamples += Double(update.exampleCount)
         roundUplinkBytes += bytes
@@ -464,7 +469,17 @@ public actor Coordinator {
                 resetRound()
                 continue
             }
-            if let mean = aggregate.mean {
+            var dpGenerator = SeededGenerator(seed: configuration.seed, stream: 0xD9, UInt64(round))
+            let (aggregated, outcome) = aggregate.finish(generator: &dpGenerator)
+            if let reference = outcome.referenceNorm { referenceNorm = reference }
+            for (index, action) in outcome.clipped.map({ ($0, "clipped") }) + outcome.excluded.map({ ($0, "left out") }) {
+                let id = aggregatedClients[index]
+                let message = "round \(round): update \(action) by the norm bound (\(configuration.aggregation.normBound) × reference norm \(String(format: "%.4g", outcome.referenceNorm ?? 0)))"
+                logger.warning("norm bound", metadata: ["client": "\(id)", "round": "\(round)", "action": "\(action)"])
+                if action == "clipped" { metrics.clipped.increment() } else { metrics.refused.increment() }
+                try? store?.recordEvent(kind: "norm_bound", client: id, message: message)
+            }
+            if let mean = aggregated {
                 optimizer.apply(delta: mean, to: &global)
                 modelVersion += 1
             }
@@ -509,7 +524,8 @@ public actor Coordinator {
 
     private func resetRound() {
         roundState = nil
-        aggregate = ShardedDeltaSum(shardRanges: aggregate.shardRanges)
+        aggregate = UpdateAggregator(shardRanges: aggregate.shardRanges, settings: configuration.aggregation, previousReferenceNorm: referenceNorm)
+        aggregatedClients = []
         roundLossSum = 0
         roundExamples = 0
         roundUplinkBytes = 0

@@ -9,6 +9,7 @@ extension CoordinatorConfiguration {
         "over_selection", "min_updates", "round_deadline", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
         "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
+        "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
         "max_connections", "idle_timeout", "read_timeout", "max_frame_bytes", "max_message_bytes", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
     ]
 
@@ -71,6 +72,22 @@ extension CoordinatorConfiguration {
         if let v = try value("seed", { $0.int }, "an integer"), v >= 0 { c.seed = UInt64(v) }
         if let v = try value("heartbeat_ms", { $0.int }, "an integer") { c.heartbeatMilliseconds = UInt32(clamping: v) }
         if let v = try value("handshake_timeout", number, "a number of seconds") { c.handshakeTimeout = v }
+        if let v = try value("aggregator", { $0.string }, "a string") {
+            guard let rule = AggregationSettings.Rule(rawValue: v) else {
+                throw ConfigurationFileError("\(source): aggregator must be one of \(AggregationSettings.Rule.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(v)\"")
+            }
+            c.aggregation.rule = rule
+        }
+        if let v = try value("trim_beta", number, "a number") { c.aggregation.trimBeta = v }
+        if let v = try value("krum_f", { $0.int }, "an integer") { c.aggregation.byzantine = v }
+        if let v = try value("multi_krum_m", { $0.int }, "an integer") { c.aggregation.multiKrumSelect = v }
+        if let v = try value("norm_bound", number, "a number") { c.aggregation.normBound = v }
+        if let v = try value("norm_bound_action", { $0.string }, "a string") {
+            guard v == "clip" || v == "refuse" else { throw ConfigurationFileError("\(source): norm_bound_action must be clip or refuse, got \"\(v)\"") }
+            c.aggregation.clipToNormBound = v == "clip"
+        }
+        if let v = try value("dp_clip", number, "a number") { c.aggregation.dpClip = v }
+        if let v = try value("dp_noise_multiplier", number, "a number") { c.aggregation.dpNoiseMultiplier = v }
         if let v = try value("max_connections", { $0.int }, "an integer") { c.maximumConnections = v }
         if let v = try value("idle_timeout", number, "a number of seconds") { c.idleTimeout = v }
         if let v = try value("read_timeout", number, "a number of seconds") { c.readTimeout = v }
@@ -124,6 +141,7 @@ extension CoordinatorConfiguration {
             _ = try CodecSpecCheck.parse(uplinkCodec)
             _ = try CodecSpecCheck.parse(downlinkCodec)
             try serverOptimizer.validate()
+            try aggregation.validate()
             _ = try Network(model)
         } catch let error as ModelError {
             throw fail(error.description)

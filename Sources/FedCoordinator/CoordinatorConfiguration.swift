@@ -32,6 +32,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var uplinkCodec = "fp32+raw"
     public var downlinkCodec = "fp32+raw"
     public var serverOptimizer = ServerOptimizer.Settings()
+    /// FedAvg or a robust rule, the norm bound and central differential privacy.
+    public var aggregation = AggregationSettings()
     /// Clients registered in the configuration file: id → public key (`fedpk1:...`). Clients
     /// registered in the database with `fedcoord clients add` are looked up there.
     public var clientKeys: [String: String] = [:]

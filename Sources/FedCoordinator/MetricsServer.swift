@@ -8,6 +8,7 @@ public final class CoordinatorMetrics: Sendable {
     let rounds: Counter
     let accepted: Counter
     let refused: Counter
+    let clipped: Counter
     let bytesUp: Counter
     let bytesDown: Counter
     let connected: Gauge
@@ -26,6 +27,7 @@ public final class CoordinatorMetrics: Sendable {
         rounds = counter("rounds", "total", "Rounds committed")
         accepted = counter("updates_accepted", "total", "Client updates accepted")
         refused = counter("updates_refused", "total", "Messages refused with a typed error")
+        clipped = counter("updates_clipped", "total", "Updates clipped to the norm bound")
         bytesUp = counter("bytes_up", "total", "Encoded update bytes received")
         bytesDown = counter("bytes_down", "total", "Encoded model bytes sent")
         connected = gauge("connected_clients", "Authenticated clients connected now")

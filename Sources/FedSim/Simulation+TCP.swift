@@ -33,6 +33,7 @@ extension Simulation {
         coordinator.uplinkCodec = c.codec
         coordinator.downlinkCodec = c.downlink
         coordinator.serverOptimizer = try c.serverOptimizerSettings()
+        coordinator.aggregation = c.aggregation
         coordinator.seed = c.seed
         let ids = (0..<c.clients).map { String(format: "client-%06d", $0) }
         // Each simulated device gets its own key pair, derived from the seed.

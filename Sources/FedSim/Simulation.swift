@@ -43,6 +43,8 @@ public final class Simulation {
     public var store: RunStore?
     /// Turns each round's mean delta into the new global model (FedAvg, FedAvgM, FedAdam, ...).
     public private(set) var serverOptimizer: ServerOptimizer
+    /// The last round's reference norm for the norm bound.
+    private var referenceNorm: Double?
 
     /// Builds the run: validates the configuration, loads and checks the data, partitions it.
     public convenience init(configuration: SimulationConfiguration) throws {
@@ -132,7 +134,9 @@ public final class Simulation {
             learningRate: Float(c.learningRate), momentum: Float(c.momentum),
             weightDecay: Float(c.weightDecay), proximalMu: Float(c.proximalMu))
         let state = RoundState(
-            aggregator: UpdateAggregator(shardRanges: network.layout.tensors.map(\.range), settings: c.aggregation), holdUpdates: cut)
+            aggregator: UpdateAggregator(
+                shardRanges: network.layout.tensors.map(\.range), settings: c.aggregation, previousReferenceNorm: referenceNorm),
+            holdUpdates: cut)
         // The model every participant starts from: the global model as the downlink codec
         // delivers it. The server keeps its own exact copy and applies deltas to that.
         var downlinkGenerator = SeededGenerator(seed: c.seed, stream: 0xD0, UInt64(round))
@@ -229,7 +233,9 @@ public final class Simulation {
         }
         if cut { try state.aggregateHeld(using: uplink, scratch: &decodedDeltas[0]) }
         var dpGenerator = SeededGenerator(seed: c.seed, stream: 0xD9, UInt64(round))
-        if let mean = state.aggregator.finish(generator: &dpGenerator).delta {
+        let (mean, aggregation) = state.aggregator.finish(generator: &dpGenerator)
+        if let reference = aggregation.referenceNorm { referenceNorm = reference }
+        if let mean {
             serverOptimizer.apply(delta: mean, to: &self.global)
         }
         let delivered = state.participations.filter(\.outcome.counts)

@@ -67,7 +67,7 @@ import Testing
         var settings = AggregationSettings()
         settings.normBound = 2
         let (clipped, outcome) = aggregate(updates, settings)
-        #expect(outcome.medianNorm == 5)
+        #expect(outcome.referenceNorm == 5)
         #expect(outcome.clipped == [3])
         // The outlier is scaled to norm 10: (6, 8, 0, 0).
         let expectedClipped: [Float] = [13.0 / 4, 15.0 / 4, 0.75, 1]
@@ -75,6 +75,12 @@ import Testing
         settings.clipToNormBound = false
         let (kept, refused) = aggregate(updates, settings)
         #expect(refused.excluded == [3])
+        // A round where attackers are the majority cannot move the bound past twice the last one.
+        var poisoned = UpdateAggregator(shardRanges: ranges, settings: settings, previousReferenceNorm: 5)
+        for u in [[3, 4, 0, 0], [300, 400, 0, 0], [400, 300, 0, 0]] as [[Float]] { poisoned.add(delta: u, shards: [0, 1], weight: 1) }
+        var g = SeededGenerator(seed: 1)
+        let capped = poisoned.finish(generator: &g).outcome
+        #expect(capped.referenceNorm == 10 && capped.excluded == [1, 2])
         let expectedKept: [Float] = [7.0 / 3, 7.0 / 3, 1, 4.0 / 3]
         #expect(kept!.enumerated().allSatisfy { abs($1 - expectedKept[$0]) < 1e-6 }, "\(kept!)")
     }

@@ -59,6 +59,9 @@ public struct UpdateAggregator: Sendable {
     public let shardRanges: [Range<Int>]
     private var stream: ShardedDeltaSum
     private var held: [(delta: [Float], shards: [Int], weight: Double)] = []
+    /// The previous round's reference norm: a round whose median is poisoned (attackers in the
+    /// majority) cannot raise the bound beyond twice it.
+    private let previousReference: Double?
 
     /// What happened to the updates beyond averaging.
     public struct Outcome: Sendable, Equatable {
@@ -67,13 +70,15 @@ public struct UpdateAggregator: Sendable {
         public var excluded: [Int] = []
         /// Indices of the updates Krum or multi-Krum selected.
         public var selected: [Int] = []
-        /// The round's median update norm (when the norm bound was on).
-        public var medianNorm: Double?
+        /// The norm the bound was relative to: the round's median update norm, capped at twice
+        /// the previous round's (pass it to the next round's aggregator).
+        public var referenceNorm: Double?
     }
 
-    public init(shardRanges: [Range<Int>], settings: AggregationSettings) {
+    public init(shardRanges: [Range<Int>], settings: AggregationSettings, previousReferenceNorm: Double? = nil) {
         self.shardRanges = shardRanges
         self.settings = settings
+        previousReference = previousReferenceNorm.flatMap { $0 > 0 && $0.isFinite ? $0 : nil }
         stream = ShardedDeltaSum(shardRanges: shardRanges)
     }
 
@@ -136,9 +141,10 @@ public struct UpdateAggregator: Sendable {
 
     private mutating func applyNormBound(_ outcome: inout Outcome) {
         let norms = held.map { Self.norm($0.delta, shards: $0.shards, ranges: shardRanges) }
-        let median = Self.median(norms)
-        outcome.medianNorm = median
-        let bound = settings.normBound * median
+        var reference = Self.median(norms)
+        if let previousReference { reference = min(reference, 2 * previousReference) }
+        outcome.referenceNorm = reference
+        let bound = settings.normBound * reference
         var kept: [(delta: [Float], shards: [Int], weight: Double)] = []
         for (i, update) in held.enumerated() {
             guard norms[i] > bound else { kept.append(update); continue }

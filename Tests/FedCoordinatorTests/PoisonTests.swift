@@ -1,0 +1,85 @@
+import FedClient
+import FedCodec
+import FedModel
+import FedProtocol
+import FedStore
+import Foundation
+import Testing
+@testable import FedCoordinator
+
+/// Poisoned updates over real sockets: the norm bound and a robust rule in the coordinator.
+@Suite(.serialized) struct PoisonTests {
+    /// An update of `value` everywhere (a huge, finite delta).
+    func constantUpdate(_ value: Float, round: UInt32, version: UInt32) throws -> Update {
+        let layout = try Network(.mnist2NN).layout
+        var g = SeededGenerator(seed: 1)
+        let shards = try layout.tensors.map { tensor in
+            ShardDelta(index: UInt16(tensor.index), encoded: try [Float](repeating: value, count: tensor.count).withUnsafeBufferPointer {
+                try ShardCodec.encode($0, spec: CodecSpec(parsing: "fp32"), generator: &g)
+            })
+        }
+        return Update(round: round, modelVersion: version, exampleCount: 600, trainingLoss: 0.1, shards: shards)
+    }
+
+    @Test(arguments: ["norm_bound", "median", "multi_krum"])
+    func aPoisonedUpdateDoesNotWreckTheModel(defense: String) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedpoison-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var config = configuration(clients: 5, perRound: 5, rounds: 3)
+        config.minimumUpdates = 5
+        config.databasePath = directory.appendingPathComponent("run.sqlite").path
+        switch defense {
+        case "norm_bound": config.aggregation.normBound = 2
+        case "median": config.aggregation.rule = .median
+        default: config.aggregation.rule = .multiKrum; config.aggregation.byzantine = 1
+        }
+        let deployment = try await Deployment.start(config)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
+        let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
+        // The attacker: a registered device that answers every task with 5.0 in every weight.
+        let attacker = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await attacker.authenticate(id: "device-4", secret: "secret-4") else {
+            Issue.record("not welcomed")
+            return
+        }
+        let attack = Task {
+            while let message = try await attacker.reader.next() {
+                if case .trainingTask(let task) = message {
+                    try await attacker.writer.send(.update(try constantUpdate(5, round: task.round, version: task.modelVersion)))
+                }
+            }
+        }
+        let rounds = try await deployment.run.value
+        attack.cancel()
+        for task in tasks { await task.value }
+        #expect(rounds.count == 3)
+        #expect(rounds.allSatisfy { $0.completed == 5 }, "the attacker's updates arrive and are accepted on the wire")
+        #expect(rounds.last!.testAccuracy! > 0.7, "accuracy \(rounds.map { $0.testAccuracy ?? 0 })")
+        if defense == "norm_bound" {
+            let events = try RunStore(path: config.databasePath!).events(kind: "norm_bound")
+            #expect(events.count == 3 && events.allSatisfy { $0.client == "device-4" }, "\(events)")
+        }
+    }
+
+    @Test func withoutADefenseThePoisonWins() async throws {
+        // The control: plain FedAvg takes the attacker's 5.0 at a fifth of its weight.
+        let config = configuration(clients: 5, perRound: 5, rounds: 1)
+        let deployment = try await Deployment.start(config)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
+        let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
+        let attacker = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await attacker.authenticate(id: "device-4", secret: "secret-4") else { return }
+        let attack = Task {
+            while let message = try await attacker.reader.next() {
+                if case .trainingTask(let task) = message {
+                    try await attacker.writer.send(.update(try constantUpdate(5, round: task.round, version: task.modelVersion)))
+                }
+            }
+        }
+        let rounds = try await deployment.run.value
+        attack.cancel()
+        for task in tasks { await task.value }
+        #expect(rounds[0].testAccuracy! < 0.5, "accuracy \(rounds[0].testAccuracy!)")
+    }
+}
