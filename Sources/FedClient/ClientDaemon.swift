@@ -6,6 +6,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// What a client daemon needs: where the coordinator is, who it is, and its private data.
 public struct ClientConfiguration: Sendable {
@@ -29,6 +30,8 @@ public struct ClientConfiguration: Sendable {
     /// First and largest reconnection delay, in seconds; each wait is jittered ±50 %.
     public var initialBackoff = 0.2
     public var maximumBackoff = 30.0
+    /// TLS towards the coordinator (nil = plain TCP).
+    public var tls: ClientTLS?
     /// Keep the model shards between rounds (a daemon: a shard unchanged since the last round is
     /// not downloaded again). Off, an idle client holds no model and no training buffers; fedsim
     /// turns it off for its thousands of in-process clients.
@@ -57,6 +60,7 @@ public actor ClientDaemon {
     public private(set) var completedRounds: [Int] = []
     private var stopped = false
     private var connection: (any Channel)?
+    private var tlsContext: NIOSSLContext?
 
     public init(configuration: ClientConfiguration, logger: Logger? = nil) {
         self.configuration = configuration
@@ -101,10 +105,17 @@ public actor ClientDaemon {
 
     /// One connection. Returns true when the coordinator said goodbye.
     private func session() async throws -> Bool {
+        if let tls = configuration.tls, tlsContext == nil { tlsContext = try tls.makeContext() }
+        let tlsContext = self.tlsContext
+        let tls = configuration.tls
+        let host = configuration.host
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connect(host: configuration.host, port: configuration.port) { channel in
-                channel.eventLoop.makeCompletedFuture { try makeFramedChannel(channel) }
+                channel.eventLoop.makeCompletedFuture {
+                    if let tlsContext, let tls { try channel.pipeline.syncOperations.addHandler(tls.makeHandler(context: tlsContext, host: host)) }
+                    return try makeFramedChannel(channel)
+                }
             }
         connection = channel.channel
         defer { connection = nil }

@@ -8,6 +8,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// The coordinator: a SwiftNIO TCP server that authenticates clients, runs training rounds
 /// (select with over-selection, send missing shards and the task, collect updates until the
@@ -125,12 +126,14 @@ public actor Coordinator {
         onBound: @Sendable (Int) -> Void = { _ in },
         progress: @Sendable @escaping (CoordinatorRound) -> Void = { _ in }
     ) async throws -> [CoordinatorRound] {
+        let tls = try configuration.tls?.makeContext()
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .bind(host: configuration.host, port: configuration.port) { [configuration] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try makeFramedChannel(
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+                    return try makeFramedChannel(
                         channel, maximumFramePayload: configuration.maximumFramePayload,
                         readTimeout: configuration.readTimeout > 0 ? .milliseconds(Int64(configuration.readTimeout * 1000)) : nil)
                 }
@@ -145,7 +148,7 @@ public actor Coordinator {
             logger.info("serving metrics", metadata: ["url": "http://\(configuration.host):\(metricsPort ?? wanted)/metrics"])
         }
         defer { metricsChannel?.close(promise: nil) }
-        logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(boundPort)", "model": "\(configuration.model.wireDescription)"])
+        logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(boundPort)", "tls": "\(configuration.tls == nil ? "off" : configuration.tls?.clientCAPath == nil ? "on" : "mutual")", "model": "\(configuration.model.wireDescription)"])
         onBound(boundPort)
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask {

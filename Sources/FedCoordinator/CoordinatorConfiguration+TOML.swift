@@ -10,6 +10,7 @@ extension CoordinatorConfiguration {
         "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
         "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
         "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
+        "tls_certificate", "tls_key", "tls_client_ca",
         "max_connections", "idle_timeout", "read_timeout", "max_frame_bytes", "max_message_bytes", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
     ]
 
@@ -106,6 +107,17 @@ extension CoordinatorConfiguration {
             c.databasePath = v.hasPrefix("/") ? v : url.deletingLastPathComponent().appendingPathComponent(v).standardizedFileURL.path
         }
         if let v = try value("metrics_port", { $0.int }, "an integer") { c.metricsPort = v }
+        func path(_ key: String) throws -> String? {
+            try value(key, { $0.string }, "a path").map { $0.hasPrefix("/") ? $0 : url.deletingLastPathComponent().appendingPathComponent($0).standardizedFileURL.path }
+        }
+        switch (try path("tls_certificate"), try path("tls_key")) {
+        case (nil, nil):
+            guard try path("tls_client_ca") == nil else { throw ConfigurationFileError("\(source): tls_client_ca needs tls_certificate and tls_key") }
+        case (let certificate?, let key?):
+            c.tls = ServerTLS(certificatePath: certificate, keyPath: key, clientCAPath: try path("tls_client_ca"))
+        default:
+            throw ConfigurationFileError("\(source): TLS needs both tls_certificate and tls_key")
+        }
         if let v = try value("keep_checkpoints", { $0.int }, "an integer") { c.retention.keepLast = max(1, v) }
         if let v = try value("checkpoint_every", { $0.int }, "an integer") { c.retention.keepEvery = max(1, v) }
         var testData: URL?

@@ -43,6 +43,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var heartbeatMilliseconds: UInt32 = 5000
     /// Seconds a connection may take to authenticate.
     public var handshakeTimeout = 10.0
+    /// TLS certificate and key (and a client CA for mutual TLS); nil = plain TCP.
+    public var tls: ServerTLS?
     /// Connections served at once; more are answered ERROR overloaded and closed.
     public var maximumConnections = 4096
     /// Seconds an authenticated client that is not training may stay silent (the coordinator

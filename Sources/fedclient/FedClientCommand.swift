@@ -64,6 +64,16 @@ struct FedClientCommand: AsyncParsableCommand {
             guard let bytes = UInt64(budget) else { fail("memory_budget must be a number of bytes, got \"\(budget)\"") }
             configuration.memoryBudget = bytes
         }
+        if settings["tls"] == "true" || settings["tls_ca"] != nil || settings["tls_certificate"] != nil {
+            let tls = ClientTLS(
+                caPath: settings["tls_ca"].map { resolve($0, base).path },
+                certificatePath: settings["tls_certificate"].map { resolve($0, base).path },
+                keyPath: settings["tls_key"].map { resolve($0, base).path },
+                serverName: settings["tls_server_name"])
+            // Fail now on a bad file, not at the first connection.
+            do { _ = try tls.makeContext() } catch { fail("\(error)") }
+            configuration.tls = tls
+        }
         let daemon = ClientDaemon(configuration: configuration)
         let signals = [SIGTERM, SIGINT].map { signal -> DispatchSourceSignal in
             Foundation.signal(signal, SIG_IGN)
@@ -84,12 +94,18 @@ struct FedClientCommand: AsyncParsableCommand {
     }
 
     private func readSettings(_ url: URL) throws -> [String: String] {
-        let known: Set<String> = ["id", "secret", "coordinator", "data", "examples", "state_file", "memory_budget"]
+        let known: Set<String> = ["id", "secret", "coordinator", "data", "examples", "state_file", "memory_budget",
+                                  "tls", "tls_ca", "tls_certificate", "tls_key", "tls_server_name"]
         do {
             let table = try TOMLTable(string: try String(contentsOf: url, encoding: .utf8))
             var result: [String: String] = [:]
             for key in table.keys {
                 guard known.contains(key) else { fail("\(url.path): unknown key \"\(key)\"") }
+                if key == "tls" {
+                    guard let on = table[key]?.bool else { fail("\(url.path): \"tls\" must be true or false") }
+                    result[key] = on ? "true" : "false"
+                    continue
+                }
                 guard let value = table[key]?.string else { fail("\(url.path): \"\(key)\" must be a string") }
                 result[key] = value
             }

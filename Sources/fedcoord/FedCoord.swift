@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import FedCoordinator
 import FedModel
+import FedProtocol
 import FedStore
 import Foundation
 import Logging
@@ -87,6 +88,8 @@ extension FedCoord {
             } catch let error as StoreError {
                 // The last committed round is intact; the run resumes from it on restart.
                 fail("\(error)")
+            } catch let error as TLSSetupError {
+                fail(error.description)
             } catch {
                 // Binding is what fails in practice (address in use, no permission).
                 fail("cannot serve on \(configuration.host):\(configuration.port): \(error)")
