@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 rounds=${1:-100}
 swift build -c release --product fedsim >/dev/null
 mkdir -p reports
-aggregators=("fedavg" "fedavg --norm-bound 2" "median" "trimmed_mean --trim-beta 0.2" "krum --krum-f 2" "multi_krum --krum-f 2")
-names=("FedAvg" "FedAvg + norm bound 2x median" "median" "trimmed mean (beta 0.2)" "Krum (f 2)" "multi-Krum (f 2)")
+aggregators=("fedavg" "fedavg --norm-bound 1.5" "median" "trimmed_mean --trim-beta 0.2" "krum --krum-f 2" "multi_krum --krum-f 4"
+             "multi_krum --krum-f 4 --norm-bound 1.5")
+names=("FedAvg" "FedAvg + norm bound 1.5x median" "median" "trimmed mean (beta 0.2)" "Krum (f 2)" "multi-Krum (f 4)"
+       "multi-Krum (f 4) + norm bound 1.5x")
 accuracy() { # args → final accuracy
     .build/release/fedsim --config Simulations/mnist-2nn-noniid.toml --rounds "$rounds" --progress none --quiet "$@" \
         | sed -n 's/.*final accuracy \([0-9.]*\).*/\1/p'
