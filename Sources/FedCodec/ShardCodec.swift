@@ -254,13 +254,14 @@ extension Array where Element == UInt8 {
     }
 }
 
-/// SplitMix64: small and fast; used for the per-value draws of stochastic rounding.
-struct SplitMix64: RandomNumberGenerator {
+/// SplitMix64: small and fast; used for the per-value draws of stochastic rounding (and by the
+/// fuzzer for its inputs).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
     var state: UInt64
-    init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) { state = seed }
 
     @inline(__always)
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9

@@ -29,18 +29,18 @@ public struct FuzzDriver {
         }
     }
 
-    private var generator: SplitMix
+    private var generator: SplitMix64
     private let frameCorpus: [[UInt8]]
     private let shardCorpus: [(bytes: [UInt8], count: Int)]
 
     public init(seed: UInt64) {
-        generator = SplitMix(state: seed)
+        generator = SplitMix64(seed: seed)
         frameCorpus = Self.sampleMessages.map { message in
             var buffer = ByteBuffer()
             for frame in MessageFramer(maximumFramePayload: 64).frames(for: message) { frame.write(to: &buffer) }
             return Array(buffer.readableBytesView)
         }
-        var g = SplitMix(state: seed ^ 0x5EED)
+        var g = SplitMix64(seed: seed ^ 0x5EED)
         var corpus: [(bytes: [UInt8], count: Int)] = []
         for spec in ["fp32", "fp32+raw", "fp16", "q8", "q8+g32", "q4+raw", "q2", "sign", "topk:0.1+q8", "topk:0.5+fp16+raw", "topk:0.02+q4"] {
             for count in [0, 1, 7, 64, 300] {
@@ -186,16 +186,4 @@ public struct FuzzDriver {
         .heartbeat(timestamp: 1_700_000_000_000),
         .goodbye(reason: "shutting down"),
     ]
-}
-
-/// SplitMix64: a small seeded generator for the fuzzer.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

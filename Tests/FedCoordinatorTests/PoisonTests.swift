@@ -21,6 +21,21 @@ import Testing
         return Update(round: round, modelVersion: version, exampleCount: 600, trainingLoss: 0.1, shards: shards)
     }
 
+    /// Connects the registered device-4 and answers every task with 5.0 in every weight.
+    func startAttacker(port: Int) async throws -> Task<Void, Error> {
+        let attacker = try await FramedPeer.connect(port: port)
+        guard case .welcome? = try await attacker.authenticate(id: "device-4", secret: "secret-4") else {
+            throw CancellationError()
+        }
+        return Task {
+            while let message = try await attacker.reader.next() {
+                if case .trainingTask(let task) = message {
+                    try await attacker.writer.send(.update(try constantUpdate(5, round: task.round, version: task.modelVersion)))
+                }
+            }
+        }
+    }
+
     @Test(arguments: ["norm_bound", "median", "multi_krum"])
     func aPoisonedUpdateDoesNotWreckTheModel(defense: String) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedpoison-\(UUID().uuidString)")
@@ -37,19 +52,7 @@ import Testing
         let deployment = try await Deployment.start(config)
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
         let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
-        // The attacker: a registered device that answers every task with 5.0 in every weight.
-        let attacker = try await FramedPeer.connect(port: deployment.port)
-        guard case .welcome? = try await attacker.authenticate(id: "device-4", secret: "secret-4") else {
-            Issue.record("not welcomed")
-            return
-        }
-        let attack = Task {
-            while let message = try await attacker.reader.next() {
-                if case .trainingTask(let task) = message {
-                    try await attacker.writer.send(.update(try constantUpdate(5, round: task.round, version: task.modelVersion)))
-                }
-            }
-        }
+        let attack = try await startAttacker(port: deployment.port)
         let rounds = try await deployment.run.value
         attack.cancel()
         for task in tasks { await task.value }
@@ -68,15 +71,7 @@ import Testing
         let deployment = try await Deployment.start(config)
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
         let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
-        let attacker = try await FramedPeer.connect(port: deployment.port)
-        guard case .welcome? = try await attacker.authenticate(id: "device-4", secret: "secret-4") else { return }
-        let attack = Task {
-            while let message = try await attacker.reader.next() {
-                if case .trainingTask(let task) = message {
-                    try await attacker.writer.send(.update(try constantUpdate(5, round: task.round, version: task.modelVersion)))
-                }
-            }
-        }
+        let attack = try await startAttacker(port: deployment.port)
         let rounds = try await deployment.run.value
         attack.cancel()
         for task in tasks { await task.value }
