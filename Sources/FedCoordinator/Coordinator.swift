@@ -56,6 +56,8 @@ public actor Coordinator {
     private var finished = false
     /// Connections being served (not actor state: the accept loop counts them synchronously).
     private nonisolated let openConnections = NIOLockedValueBox(0)
+    /// Whether new connections are taken (false once the run is ending).
+    private nonisolated let accepting = NIOLockedValueBox(true)
     private let store: RunStore?
     /// The first round this process runs (after the last committed one when resuming).
     public let firstRound: Int
@@ -129,9 +131,15 @@ public actor Coordinator {
         let tls = try configuration.tls?.makeContext()
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Thousands of devices may connect at once (fedsim --transport tcp, a restart):
+            // a deep accept queue keeps their SYNs from being dropped while accepts catch up.
+            .serverChannelOption(.backlog, value: 4096)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .bind(host: configuration.host, port: configuration.port) { [configuration] channel in
+            .bind(host: configuration.host, port: configuration.port) { [configuration, accepting] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // While shutting down, new connections are closed here: one handed to an
+                    // accept loop that has ended would be dropped unfinished.
+                    guard accepting.withLockedValue({ $0 }) else { throw ChannelError.ioOnClosedChannel }
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     return try makeFramedChannel(
                         channel, maximumFramePayload: configuration.maximumFramePayload,
@@ -150,12 +158,22 @@ public actor Coordinator {
         defer { metricsChannel?.close(promise: nil) }
         logger.info("listening", metadata: ["host": "\(configuration.host)", "port": "\(boundPort)", "tls": "\(configuration.tls == nil ? "off" : configuration.tls?.clientCAPath == nil ? "on" : "mutual")", "model": "\(configuration.model.wireDescription)"])
         onBound(boundPort)
-        try await withThrowingDiscardingTaskGroup { group in
+        let accepting = self.accepting
+        try await withTaskCancellationHandler {
+            try await withThrowingDiscardingTaskGroup { group in
             group.addTask {
                 defer { server.channel.close(promise: nil) }
                 defer { Task { await self.markFinished() } }
-                try await self.runRounds(progress: progress)
+                do {
+                    try await self.runRounds(progress: progress)
+                } catch {
+                    accepting.withLockedValue { $0 = false }
+                    throw error
+                }
                 await self.dismissClients(reason: "training finished")
+                // Stop taking connections, and let those already accepted reach the loop.
+                accepting.withLockedValue { $0 = false }
+                try? await Task.sleep(nanoseconds: 100_000_000)
             }
             group.addTask { await self.keepConnectionsAlive() }
             try await server.executeThenClose { inbound in
@@ -174,6 +192,9 @@ public actor Coordinator {
                     }
                 }
             }
+            }
+        } onCancel: {
+            accepting.withLockedValue { $0 = false }
         }
         return history
     }

@@ -56,13 +56,19 @@ extension Simulation {
             client.port = port
             client.seed = c.seed
             client.seedStream = UInt64(index)
-            client.reconnect = false
+            // A connect that fails while a thousand others queue up is retried; the daemons
+            // end at the coordinator's GOODBYE (or are stopped below).
+            client.reconnect = true
+            client.initialBackoff = 0.05
+            client.maximumBackoff = 1
             client.retainModel = false
             return ClientDaemon(configuration: client, logger: quiet)
         }
         let clientTasks = daemons.map { daemon in Task { await daemon.run() } }
-        let history = try await run.value
+        let outcome = await run.result
+        for daemon in daemons { await daemon.stop() }
         for task in clientTasks { await task.value }
+        let history = try outcome.get()
         return reportOverTCP(history.map(RoundRecord.init(round:)))
     }
 }

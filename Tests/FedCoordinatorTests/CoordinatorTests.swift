@@ -38,6 +38,12 @@ struct Deployment {
         return Deployment(coordinator: coordinator, port: port, run: run)
     }
 
+    /// The run's rounds; if the test is cancelled (its time limit), the run is cancelled too,
+    /// so a stuck round fails the test instead of hanging the suite.
+    func rounds() async throws -> [CoordinatorRound] {
+        try await withTaskCancellationHandler { try await run.value } onCancel: { run.cancel() }
+    }
+
     func client(_ id: String, secret: String, indices: [Int32]) -> ClientDaemon {
         var c = ClientConfiguration(clientID: id, secret: testSecret(secret), data: DatasetSlice(dataset: Data6k.train, indices: indices))
         c.port = port

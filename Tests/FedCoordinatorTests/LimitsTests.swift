@@ -8,7 +8,7 @@ import Testing
 @testable import FedCoordinator
 
 /// Connection limits: too many connections, slow-loris peers, silent peers, oversized frames.
-@Suite(.serialized) struct LimitsTests {
+@Suite(.serialized, .timeLimit(.minutes(2))) struct LimitsTests {
     /// A raw TCP connection that sends bytes on demand and reports the first ERROR it receives.
     final class RawPeer: @unchecked Sendable {
         let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
@@ -96,8 +96,9 @@ import Testing
         // does the same, and stays.
         var config = configuration(clients: 3, perRound: 2, rounds: 1)
         config.minimumClients = 2
-        config.heartbeatMilliseconds = 100
-        config.idleTimeout = 0.8
+        // Generous against a loaded machine: the live daemon must answer within 3 s.
+        config.heartbeatMilliseconds = 200
+        config.idleTimeout = 3
         let deployment = try await Deployment.start(config)
         defer { deployment.run.cancel() }
         let silent = try await FramedPeer.connect(port: deployment.port)
@@ -107,15 +108,15 @@ import Testing
         }
         let start = Date()
         #expect(try await silent.nextError() == .timeout)
-        #expect(Date().timeIntervalSince(start) < 5)
+        #expect(Date().timeIntervalSince(start) < 15)
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 3, seed: 1)
         let live = deployment.client("device-0", secret: "secret-0", indices: shares[0])
         let liveTask = Task { await live.run() }
-        try await Task.sleep(nanoseconds: 1_600_000_000)
+        try await Task.sleep(nanoseconds: 4_000_000_000)
         // The live daemon is still connected: with a second client the round runs with both.
         let second = deployment.client("device-1", secret: "secret-1", indices: shares[1])
         let secondTask = Task { await second.run() }
-        let rounds = try await deployment.run.value
+        let rounds = try await deployment.rounds()
         #expect(rounds.count == 1 && rounds[0].completed == 2)
         await secondTask.value
         await liveTask.value

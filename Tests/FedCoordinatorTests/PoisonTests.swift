@@ -8,7 +8,7 @@ import Testing
 @testable import FedCoordinator
 
 /// Poisoned updates over real sockets: the norm bound and a robust rule in the coordinator.
-@Suite(.serialized) struct PoisonTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct PoisonTests {
     /// An update of `value` everywhere (a huge, finite delta).
     func constantUpdate(_ value: Float, round: UInt32, version: UInt32) throws -> Update {
         let layout = try Network(.mnist2NN).layout
@@ -53,7 +53,7 @@ import Testing
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
         let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
         let attack = try await startAttacker(port: deployment.port)
-        let rounds = try await deployment.run.value
+        let rounds = try await deployment.rounds()
         attack.cancel()
         for task in tasks { await task.value }
         #expect(rounds.count == 3)
@@ -72,7 +72,7 @@ import Testing
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
         let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
         let attack = try await startAttacker(port: deployment.port)
-        let rounds = try await deployment.run.value
+        let rounds = try await deployment.rounds()
         attack.cancel()
         for task in tasks { await task.value }
         #expect(rounds[0].testAccuracy! < 0.5, "accuracy \(rounds[0].testAccuracy!)")

@@ -7,7 +7,7 @@ import Testing
 @testable import FedCoordinator
 
 /// Clients registered in the database (`fedcoord clients add`), revoked, unknown and replaying.
-@Suite(.serialized) struct RegistryTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct RegistryTests {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedreg-\(UUID().uuidString)")
 
     func start(minimumClients: Int = 3) async throws -> (Deployment, RunStore) {

@@ -71,7 +71,7 @@ struct TestPKI {
     }
 }
 
-@Suite(.serialized) struct TLSTests {
+@Suite(.serialized, .timeLimit(.minutes(3))) struct TLSTests {
     func run(server: ServerTLS, clients: [(id: Int, tls: ClientTLS?)], rounds: Int = 2) async throws -> (rounds: [CoordinatorRound], completed: [Int]) {
         var config = configuration(clients: clients.count, perRound: clients.count, rounds: rounds)
         config.minimumUpdates = clients.count
@@ -88,7 +88,7 @@ struct TestPKI {
             return ClientDaemon(configuration: c)
         }
         let tasks = daemons.map { daemon in Task { await daemon.run() } }
-        let result = try await deployment.run.value
+        let result = try await deployment.rounds()
         for task in tasks { await task.value }
         var completed: [Int] = []
         for daemon in daemons { completed.append(await daemon.completedRounds.count) }
@@ -151,7 +151,7 @@ struct TestPKI {
         c.tls = ClientTLS(caPath: pki.path("ca.pem"), certificatePath: pki.path("client.pem"), keyPath: pki.path("client.key"))
         let daemon = ClientDaemon(configuration: c)
         let task = Task { await daemon.run() }
-        let rounds = try await deployment.run.value
+        let rounds = try await deployment.rounds()
         await task.value
         #expect(rounds.count == 1 && rounds[0].completed == 1)
     }
