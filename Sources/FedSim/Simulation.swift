@@ -45,6 +45,9 @@ public final class Simulation {
     public private(set) var serverOptimizer: ServerOptimizer
     /// The last round's reference norm for the norm bound.
     private var referenceNorm: Double?
+    /// Trust rule: the server's directions on its trusted sample, and what it has seen of each client.
+    private let trusted: TrustedDirections?
+    private var ledger = TrustLedger()
 
     /// Builds the run: validates the configuration, loads and checks the data, partitions it.
     public convenience init(configuration: SimulationConfiguration) throws {
@@ -98,6 +101,13 @@ public final class Simulation {
         profiles = (0..<configuration.clients).map { configuration.devices.profile(client: $0, seed: configuration.seed) }
         testSlice = test.all
         serverOptimizer = ServerOptimizer(settings: try configuration.serverOptimizerSettings(), parameterCount: network.parameterCount)
+        do {
+            trusted = configuration.aggregation.needsTrustedDirections
+                ? try TrustedDirections(network: network, data: TrustedDirections.sample(train, count: configuration.trustedExamples, seed: configuration.seed))
+                : nil
+        } catch let error as DataError {
+            throw ConfigurationError("trusted_examples: \(error.problem)")
+        }
     }
 
     /// The clients sampled in `round`: C·K distinct clients (⌈C·K × over_selection⌉ with
@@ -135,7 +145,7 @@ public final class Simulation {
             weightDecay: Float(c.weightDecay), proximalMu: Float(c.proximalMu))
         let state = RoundState(
             aggregator: UpdateAggregator(
-                shardRanges: network.layout.tensors.map(\.range), settings: c.aggregation, previousReferenceNorm: referenceNorm),
+                shardRanges: network.layout.tensors.map(\.range), settings: c.aggregation, previousReferenceNorm: referenceNorm, ledger: ledger),
             holdUpdates: cut)
         // The model every participant starts from: the global model as the downlink codec
         // delivers it. The server keeps its own exact copy and applies deltas to that.
@@ -231,10 +241,14 @@ public final class Simulation {
             let enough = accepted == c.clientsPerRound
             simulatedSeconds = devices.hasClock ? (enough || deadline == .infinity ? last : deadline) : nil
         }
-        if cut { try state.aggregateHeld(using: uplink, scratch: &decodedDeltas[0]) }
+        if cut { try state.aggregateHeld(using: uplink, scratch: &decodedDeltas[0], clients: selected) }
+        if let trusted {
+            state.aggregator.setTrustedDirections(trusted.directions(from: self.global, learningRate: Float(c.learningRate), seed: c.seed, round: round))
+        }
         var dpGenerator = SeededGenerator(seed: c.seed, stream: 0xD9, UInt64(round))
         let (mean, aggregation) = state.aggregator.finish(generator: &dpGenerator)
         if let reference = aggregation.referenceNorm { referenceNorm = reference }
+        ledger = state.aggregator.ledger
         if let mean {
             serverOptimizer.apply(delta: mean, to: &self.global)
         }
@@ -367,11 +381,11 @@ final class RoundState: @unchecked Sendable {
     }
 
     /// Decodes and adds the held updates that count (not late), in sampling order.
-    func aggregateHeld(using codec: UpdateCodec, scratch: inout [Float]) throws {
+    func aggregateHeld(using codec: UpdateCodec, scratch: inout [Float], clients: [Int]) throws {
         for p in participations where p.outcome.counts {
             guard let encoded = held[p.slot] else { continue }
             try codec.decode(encoded, into: &scratch)
-            aggregator.add(delta: scratch, shards: allShards, weight: Double(p.outcome.examples))
+            aggregator.add(delta: scratch, shards: allShards, weight: Double(p.outcome.examples), client: String(clients[p.slot]))
         }
         held = [:]
     }

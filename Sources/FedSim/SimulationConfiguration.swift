@@ -74,6 +74,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var aggregation = AggregationSettings()
     private var aggregatorName: String?
     private var normBoundActionName: String?
+    /// Trust rule: how many training examples the server holds as its trusted sample (drawn
+    /// from the training set with the seed; the clients' partition is unchanged).
+    public var trustedExamples = 1000
     /// Fraction of the clients that are malicious (chosen by the seed).
     public var attackers = 0.0
     /// What the malicious clients do: sign_flip, scale, noise or label_flip.
@@ -93,7 +96,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         "server_momentum", "server_beta2", "server_tau", "transport",
         "compute_speed", "uplink_mbps", "downlink_mbps", "availability", "dropout", "over_selection", "round_deadline",
         "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
-        "attackers", "attack", "attack_scale", "attack_noise",
+        "trusted_examples", "trust_threshold", "attackers", "attack", "attack_scale", "attack_noise",
     ]
 
     /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
@@ -210,6 +213,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try string("norm_bound_action") { c.normBoundAction = v }
         if let v = try double("dp_clip") { c.aggregation.dpClip = v }
         if let v = try double("dp_noise_multiplier") { c.aggregation.dpNoiseMultiplier = v }
+        if let v = try int("trusted_examples") { c.trustedExamples = v }
+        if let v = try double("trust_threshold") { c.aggregation.trustThreshold = v }
         if let v = try double("attackers") { c.attackers = v }
         if let v = try string("attack") { c.attack = v }
         if let v = try double("attack_scale") { c.attackScale = v }
@@ -245,6 +250,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         }
         if let normBoundActionName { throw ConfigurationError("norm_bound_action must be clip or refuse, got \"\(normBoundActionName)\"") }
         do { try aggregation.validate() } catch let error as ModelError { throw ConfigurationError(error.description) }
+        guard trustedExamples >= 1 else { throw ConfigurationError("trusted_examples must be at least 1, got \(trustedExamples)") }
         guard attackers >= 0, attackers < 1 else { throw ConfigurationError("attackers must be in [0, 1), got \(attackers)") }
         guard Attack(rawValue: attack) != nil else {
             throw ConfigurationError("attack must be one of \(Attack.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(attack)\"")
@@ -253,6 +259,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
         switch transport {
         case "memory": break
         case "tcp":
+            guard !aggregation.needsTrustedDirections else {
+                throw ConfigurationError("transport tcp: the trust aggregator is simulated by the memory transport only (the coordinator's trusted_data sets it for fedcoord)")
+            }
             guard attackers == 0 else {
                 throw ConfigurationError("transport tcp: malicious clients are simulated by the memory transport only (set the coordinator's aggregator with fedcoord)")
             }
@@ -266,7 +275,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         }
     }
 
-    /// The aggregation rule's name (`fedavg`, `median`, `trimmed_mean`, `krum`, `multi_krum`);
+    /// The aggregation rule's name (`fedavg`, `median`, `trimmed_mean`, `krum`, `multi_krum`, `trust`);
     /// an unknown name is kept as written so that ``validate()`` can name it.
     public var aggregator: String {
         get { aggregatorName ?? aggregation.rule.rawValue }

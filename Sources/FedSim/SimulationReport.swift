@@ -165,7 +165,8 @@ extension SimulationConfiguration {
             "aggregator": .string(aggregator), "trim_beta": .double(aggregation.trimBeta), "krum_f": .int(aggregation.byzantine),
             "multi_krum_m": .int(aggregation.multiKrumSelect), "norm_bound": .double(aggregation.normBound),
             "norm_bound_action": .string(normBoundAction), "dp_clip": .double(aggregation.dpClip),
-            "dp_noise_multiplier": .double(aggregation.dpNoiseMultiplier),
+            "dp_noise_multiplier": .double(aggregation.dpNoiseMultiplier), "trusted_examples": .int(trustedExamples),
+            "trust_threshold": .double(aggregation.trustThreshold),
             "attackers": .double(attackers), "attack": .string(attack), "attack_scale": .double(attackScale), "attack_noise": .double(attackNoise),
         ]
     }

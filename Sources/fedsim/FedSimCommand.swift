@@ -40,10 +40,11 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("server-optimizer"), help: "fedavg, fedavgm, fedadagrad, fedadam or fedyogi.") var serverOptimizer: String?
     @Option(name: .customLong("server-lr"), help: "Server learning rate.") var serverLearningRate: Double?
     @Option(name: .customLong("server-momentum"), help: "Server momentum (FedAvgM) or beta1 (adaptive).") var serverMomentum: Double?
-    @Option(help: "Aggregation rule: fedavg, median, trimmed_mean, krum or multi_krum.") var aggregator: String?
+    @Option(help: "Aggregation rule: fedavg, median, trimmed_mean, krum, multi_krum or trust (needs the server's own trusted examples).") var aggregator: String?
     @Option(name: .customLong("trim-beta"), help: "Fraction trimmed at each end by trimmed_mean.") var trimBeta: Double?
     @Option(name: .customLong("krum-f"), help: "Attackers Krum tolerates.") var krumF: Int?
     @Option(name: .customLong("norm-bound"), help: "Clip updates whose norm exceeds this multiple of the round's median (0 = off).") var normBound: Double?
+    @Option(name: .customLong("trusted-examples"), help: "trust: training examples the server holds itself (default 1000).") var trustedExamples: Int?
     @Option(name: .customLong("dp-clip"), help: "Central DP: clip each update to this L2 norm (0 = off).") var dpClip: Double?
     @Option(name: .customLong("dp-noise"), help: "Central DP: Gaussian noise multiplier on the clipped sum.") var dpNoise: Double?
     @Option(help: "Fraction of malicious clients.") var attackers: Double?
@@ -109,6 +110,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let trimBeta { c.aggregation.trimBeta = trimBeta }
         if let krumF { c.aggregation.byzantine = krumF }
         if let normBound { c.aggregation.normBound = normBound }
+        if let trustedExamples { c.trustedExamples = trustedExamples }
         if let dpClip { c.aggregation.dpClip = dpClip }
         if let dpNoise { c.aggregation.dpNoiseMultiplier = dpNoise }
         if let attackers { c.attackers = attackers }

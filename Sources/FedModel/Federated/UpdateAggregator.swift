@@ -13,6 +13,14 @@ public struct AggregationSettings: Sendable, Equatable {
         case krum
         /// The mean of the `multiKrumSelect` best-scoring updates by Krum's score.
         case multiKrum = "multi_krum"
+        /// Trust bootstrapping after FLTrust (Cao et al. 2021): the server computes, on a small
+        /// dataset of its own, one descent direction per class; an update scores the sum of its
+        /// highest and lowest cosine with them (a sign-flipped update scores the negative of the
+        /// honest one), a client's trust is its mean score over its updates, and only clients
+        /// trusted above `trustThreshold` × the round's median score are averaged (FedAvg), with
+        /// norms clipped to `normBound` (default 1.5) × their median. Needs
+        /// ``UpdateAggregator/setTrustedDirections(_:)`` every round.
+        case trust
     }
 
     public var rule = Rule.fedavg
@@ -35,6 +43,13 @@ public struct AggregationSettings: Sendable, Equatable {
 
     public init(rule: Rule = .fedavg) { self.rule = rule }
 
+    /// Trust rule: a client counts when its mean score exceeds this fraction of the round's
+    /// median score (and 0).
+    public var trustThreshold = 0.2
+
+    /// Whether the rule needs the server's own directions on trusted data each round.
+    public var needsTrustedDirections: Bool { rule == .trust }
+
     /// Whether the round's updates must be held until it closes (anything but plain FedAvg
     /// needs the whole set, or at least the round's median norm).
     public var holdsUpdates: Bool { rule != .fedavg || normBound > 0 }
@@ -46,6 +61,7 @@ public struct AggregationSettings: Sendable, Equatable {
         guard normBound == 0 || (normBound >= 1 && normBound.isFinite) else { throw ModelError("norm_bound must be 0 (off) or at least 1, got \(normBound)") }
         guard dpClip >= 0, dpClip.isFinite else { throw ModelError("dp_clip must be non-negative, got \(dpClip)") }
         guard dpNoiseMultiplier >= 0, dpNoiseMultiplier.isFinite else { throw ModelError("dp_noise_multiplier must be non-negative, got \(dpNoiseMultiplier)") }
+        guard trustThreshold >= 0, trustThreshold < 1 else { throw ModelError("trust_threshold must be in [0, 1), got \(trustThreshold)") }
         guard dpNoiseMultiplier == 0 || dpClip > 0 else { throw ModelError("dp_noise_multiplier needs dp_clip (the noise is scaled by the clipping norm)") }
     }
 }
@@ -58,25 +74,39 @@ public struct UpdateAggregator: Sendable {
     public let settings: AggregationSettings
     public let shardRanges: [Range<Int>]
     private var stream: ShardedDeltaSum
-    private var held: [(delta: [Float], shards: [Int], weight: Double)] = []
+    private var held: [(delta: [Float], shards: [Int], weight: Double, client: String?)] = []
     /// The previous round's reference norm: a round whose median is poisoned (attackers in the
     /// majority) cannot raise the bound beyond twice it.
     private let previousReference: Double?
+    /// The server's descent directions on its trusted data, one per class (trust rule).
+    private var trustedDirections: [[Float]] = []
 
     /// What happened to the updates beyond averaging.
     public struct Outcome: Sendable, Equatable {
-        /// Indices (in arrival order) of updates clipped or left out by the norm bound.
+        /// Indices (in arrival order) of updates clipped or left out by the norm bound (the trust
+        /// rule clips trusted updates).
         public var clipped: [Int] = []
         public var excluded: [Int] = []
         /// Indices of the updates Krum or multi-Krum selected.
         public var selected: [Int] = []
+        /// Trust rule, in arrival order: each update's score this round, its client's trust (mean
+        /// score so far), the threshold trust had to exceed, and the updates left out.
+        public var scores: [Double] = []
+        public var trust: [Double] = []
+        public var trustThreshold: Double?
+        public var untrusted: [Int] = []
         /// The norm the bound was relative to: the round's median update norm, capped at twice
         /// the previous round's (pass it to the next round's aggregator).
         public var referenceNorm: Double?
     }
 
-    public init(shardRanges: [Range<Int>], settings: AggregationSettings, previousReferenceNorm: Double? = nil) {
+    /// Each client's trust scores so far (trust rule); read it back after
+    /// ``finish(generator:)`` and pass it to the next round's aggregator.
+    public private(set) var ledger: TrustLedger
+
+    public init(shardRanges: [Range<Int>], settings: AggregationSettings, previousReferenceNorm: Double? = nil, ledger: TrustLedger = TrustLedger()) {
         self.shardRanges = shardRanges
+        self.ledger = ledger
         self.settings = settings
         previousReference = previousReferenceNorm.flatMap { $0 > 0 && $0.isFinite ? $0 : nil }
         stream = ShardedDeltaSum(shardRanges: shardRanges)
@@ -84,15 +114,25 @@ public struct UpdateAggregator: Sendable {
 
     public var count: Int { settings.holdsUpdates ? held.count : stream.contributions }
 
-    /// Adds a delta covering `shards` (other entries of `delta` are ignored).
-    public mutating func add(delta: [Float], shards: [Int], weight: Double) {
+    /// Adds a delta covering `shards` (other entries of `delta` are ignored). `client` names the
+    /// sender for the rules that remember clients across rounds (FLTrust's trust record).
+    public mutating func add(delta: [Float], shards: [Int], weight: Double, client: String? = nil) {
         var delta = delta
         if settings.dpClip > 0 { Self.clip(&delta, shards: shards, ranges: shardRanges, to: settings.dpClip) }
         if settings.holdsUpdates {
-            held.append((delta, shards, weight))
+            held.append((delta, shards, weight, client))
         } else {
             stream.add(delta: delta, shards: shards, weight: settings.dpClip > 0 ? 1 : weight)
         }
+    }
+
+    /// Sets the server's descent directions for this round (trust rule): one per class of its
+    /// trusted data, from the same global model. Without at least two, nobody is trusted and
+    /// the round has no delta.
+    public mutating func setTrustedDirections(_ directions: [[Float]]) {
+        let count = shardRanges.last?.upperBound ?? 0
+        precondition(directions.allSatisfy { $0.count == count }, "trusted direction does not match the model")
+        trustedDirections = directions
     }
 
     /// The aggregate delta (nil when no update was added) and what the rules did.
@@ -102,7 +142,7 @@ public struct UpdateAggregator: Sendable {
         if !settings.holdsUpdates {
             result = stream.mean
         } else if !held.isEmpty {
-            if settings.normBound > 0 { applyNormBound(&outcome) }
+            if settings.normBound > 0, settings.rule != .trust { applyNormBound(&outcome) }
             result = robustAggregate(&outcome)
         }
         if settings.dpNoiseMultiplier > 0, var noisy = result {
@@ -145,13 +185,13 @@ public struct UpdateAggregator: Sendable {
         if let previousReference { reference = min(reference, 2 * previousReference) }
         outcome.referenceNorm = reference
         let bound = settings.normBound * reference
-        var kept: [(delta: [Float], shards: [Int], weight: Double)] = []
+        var kept: [(delta: [Float], shards: [Int], weight: Double, client: String?)] = []
         for (i, update) in held.enumerated() {
             guard norms[i] > bound else { kept.append(update); continue }
             if settings.clipToNormBound {
                 var delta = update.delta
                 Self.clip(&delta, shards: update.shards, ranges: shardRanges, to: bound)
-                kept.append((delta, update.shards, update.weight))
+                kept.append((delta, update.shards, update.weight, update.client))
                 outcome.clipped.append(i)
             } else {
                 outcome.excluded.append(i)
@@ -169,7 +209,7 @@ public struct UpdateAggregator: Sendable {
 
     // MARK: Robust rules, shard by shard
 
-    private func robustAggregate(_ outcome: inout Outcome) -> [Float]? {
+    private mutating func robustAggregate(_ outcome: inout Outcome) -> [Float]? {
         guard !held.isEmpty else { return nil }
         var result = [Float](repeating: 0, count: shardRanges.last?.upperBound ?? 0)
         var selectedAnywhere = Set<Int>()
@@ -198,10 +238,76 @@ public struct UpdateAggregator: Sendable {
                 let chosen = krum(members, range: range)
                 selectedAnywhere.formUnion(chosen)
                 weightedMean(chosen, range: range, into: &result)
+            case .trust:
+                break
             }
         }
         outcome.selected = selectedAnywhere.sorted()
+        if settings.rule == .trust { return trustedMean(&outcome) }
         return result
+    }
+
+    /// The trust rule over whole updates (each scored on the shards it carries; see
+    /// ``AggregationSettings/Rule/trust``). Nil when nobody is trusted.
+    private mutating func trustedMean(_ outcome: inout Outcome) -> [Float]? {
+        var norms = [Double](repeating: 0, count: held.count)
+        for (k, update) in held.enumerated() {
+            let (score, norm) = trustScore(update.delta, shards: update.shards)
+            norms[k] = norm
+            outcome.scores.append(score)
+            outcome.trust.append(update.client.map { ledger.record($0, score: score).meanScore } ?? score)
+        }
+        let threshold = max(0, settings.trustThreshold * Self.median(outcome.scores))
+        let trusted = held.indices.filter { outcome.trust[$0] > threshold }
+        outcome.untrusted = held.indices.filter { outcome.trust[$0] <= threshold }
+        outcome.trustThreshold = threshold
+        guard !trusted.isEmpty else { return nil }
+        // The magnitude: cosines ignore it, so a trusted update is clipped to a multiple of the
+        // trusted updates' median norm (capped at 1.5 × the previous round's reference).
+        var reference = Self.median(trusted.map { norms[$0] })
+        if let previousReference { reference = min(reference, 1.5 * previousReference) }
+        outcome.referenceNorm = reference
+        let bound = (settings.normBound > 0 ? settings.normBound : 1.5) * reference
+        var result = [Float](repeating: 0, count: shardRanges.last?.upperBound ?? 0)
+        for (shard, range) in shardRanges.enumerated() {
+            let members = trusted.filter { held[$0].shards.contains(shard) }
+            let total = members.reduce(0.0) { $0 + held[$1].weight }
+            guard total > 0 else { continue }
+            for m in members {
+                let scale = norms[m] > bound ? bound / norms[m] : 1
+                let w = Float(held[m].weight / total * scale)
+                let delta = held[m].delta
+                for i in range { result[i] += w * delta[i] }
+            }
+        }
+        outcome.clipped = trusted.filter { norms[$0] > bound }
+        return result
+    }
+
+    /// max_c cos(Δ, g_c) + min_c cos(Δ, g_c) over the trusted directions g_c, on `shards`, and
+    /// ‖Δ‖ there. Antisymmetric (−Δ scores the negative); -1 without two directions or for a
+    /// zero or non-finite update.
+    private func trustScore(_ delta: [Float], shards: [Int]) -> (score: Double, norm: Double) {
+        var own = 0.0
+        for shard in shards { for i in shardRanges[shard] { own += Double(delta[i]) * Double(delta[i]) } }
+        let norm = own.squareRoot()
+        guard trustedDirections.count >= 2, own > 0, own.isFinite else { return (-1, norm.isFinite ? norm : 0) }
+        var highest = -Double.infinity, lowest = Double.infinity
+        for direction in trustedDirections {
+            var dot = 0.0, server = 0.0
+            for shard in shards {
+                for i in shardRanges[shard] {
+                    let y = Double(direction[i])
+                    dot += Double(delta[i]) * y
+                    server += y * y
+                }
+            }
+            let cosine = server > 0 ? dot / (norm * server.squareRoot()) : 0
+            highest = max(highest, cosine)
+            lowest = min(lowest, cosine)
+        }
+        let score = highest + lowest
+        return (score.isFinite ? score : -1, norm)
     }
 
     private func weightedMean(_ members: [Int], range: Range<Int>, into result: inout [Float]) {
@@ -238,5 +344,30 @@ public struct UpdateAggregator: Sendable {
         let order = (0..<n).sorted { (scores[$0], $0) < (scores[$1], $1) }
         let keep = settings.rule == .krum ? 1 : (settings.multiKrumSelect > 0 ? min(settings.multiKrumSelect, n) : max(1, n - settings.byzantine))
         return order.prefix(keep).map { members[$0] }
+    }
+}
+
+/// What the server has seen of each client under the trust rule: the sum and count of its
+/// updates' scores. A client is trusted while its mean is high enough, so a steady attacker is
+/// left out after its first updates even when one round's score is noisy.
+public struct TrustLedger: Sendable, Equatable {
+    public struct Record: Sendable, Equatable {
+        public var scoreSum = 0.0
+        public var updates = 0
+        public var meanScore: Double { updates > 0 ? scoreSum / Double(updates) : 0 }
+    }
+
+    public private(set) var records: [String: Record] = [:]
+
+    public init() {}
+
+    /// Adds one update's score to `client`'s record and returns the record.
+    @discardableResult
+    public mutating func record(_ client: String, score: Double) -> Record {
+        var record = records[client] ?? Record()
+        record.scoreSum += score
+        record.updates += 1
+        records[client] = record
+        return record
     }
 }
