@@ -43,6 +43,10 @@ public actor Coordinator {
     private var aggregatedClients: [String] = []
     /// The last round's reference norm for the norm bound.
     private var referenceNorm: Double?
+    /// Trust aggregator: the server's directions on its trusted data, and each client's record
+    /// (kept for the life of the process).
+    private let trustedDirections: TrustedDirections?
+    private var ledger = TrustLedger()
     private var roundLossSum = 0.0
     private var roundExamples = 0.0
     private var roundUplinkBytes = 0
@@ -76,7 +80,9 @@ public actor Coordinator {
         var lastHeard = Date()
     }
 
-    public init(configuration: CoordinatorConfiguration, test: Dataset? = nil, logger: Logger = Logger(label: "fedcoord")) throws {
+    /// `test` is evaluated after every round; `trusted` is the server's own data, required by
+    /// the trust aggregator (``CoordinatorConfiguration/trustedExamples`` of it are used).
+    public init(configuration: CoordinatorConfiguration, test: Dataset? = nil, trusted: Dataset? = nil, logger: Logger = Logger(label: "fedcoord")) throws {
         let network = try Network(configuration.model)
         self.configuration = configuration
         self.network = network
@@ -117,6 +123,13 @@ public actor Coordinator {
         } else {
             evaluator = nil
             testSlice = nil
+        }
+        if configuration.aggregation.needsTrustedDirections {
+            guard let trusted else { throw ModelError("aggregator trust needs trusted data (trusted_data)") }
+            trustedDirections = try TrustedDirections(
+                network: network, data: TrustedDirections.sample(trusted, count: configuration.trustedExamples, seed: configuration.seed))
+        } else {
+            trustedDirections = nil
         }
     }
 
@@ -448,7 +461,7 @@ public actor Coordinator {
             break
         }
         roundState = state
-        aggregate.add(delta: scratch, shards: trained, weight: Double(update.exampleCount))
+        aggregate.add(delta: scratch, shards: trained, weight: Double(update.exampleCount), client: id)
         aggregatedClients.append(id)
         roundLossSum += Double(update.trainingLoss) * Double(update.exampleCount)
         roundExamples += Double(update.exampleCount)
@@ -493,12 +506,25 @@ public actor Coordinator {
                 resetRound()
                 continue
             }
+            if let trustedDirections {
+                aggregate.setTrustedDirections(trustedDirections.directions(
+                    from: global, learningRate: configuration.learningRate, seed: configuration.seed, round: round))
+            }
             var dpGenerator = SeededGenerator(seed: configuration.seed, stream: 0xD9, UInt64(round))
             let (aggregated, outcome) = aggregate.finish(generator: &dpGenerator)
             if let reference = outcome.referenceNorm { referenceNorm = reference }
+            ledger = aggregate.ledger
+            for index in outcome.untrusted {
+                let id = aggregatedClients[index]
+                let message = String(format: "round %d: update left out by the trust rule: score %.4f, client trust %.4f, threshold %.4f",
+                                     round, outcome.scores[index], outcome.trust[index], outcome.trustThreshold ?? 0)
+                logger.warning("untrusted update", metadata: ["client": "\(id)", "round": "\(round)", "score": "\(outcome.scores[index])", "trust": "\(outcome.trust[index])"])
+                metrics.refused.increment()
+                try? store?.recordEvent(kind: "untrusted", client: id, message: message)
+            }
             for (index, action) in outcome.clipped.map({ ($0, "clipped") }) + outcome.excluded.map({ ($0, "left out") }) {
                 let id = aggregatedClients[index]
-                let message = "round \(round): update \(action) by the norm bound (\(configuration.aggregation.normBound) × reference norm \(String(format: "%.4g", outcome.referenceNorm ?? 0)))"
+                let message = "round \(round): update \(action) by the norm bound (\(configuration.aggregation.normBound > 0 ? configuration.aggregation.normBound : 1.5) × reference norm \(String(format: "%.4g", outcome.referenceNorm ?? 0)))"
                 logger.warning("norm bound", metadata: ["client": "\(id)", "round": "\(round)", "action": "\(action)"])
                 if action == "clipped" { metrics.clipped.increment() } else { metrics.refused.increment() }
                 try? store?.recordEvent(kind: "norm_bound", client: id, message: message)
@@ -548,7 +574,7 @@ public actor Coordinator {
 
     private func resetRound() {
         roundState = nil
-        aggregate = UpdateAggregator(shardRanges: aggregate.shardRanges, settings: configuration.aggregation, previousReferenceNorm: referenceNorm)
+        aggregate = UpdateAggregator(shardRanges: aggregate.shardRanges, settings: configuration.aggregation, previousReferenceNorm: referenceNorm, ledger: ledger)
         aggregatedClients = []
         roundLossSum = 0
         roundExamples = 0

@@ -10,7 +10,7 @@ extension CoordinatorConfiguration {
         "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
         "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
         "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
-        "tls_certificate", "tls_key", "tls_client_ca",
+        "trusted_data", "trusted_examples", "trust_threshold", "tls_certificate", "tls_key", "tls_client_ca",
         "max_connections", "idle_timeout", "read_timeout", "max_frame_bytes", "max_message_bytes", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
     ]
 
@@ -89,6 +89,8 @@ extension CoordinatorConfiguration {
         }
         if let v = try value("dp_clip", number, "a number") { c.aggregation.dpClip = v }
         if let v = try value("dp_noise_multiplier", number, "a number") { c.aggregation.dpNoiseMultiplier = v }
+        if let v = try value("trusted_examples", { $0.int }, "an integer") { c.trustedExamples = v }
+        if let v = try value("trust_threshold", number, "a number") { c.aggregation.trustThreshold = v }
         if let v = try value("max_connections", { $0.int }, "an integer") { c.maximumConnections = v }
         if let v = try value("idle_timeout", number, "a number of seconds") { c.idleTimeout = v }
         if let v = try value("read_timeout", number, "a number of seconds") { c.readTimeout = v }
@@ -118,6 +120,7 @@ extension CoordinatorConfiguration {
         default:
             throw ConfigurationFileError("\(source): TLS needs both tls_certificate and tls_key")
         }
+        c.trustedDataPath = try path("trusted_data")
         if let v = try value("keep_checkpoints", { $0.int }, "an integer") { c.retention.keepLast = max(1, v) }
         if let v = try value("checkpoint_every", { $0.int }, "an integer") { c.retention.keepEvery = max(1, v) }
         var testData: URL?
@@ -159,6 +162,10 @@ extension CoordinatorConfiguration {
             throw fail(error.description)
         } catch {
             throw fail("\(error)")
+        }
+        guard trustedExamples >= 2 else { throw fail("trusted_examples must be at least 2, got \(trustedExamples)") }
+        guard !aggregation.needsTrustedDirections || trustedDataPath != nil else {
+            throw fail("aggregator trust needs trusted_data: a directory with MNIST-format training files the server trusts")
         }
         guard !clientKeys.isEmpty || databasePath != nil else {
             throw fail("no clients registered: set database and run `fedcoord clients add ID`, or add a [clients] table of id = \"fedpk1:...\"")

@@ -34,6 +34,11 @@ public struct CoordinatorConfiguration: Sendable {
     public var serverOptimizer = ServerOptimizer.Settings()
     /// FedAvg or a robust rule, the norm bound and central differential privacy.
     public var aggregation = AggregationSettings()
+    /// The trust aggregator's own data: a directory with MNIST-format training files
+    /// (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`), and how many of its
+    /// examples (drawn with the seed) the server trains its per-class directions on.
+    public var trustedDataPath: String?
+    public var trustedExamples = 1000
     /// Clients registered in the configuration file: id → public key (`fedpk1:...`). Clients
     /// registered in the database with `fedcoord clients add` are looked up there.
     public var clientKeys: [String: String] = [:]

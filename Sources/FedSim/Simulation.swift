@@ -47,7 +47,7 @@ public final class Simulation {
     private var referenceNorm: Double?
     /// Trust rule: the server's directions on its trusted sample, and what it has seen of each client.
     private let trusted: TrustedDirections?
-    private var ledger = TrustLedger()
+    public private(set) var ledger = TrustLedger()
 
     /// Builds the run: validates the configuration, loads and checks the data, partitions it.
     public convenience init(configuration: SimulationConfiguration) throws {

@@ -42,6 +42,7 @@ extension FedCoord {
             var configuration: CoordinatorConfiguration
             let testData: URL?
             let test: Dataset?
+            let trusted: Dataset?
             do {
                 (configuration, testData) = try CoordinatorConfiguration.load(contentsOf: URL(fileURLWithPath: config))
                 if let port { configuration.port = port }
@@ -51,6 +52,7 @@ extension FedCoord {
                 if let metricsPort { configuration.metricsPort = metricsPort }
                 try configuration.validate()
                 test = try testData.map { try MNIST.load(directory: $0, train: false) }
+                trusted = try configuration.trustedDataPath.map { try MNIST.load(directory: URL(fileURLWithPath: $0), train: true) }
             } catch let error as ConfigurationFileError {
                 fail(error.description)
             } catch let error as DataError {
@@ -58,7 +60,7 @@ extension FedCoord {
             }
             let coordinator: Coordinator
             do {
-                coordinator = try Coordinator(configuration: configuration, test: test, logger: logger)
+                coordinator = try Coordinator(configuration: configuration, test: test, trusted: trusted, logger: logger)
             } catch {
                 fail("\(error)")
             }

@@ -29,8 +29,8 @@ struct Deployment {
     let port: Int
     let run: Task<[CoordinatorRound], Error>
 
-    static func start(_ configuration: CoordinatorConfiguration) async throws -> Deployment {
-        let coordinator = try Coordinator(configuration: configuration, test: Data6k.test)
+    static func start(_ configuration: CoordinatorConfiguration, trusted: Dataset? = nil) async throws -> Deployment {
+        let coordinator = try Coordinator(configuration: configuration, test: Data6k.test, trusted: trusted)
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
         let run = Task { try await coordinator.run(onBound: { continuation.yield($0) }) }
         var iterator = ports.makeAsyncIterator()

@@ -212,6 +212,8 @@ import Testing
             ("port = 0\nrounds = 0\n[clients]\na = \"\(testPublicKey("s"))\"\n", "rounds"),
             ("port = 0\nflavour = 1\n[clients]\na = \"\(testPublicKey("s"))\"\n", "unknown key \"flavour\""),
             ("port = 0\ncodec = \"q9\"\n[clients]\na = \"\(testPublicKey("s"))\"\n", "codec"),
+            ("port = 0\naggregator = \"trust\"\n[clients]\na = \"\(testPublicKey("s"))\"\n", "aggregator trust needs trusted_data"),
+            ("port = 0\naggregator = \"trust\"\ntrusted_data = \"/no/such/dir\"\n[clients]\na = \"\(testPublicKey("s"))\"\n", "no such file"),
         ]
         for (index, (text, expected)) in cases.enumerated() {
             let config = directory.appendingPathComponent("c\(index).toml")

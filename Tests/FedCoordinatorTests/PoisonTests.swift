@@ -9,20 +9,24 @@ import Testing
 
 /// Poisoned updates over real sockets: the norm bound and a robust rule in the coordinator.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct PoisonTests {
-    /// An update of `value` everywhere (a huge, finite delta).
-    func constantUpdate(_ value: Float, round: UInt32, version: UInt32) throws -> Update {
+    /// An update of `value` everywhere (a huge, finite delta), or with `noise`, Gaussian noise of
+    /// that standard deviation.
+    func constantUpdate(_ value: Float, noise: Bool = false, round: UInt32, version: UInt32) throws -> Update {
         let layout = try Network(.mnist2NN).layout
         var g = SeededGenerator(seed: 1)
+        var n = SeededGenerator(seed: UInt64(round))
         let shards = try layout.tensors.map { tensor in
-            ShardDelta(index: UInt16(tensor.index), encoded: try [Float](repeating: value, count: tensor.count).withUnsafeBufferPointer {
+            let values = (0..<tensor.count).map { _ in noise ? value * Float(n.nextGaussian()) : value }
+            return ShardDelta(index: UInt16(tensor.index), encoded: try values.withUnsafeBufferPointer {
                 try ShardCodec.encode($0, spec: CodecSpec(parsing: "fp32"), generator: &g)
             })
         }
         return Update(round: round, modelVersion: version, exampleCount: 600, trainingLoss: 0.1, shards: shards)
     }
 
-    /// Connects the registered device-4 and answers every task with 5.0 in every weight.
-    func startAttacker(port: Int) async throws -> Task<Void, Error> {
+    /// Connects the registered device-4 and answers every task with 5.0 in every weight (or
+    /// with noise of standard deviation 5).
+    func startAttacker(port: Int, noise: Bool = false) async throws -> Task<Void, Error> {
         let attacker = try await FramedPeer.connect(port: port)
         guard case .welcome? = try await attacker.authenticate(id: "device-4", secret: "secret-4") else {
             throw CancellationError()
@@ -30,7 +34,7 @@ import Testing
         return Task {
             while let message = try await attacker.reader.next() {
                 if case .trainingTask(let task) = message {
-                    try await attacker.writer.send(.update(try constantUpdate(5, round: task.round, version: task.modelVersion)))
+                    try await attacker.writer.send(.update(try constantUpdate(5, noise: noise, round: task.round, version: task.modelVersion)))
                 }
             }
         }
@@ -63,6 +67,40 @@ import Testing
             let events = try RunStore(path: config.databasePath!).events(kind: "norm_bound")
             #expect(events.count == 3 && events.allSatisfy { $0.client == "device-4" }, "\(events)")
         }
+    }
+
+    @Test(arguments: [false, true])
+    func theTrustRuleLeavesOutOrClipsTheAttacker(noise: Bool) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedtrust-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var config = configuration(clients: 5, perRound: 5, rounds: 3)
+        config.minimumUpdates = 5
+        config.databasePath = directory.appendingPathComponent("run.sqlite").path
+        config.aggregation.rule = .trust
+        config.trustedExamples = 500
+        // The server's own examples, apart from the clients' and the test set.
+        let deployment = try await Deployment.start(config, trusted: Data6k.subset(6000..<8000))
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
+        let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
+        let attack = try await startAttacker(port: deployment.port, noise: noise)
+        let rounds = try await deployment.rounds()
+        attack.cancel()
+        for task in tasks { await task.value }
+        #expect(rounds.count == 3)
+        #expect(rounds.last!.testAccuracy! > 0.7, "accuracy \(rounds.map { $0.testAccuracy ?? 0 })")
+        let store = try RunStore(path: config.databasePath!)
+        let untrusted = try store.events(kind: "untrusted")
+        let clipped = try store.events(kind: "norm_bound")
+        if noise {
+            // Random directions score about 0: below the threshold every round.
+            #expect(untrusted.count == 3 && untrusted.allSatisfy { $0.client == "device-4" }, "\(untrusted)")
+        } else {
+            // A constant shift: left out or, if its score passes, clipped to the honest norms.
+            let attacker = (untrusted + clipped).filter { $0.client == "device-4" }
+            #expect(attacker.count >= 3, "\(untrusted) \(clipped)")
+        }
+        #expect(untrusted.allSatisfy { $0.client == "device-4" }, "no honest client is left out: \(untrusted)")
     }
 
     @Test func withoutADefenseThePoisonWins() async throws {

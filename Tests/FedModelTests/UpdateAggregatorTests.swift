@@ -123,4 +123,68 @@ import Testing
         s.normBound = 0.5
         #expect(throws: ModelError.self) { try s.validate() }
     }
+
+    // MARK: Trust rule
+
+    /// Server directions of two classes in 4-d: class 0 moves (1, 1, 0, 0), class 1 (1, 0, 1, 0).
+    let directions: [[Float]] = [[1, 1, 0, 0], [1, 0, 1, 0]]
+
+    func trusted(_ updates: [[Float]], clients: [String], ledger: TrustLedger = TrustLedger(), threshold: Double = 0.2)
+        -> ([Float]?, UpdateAggregator.Outcome, TrustLedger) {
+        var settings = AggregationSettings(rule: .trust)
+        settings.trustThreshold = threshold
+        var aggregator = UpdateAggregator(shardRanges: ranges, settings: settings, ledger: ledger)
+        for (u, client) in zip(updates, clients) { aggregator.add(delta: u, shards: [0, 1], weight: 1, client: client) }
+        aggregator.setTrustedDirections(directions)
+        var generator = SeededGenerator(seed: 1)
+        let (delta, outcome) = aggregator.finish(generator: &generator)
+        return (delta, outcome, aggregator.ledger)
+    }
+
+    @Test func trustScoresAreAntisymmetricAndLeaveOutFlippedAndUnrelatedUpdates() throws {
+        let honest: [[Float]] = [[1, 1, 0, 0], [1, 0, 1, 0], [2, 1, 1, 0]]
+        let flipped: [Float] = [-1, -1, 0, 0]
+        let unrelated: [Float] = [0, 0, 0, 3] // orthogonal to every server direction
+        let (mean, outcome, ledger) = trusted(honest + [flipped, unrelated], clients: ["a", "b", "c", "x", "y"])
+        // cos((1,1,0,0), g0) = 1, with g1 = 1/2: score 1.5; the flip scores -1.5; unrelated 0.
+        #expect(abs(outcome.scores[0] - 1.5) < 1e-9 && abs(outcome.scores[3] + 1.5) < 1e-9 && outcome.scores[4] == 0, "\(outcome.scores)")
+        #expect(outcome.untrusted == [3, 4])
+        // The third honest update (norm √6) is clipped to 1.5 × the trusted median norm (√2).
+        #expect(outcome.clipped == [2])
+        let bound = 1.5 * 2.0.squareRoot(), scale = Float(bound / 6.0.squareRoot())
+        let expected: [Float] = [(1 + 1 + 2 * scale) / 3, (1 + scale) / 3, (1 + scale) / 3, 0]
+        for (value, e) in zip(try #require(mean), expected) { #expect(abs(value - e) < 1e-6, "\(mean!)") }
+        #expect(ledger.records["x"] == TrustLedger.Record(scoreSum: outcome.scores[3], updates: 1))
+    }
+
+    @Test func aClientsRecordOutweighsOneNoisyRound() {
+        // Client "a" earned trust over three rounds; one round in which its update scores a
+        // little below zero keeps it in. A new client with the same update stays out.
+        var ledger = TrustLedger()
+        for _ in 0..<3 { ledger.record("a", score: 1) }
+        let slightlyOff: [Float] = [0.1, -1, -1, 0]
+        let honest: [[Float]] = [[1, 1, 0, 0], [1, 0, 1, 0]]
+        let (_, outcome, after) = trusted(honest + [slightlyOff, slightlyOff], clients: ["b", "c", "a", "new"], ledger: ledger)
+        #expect(outcome.scores[2] < 0)
+        #expect(outcome.untrusted == [3], "\(outcome.trust)")
+        #expect(after.records["a"]?.updates == 4)
+        // An attacker that keeps sending flipped updates loses the trust it had.
+        var attacker = TrustLedger()
+        attacker.record("z", score: 0.5)
+        var lastTrust = 1.0
+        for _ in 0..<3 {
+            let (_, o, l) = trusted(honest + [[-1, -1, 0, 0]], clients: ["b", "c", "z"], ledger: attacker)
+            attacker = l
+            lastTrust = o.trust[2]
+        }
+        #expect(lastTrust == 0)
+    }
+
+    @Test func withoutServerDirectionsNobodyIsTrusted() {
+        var aggregator = UpdateAggregator(shardRanges: ranges, settings: AggregationSettings(rule: .trust))
+        aggregator.add(delta: [1, 1, 0, 0], shards: [0, 1], weight: 1, client: "a")
+        var generator = SeededGenerator(seed: 1)
+        let (delta, outcome) = aggregator.finish(generator: &generator)
+        #expect(delta == nil && outcome.untrusted == [0])
+    }
 }

@@ -43,6 +43,24 @@ import Testing
         #expect(reportA.rounds.allSatisfy { $0.clients == 10 })
     }
 
+    @Test func theTrustRuleLeavesOutSignFlippersAndKeepsTheHonest() throws {
+        let clean = try run { _ in }.1.summary.finalAccuracy!
+        let fedAvg = try run { $0.attackers = 0.2; $0.attack = "sign_flip" }.1.summary.finalAccuracy!
+        let (simulation, report) = try run { $0.attackers = 0.2; $0.attack = "sign_flip"; $0.aggregator = "trust"; $0.trustedExamples = 500 }
+        let records = simulation.ledger.records
+        #expect(!records.isEmpty)
+        for (client, record) in records {
+            if simulation.attackers.contains(Int(client)!) {
+                #expect(record.meanScore < 0, "attacker \(client): \(record)")
+            } else {
+                #expect(record.meanScore > 0, "honest \(client): \(record)")
+            }
+        }
+        let trusted = report.summary.finalAccuracy!
+        #expect(trusted > fedAvg, "trust \(trusted), FedAvg under attack \(fedAvg)")
+        #expect(trusted > clean - 0.05, "trust \(trusted), clean \(clean)")
+    }
+
     @Test func centralDPRunsAndCostsAccuracyWithMoreNoise() throws {
         let light = try run { $0.aggregation.dpClip = 1; $0.aggregation.dpNoiseMultiplier = 0.01 }.1.summary.finalAccuracy!
         let heavy = try run { $0.aggregation.dpClip = 1; $0.aggregation.dpNoiseMultiplier = 1 }.1.summary.finalAccuracy!
@@ -55,6 +73,8 @@ import Testing
             ("aggregator = \"mean\"", "aggregator must be one of"), ("attack = \"bribe\"", "attack must be one of"),
             ("attackers = 1.5", "attackers"), ("trim_beta = 0.5", "trim_beta"), ("dp_noise_multiplier = 1", "dp_clip"),
             ("norm_bound_action = \"ignore\"", "norm_bound_action"), ("attackers = 0.1\ntransport = \"tcp\"", "memory transport"),
+            ("aggregator = \"trust\"\ntransport = \"tcp\"", "memory transport"), ("trusted_examples = 0", "trusted_examples"),
+            ("trust_threshold = 1", "trust_threshold"),
         ] {
             let error = #expect(throws: ConfigurationError.self) { try SimulationConfiguration.parse(text, source: "t").validate() }
             #expect(error?.description.contains(message) == true, "\(error?.description ?? "")")

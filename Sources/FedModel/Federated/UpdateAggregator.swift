@@ -255,7 +255,7 @@ public struct UpdateAggregator: Sendable {
             let (score, norm) = trustScore(update.delta, shards: update.shards)
             norms[k] = norm
             outcome.scores.append(score)
-            outcome.trust.append(update.client.map { ledger.record($0, score: score).meanScore } ?? score)
+            outcome.trust.append(max(0, update.client.map { ledger.record($0, score: score).meanScore } ?? score))
         }
         let threshold = max(0, settings.trustThreshold * Self.median(outcome.scores))
         let trusted = held.indices.filter { outcome.trust[$0] > threshold }
