@@ -5,6 +5,7 @@
 # this split accuracy jumps by about a point from one round to the next).
 # Usage: Simulations/attack-table.sh [rounds]   (about 20 minutes for 100 rounds on 2 cores)
 #        FEDSIM=/path/to/fedsim Simulations/attack-table.sh   (use that binary, do not build)
+#        ROWS="0 7" Simulations/attack-table.sh   (only those rows: 0 FedAvg ... 7 trust)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-100}
@@ -24,7 +25,8 @@ accuracy() { # args → "final (mean of the last 10 rounds)"
 r = [x["test_accuracy"] for x in json.load(open(sys.argv[1]))["rounds"] if x.get("test_accuracy") is not None]
 print("%.4f (%.4f)" % (r[-1], sum(r[-10:]) / len(r[-10:])))' reports/attack-cell.json
 }
-for i in "${!aggregators[@]}"; do
+rows=${ROWS:-${!aggregators[*]}}
+for i in $rows; do
     # shellcheck disable=SC2086
     clean[$i]=$(accuracy --aggregator ${aggregators[$i]})
     echo "clean ${names[$i]}: ${clean[$i]}" >&2
@@ -35,7 +37,7 @@ for fraction in 0.1 0.2; do
     echo
     echo "| aggregator | clean | sign flip | scale x10 | noise (sd 1) | label flip |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-    for i in "${!aggregators[@]}"; do
+    for i in $rows; do
         row="| ${names[$i]} | ${clean[$i]}"
         for attack in sign_flip scale noise label_flip; do
             # shellcheck disable=SC2086

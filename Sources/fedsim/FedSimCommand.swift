@@ -44,6 +44,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("trim-beta"), help: "Fraction trimmed at each end by trimmed_mean.") var trimBeta: Double?
     @Option(name: .customLong("krum-f"), help: "Attackers Krum tolerates.") var krumF: Int?
     @Option(name: .customLong("norm-bound"), help: "Clip updates whose norm exceeds this multiple of the round's median (0 = off).") var normBound: Double?
+    @Option(name: .customLong("norm-bound-action"), help: "clip (default) or refuse the updates above the norm bound.") var normBoundAction: String?
     @Option(name: .customLong("trusted-examples"), help: "trust: training examples the server holds itself (default 1000).") var trustedExamples: Int?
     @Option(name: .customLong("dp-clip"), help: "Central DP: clip each update to this L2 norm (0 = off).") var dpClip: Double?
     @Option(name: .customLong("dp-noise"), help: "Central DP: Gaussian noise multiplier on the clipped sum.") var dpNoise: Double?
@@ -111,6 +112,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let krumF { c.aggregation.byzantine = krumF }
         if let normBound { c.aggregation.normBound = normBound }
         if let trustedExamples { c.trustedExamples = trustedExamples }
+        if let normBoundAction { c.normBoundAction = normBoundAction }
         if let dpClip { c.aggregation.dpClip = dpClip }
         if let dpNoise { c.aggregation.dpNoiseMultiplier = dpNoise }
         if let attackers { c.attackers = attackers }

@@ -258,16 +258,21 @@ public struct UpdateAggregator: Sendable {
             outcome.trust.append(max(0, update.client.map { ledger.record($0, score: score).meanScore } ?? score))
         }
         let threshold = max(0, settings.trustThreshold * Self.median(outcome.scores))
-        let trusted = held.indices.filter { outcome.trust[$0] > threshold }
+        var trusted = held.indices.filter { outcome.trust[$0] > threshold }
         outcome.untrusted = held.indices.filter { outcome.trust[$0] <= threshold }
         outcome.trustThreshold = threshold
         guard !trusted.isEmpty else { return nil }
-        // The magnitude: cosines ignore it, so a trusted update is clipped to a multiple of the
-        // trusted updates' median norm (capped at 1.5 × the previous round's reference).
+        // The magnitude: cosines ignore it, so a trusted update above a multiple of the trusted
+        // updates' median norm (capped at 1.5 × the previous round's reference) is clipped to
+        // it or left out.
         var reference = Self.median(trusted.map { norms[$0] })
         if let previousReference { reference = min(reference, 1.5 * previousReference) }
         outcome.referenceNorm = reference
         let bound = (settings.normBound > 0 ? settings.normBound : 1.5) * reference
+        if !settings.clipToNormBound {
+            outcome.excluded = trusted.filter { norms[$0] > bound }
+            trusted.removeAll { norms[$0] > bound }
+        }
         var result = [Float](repeating: 0, count: shardRanges.last?.upperBound ?? 0)
         for (shard, range) in shardRanges.enumerated() {
             let members = trusted.filter { held[$0].shards.contains(shard) }
