@@ -108,6 +108,8 @@ public actor Coordinator {
                 firstRound = checkpoint.round + 1
                 logger.info("resuming", metadata: ["database": "\(path)", "last committed round": "\(checkpoint.round)", "model sha256": "\(checkpoint.modelSHA256)"])
                 try? store.recordEvent(kind: "restart", message: "resumed after round \(checkpoint.round)")
+                ledger = TrustLedger(records: try store.trustRecords().mapValues { TrustLedger.Record(scoreSum: $0.scoreSum, updates: $0.updates) })
+                aggregate = UpdateAggregator(shardRanges: ranges, settings: configuration.aggregation, ledger: ledger)
             }
             self.store = store
         } else {
@@ -553,7 +555,11 @@ public actor Coordinator {
                              trainingLoss: record.trainingLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
                     checkpoint: Checkpoint(round: round, modelVersion: modelVersion, model: global,
                                            optimizerM: optimizer.m, optimizerV: optimizer.v, modelSHA256: RunStore.sha256(global)),
-                    participations: roundParticipations, retention: configuration.retention)
+                    participations: roundParticipations,
+                    trust: Dictionary(uniqueKeysWithValues: Set(aggregatedClients).compactMap { id in
+                        ledger.records[id].map { (id, (scoreSum: $0.scoreSum, updates: $0.updates)) }
+                    }),
+                    retention: configuration.retention)
             }
             history.append(record)
             metrics.rounds.increment()

@@ -95,7 +95,7 @@ public struct RetentionPolicy: Sendable, Equatable {
 /// committed round intact.
 public final class RunStore: Sendable {
     /// The newest schema this build knows.
-    public static let schemaVersion = 2
+    public static let schemaVersion = 3
     private let queue: DatabaseQueue
     public let path: String
 
@@ -219,6 +219,18 @@ public final class RunStore: Sendable {
                 PRAGMA user_version = 2;
                 """)
         }
+        migrator.registerMigration("v3") { db in
+            // The trust aggregator's record of each client, committed with the round that
+            // changed it, so a restarted coordinator does not forget its attackers.
+            try db.execute(sql: """
+                CREATE TABLE trust (
+                    client TEXT PRIMARY KEY,
+                    score_sum REAL NOT NULL,
+                    updates INTEGER NOT NULL
+                );
+                PRAGMA user_version = 3;
+                """)
+        }
         return migrator
     }
 
@@ -279,11 +291,19 @@ public final class RunStore: Sendable {
         }
     }
 
-    /// Commits a round: its row, its participations and its checkpoint, together or not at
-    /// all; then drops checkpoints the retention policy no longer keeps.
-    public func commit(_ row: RoundRow, checkpoint: Checkpoint, participations: [Participation] = [], retention: RetentionPolicy = RetentionPolicy()) throws {
+    /// Commits a round: its row, its participations, its checkpoint and the trust records it
+    /// changed (client → score sum and update count), together or not at all; then drops
+    /// checkpoints the retention policy no longer keeps.
+    public func commit(
+        _ row: RoundRow, checkpoint: Checkpoint, participations: [Participation] = [],
+        trust: [String: (scoreSum: Double, updates: Int)] = [:], retention: RetentionPolicy = RetentionPolicy()
+    ) throws {
         try write { db in
             try db.inTransaction {
+                for (client, record) in trust {
+                    try db.execute(sql: "INSERT OR REPLACE INTO trust (client, score_sum, updates) VALUES (?, ?, ?)",
+                                   arguments: [client, record.scoreSum, record.updates])
+                }
                 try db.execute(sql: """
                     INSERT INTO rounds (number, state, started_at, ended_at, selected, completed, dropped, refused, bytes_up, bytes_down,
                                         training_loss, test_accuracy, test_loss, model_sha256)
@@ -319,6 +339,17 @@ public final class RunStore: Sendable {
                     """, arguments: [retention.keepLast, retention.keepEvery])
                 return .commit
             }
+        }
+    }
+
+    /// The trust aggregator's records, by client.
+    public func trustRecords() throws -> [String: (scoreSum: Double, updates: Int)] {
+        try read { db in
+            var records: [String: (scoreSum: Double, updates: Int)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT client, score_sum, updates FROM trust") {
+                records[row["client"]] = (row["score_sum"], row["updates"])
+            }
+            return records
         }
     }
 

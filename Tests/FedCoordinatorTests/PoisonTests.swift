@@ -101,6 +101,10 @@ import Testing
             #expect(attacker.count >= 3, "\(untrusted) \(clipped)")
         }
         #expect(untrusted.allSatisfy { $0.client == "device-4" }, "no honest client is left out: \(untrusted)")
+        // The clients' records are committed with the rounds (a restart picks them up).
+        let records = try store.trustRecords()
+        #expect(Set(records.keys) == ["device-0", "device-1", "device-2", "device-3", "device-4"] && records.values.allSatisfy { $0.updates == 3 })
+        if noise { #expect(records["device-4"]!.scoreSum < records["device-0"]!.scoreSum) }
     }
 
     @Test func withoutADefenseThePoisonWins() async throws {

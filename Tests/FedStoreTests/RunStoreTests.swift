@@ -44,6 +44,22 @@ func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
         #expect(try store.lastCheckpoint()?.model == [1])
     }
 
+    @Test func trustRecordsAreCommittedWithTheirRoundAndSurviveReopening() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            let store = try RunStore(path: path)
+            try store.commit(row(1), checkpoint: checkpoint(1, [1]), trust: ["a": (0.5, 1), "x": (-0.4, 1)])
+            try store.commit(row(2), checkpoint: checkpoint(2, [2]), trust: ["x": (-0.9, 2)])
+            // A failed commit (the round exists) changes no record.
+            #expect(throws: StoreError.self) { try store.commit(row(2), checkpoint: checkpoint(2, [3]), trust: ["a": (9, 9)]) }
+        }
+        let records = try RunStore(path: path).trustRecords()
+        #expect(records.count == 2)
+        #expect(records["a"]?.scoreSum == 0.5 && records["a"]?.updates == 1)
+        #expect(records["x"]?.scoreSum == -0.9 && records["x"]?.updates == 2)
+    }
+
     @Test func retentionKeepsTheLastNAndEveryMth() throws {
         let path = temporaryDatabase()
         defer { try? FileManager.default.removeItem(atPath: path) }

@@ -359,12 +359,16 @@ public struct TrustLedger: Sendable, Equatable {
     public struct Record: Sendable, Equatable {
         public var scoreSum = 0.0
         public var updates = 0
+        public init(scoreSum: Double = 0, updates: Int = 0) {
+            self.scoreSum = scoreSum
+            self.updates = updates
+        }
         public var meanScore: Double { updates > 0 ? scoreSum / Double(updates) : 0 }
     }
 
     public private(set) var records: [String: Record] = [:]
 
-    public init() {}
+    public init(records: [String: Record] = [:]) { self.records = records }
 
     /// Adds one update's score to `client`'s record and returns the record.
     @discardableResult
