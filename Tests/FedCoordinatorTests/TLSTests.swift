@@ -9,7 +9,8 @@ import X509
 @testable import FedCoordinator
 
 /// Throwaway certificates made at run time: a CA, a server certificate for 127.0.0.1 and
-/// localhost, a client certificate, and a second CA with its own client (a stranger).
+/// localhost, one for the DNS name coordinator.test only, a client certificate, and a second CA
+/// with its own client (a stranger).
 struct TestPKI {
     let directory: URL
     func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
@@ -21,6 +22,7 @@ struct TestPKI {
         let other = try Self.authority("Someone else's CA")
         try write("ca.pem", ca.certificate)
         try issue(by: ca, name: "coordinator", file: "server", server: true)
+        try issue(by: ca, name: "coordinator", file: "named-server", server: true, names: [.dnsName("coordinator.test")])
         try issue(by: ca, name: "device-0", file: "client", server: false)
         try issue(by: other, name: "device-1", file: "stranger", server: false)
     }
@@ -45,7 +47,10 @@ struct TestPKI {
         return (certificate, key, name)
     }
 
-    func issue(by authority: Authority, name: String, file: String, server: Bool) throws {
+    func issue(
+        by authority: Authority, name: String, file: String, server: Bool,
+        names: [GeneralName] = [.dnsName("localhost"), .ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1]))]
+    ) throws {
         let key = P256.Signing.PrivateKey()
         let now = Date()
         let certificate = try Certificate(
@@ -58,7 +63,7 @@ struct TestPKI {
                 Critical(KeyUsage(digitalSignature: true))
                 try ExtendedKeyUsage([server ? .serverAuth : .clientAuth])
                 if server {
-                    SubjectAlternativeNames([.dnsName("localhost"), .ipAddress(ASN1OctetString(contentBytes: [127, 0, 0, 1]))])
+                    SubjectAlternativeNames(names)
                 }
             },
             issuerPrivateKey: .init(authority.key))
@@ -72,7 +77,9 @@ struct TestPKI {
 }
 
 @Suite(.serialized, .timeLimit(.minutes(3))) struct TLSTests {
-    func run(server: ServerTLS, clients: [(id: Int, tls: ClientTLS?)], rounds: Int = 2) async throws -> (rounds: [CoordinatorRound], completed: [Int]) {
+    /// Runs `rounds` with these clients; with `waitForRounds` false the run is stopped once the
+    /// clients have given up (for clients that cannot get in).
+    func run(server: ServerTLS, clients: [(id: Int, tls: ClientTLS?)], rounds: Int = 2, waitForRounds: Bool = true) async throws -> (rounds: [CoordinatorRound], completed: [Int]) {
         var config = configuration(clients: clients.count, perRound: clients.count, rounds: rounds)
         config.minimumUpdates = clients.count
         config.tls = server
@@ -88,7 +95,11 @@ struct TestPKI {
             return ClientDaemon(configuration: c)
         }
         let tasks = daemons.map { daemon in Task { await daemon.run() } }
-        let result = try await deployment.rounds()
+        if !waitForRounds {
+            for task in tasks { await task.value }
+            deployment.run.cancel()
+        }
+        let result = waitForRounds ? try await deployment.rounds() : []
         for task in tasks { await task.value }
         var completed: [Int] = []
         for daemon in daemons { completed.append(await daemon.completedRounds.count) }
@@ -112,7 +123,7 @@ struct TestPKI {
         config.tls = ServerTLS(certificatePath: pki.path("server.pem"), keyPath: pki.path("server.key"))
         let deployment = try await Deployment.start(config)
         defer { deployment.run.cancel() }
-        // (A wrong server name is not tried: NIOSSL also accepts a certificate whose IP address
+        // (A wrong server name is tried below: NIOSSL also accepts a certificate whose IP address
         // matches the peer's, which this one's does.)
         for tls in [nil, ClientTLS(caPath: pki.path("stranger.pem")), ClientTLS()] as [ClientTLS?] {
             var c = ClientConfiguration(clientID: "device-0", secret: testSecret("secret-0"), data: DatasetSlice(dataset: Data6k.train, indices: [0, 1, 2]))
@@ -124,6 +135,18 @@ struct TestPKI {
             #expect(await daemon.completedRounds.isEmpty)
         }
         #expect(await deployment.coordinator.history.isEmpty)
+    }
+
+    @Test func theServerNameIsChecked() async throws {
+        // NIOSSL accepts a certificate that names either the expected host (DNS name) or the
+        // connected IP address (RFC 6125, as NIOSSL implements it); this one names only a host.
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let server = ServerTLS(certificatePath: pki.path("named-server.pem"), keyPath: pki.path("named-server.key"))
+        let wrong = try await run(server: server, clients: [(0, ClientTLS(caPath: pki.path("ca.pem"), serverName: "other.test"))], rounds: 1, waitForRounds: false)
+        #expect(wrong.completed == [0])
+        let right = try await run(server: server, clients: [(0, ClientTLS(caPath: pki.path("ca.pem"), serverName: "coordinator.test"))], rounds: 1)
+        #expect(right.completed == [1])
     }
 
     @Test func mutualTLSAdmitsOnlyClientsWithACertificateFromTheCA() async throws {
