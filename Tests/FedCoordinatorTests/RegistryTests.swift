@@ -85,3 +85,17 @@ import Testing
         }
     }
 }
+
+@Suite struct ExampleCoordinatorConfigurationTests {
+    @Test func documentedExampleLoadsAndListsEveryKey() throws {
+        let url = repositoryRoot.appendingPathComponent("Configs/coordinator.toml")
+        let (configuration, testData) = try CoordinatorConfiguration.load(contentsOf: url)
+        #expect(configuration.clientKeys.keys.sorted() == ["device-1", "device-2"])
+        #expect(FileManager.default.fileExists(atPath: try #require(testData).appendingPathComponent("t10k-images-idx3-ubyte.gz").path))
+        let lines = try String(contentsOf: url, encoding: .utf8).split(separator: "\n").map { $0.drop { $0 == "#" || $0 == " " } }
+        for key in CoordinatorConfiguration.keys where key != "clients" {
+            #expect(lines.contains { $0.hasPrefix(key + " =") }, "\(key) is not in Configs/coordinator.toml")
+        }
+        #expect(lines.contains { $0.hasPrefix("[clients]") })
+    }
+}

@@ -89,5 +89,10 @@ import Testing
         let c = try SimulationConfiguration.load(contentsOf: url)
         try c.validate()
         #expect(FileManager.default.fileExists(atPath: c.data + "/t10k-images-idx3-ubyte.gz"), "data path \(c.data)")
+        // It documents every key fedsim reads (set or commented out).
+        let lines = try String(contentsOf: url, encoding: .utf8).split(separator: "\n").map { $0.drop { $0 == "#" || $0 == " " } }
+        for key in SimulationConfiguration.keys {
+            #expect(lines.contains { $0.hasPrefix(key + " =") }, "\(key) is not in Configs/fedsim-example.toml")
+        }
     }
 }
