@@ -103,7 +103,7 @@ public final class Simulation {
         serverOptimizer = ServerOptimizer(settings: try configuration.serverOptimizerSettings(), parameterCount: network.parameterCount)
         do {
             trusted = configuration.aggregation.needsTrustedDirections
-                ? try TrustedDirections(network: network, data: TrustedDirections.sample(train, count: configuration.trustedExamples, seed: configuration.seed))
+                ? try TrustedDirections(network: network, data: try TrustedDirections.sample(train, count: configuration.trustedExamples, seed: configuration.seed))
                 : nil
         } catch let error as DataError {
             throw ConfigurationError("trusted_examples: \(error.problem)")

@@ -31,12 +31,21 @@ public final class TrustedDirections {
     /// The number of classes (directions).
     public var classes: Int { byClass.count }
 
-    /// Picks `count` examples of `dataset` (all if fewer) with `seed`: the server's sample.
-    public static func sample(_ dataset: Dataset, count: Int, seed: UInt64) -> DatasetSlice {
+    /// Picks `count` examples of `dataset` (all if fewer) with `seed`: the server's sample, copied
+    /// out so that the rest of `dataset` can be freed.
+    public static func sample(_ dataset: Dataset, count: Int, seed: UInt64) throws -> DatasetSlice {
         var generator = SeededGenerator(seed: seed, stream: 0x7A57)
         var all = Array(0..<Int32(dataset.count))
         all.withUnsafeMutableBufferPointer { generator.shuffle($0) }
-        return DatasetSlice(dataset: dataset, indices: Array(all.prefix(count)))
+        let chosen = all.prefix(count).map(Int.init)
+        let width = dataset.sampleShape.count
+        var features = [Float]()
+        features.reserveCapacity(chosen.count * width)
+        for i in chosen { features.append(contentsOf: dataset.features[(i * width)..<((i + 1) * width)]) }
+        let copy = try Dataset(
+            name: dataset.name + " (trusted sample)", sampleShape: dataset.sampleShape, classes: dataset.classes,
+            features: features, labels: chosen.map { dataset.labels[$0] })
+        return copy.all
     }
 
     /// One direction per class from `global`, trained with plain SGD at `learningRate`.
