@@ -250,7 +250,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         }
         if let normBoundActionName { throw ConfigurationError("norm_bound_action must be clip or refuse, got \"\(normBoundActionName)\"") }
         do { try aggregation.validate() } catch let error as ModelError { throw ConfigurationError(error.description) }
-        guard trustedExamples >= 1 else { throw ConfigurationError("trusted_examples must be at least 1, got \(trustedExamples)") }
+        guard trustedExamples >= 2 else { throw ConfigurationError("trusted_examples must be at least 2, got \(trustedExamples)") }
         guard attackers >= 0, attackers < 1 else { throw ConfigurationError("attackers must be in [0, 1), got \(attackers)") }
         guard Attack(rawValue: attack) != nil else {
             throw ConfigurationError("attack must be one of \(Attack.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(attack)\"")
