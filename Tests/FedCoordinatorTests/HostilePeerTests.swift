@@ -337,8 +337,11 @@ import FedStore
         let response = try await get("/metrics", port: port)
         #expect(response.hasPrefix("HTTP/1.1 200 OK"))
         // Round 2 cannot end before its deadline (the straggler), but its two updates may
-        // already have arrived: 2 or 4 accepted.
-        #expect(response.contains("fed_updates_accepted_total 2\n") || response.contains("fed_updates_accepted_total 4\n"), "\(response)")
+        // already have arrived; on a loaded machine an attempt at round 1 may also have been
+        // abandoned below quorum after one update: at least 2 and at most 5 accepted.
+        let accepted = response.split(separator: "\n").first { $0.hasPrefix("fed_updates_accepted_total ") }
+            .flatMap { Int($0.split(separator: " ").last ?? "") }
+        #expect((2...5).contains(accepted ?? 0), "\(response)")
         for line in ["fed_rounds_total 1", "fed_round 1", "fed_connected_clients 3", "# HELP fed_test_accuracy"] {
             #expect(response.contains(line), "missing \(line) in\n\(response)")
         }
