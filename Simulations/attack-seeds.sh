@@ -2,7 +2,7 @@
 # The attack table's 20 % row for one aggregator over several seeds (each seed draws its own
 # split, initial model and attackers): accuracy at the last round, mean and standard deviation
 # over the seeds, with clean FedAvg as the reference. Prints Markdown.
-# Usage: Simulations/attack-seeds.sh [aggregator args...]      (default: trust; 100 rounds, seeds 1-5)
+# Usage: Simulations/attack-seeds.sh [aggregator args...]      (default: trust; 100 rounds, seeds 1-5; about 9 minutes)
 #        SEEDS="1 2 3" ROUNDS=100 FEDSIM=/path/to/fedsim Simulations/attack-seeds.sh multi_krum --krum-f 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +38,8 @@ row "FedAvg, no attackers" --aggregator fedavg
 row "$*, no attackers" --aggregator "$@"
 for attack in sign_flip scale noise label_flip; do
     row "$*, $attack" --aggregator "$@" --attackers 0.2 --attack "$attack"
+done
+# Sleepers: honest (earning trust) until round 50, then attacking.
+for attack in sign_flip label_flip; do
+    row "$*, $attack from round 50" --aggregator "$@" --attackers 0.2 --attack "$attack" --attack-from-round 50
 done

@@ -108,7 +108,7 @@ public actor Coordinator {
                 firstRound = checkpoint.round + 1
                 logger.info("resuming", metadata: ["database": "\(path)", "last committed round": "\(checkpoint.round)", "model sha256": "\(checkpoint.modelSHA256)"])
                 try? store.recordEvent(kind: "restart", message: "resumed after round \(checkpoint.round)")
-                ledger = TrustLedger(records: try store.trustRecords().mapValues { TrustLedger.Record(scoreSum: $0.scoreSum, updates: $0.updates) })
+                ledger = TrustLedger(records: try store.trustRecords().mapValues { TrustLedger.Record(trust: $0.trust, updates: $0.updates) })
                 aggregate = UpdateAggregator(shardRanges: ranges, settings: configuration.aggregation, ledger: ledger)
             }
             self.store = store
@@ -557,7 +557,7 @@ public actor Coordinator {
                                            optimizerM: optimizer.m, optimizerV: optimizer.v, modelSHA256: RunStore.sha256(global)),
                     participations: roundParticipations,
                     trust: Dictionary(uniqueKeysWithValues: Set(aggregatedClients).compactMap { id in
-                        ledger.records[id].map { (id, (scoreSum: $0.scoreSum, updates: $0.updates)) }
+                        ledger.records[id].map { (id, (trust: $0.trust, updates: $0.updates)) }
                     }),
                     retention: configuration.retention)
             }

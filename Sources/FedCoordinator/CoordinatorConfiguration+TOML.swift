@@ -10,7 +10,7 @@ extension CoordinatorConfiguration {
         "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
         "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
         "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
-        "trusted_data", "trusted_examples", "trust_threshold", "tls_certificate", "tls_key", "tls_client_ca",
+        "trusted_data", "trusted_examples", "trust_threshold", "trust_decay", "tls_certificate", "tls_key", "tls_client_ca",
         "max_connections", "idle_timeout", "read_timeout", "max_frame_bytes", "max_message_bytes", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
     ]
 
@@ -91,6 +91,7 @@ extension CoordinatorConfiguration {
         if let v = try value("dp_noise_multiplier", number, "a number") { c.aggregation.dpNoiseMultiplier = v }
         if let v = try value("trusted_examples", { $0.int }, "an integer") { c.trustedExamples = v }
         if let v = try value("trust_threshold", number, "a number") { c.aggregation.trustThreshold = v }
+        if let v = try value("trust_decay", number, "a number") { c.aggregation.trustDecay = v }
         if let v = try value("max_connections", { $0.int }, "an integer") { c.maximumConnections = v }
         if let v = try value("idle_timeout", number, "a number of seconds") { c.idleTimeout = v }
         if let v = try value("read_timeout", number, "a number of seconds") { c.readTimeout = v }

@@ -177,7 +177,7 @@ public final class Simulation {
                     }
                     _ = locals[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: start) }
                     var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, UInt64(round), UInt64(client))
-                    let malicious = attackers.contains(client)
+                    let malicious = round >= c.attackFromRound && attackers.contains(client)
                     let summary = trainers[worker].train(
                         parameters: &locals[worker], anchor: anchor,
                         data: DatasetSlice(dataset: malicious ? (poisoned ?? data) : data, indices: indices[client]),

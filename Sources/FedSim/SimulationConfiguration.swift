@@ -85,6 +85,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var attackScale = 10.0
     /// Standard deviation per coordinate of the `noise` attack.
     public var attackNoise = 1.0
+    /// The first round in which the attackers attack; before it they train honestly (a
+    /// "sleeper" that earns trust first).
+    public var attackFromRound = 1
 
     public init() {}
 
@@ -96,7 +99,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         "server_momentum", "server_beta2", "server_tau", "transport",
         "compute_speed", "uplink_mbps", "downlink_mbps", "availability", "dropout", "over_selection", "round_deadline",
         "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
-        "trusted_examples", "trust_threshold", "attackers", "attack", "attack_scale", "attack_noise",
+        "trusted_examples", "trust_threshold", "trust_decay", "attackers", "attack", "attack_scale", "attack_noise", "attack_from_round",
     ]
 
     /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
@@ -215,10 +218,12 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try double("dp_noise_multiplier") { c.aggregation.dpNoiseMultiplier = v }
         if let v = try int("trusted_examples") { c.trustedExamples = v }
         if let v = try double("trust_threshold") { c.aggregation.trustThreshold = v }
+        if let v = try double("trust_decay") { c.aggregation.trustDecay = v }
         if let v = try double("attackers") { c.attackers = v }
         if let v = try string("attack") { c.attack = v }
         if let v = try double("attack_scale") { c.attackScale = v }
         if let v = try double("attack_noise") { c.attackNoise = v }
+        if let v = try int("attack_from_round") { c.attackFromRound = v }
         return c
     }
 
@@ -255,6 +260,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard Attack(rawValue: attack) != nil else {
             throw ConfigurationError("attack must be one of \(Attack.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(attack)\"")
         }
+        guard attackFromRound >= 1 else { throw ConfigurationError("attack_from_round must be at least 1, got \(attackFromRound)") }
         guard attackScale.isFinite, attackNoise >= 0, attackNoise.isFinite else { throw ConfigurationError("attack_scale and attack_noise must be finite (attack_noise non-negative)") }
         switch transport {
         case "memory": break

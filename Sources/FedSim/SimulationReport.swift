@@ -166,8 +166,9 @@ extension SimulationConfiguration {
             "multi_krum_m": .int(aggregation.multiKrumSelect), "norm_bound": .double(aggregation.normBound),
             "norm_bound_action": .string(normBoundAction), "dp_clip": .double(aggregation.dpClip),
             "dp_noise_multiplier": .double(aggregation.dpNoiseMultiplier), "trusted_examples": .int(trustedExamples),
-            "trust_threshold": .double(aggregation.trustThreshold),
+            "trust_threshold": .double(aggregation.trustThreshold), "trust_decay": .double(aggregation.trustDecay),
             "attackers": .double(attackers), "attack": .string(attack), "attack_scale": .double(attackScale), "attack_noise": .double(attackNoise),
+            "attack_from_round": .int(attackFromRound),
         ]
     }
 }

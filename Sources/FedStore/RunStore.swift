@@ -225,7 +225,7 @@ public final class RunStore: Sendable {
             try db.execute(sql: """
                 CREATE TABLE trust (
                     client TEXT PRIMARY KEY,
-                    score_sum REAL NOT NULL,
+                    trust REAL NOT NULL,
                     updates INTEGER NOT NULL
                 );
                 PRAGMA user_version = 3;
@@ -292,17 +292,17 @@ public final class RunStore: Sendable {
     }
 
     /// Commits a round: its row, its participations, its checkpoint and the trust records it
-    /// changed (client → score sum and update count), together or not at all; then drops
+    /// changed (client → trust and update count), together or not at all; then drops
     /// checkpoints the retention policy no longer keeps.
     public func commit(
         _ row: RoundRow, checkpoint: Checkpoint, participations: [Participation] = [],
-        trust: [String: (scoreSum: Double, updates: Int)] = [:], retention: RetentionPolicy = RetentionPolicy()
+        trust: [String: (trust: Double, updates: Int)] = [:], retention: RetentionPolicy = RetentionPolicy()
     ) throws {
         try write { db in
             try db.inTransaction {
                 for (client, record) in trust {
-                    try db.execute(sql: "INSERT OR REPLACE INTO trust (client, score_sum, updates) VALUES (?, ?, ?)",
-                                   arguments: [client, record.scoreSum, record.updates])
+                    try db.execute(sql: "INSERT OR REPLACE INTO trust (client, trust, updates) VALUES (?, ?, ?)",
+                                   arguments: [client, record.trust, record.updates])
                 }
                 try db.execute(sql: """
                     INSERT INTO rounds (number, state, started_at, ended_at, selected, completed, dropped, refused, bytes_up, bytes_down,
@@ -343,11 +343,11 @@ public final class RunStore: Sendable {
     }
 
     /// The trust aggregator's records, by client.
-    public func trustRecords() throws -> [String: (scoreSum: Double, updates: Int)] {
+    public func trustRecords() throws -> [String: (trust: Double, updates: Int)] {
         try read { db in
-            var records: [String: (scoreSum: Double, updates: Int)] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT client, score_sum, updates FROM trust") {
-                records[row["client"]] = (row["score_sum"], row["updates"])
+            var records: [String: (trust: Double, updates: Int)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT client, trust, updates FROM trust") {
+                records[row["client"]] = (row["trust"], row["updates"])
             }
             return records
         }

@@ -50,6 +50,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("dp-noise"), help: "Central DP: Gaussian noise multiplier on the clipped sum.") var dpNoise: Double?
     @Option(help: "Fraction of malicious clients.") var attackers: Double?
     @Option(help: "What they do: sign_flip, scale, noise or label_flip.") var attack: String?
+    @Option(name: .customLong("attack-from-round"), help: "First round the attackers attack (honest before it).") var attackFromRound: Int?
     @Option(help: "Directory with the MNIST IDX files (overrides the scenario's data).") var data: String?
     @Option(help: "Write the JSON report to this file.") var report: String?
     @Option(help: "Record the run in this SQLite file (the fedcoord schema; read it with fedcoord report). In-memory transport only.") var db: String?
@@ -113,6 +114,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let normBound { c.aggregation.normBound = normBound }
         if let trustedExamples { c.trustedExamples = trustedExamples }
         if let normBoundAction { c.normBoundAction = normBoundAction }
+        if let attackFromRound { c.attackFromRound = attackFromRound }
         if let dpClip { c.aggregation.dpClip = dpClip }
         if let dpNoise { c.aggregation.dpNoiseMultiplier = dpNoise }
         if let attackers { c.attackers = attackers }

@@ -154,30 +154,34 @@ import Testing
         let bound = 1.5 * 2.0.squareRoot(), scale = Float(bound / 6.0.squareRoot())
         let expected: [Float] = [(1 + 1 + 2 * scale) / 3, (1 + scale) / 3, (1 + scale) / 3, 0]
         for (value, e) in zip(try #require(mean), expected) { #expect(abs(value - e) < 1e-6, "\(mean!)") }
-        #expect(ledger.records["x"] == TrustLedger.Record(scoreSum: outcome.scores[3], updates: 1))
+        #expect(ledger.records["x"] == TrustLedger.Record(trust: outcome.scores[3], updates: 1))
     }
 
-    @Test func aClientsRecordOutweighsOneNoisyRound() {
-        // Client "a" earned trust over three rounds; one round in which its update scores a
+    @Test func aClientsRecordOutweighsOneNoisyRoundButNotATurn() {
+        // Client "a" earned trust (1) over three rounds; one round in which its update scores a
         // little below zero keeps it in. A new client with the same update stays out.
         var ledger = TrustLedger()
         for _ in 0..<3 { ledger.record("a", score: 1) }
-        let slightlyOff: [Float] = [0.1, -1, -1, 0]
+        let slightlyOff: [Float] = [0, -0.3, -0.2, 0.5]
         let honest: [[Float]] = [[1, 1, 0, 0], [1, 0, 1, 0]]
         let (_, outcome, after) = trusted(honest + [slightlyOff, slightlyOff], clients: ["b", "c", "a", "new"], ledger: ledger)
         #expect(outcome.scores[2] < 0)
         #expect(outcome.untrusted == [3], "\(outcome.trust)")
         #expect(after.records["a"]?.updates == 4)
-        // An attacker that keeps sending flipped updates loses the trust it had.
+        #expect(abs((after.records["a"]?.trust ?? 0) - (0.5 + 0.5 * outcome.scores[2])) < 1e-12)
+        // A client that earned trust and then sends flipped updates loses it at once.
         var attacker = TrustLedger()
-        attacker.record("z", score: 0.5)
-        var lastTrust = 1.0
-        for _ in 0..<3 {
-            let (_, o, l) = trusted(honest + [[-1, -1, 0, 0]], clients: ["b", "c", "z"], ledger: attacker)
-            attacker = l
-            lastTrust = o.trust[2]
-        }
-        #expect(lastTrust == 0)
+        for _ in 0..<5 { attacker.record("z", score: 0.5) }
+        let (_, o, _) = trusted(honest + [[-1, -1, 0, 0]], clients: ["b", "c", "z"], ledger: attacker)
+        #expect(o.trust[2] == 0 && o.untrusted == [2])
+    }
+
+    @Test func trustIsAMovingAverageOrWithDecay0ThePlainMean() {
+        var ledger = TrustLedger()
+        for score in [1.0, 0.0, -1.0] { ledger.record("a", score: score) }
+        #expect(ledger.records["a"] == TrustLedger.Record(trust: -0.25, updates: 3)) // (1 / 2) / 2 - 1 / 2
+        for score in [1.0, 0.0, -1.0, 2.0] { ledger.record("m", score: score, weight: 0) }
+        #expect(abs(ledger.records["m"]!.trust - 0.5) < 1e-12 && ledger.records["m"]!.updates == 4)
     }
 
     @Test func withoutServerDirectionsNobodyIsTrusted() {

@@ -51,14 +51,35 @@ import Testing
         #expect(!records.isEmpty)
         for (client, record) in records {
             if simulation.attackers.contains(Int(client)!) {
-                #expect(record.meanScore < 0, "attacker \(client): \(record)")
+                #expect(record.trust < 0, "attacker \(client): \(record)")
             } else {
-                #expect(record.meanScore > 0, "honest \(client): \(record)")
+                #expect(record.trust > 0, "honest \(client): \(record)")
             }
         }
         let trusted = report.summary.finalAccuracy!
         #expect(trusted > fedAvg, "trust \(trusted), FedAvg under attack \(fedAvg)")
         #expect(trusted > clean - 0.05, "trust \(trusted), clean \(clean)")
+    }
+
+    @Test func sleepersAttackFromTheirRoundAndLoseTheirTrust() throws {
+        // Attackers honest for two rounds, then flipping: their trust is positive after round 2
+        // and, for each one sampled since, lower; negative once it has sent two flipped updates.
+        let (before, _) = try run { $0.attackers = 0.2; $0.attack = "sign_flip"; $0.aggregator = "trust"; $0.trustedExamples = 500; $0.attackFromRound = 3; $0.rounds = 2 }
+        let (after, _) = try run { $0.attackers = 0.2; $0.attack = "sign_flip"; $0.aggregator = "trust"; $0.trustedExamples = 500; $0.attackFromRound = 3 }
+        let sleepers = before.attackers.map(String.init)
+        #expect(sleepers.allSatisfy { (before.ledger.records[$0]?.trust ?? 1) > 0 })
+        var attacked = 0
+        for sleeper in sleepers {
+            let earlier = before.ledger.records[sleeper] ?? TrustLedger.Record()
+            guard let later = after.ledger.records[sleeper], later.updates > earlier.updates else { continue }
+            attacked += 1
+            #expect(later.trust < (earlier.updates > 0 ? earlier.trust : 0), "\(sleeper): \(earlier) then \(later)")
+            if later.updates - earlier.updates >= 2 { #expect(later.trust < 0, "\(sleeper): \(later)") }
+        }
+        #expect(attacked > 0)
+        // Until round 3 the run is the honest one.
+        let (honest, _) = try run { $0.aggregator = "trust"; $0.trustedExamples = 500; $0.rounds = 2 }
+        #expect(honest.global == before.global)
     }
 
     @Test func centralDPRunsAndCostsAccuracyWithMoreNoise() throws {
@@ -74,7 +95,7 @@ import Testing
             ("attackers = 1.5", "attackers"), ("trim_beta = 0.5", "trim_beta"), ("dp_noise_multiplier = 1", "dp_clip"),
             ("norm_bound_action = \"ignore\"", "norm_bound_action"), ("attackers = 0.1\ntransport = \"tcp\"", "memory transport"),
             ("aggregator = \"trust\"\ntransport = \"tcp\"", "memory transport"), ("trusted_examples = 0", "trusted_examples"),
-            ("trust_threshold = 1", "trust_threshold"),
+            ("trust_threshold = 1", "trust_threshold"), ("trust_decay = 1.5", "trust_decay"), ("attack_from_round = 0", "attack_from_round"),
         ] {
             let error = #expect(throws: ConfigurationError.self) { try SimulationConfiguration.parse(text, source: "t").validate() }
             #expect(error?.description.contains(message) == true, "\(error?.description ?? "")")

@@ -56,8 +56,8 @@ func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
         }
         let records = try RunStore(path: path).trustRecords()
         #expect(records.count == 2)
-        #expect(records["a"]?.scoreSum == 0.5 && records["a"]?.updates == 1)
-        #expect(records["x"]?.scoreSum == -0.9 && records["x"]?.updates == 2)
+        #expect(records["a"]?.trust == 0.5 && records["a"]?.updates == 1)
+        #expect(records["x"]?.trust == -0.9 && records["x"]?.updates == 2)
     }
 
     @Test func retentionKeepsTheLastNAndEveryMth() throws {

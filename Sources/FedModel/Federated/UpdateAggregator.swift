@@ -16,7 +16,7 @@ public struct AggregationSettings: Sendable, Equatable {
         /// Trust bootstrapping after FLTrust (Cao et al. 2021): the server computes, on a small
         /// dataset of its own, one descent direction per class; an update scores the sum of its
         /// highest and lowest cosine with them (a sign-flipped update scores the negative of the
-        /// honest one), a client's trust is its mean score over its updates, and only clients
+        /// honest one), a client's trust is the moving average of its scores, and only clients
         /// trusted above `trustThreshold` × the round's median score are averaged (FedAvg), with
         /// norms clipped to `normBound` (default 1.5) × their median. Needs
         /// ``UpdateAggregator/setTrustedDirections(_:)`` every round.
@@ -43,9 +43,12 @@ public struct AggregationSettings: Sendable, Equatable {
 
     public init(rule: Rule = .fedavg) { self.rule = rule }
 
-    /// Trust rule: a client counts when its mean score exceeds this fraction of the round's
-    /// median score (and 0).
+    /// Trust rule: a client counts when its trust exceeds this fraction of the round's median
+    /// score (and 0) ...
     public var trustThreshold = 0.2
+    /// ... where its trust is the moving average of its scores, each new score weighing this
+    /// (0 = the plain mean of all its scores).
+    public var trustDecay = 0.5
 
     /// Whether the rule needs the server's own directions on trusted data each round.
     public var needsTrustedDirections: Bool { rule == .trust }
@@ -61,6 +64,8 @@ public struct AggregationSettings: Sendable, Equatable {
         guard normBound == 0 || (normBound >= 1 && normBound.isFinite) else { throw ModelError("norm_bound must be 0 (off) or at least 1, got \(normBound)") }
         guard dpClip >= 0, dpClip.isFinite else { throw ModelError("dp_clip must be non-negative, got \(dpClip)") }
         guard dpNoiseMultiplier >= 0, dpNoiseMultiplier.isFinite else { throw ModelError("dp_noise_multiplier must be non-negative, got \(dpNoiseMultiplier)") }
+        guard trustDecay >= 0, trustDecay <= 1 else { throw ModelError("trust_decay must be in [0, 1] (0 = plain mean), got \(trustDecay)") }
+        guard trustDecay >= 0, trustDecay <= 1 else { throw ModelError("trust_decay must be in [0, 1] (0 = plain mean), got \(trustDecay)") }
         guard trustThreshold >= 0, trustThreshold < 1 else { throw ModelError("trust_threshold must be in [0, 1), got \(trustThreshold)") }
         guard dpNoiseMultiplier == 0 || dpClip > 0 else { throw ModelError("dp_noise_multiplier needs dp_clip (the noise is scaled by the clipping norm)") }
     }
@@ -89,8 +94,8 @@ public struct UpdateAggregator: Sendable {
         public var excluded: [Int] = []
         /// Indices of the updates Krum or multi-Krum selected.
         public var selected: [Int] = []
-        /// Trust rule, in arrival order: each update's score this round, its client's trust (mean
-        /// score so far), the threshold trust had to exceed, and the updates left out.
+        /// Trust rule, in arrival order: each update's score this round, its client's trust (the
+        /// moving average of its scores), the threshold trust had to exceed, and the updates left out.
         public var scores: [Double] = []
         public var trust: [Double] = []
         public var trustThreshold: Double?
@@ -255,7 +260,7 @@ public struct UpdateAggregator: Sendable {
             let (score, norm) = trustScore(update.delta, shards: update.shards)
             norms[k] = norm
             outcome.scores.append(score)
-            outcome.trust.append(max(0, update.client.map { ledger.record($0, score: score).meanScore } ?? score))
+            outcome.trust.append(max(0, update.client.map { ledger.record($0, score: score, weight: settings.trustDecay).trust } ?? score))
         }
         let threshold = max(0, settings.trustThreshold * Self.median(outcome.scores))
         var trusted = held.indices.filter { outcome.trust[$0] > threshold }
@@ -352,30 +357,33 @@ public struct UpdateAggregator: Sendable {
     }
 }
 
-/// What the server has seen of each client under the trust rule: the sum and count of its
-/// updates' scores. A client is trusted while its mean is high enough, so a steady attacker is
-/// left out after its first updates even when one round's score is noisy.
+/// What the server has seen of each client under the trust rule: an exponential moving average
+/// of its updates' scores. A client is trusted while it is high enough, so a steady attacker is
+/// left out after its first update even when one honest round's score is noisy, and a client
+/// that earned trust and then turns loses it within an update or two.
 public struct TrustLedger: Sendable, Equatable {
     public struct Record: Sendable, Equatable {
-        public var scoreSum = 0.0
-        public var updates = 0
-        public init(scoreSum: Double = 0, updates: Int = 0) {
-            self.scoreSum = scoreSum
+        /// The moving average of the scores (the first score as it is).
+        public var trust: Double
+        public var updates: Int
+        public init(trust: Double = 0, updates: Int = 0) {
+            self.trust = trust
             self.updates = updates
         }
-        public var meanScore: Double { updates > 0 ? scoreSum / Double(updates) : 0 }
     }
 
     public private(set) var records: [String: Record] = [:]
 
     public init(records: [String: Record] = [:]) { self.records = records }
 
-    /// Adds one update's score to `client`'s record and returns the record.
+    /// Folds one update's score into `client`'s record, the new score weighing `weight` (in
+    /// (0, 1]; 0 = the plain mean of all its scores), and returns the record.
     @discardableResult
-    public mutating func record(_ client: String, score: Double) -> Record {
+    public mutating func record(_ client: String, score: Double, weight: Double = 0.5) -> Record {
         var record = records[client] ?? Record()
-        record.scoreSum += score
         record.updates += 1
+        let w = weight > 0 ? weight : 1 / Double(record.updates)
+        record.trust = record.updates == 1 ? score : (1 - w) * record.trust + w * score
         records[client] = record
         return record
     }
