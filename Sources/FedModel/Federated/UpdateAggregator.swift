@@ -18,7 +18,7 @@ public struct AggregationSettings: Sendable, Equatable {
         /// highest and lowest cosine with them (a sign-flipped update scores the negative of the
         /// honest one), a client's trust is the moving average of its scores, and only clients
         /// trusted above `trustThreshold` × the round's median score are averaged (FedAvg), with
-        /// norms clipped to `normBound` (default 1.5) × their median. Needs
+        /// norms clipped to `normBound` (default 1.5) × the round's median norm. Needs
         /// ``UpdateAggregator/setTrustedDirections(_:)`` every round.
         case trust
     }
@@ -267,10 +267,11 @@ public struct UpdateAggregator: Sendable {
         outcome.untrusted = held.indices.filter { outcome.trust[$0] <= threshold }
         outcome.trustThreshold = threshold
         guard !trusted.isEmpty else { return nil }
-        // The magnitude: cosines ignore it, so a trusted update above a multiple of the trusted
-        // updates' median norm (capped at 1.5 × the previous round's reference) is clipped to
-        // it or left out.
-        var reference = Self.median(trusted.map { norms[$0] })
+        // The magnitude: cosines ignore it, so a trusted update above a multiple of the round's
+        // median norm (over every update, capped at 1.5 × the previous round's reference) is
+        // clipped to it or left out. Scaled honest directions are trusted: a median over the
+        // trusted alone would be theirs whenever they outnumber the trusted honest updates.
+        var reference = Self.median(norms)
         if let previousReference { reference = min(reference, 1.5 * previousReference) }
         outcome.referenceNorm = reference
         let bound = (settings.normBound > 0 ? settings.normBound : 1.5) * reference
