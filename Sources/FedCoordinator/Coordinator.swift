@@ -44,7 +44,7 @@ public actor Coordinator {
     /// The last round's reference norm for the norm bound.
     private var referenceNorm: Double?
     /// Trust aggregator: the server's directions on its trusted data, and each client's record
-    /// (kept for the life of the process).
+    /// (committed with every round, reloaded on resume).
     private let trustedDirections: TrustedDirections?
     private var ledger = TrustLedger()
     private var roundLossSum = 0.0
