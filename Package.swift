@@ -48,6 +48,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -87,6 +88,20 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "FedLifecycle",
+            dependencies: [
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "FedRounds",
+            dependencies: ["FedModel", "FedCodec"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "FedStore",
             dependencies: [
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -97,7 +112,7 @@ let package = Package(
         .target(
             name: "FedCoordinator",
             dependencies: daemonDependencies + [
-                "FedStore",
+                "FedRounds", "FedStore",
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
@@ -113,6 +128,7 @@ let package = Package(
             dependencies: [
                 "FedModel",
                 "FedCodec",
+                "FedRounds",
                 "FedCoordinator",
                 "FedClient",
                 "FedStore",
@@ -132,7 +148,7 @@ let package = Package(
         .executableTarget(
             name: "fedcoord",
             dependencies: [
-                "FedCoordinator", "FedModel", "FedStore", "FedCodec",
+                "FedCoordinator", "FedModel", "FedStore", "FedCodec", "FedLifecycle",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -141,7 +157,7 @@ let package = Package(
         .executableTarget(
             name: "fedclient",
             dependencies: [
-                "FedClient", "FedModel",
+                "FedClient", "FedModel", "FedLifecycle",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -181,6 +197,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "FedRoundsTests",
+            dependencies: ["FedRounds", "FedModel", "FedCodec"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "FedStoreTests",
             dependencies: ["FedStore", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
@@ -188,7 +209,7 @@ let package = Package(
         .testTarget(
             name: "FedCoordinatorTests",
             dependencies: [
-                "FedCoordinator", "FedClient", "FedModel", "FedProtocol", "FedStore",
+                "FedCoordinator", "FedRounds", "FedClient", "FedModel", "FedProtocol", "FedStore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),

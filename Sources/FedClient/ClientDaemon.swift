@@ -146,7 +146,19 @@ public actor ClientDaemon {
                     try receive(shard)
                 case .trainingTask(let task):
                     let update = try await train(task)
-                    try await writer.send(.update(update))
+                    do {
+                        try await writer.send(.update(update))
+                    } catch {
+                        // The coordinator closed the connection while this client trained; it
+                        // may have said GOODBYE first (the run finished), which is read here.
+                        while let message = try? await reader.next() {
+                            if case .goodbye(let reason) = message {
+                                logger.info("coordinator said goodbye", metadata: ["reason": "\(reason)"])
+                                return true
+                            }
+                        }
+                        throw error
+                    }
                 case .heartbeat(let timestamp):
                     try await writer.send(.heartbeat(timestamp: timestamp))
                 case .acknowledgement:

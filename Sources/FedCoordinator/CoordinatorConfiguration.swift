@@ -1,5 +1,6 @@
 import FedProtocol
 import FedModel
+import FedRounds
 import FedStore
 
 /// What a coordinator needs to run a federated training job.
@@ -76,18 +77,5 @@ public struct CoordinatorConfiguration: Sendable {
     public var selectionSize: Int { Int((Double(clientsPerRound) * overSelection).rounded(.up)) }
 }
 
-/// One round's outcome, for logs, reports and (later) the store.
-public struct CoordinatorRound: Sendable, Equatable {
-    public var round: Int
-    public var selected: Int
-    public var completed: Int
-    public var refused: Int
-    public var uplinkBytes: Int
-    public var downlinkBytes: Int
-    public var trainingLoss: Double
-    public var testAccuracy: Double?
-    public var testLoss: Double?
-    public var seconds: Double
-    /// Attempts that were abandoned below quorum before this one completed.
-    public var abandonedAttempts: Int
-}
+/// One committed round, as the round engine recorded it.
+public typealias CoordinatorRound = RoundOutcome

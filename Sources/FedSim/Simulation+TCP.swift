@@ -97,6 +97,7 @@ extension RoundRecord {
     init(round r: CoordinatorRound) {
         self.init(
             round: r.round, testAccuracy: r.testAccuracy, testLoss: r.testLoss, trainLoss: r.trainingLoss,
-            clients: r.completed, uplinkBytes: r.uplinkBytes, downlinkBytes: r.downlinkBytes, seconds: r.seconds)
+            clients: r.completed, uplinkBytes: r.uplinkBytes, downlinkBytes: r.downlinkBytes, seconds: r.seconds,
+            selected: r.selected, dropped: r.dropped, late: r.late)
     }
 }

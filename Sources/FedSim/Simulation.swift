@@ -1,5 +1,7 @@
 import FedCodec
+import FedCoordinator
 import FedModel
+import FedRounds
 import FedStore
 import Foundation
 
@@ -18,8 +20,15 @@ public final class Simulation {
     public let testData: Dataset
     /// Each client's example indices into ``trainData``.
     public let clientIndices: [[Int32]]
+    /// The server half of every round (the coordinator's engine).
+    public private(set) var engine: RoundEngine
+    /// Each client's id (`client-000017`), as the engine and the store know it.
+    public let clientIDs: [String]
+    private let clientIndex: [String: Int]
+    /// Whether simulated arrival times decide which updates count (over-selection, a deadline).
+    private let arrivalDecides: Bool
     /// The current global model.
-    public private(set) var global: [Float]
+    public var global: [Float] { engine.global }
     public private(set) var records: [RoundRecord] = []
 
     private let trainers: [LocalTrainer]
@@ -29,8 +38,6 @@ public final class Simulation {
     private let poisonedData: Dataset?
     /// Each client's device (speed and links), drawn once from the seed.
     private let profiles: [DeviceModel.Profile]
-    private let evaluator: Evaluator
-    private let testSlice: DatasetSlice
     private var localModels: [[Float]]
     private let uplink: UpdateCodec
     private let downlink: UpdateCodec
@@ -42,12 +49,9 @@ public final class Simulation {
     /// Where rounds are committed (`fedsim --db`), in the coordinator's schema.
     public var store: RunStore?
     /// Turns each round's mean delta into the new global model (FedAvg, FedAvgM, FedAdam, ...).
-    public private(set) var serverOptimizer: ServerOptimizer
-    /// The last round's reference norm for the norm bound.
-    private var referenceNorm: Double?
-    /// Trust rule: the server's directions on its trusted sample, and what it has seen of each client.
-    private let trusted: TrustedDirections?
-    public private(set) var ledger = TrustLedger()
+    public var serverOptimizer: ServerOptimizer { engine.optimizer }
+    /// Trust rule: what the server has seen of each client.
+    public var ledger: TrustLedger { engine.ledger }
 
     /// Builds the run: validates the configuration, loads and checks the data, partitions it.
     public convenience init(configuration: SimulationConfiguration) throws {
@@ -79,7 +83,7 @@ public final class Simulation {
         } catch let error as DataError {
             throw ConfigurationError("partition \(configuration.partition): \(error.problem)")
         }
-        global = network.initialParameters(seed: configuration.seed)
+        let global = network.initialParameters(seed: configuration.seed)
         let workers = min(configuration.effectiveThreads, configuration.clientsPerRound)
         let batch = configuration.batchSize
         trainers = (0..<workers).map { _ in LocalTrainer(network: network, batchCapacity: batch) }
@@ -89,7 +93,6 @@ public final class Simulation {
         let ranges = network.layout.tensors.map(\.range)
         uplink = UpdateCodec(spec: try configuration.uplinkSpec(), shardRanges: ranges)
         downlink = UpdateCodec(spec: try configuration.downlinkSpec(), shardRanges: ranges)
-        evaluator = Evaluator(network: network, threads: configuration.effectiveThreads)
         var attackerDraw = SeededGenerator(seed: configuration.seed, stream: 0xBAD0)
         var everyone = Array(0..<configuration.clients)
         everyone.withUnsafeMutableBufferPointer { attackerDraw.shuffle($0) }
@@ -99,8 +102,9 @@ public final class Simulation {
                           features: train.features, labels: train.labels.map { UInt8(train.classes - 1) - $0 })
             : nil
         profiles = (0..<configuration.clients).map { configuration.devices.profile(client: $0, seed: configuration.seed) }
-        testSlice = test.all
-        serverOptimizer = ServerOptimizer(settings: try configuration.serverOptimizerSettings(), parameterCount: network.parameterCount)
+        let evaluator = Evaluator(network: network, threads: configuration.effectiveThreads)
+        let testSlice = test.all
+        let trusted: TrustedDirections?
         do {
             trusted = configuration.aggregation.needsTrustedDirections
                 ? try TrustedDirections(network: network, data: try TrustedDirections.sample(train, count: configuration.trustedExamples, seed: configuration.seed))
@@ -108,54 +112,92 @@ public final class Simulation {
         } catch let error as DataError {
             throw ConfigurationError("trusted_examples: \(error.problem)")
         }
+        let devices = configuration.devices
+        var settings = RoundEngine.Settings(
+            rounds: configuration.rounds, clientsPerRound: configuration.clientsPerRound,
+            selectionSize: Int((Double(configuration.clientsPerRound) * devices.overSelection).rounded(.up)))
+        settings.minimumUpdates = 0
+        settings.minimumClients = 0
+        settings.roundDeadline = devices.roundDeadline
+        settings.localEpochs = configuration.localEpochs
+        settings.batchSize = configuration.batchSize
+        settings.learningRate = Float(configuration.learningRate)
+        settings.uplink = try configuration.uplinkSpec()
+        settings.seed = configuration.seed
+        settings.evaluateEvery = configuration.evaluateEvery
+        settings.aggregation = configuration.aggregation
+        settings.serverOptimizer = try configuration.serverOptimizerSettings()
+        arrivalDecides = devices.overSelection > 1 || devices.roundDeadline > 0
+        settings.addInSelectionOrder = arrivalDecides
+        engine = RoundEngine(settings: settings, network: network, initial: global, trusted: trusted) { model in
+            let evaluation = evaluator.evaluate(model, on: testSlice)
+            return (evaluation.accuracy, evaluation.loss)
+        }
+        // Zero-padded, so that the engine's sorted ids are the clients in index order.
+        let width = max(6, String(configuration.clients - 1).count)
+        clientIDs = (0..<configuration.clients).map { "client-" + String(repeating: "0", count: width - String($0).count) + String($0) }
+        clientIndex = Dictionary(uniqueKeysWithValues: clientIDs.enumerated().map { ($1, $0) })
     }
 
     /// The clients sampled in `round`: C·K distinct clients (⌈C·K × over_selection⌉ with
-    /// over-selection) drawn from the run's seed among the clients online in that round.
+    /// over-selection) drawn from the run's seed among the clients online in that round, with
+    /// the same draw the coordinator uses.
     public func sampleClients(round: Int) -> [Int] {
-        var generator = SeededGenerator(seed: configuration.seed, stream: 0x5A3B, UInt64(round))
+        ClientSelection.draw(from: availableClients(round: round), count: engine.settings.selectionSize, seed: configuration.seed, round: round)
+    }
+
+    private func availableClients(round: Int) -> [Int] {
         let devices = configuration.devices
-        var pool = devices.availability < 1
+        return devices.availability < 1
             ? (0..<configuration.clients).filter { devices.isAvailable(client: $0, round: round, seed: configuration.seed) }
             : Array(0..<configuration.clients)
-        let wanted = Int((Double(configuration.clientsPerRound) * devices.overSelection).rounded(.up))
-        let m = min(wanted, pool.count)
-        for i in 0..<m {
-            let j = i + Int(generator.next() % UInt64(pool.count - i))
-            pool.swapAt(i, j)
+    }
+
+    /// Tells the engine which clients are online in `round` (all of them without an
+    /// availability model).
+    private func updateAvailability(round: Int) {
+        let online = Set(availableClients(round: round))
+        for client in 0..<configuration.clients {
+            let connected = engine.isConnected(clientIDs[client])
+            if online.contains(client), !connected {
+                engine.clientJoined(clientIDs[client], at: 0)
+            } else if !online.contains(client), connected {
+                engine.clientLeft(clientIDs[client], at: 0)
+            }
         }
-        return Array(pool[0..<m])
     }
 
     /// Runs one round and returns its record. Throws ``ConfigurationError`` when a client's
     /// training diverged (non-finite loss), leaving the global model as it was before the round.
+    ///
+    /// The server half of the round is the ``RoundEngine`` the coordinator runs: this drives it
+    /// with simulated clients and, with a device model, a virtual clock.
     @discardableResult
     public func runRound() throws -> RoundRecord {
-        let round = records.count + 1
+        let round = engine.nextRound
         let startTime = Date()
-        let selected = sampleClients(round: round)
         let c = configuration
         let devices = c.devices
+        if devices.availability < 1 || round == 1 { updateAvailability(round: round) }
+        let selected: [Int] = engine.beginRound(at: 0).map { action in
+            guard case .sendTask(let id, _) = action else { preconditionFailure("the engine answered a round's start with \(action)") }
+            return clientIndex[id]!
+        }
         let dropped = selected.map { devices.dropsOut(client: $0, round: round, seed: c.seed) }
-        // Whether arrival order decides which updates count: then updates are held (encoded)
-        // until every selected client's simulated arrival time is known.
-        let cut = selected.count > c.clientsPerRound || devices.roundDeadline > 0 || c.aggregation.holdsUpdates
         let sgd = SGD(
             learningRate: Float(c.learningRate), momentum: Float(c.momentum),
             weightDecay: Float(c.weightDecay), proximalMu: Float(c.proximalMu))
-        let state = RoundState(
-            aggregator: UpdateAggregator(
-                shardRanges: network.layout.tensors.map(\.range), settings: c.aggregation, previousReferenceNorm: referenceNorm, ledger: ledger),
-            holdUpdates: cut)
         // The model every participant starts from: the global model as the downlink codec
         // delivers it. The server keeps its own exact copy and applies deltas to that.
         var downlinkGenerator = SeededGenerator(seed: c.seed, stream: 0xD0, UInt64(round))
-        let downloaded = try downlink.encode(self.global, generator: &downlinkGenerator)
-        var received = self.global
+        let downloaded = try downlink.encode(engine.global, generator: &downlinkGenerator)
+        var received = engine.global
         if !downlink.spec.isLossless { try downlink.decode(downloaded, into: &received) }
         let downloadBytes = downloaded.reduce(0) { $0 + $1.count }
+        for _ in selected { engine.countDownload(bytes: downloadBytes) }
         let start = received
         let anchor: [Float]? = c.proximalMu > 0 ? start : nil
+        let state = RoundDriver(engine: engine, clientIDs: clientIDs, selected: selected, byArrival: arrivalDecides)
         let trainers = self.trainers
         let data = trainData
         let poisoned = poisonedData
@@ -165,9 +207,11 @@ public final class Simulation {
         let uplink = self.uplink
         let residuals = self.residuals
         let parameterCount = network.parameterCount
+        let profiles = self.profiles
+        let clock = devices.hasClock
         withUnsafeMutableBuffers(&localModels, &sentDeltas, &decodedDeltas) { locals, sent, decoded in
             parallelFor(trainers.count) { worker in
-                while let slot = state.claim(limit: selected.count) {
+                while let slot = state.claim() {
                     let client = selected[slot]
                     var outcome = ClientOutcome(examples: indices[client].count, loss: 0)
                     guard !dropped[slot] else {
@@ -204,12 +248,15 @@ public final class Simulation {
                         } catch {
                             outcome.failure = "client \(client)'s update could not be encoded with \(uplink.spec): \(error)"
                         }
-                    } else if c.attackers > 0 {
-                        // Under attack a poisoned global model can make honest training blow up:
-                        // the server refuses the non-finite update, as the coordinator does.
-                        outcome.refused = true
-                    } else {
+                    } else if c.attackers == 0 {
+                        // Without attackers a non-finite loss means the learning rate is too high
+                        // (under attack a poisoned model can make honest training blow up, and
+                        // the engine refuses that update as the coordinator does).
                         outcome.failure = "training diverged in round \(round): client \(client) reached a non-finite loss; lower learning_rate (now \(c.learningRate))"
+                    }
+                    if clock {
+                        outcome.arrival = profiles[client].seconds(
+                            downlinkBytes: downloadBytes, examples: outcome.examples * c.localEpochs, uplinkBytes: outcome.uplinkBytes)
                     }
                     state.commit(slot: slot, delta: decoded[worker], encoded: encoded, outcome: outcome)
                 }
@@ -218,70 +265,35 @@ public final class Simulation {
         if let failure = state.failure {
             throw ConfigurationError(failure)
         }
-        // The virtual clock: when each delivered update reaches the server.
+        if arrivalDecides { state.deliverByArrival() }
+        // The virtual clock: the round ends at its last counted arrival, or at the deadline
+        // when too few arrived in time.
         var simulatedSeconds: Double?
-        if devices.hasClock || cut {
-            let arrivals = state.participations.map { p -> Double in
-                guard !p.outcome.dropped, !p.outcome.refused else { return .infinity }
-                return profiles[selected[p.slot]].seconds(
-                    downlinkBytes: downloadBytes, examples: p.outcome.examples * c.localEpochs, uplinkBytes: p.outcome.uplinkBytes)
-            }
-            let order = arrivals.indices.sorted { (arrivals[$0], $0) < (arrivals[$1], $1) }
+        if clock {
             let deadline = devices.roundDeadline > 0 ? devices.roundDeadline : Double.infinity
-            var accepted = 0
-            var last = 0.0
-            for i in order where arrivals[i].isFinite {
-                if accepted < c.clientsPerRound, arrivals[i] <= deadline {
-                    accepted += 1
-                    last = arrivals[i]
-                } else {
-                    state.participations[i].outcome.late = true
-                }
-            }
-            let enough = accepted == c.clientsPerRound
-            simulatedSeconds = devices.hasClock ? (enough || deadline == .infinity ? last : deadline) : nil
+            let enough = state.accepted == c.clientsPerRound
+            simulatedSeconds = enough || deadline == .infinity ? state.lastAcceptedArrival : deadline
         }
-        if cut { try state.aggregateHeld(using: uplink, scratch: &decodedDeltas[0], clients: selected) }
-        if let trusted {
-            state.aggregator.setTrustedDirections(trusted.directions(from: self.global, learningRate: Float(c.learningRate), seed: c.seed, round: round))
+        engine = state.engine
+        guard case .completed(let outcome) = try engine.closeRound(at: simulatedSeconds ?? 0) else {
+            preconditionFailure("a simulated round has no quorum to miss")
         }
-        var dpGenerator = SeededGenerator(seed: c.seed, stream: 0xD9, UInt64(round))
-        let (mean, aggregation) = state.aggregator.finish(generator: &dpGenerator)
-        if let reference = aggregation.referenceNorm { referenceNorm = reference }
-        ledger = state.aggregator.ledger
-        if let mean {
-            serverOptimizer.apply(delta: mean, to: &self.global)
-        }
-        let delivered = state.participations.filter(\.outcome.counts)
-        let examples = delivered.reduce(0) { $0 + $1.outcome.examples }
         var record = RoundRecord(
-            round: round, testAccuracy: nil, testLoss: nil,
-            trainLoss: delivered.reduce(0) { $0 + $1.outcome.loss * Double($1.outcome.examples) } / Double(max(1, examples)),
-            clients: delivered.count,
-            uplinkBytes: state.participations.reduce(0) { $0 + $1.outcome.uplinkBytes },
-            downlinkBytes: selected.count * downloadBytes,
-            seconds: 0,
-            selected: selected.count,
-            dropped: state.participations.filter(\.outcome.dropped).count,
-            late: state.participations.filter(\.outcome.late).count,
+            round: round, testAccuracy: outcome.testAccuracy, testLoss: outcome.testLoss,
+            trainLoss: outcome.trainingLoss, clients: outcome.completed,
+            uplinkBytes: outcome.uplinkBytes, downlinkBytes: outcome.downlinkBytes, seconds: 0,
+            selected: outcome.selected, dropped: outcome.dropped, late: outcome.late,
             simulatedSeconds: simulatedSeconds)
-        if round % c.evaluateEvery == 0 || round == c.rounds {
-            let evaluation = evaluator.evaluate(self.global, on: testSlice)
-            record.testAccuracy = evaluation.accuracy
-            record.testLoss = evaluation.loss
-        }
         record.seconds = Date().timeIntervalSince(startTime)
         if let store {
             try store.commit(
-                RoundRow(round: round, startedAt: startTime, endedAt: Date(), selected: selected.count, completed: delivered.count,
-                         refused: state.participations.filter(\.outcome.refused).count, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
+                RoundRow(round: round, startedAt: startTime, endedAt: Date(), selected: outcome.selected, completed: outcome.completed,
+                         refused: outcome.refused, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
                          trainingLoss: record.trainLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
-                checkpoint: Checkpoint(round: round, modelVersion: UInt32(round), model: global,
-                                       optimizerM: serverOptimizer.m, optimizerV: serverOptimizer.v, modelSHA256: RunStore.sha256(global)),
-                participations: state.participations.map { p in
-                    Participation(client: String(format: "client-%06d", selected[p.slot]), state: p.outcome.state, bytes: p.outcome.uplinkBytes,
-                                  examples: p.outcome.examples, localLoss: p.outcome.dropped ? nil : p.outcome.loss, codec: c.codec, errorCode: nil)
-                })
+                checkpoint: Checkpoint(round: round, modelVersion: engine.modelVersion, model: engine.global,
+                                       optimizerM: engine.optimizer.m, optimizerV: engine.optimizer.v, modelSHA256: RunStore.sha256(engine.global)),
+                participations: outcome.participations.map { Participation($0, codec: c.codec) },
+                trust: outcome.trust.mapValues { (trust: $0.trust, updates: $0.updates) })
         }
         records.append(record)
         return record
@@ -326,38 +338,42 @@ public final class Simulation {
     }
 }
 
-/// Shared by the workers of one round: hands out clients in sampling order and adds their
-/// deltas to the running sum strictly in that order (a worker that finishes early waits
-/// for its turn), which makes the floating-point sum independent of thread timing.
+/// Shared by the workers of one round: hands out clients in sampling order and delivers their
+/// updates to the engine strictly in that order (a worker that finishes early waits for its
+/// turn), which makes the floating-point sum independent of thread timing.
 ///
 /// When arrival order decides which updates count (over-selection, a deadline), updates are
-/// held encoded instead, and ``aggregateHeld(using:scratch:)`` adds the ones that count, in
-/// sampling order, once the virtual clock has decided.
-final class RoundState: @unchecked Sendable {
+/// held encoded instead and ``deliverByArrival()`` hands them to the engine in order of their
+/// simulated arrival; the engine then adds the ones it admitted in selection order.
+final class RoundDriver: @unchecked Sendable {
     private let condition = NSCondition()
     private var nextSlot = 0
     private var committed = 0
-    let holdUpdates: Bool
-    var aggregator: UpdateAggregator
+    private(set) var engine: RoundEngine
+    private let clientIDs: [String]
+    private let selected: [Int]
+    private let byArrival: Bool
+    private var outcomes: [(slot: Int, outcome: ClientOutcome, encoded: [[UInt8]])] = []
     private let allShards: [Int]
-    /// Each client's outcome, in sampling order.
-    var participations: [(slot: Int, outcome: ClientOutcome)] = []
-    /// Encoded updates by slot, while they wait for the cut.
-    private var held: [Int: [[UInt8]]] = [:]
     /// Why the round failed: the first client (in sampling order) whose training diverged or
     /// whose update could not be encoded. A failed round is not applied.
-    var failure: String?
+    private(set) var failure: String?
+    /// Updates the engine admitted, and the last one's simulated arrival.
+    private(set) var accepted = 0
+    private(set) var lastAcceptedArrival = 0.0
 
-    init(aggregator: UpdateAggregator, holdUpdates: Bool = false) {
-        self.aggregator = aggregator
-        self.holdUpdates = holdUpdates
-        allShards = Array(aggregator.shardRanges.indices)
+    init(engine: RoundEngine, clientIDs: [String], selected: [Int], byArrival: Bool) {
+        self.engine = engine
+        self.clientIDs = clientIDs
+        self.selected = selected
+        self.byArrival = byArrival
+        allShards = Array(engine.layout.tensors.indices)
     }
 
-    func claim(limit: Int) -> Int? {
+    func claim() -> Int? {
         condition.lock()
         defer { condition.unlock() }
-        guard nextSlot < limit else { return nil }
+        guard nextSlot < selected.count else { return nil }
         nextSlot += 1
         return nextSlot - 1
     }
@@ -367,27 +383,40 @@ final class RoundState: @unchecked Sendable {
         while committed != slot { condition.wait() }
         if let problem = outcome.failure {
             failure = failure ?? problem
-        } else if failure == nil, !outcome.dropped, !outcome.refused {
-            if holdUpdates {
-                held[slot] = encoded
+        } else if failure == nil {
+            if byArrival {
+                outcomes.append((slot, outcome, encoded))
             } else {
-                aggregator.add(delta: delta, shards: allShards, weight: Double(outcome.examples))
+                deliver(slot: slot, outcome: outcome, body: .decoded(delta))
             }
         }
-        participations.append((slot, outcome))
         committed += 1
         condition.broadcast()
         condition.unlock()
     }
 
-    /// Decodes and adds the held updates that count (not late), in sampling order.
-    func aggregateHeld(using codec: UpdateCodec, scratch: inout [Float], clients: [Int]) throws {
-        for p in participations where p.outcome.counts {
-            guard let encoded = held[p.slot] else { continue }
-            try codec.decode(encoded, into: &scratch)
-            aggregator.add(delta: scratch, shards: allShards, weight: Double(p.outcome.examples), client: String(clients[p.slot]))
+    /// Hands the held updates to the engine in order of simulated arrival (ties by slot).
+    func deliverByArrival() {
+        for held in outcomes.sorted(by: { ($0.outcome.arrival, $0.slot) < ($1.outcome.arrival, $1.slot) }) {
+            deliver(slot: held.slot, outcome: held.outcome, body: .encoded(held.encoded))
         }
-        held = [:]
+        outcomes = []
+    }
+
+    private func deliver(slot: Int, outcome: ClientOutcome, body: RoundEngine.IncomingUpdate.Body) {
+        let id = clientIDs[selected[slot]]
+        if outcome.dropped {
+            engine.clientDropped(id, at: outcome.arrival)
+            return
+        }
+        let task = engine.roundInProgress ?? 0
+        let update = RoundEngine.IncomingUpdate(
+            round: task, modelVersion: engine.modelVersion, exampleCount: outcome.examples, trainingLoss: outcome.loss,
+            shards: allShards, body: body, bytes: outcome.uplinkBytes)
+        for case .acknowledge in engine.updateArrived(update, from: id, at: outcome.arrival) {
+            accepted += 1
+            lastAcceptedArrival = max(lastAcceptedArrival, outcome.arrival)
+        }
     }
 }
 
@@ -403,7 +432,7 @@ extension Attack {
     }
 }
 
-/// What one client's training produced, for the round's totals.
+/// What one client's training produced.
 struct ClientOutcome {
     var examples: Int
     var loss: Double
@@ -411,16 +440,8 @@ struct ClientOutcome {
     var failure: String?
     /// Dropped out before delivering (nothing was trained or sent).
     var dropped = false
-    /// Refused by the server (a non-finite update).
-    var refused = false
-    /// Delivered after the deadline or after the round had enough updates: not aggregated.
-    var late = false
-
-    /// Whether the update is part of the aggregate.
-    var counts: Bool { !dropped && !late && !refused && failure == nil }
-
-    /// The participation state recorded in the store.
-    var state: String { dropped ? "dropped" : refused ? "refused" : late ? "late" : "accepted" }
+    /// When its update reaches the server on the virtual clock (0 without a device model).
+    var arrival = 0.0
 }
 
 /// Error-feedback residuals by client id. Each client is trained by one worker at a time, so

@@ -322,13 +322,15 @@ public final class RunStore: Sendable {
                         INSERT INTO participations (round, client, state, bytes, examples, local_loss, codec, error_code, duration_seconds)
                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """, arguments: [row.round, p.client, p.state, p.bytes, p.examples, p.localLoss, p.codec, p.errorCode, p.durationSeconds])
+                    // Dropped and late participations are neither updates nor refusals.
                     let accepted = p.state == "accepted" ? 1 : 0
+                    let refused = p.state == "refused" ? 1 : 0
                     try db.execute(sql: """
                         INSERT INTO clients (id, first_seen, last_seen, updates, refusals, bytes_up, examples) VALUES (?, ?, ?, ?, ?, ?, ?)
                         ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen, updates = updates + excluded.updates,
                             refusals = refusals + excluded.refusals, bytes_up = bytes_up + excluded.bytes_up, examples = examples + excluded.examples
-                        """, arguments: [p.client, now, now, accepted, 1 - accepted, p.bytes, p.examples])
-                    if accepted == 0 {
+                        """, arguments: [p.client, now, now, accepted, refused, p.bytes, p.examples])
+                    if refused == 1 {
                         try db.execute(sql: "INSERT INTO events (at, kind, client, message) VALUES (?, 'refusal', ?, ?)",
                                        arguments: [now, p.client, "round \(row.round): update refused with error \(p.errorCode ?? 0)"])
                     }

@@ -1,6 +1,6 @@
 import ArgumentParser
-import Dispatch
 import FedClient
+import FedLifecycle
 import FedModel
 import FedProtocol
 import Foundation
@@ -15,7 +15,9 @@ struct FedClientCommand: AsyncParsableCommand {
         discussion: """
             Data is an MNIST directory (the training files; --examples picks a range of them) or a CSV
             file (label, then features per line). The daemon reconnects with backoff until the
-            coordinator says goodbye; SIGTERM or SIGINT stop it.
+            coordinator says goodbye at the end of the run. SIGTERM or SIGINT stop it: a training in progress
+            is finished (its upload abandoned), the error-feedback state is saved, GOODBYE is sent and it exits 0;
+            a second signal exits at once (130 or 143).
             """,
         version: "0.1.0")
 
@@ -75,17 +77,13 @@ struct FedClientCommand: AsyncParsableCommand {
             configuration.tls = tls
         }
         let daemon = ClientDaemon(configuration: configuration)
-        let signals = [SIGTERM, SIGINT].map { signal -> DispatchSourceSignal in
-            Foundation.signal(signal, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signal)
-            source.setEventHandler { Task { await daemon.stop() } }
-            source.resume()
-            return source
-        }
         print("fedclient: \(clientID) with \(slice.count) examples, coordinator \(address)")
         fflush(nil)
-        await daemon.run()
-        _ = signals
+        try await runDaemon(name: "fedclient", logger: Logger(label: "fedclient"), work: {
+            await daemon.run()
+        }, onShutdown: {
+            Task { await daemon.stop() }
+        })
         print("fedclient: finished after \(await daemon.completedRounds.count) rounds")
     }
 

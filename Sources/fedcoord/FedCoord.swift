@@ -1,6 +1,6 @@
 import ArgumentParser
-import Dispatch
 import FedCoordinator
+import FedLifecycle
 import FedModel
 import FedProtocol
 import FedStore
@@ -21,7 +21,12 @@ extension FedCoord {
     struct Serve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Listen for client daemons and run the training rounds of a configuration.",
-            discussion: "Stops after the configured rounds or at the target accuracy. SIGTERM or SIGINT finish the current round, say goodbye to the clients and exit.")
+            discussion: """
+                Stops after the configured rounds or at the target accuracy, says GOODBYE to every client and exits 0. \
+                SIGTERM or SIGINT stop taking connections, finish the round in flight if it completes within the smaller \
+                of its deadline and 30 s (otherwise abandon it, committing nothing of it), close every connection (the \
+                clients reconnect to the next start) and exit 0; a second signal exits at once (130 or 143).
+                """)
 
         @Option(help: "Coordinator configuration (TOML); Configs/coordinator.toml documents every key.")
         var config = "Configs/coordinator.toml"
@@ -64,16 +69,6 @@ extension FedCoord {
             } catch {
                 fail("\(error)")
             }
-            let signals = [SIGTERM, SIGINT].map { signal -> DispatchSourceSignal in
-                Foundation.signal(signal, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: signal)
-                source.setEventHandler {
-                    logger.info("shutting down after the current round", metadata: ["signal": "\(signal)"])
-                    Task { await coordinator.stop() }
-                }
-                source.resume()
-                return source
-            }
             let listenHost = configuration.host
             let progress: @Sendable (CoordinatorRound) -> Void = { r in
                 let accuracy = r.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
@@ -83,10 +78,14 @@ extension FedCoord {
             }
             let history: [CoordinatorRound]
             do {
-                history = try await coordinator.run(onBound: { port in
-                    print("fedcoord: listening on \(listenHost):\(port)")
-                    fflush(nil)
-                }, progress: progress)
+                history = try await runDaemon(name: "fedcoord", logger: logger, work: {
+                    try await coordinator.run(onBound: { port in
+                        print("fedcoord: listening on \(listenHost):\(port)")
+                        fflush(nil)
+                    }, progress: progress)
+                }, onShutdown: {
+                    Task { await coordinator.stop() }
+                })
             } catch let error as StoreError {
                 // The last committed round is intact; the run resumes from it on restart.
                 fail("\(error)")
@@ -96,8 +95,8 @@ extension FedCoord {
                 // Binding is what fails in practice (address in use, no permission).
                 fail("cannot serve on \(configuration.host):\(configuration.port): \(error)")
             }
-            _ = signals
-            print("fedcoord: done: \(history.count) rounds, final accuracy \(history.last?.testAccuracy.map { String(format: "%.4f", $0) } ?? "-")")
+            let stopped = await coordinator.isStopping
+            print("fedcoord: \(stopped ? "stopped" : "done"): \(history.count) rounds, final accuracy \(history.last?.testAccuracy.map { String(format: "%.4f", $0) } ?? "-")")
         }
 
         private func fail(_ message: String) -> Never {

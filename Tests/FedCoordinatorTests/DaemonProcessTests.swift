@@ -80,46 +80,132 @@ import Testing
         }
     }
 
-    @Test func sigtermFinishesTheRoundAndDismissesTheClients() async throws {
+    /// A coordinator configuration for the signal tests, with `extra` keys, and the two
+    /// clients' secrets registered in its database.
+    func signalSetUp(_ directory: URL, _ extra: String) throws -> (config: URL, database: URL) {
+        let database = directory.appendingPathComponent("run.sqlite")
+        let config = directory.appendingPathComponent("coordinator.toml")
+        try """
+            port = 0
+            rounds = 100000
+            min_clients = 2
+            clients_per_round = 2
+            over_selection = 1.0
+            database = "\(database.path)"
+            [clients]
+            a = "\(testPublicKey("sa"))"
+            b = "\(testPublicKey("sb"))"
+
+            """.replacingOccurrences(of: "over_selection = 1.0\n", with: "over_selection = 1.0\n\(extra)\n")
+            .write(to: config, atomically: true, encoding: .utf8)
+        return (config, database)
+    }
+
+    func waitForLine(_ log: URL, _ prefix: String, seconds: Double = 20) async throws -> String? {
+        for _ in 0..<Int(seconds * 20) {
+            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            if let line = text.split(separator: "\n").first(where: { $0.contains(prefix) }) { return String(line) }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        return nil
+    }
+
+    func port(of log: URL) async throws -> Int {
+        let line = try #require(try await waitForLine(log, "fedcoord: listening on"))
+        return try #require(Int(line.split(separator: ":").last!))
+    }
+
+    func startClients(_ directory: URL, port: Int, examples: [String] = ["0..<300", "300..<600"]) throws -> [Process] {
+        try zip(["a", "b"], examples).map { id, range in
+            try start("fedclient", ["--coordinator", "127.0.0.1:\(port)", "--id", id, "--secret", testSecret("s\(id)"),
+                                    "--data", "Simulations/data/mnist", "--examples", range,
+                                    "--state-file", directory.appendingPathComponent("\(id).residual").path],
+                      output: directory.appendingPathComponent("\(id).log"))
+        }
+    }
+
+    func waitForExit(_ process: Process, seconds: Double) async throws {
+        for _ in 0..<Int(seconds * 20) where process.isRunning { try await Task.sleep(nanoseconds: 50_000_000) }
+    }
+
+    @Test func sigtermBetweenRoundsCommitsTheRoundInFlightAndTheClientsReconnectUntilStopped() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedterm-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let config = directory.appendingPathComponent("coordinator.toml")
-        try "port = 0\nrounds = 100000\nmin_clients = 2\nclients_per_round = 2\nover_selection = 1.0\n[clients]\na = \"\(testPublicKey("sa"))\"\nb = \"\(testPublicKey("sb"))\"\n"
-            .write(to: config, atomically: true, encoding: .utf8)
+        let (config, database) = try signalSetUp(directory, "")
         let log = directory.appendingPathComponent("coordinator.log")
         let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: log)
         defer { if coordinator.isRunning { coordinator.terminate() } }
-        var port: Int?
-        for _ in 0..<200 where port == nil {
-            try await Task.sleep(nanoseconds: 50_000_000)
-            let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-            port = text.split(separator: "\n").first { $0.hasPrefix("fedcoord: listening on") }.flatMap { Int($0.split(separator: ":").last!) }
-        }
-        let listening = try #require(port)
-        let clients = try ["a", "b"].map { id in
-            try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", testSecret("s\(id)"),
-                                    "--data", "Simulations/data/mnist", "--examples", id == "a" ? "0..<300" : "300..<600"],
-                      output: directory.appendingPathComponent("\(id).log"))
-        }
-        // Let a few rounds pass, then ask the coordinator to stop.
-        for _ in 0..<300 {
-            try await Task.sleep(nanoseconds: 50_000_000)
-            if ((try? String(contentsOf: log, encoding: .utf8)) ?? "").contains("round    3") { break }
-        }
+        let clients = try startClients(directory, port: try await port(of: log))
+        defer { for client in clients where client.isRunning { client.terminate() } }
+        #expect(try await waitForLine(log, "round    3") != nil)
         kill(coordinator.processIdentifier, SIGTERM)
-        for _ in 0..<200 where coordinator.isRunning || clients.contains(where: \.isRunning) {
-            try await Task.sleep(nanoseconds: 50_000_000)
-        }
+        try await waitForExit(coordinator, seconds: 10)
         let text = try String(contentsOf: log, encoding: .utf8)
         #expect(!coordinator.isRunning && coordinator.terminationStatus == 0, "coordinator:\n\(text)")
-        #expect(text.contains("shutting down after the current round"))
-        #expect(text.contains("fedcoord: done:"))
+        #expect(text.contains("shutting down") && text.contains("fedcoord: stopped:"), "coordinator:\n\(text)")
+        // Every round it printed is committed, and nothing more: the round in flight finished.
+        let printed = text.split(separator: "\n").filter { $0.hasPrefix("round ") }.count
+        let store = try RunStore(path: database.path)
+        #expect(try store.lastCheckpoint()?.round == printed, "\(printed) rounds printed")
+        // Clients of protocol version 1 are not sent GOODBYE on a shutdown: they keep trying to
+        // reconnect until they are stopped themselves, which they do cleanly.
+        try await Task.sleep(nanoseconds: 500_000_000)
+        #expect(clients.allSatisfy { $0.isRunning })
+        for client in clients { kill(client.processIdentifier, SIGTERM) }
         for (client, id) in zip(clients, ["a", "b"]) {
+            try await waitForExit(client, seconds: 10)
             let clientLog = try String(contentsOf: directory.appendingPathComponent("\(id).log"), encoding: .utf8)
             #expect(!client.isRunning && client.terminationStatus == 0, "client \(id):\n\(clientLog)")
-            #expect(clientLog.contains("coordinator said goodbye"), "client \(id):\n\(clientLog)")
+            #expect(clientLog.contains("fedclient: finished after"), "client \(id):\n\(clientLog)")
         }
+    }
+
+    @Test(arguments: [SIGTERM, SIGINT]) func aSignalWhileWaitingForClientsStopsAtOnce(_ signal: Int32) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedwait-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let (config, _) = try signalSetUp(directory, "")
+        let log = directory.appendingPathComponent("coordinator.log")
+        let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: log)
+        defer { if coordinator.isRunning { coordinator.terminate() } }
+        _ = try await port(of: log)
+        kill(coordinator.processIdentifier, signal)
+        try await waitForExit(coordinator, seconds: 5)
+        let text = try String(contentsOf: log, encoding: .utf8)
+        #expect(!coordinator.isRunning && coordinator.terminationStatus == 0, "\(text)")
+        #expect(text.contains("fedcoord: stopped: 0 rounds"), "\(text)")
+    }
+
+    @Test func aSignalMidTrainingAbandonsTheRoundAtItsDeadlineAndASecondOneExitsAtOnce() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedtrain-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // Local training far longer than the round deadline: the round cannot finish.
+        let (config, database) = try signalSetUp(directory, "local_epochs = 100\nround_deadline = 2")
+        let log = directory.appendingPathComponent("coordinator.log")
+        let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: log)
+        defer { if coordinator.isRunning { coordinator.terminate() } }
+        let clients = try startClients(directory, port: try await port(of: log), examples: ["0..<3000", "3000..<6000"])
+        // Training goes on long after the test: end the clients outright.
+        defer { for client in clients where client.isRunning { kill(client.processIdentifier, SIGKILL) } }
+        for id in ["a", "b"] { #expect(try await waitForLine(directory.appendingPathComponent("\(id).log"), "connected") != nil) }
+        // The round begins as the second client joins; both are training a few moments later.
+        try await Task.sleep(nanoseconds: 500_000_000)
+        kill(coordinator.processIdentifier, SIGTERM)
+        try await waitForExit(coordinator, seconds: 10)
+        let text = try String(contentsOf: log, encoding: .utf8)
+        #expect(!coordinator.isRunning && coordinator.terminationStatus == 0, "\(text)")
+        #expect(text.contains("fedcoord: stopped: 0 rounds"), "\(text)")
+        #expect(try RunStore(path: database.path).lastCheckpoint() == nil, "nothing of the abandoned round is committed")
+        // A client stopped mid-training: a second signal ends it at once with 128 + SIGTERM.
+        kill(clients[0].processIdentifier, SIGTERM)
+        try await Task.sleep(nanoseconds: 200_000_000)
+        kill(clients[0].processIdentifier, SIGTERM)
+        try await waitForExit(clients[0], seconds: 5)
+        let clientLog = try String(contentsOf: directory.appendingPathComponent("a.log"), encoding: .utf8)
+        #expect(!clients[0].isRunning && clients[0].terminationStatus == 143, "\(clientLog)")
+        #expect(clientLog.contains("exiting at once"), "\(clientLog)")
     }
 
     @Test func coordinatorKilledMidRunResumesWithoutLosingARound() async throws {

@@ -158,17 +158,6 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
         }
         #expect(sawStale, "the stale update was refused with staleRound")
     }
-
-    @Test func roundStateAdmitsOnceAndRefusesStaleAndLate() {
-        var state = RoundState(round: 3, modelVersion: 2, selected: ["a", "b", "c"], wanted: 2)
-        #expect(state.admit(client: "a", round: 3, version: 2) == .accept)
-        if case .refuse(let code, _) = state.admit(client: "a", round: 3, version: 2) { #expect(code == .unexpectedMessage) } else { Issue.record("second update admitted") }
-        if case .refuse(let code, _) = state.admit(client: "b", round: 2, version: 1) { #expect(code == .staleRound) } else { Issue.record("stale update admitted") }
-        if case .refuse(let code, _) = state.admit(client: "z", round: 3, version: 2) { #expect(code == .unexpectedMessage) } else { Issue.record("unselected client admitted") }
-        #expect(state.admit(client: "b", round: 3, version: 2) == .accept)
-        #expect(state.isComplete)
-        if case .refuse(let code, _) = state.admit(client: "c", round: 3, version: 2) { #expect(code == .lateUpdate) } else { Issue.record("update beyond the target admitted") }
-    }
 }
 
 @Suite(.serialized) struct ResilienceTests {
@@ -231,16 +220,6 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
 }
 
 @Suite(.serialized) struct ShardAssignmentTests {
-    @Test func memoryBudgetChoosesShards() throws {
-        let layout = try Network(.mnist2NN).layout  // shards: 157,000 / 200 / 40,000 / 200 / 2,000 / 10 values
-        let model = UInt64(layout.parameterCount * 4)
-        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: 0) == [0, 1, 2, 3, 4, 5])
-        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: 1) == [5], "nothing fits: the smallest shard")
-        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: model + 12 * 40_000) == [2])
-        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: model + 12 * 42_410) == [1, 2, 3, 4, 5])
-        #expect(Coordinator.shardsToTrain(layout: layout, memoryBudget: model * 10) == [0, 1, 2, 3, 4, 5])
-    }
-
     @Test func aSmallDeviceTrainsItsShardsOnly() async throws {
         let deployment = try await Deployment.start(configuration(clients: 2, perRound: 2, rounds: 2))
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 5)

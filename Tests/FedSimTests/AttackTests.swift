@@ -50,7 +50,7 @@ import Testing
         let records = simulation.ledger.records
         #expect(!records.isEmpty)
         for (client, record) in records {
-            if simulation.attackers.contains(Int(client)!) {
+            if simulation.attackers.contains(simulation.clientIDs.firstIndex(of: client)!) {
                 #expect(record.trust < 0, "attacker \(client): \(record)")
             } else {
                 #expect(record.trust > 0, "honest \(client): \(record)")
@@ -66,7 +66,7 @@ import Testing
         // and, for each one sampled since, lower; negative once it has sent two flipped updates.
         let (before, _) = try run { $0.attackers = 0.2; $0.attack = "sign_flip"; $0.aggregator = "trust"; $0.trustedExamples = 500; $0.attackFromRound = 3; $0.rounds = 2 }
         let (after, _) = try run { $0.attackers = 0.2; $0.attack = "sign_flip"; $0.aggregator = "trust"; $0.trustedExamples = 500; $0.attackFromRound = 3 }
-        let sleepers = before.attackers.map(String.init)
+        let sleepers = before.attackers.map { before.clientIDs[$0] }
         #expect(sleepers.allSatisfy { (before.ledger.records[$0]?.trust ?? 1) > 0 })
         var attacked = 0
         for sleeper in sleepers {

@@ -1,0 +1,507 @@
+import FedCodec
+import FedModel
+
+/// The server half of federated training, free of sockets, databases and clocks: the one place
+/// where rounds are run, driven alike by the coordinator (real time, real connections) and by
+/// fedsim's memory transport (a virtual clock).
+///
+/// It takes events with explicit times (a client joined or left, an update arrived, a deadline
+/// passed) and answers with actions for its shell to perform (send a task, acknowledge, refuse,
+/// disconnect). It owns the global model, its version and the server optimizer's state, client
+/// selection and shard assignment, admission, quorum and retry, the aggregator with its trust
+/// ledger and norm reference, evaluation, and the record of every round.
+///
+/// A round: ``beginRound(at:)`` selects clients and returns their tasks; updates come in with
+/// ``updateArrived(_:from:at:)``; once ``isReadyToClose(at:)`` (all wanted updates, every
+/// selected client reported or gone, or the deadline passed), ``closeRound(at:)`` applies the
+/// aggregate (or abandons the attempt below quorum) and returns the record to commit.
+public struct RoundEngine {
+    /// What the engine needs to know about the run.
+    public struct Settings: Sendable {
+        /// Rounds to complete.
+        public var rounds: Int
+        /// Updates wanted per round.
+        public var clientsPerRound: Int
+        /// Clients selected per round (≥ `clientsPerRound` with over-selection).
+        public var selectionSize: Int
+        /// Fewest updates that make a round count (fewer: the round is abandoned and drawn again).
+        public var minimumUpdates = 1
+        /// Clients connected before a round begins.
+        public var minimumClients = 1
+        /// Seconds a round collects updates (on the engine's clock); 0 = no deadline.
+        public var roundDeadline = 0.0
+        public var localEpochs = 1
+        public var batchSize = 10
+        public var learningRate: Float = 0.1
+        /// The codec clients encode their updates with.
+        public var uplink = CodecSpec(codec: .fp32, zlibLevel: nil)
+        public var seed: UInt64 = 1
+        /// Stop once the test accuracy reaches this (0 = never).
+        public var targetAccuracy = 0.0
+        /// Evaluate after every this many rounds (and after the last).
+        public var evaluateEvery = 1
+        public var aggregation = AggregationSettings()
+        public var serverOptimizer = ServerOptimizer.Settings()
+        /// The order in which admitted updates are added: as they arrive (streamed, memory one
+        /// model), or in selection order once the round closes (held encoded until then: what a
+        /// simulation on a virtual clock needs to stay bit-for-bit reproducible).
+        public var addInSelectionOrder = false
+
+        public init(rounds: Int, clientsPerRound: Int, selectionSize: Int? = nil) {
+            self.rounds = rounds
+            self.clientsPerRound = clientsPerRound
+            self.selectionSize = selectionSize ?? clientsPerRound
+        }
+    }
+
+    /// A training task for one client.
+    public struct Task: Sendable, Equatable {
+        public var round: Int
+        public var modelVersion: UInt32
+        /// The shards the client trains.
+        public var shards: [UInt16]
+        /// The shards it must be sent first (it does not hold them at this version).
+        public var shardsToSend: [Int]
+        public var deadline: Double?
+    }
+
+    public enum Action: Sendable, Equatable {
+        case sendTask(client: String, Task)
+        case acknowledge(client: String, round: Int)
+        case refuse(client: String, Refusal)
+        /// Refuse and close the client's connection (a revoked client).
+        case disconnect(client: String, Refusal)
+    }
+
+    /// An update as it arrived: its header, and its body encoded (one encoded shard per index in
+    /// `shards`) or already decoded into a model-sized delta (fedsim's memory transport).
+    public struct IncomingUpdate: Sendable {
+        public enum Body: Sendable {
+            case encoded([[UInt8]])
+            case decoded([Float])
+        }
+
+        public var round: Int
+        public var modelVersion: UInt32
+        public var exampleCount: Int
+        public var trainingLoss: Double
+        public var shards: [Int]
+        public var body: Body
+        /// Bytes it took on the wire.
+        public var bytes: Int
+
+        public init(round: Int, modelVersion: UInt32, exampleCount: Int, trainingLoss: Double, shards: [Int], body: Body, bytes: Int) {
+            self.round = round
+            self.modelVersion = modelVersion
+            self.exampleCount = exampleCount
+            self.trainingLoss = trainingLoss
+            self.shards = shards
+            self.body = body
+            self.bytes = bytes
+        }
+    }
+
+    private struct Client {
+        var trainedShards: [UInt16]
+        var heldVersions: [UInt32?]
+        /// Selected in the round in progress and not yet reported.
+        var busy = false
+        var taskSentAt: Double?
+    }
+
+    private struct RoundInProgress {
+        var round: Int
+        var modelVersion: UInt32
+        var selected: [String]
+        var selectionIndex: [String: Int]
+        var reported: Set<String> = []
+        var gone: Set<String> = []
+        var deadline: Double?
+        var closed = false
+        var startedAt: Double
+        var aggregator: UpdateAggregator
+        /// Who each added update came from, in the aggregator's order.
+        var aggregated: [String] = []
+        /// Admitted updates waiting for the close, by selection index (with `addInSelectionOrder`).
+        var held: [Int: (update: IncomingUpdate, client: String)] = [:]
+        var lossSum = 0.0
+        var examples = 0.0
+        var uplinkBytes = 0
+        var downlinkBytes = 0
+        var refused = 0
+        var participations: [RoundParticipation] = []
+    }
+
+    public let settings: Settings
+    public let layout: ParameterLayout
+    public private(set) var global: [Float]
+    public private(set) var modelVersion: UInt32
+    public private(set) var optimizer: ServerOptimizer
+    public private(set) var ledger: TrustLedger
+    /// The round the next ``beginRound(at:)`` runs.
+    public private(set) var nextRound: Int
+    /// True once the last round is committed or the target reached.
+    public private(set) var isFinished = false
+
+    private let ranges: [Range<Int>]
+    private let trusted: TrustedDirections?
+    private let evaluate: (([Float]) -> (accuracy: Double, loss: Double))?
+    private var referenceNorm: Double?
+    private var clients: [String: Client] = [:]
+    private var sortedIDs: [String]?
+    private var revoked: Set<String> = []
+    private var current: RoundInProgress?
+    private var attempt = 0
+    private var scratch: [Float]
+
+    /// - Parameters:
+    ///   - resume: the last committed round's state, when resuming a run.
+    ///   - trusted: the server's directions on its trusted data (trust rule only).
+    ///   - evaluate: test accuracy and loss of a model (nil: rounds are not evaluated).
+    public init(
+        settings: Settings, network: Network, initial: [Float],
+        resume: (round: Int, modelVersion: UInt32, optimizer: ServerOptimizer, ledger: TrustLedger)? = nil,
+        trusted: TrustedDirections? = nil,
+        evaluate: (([Float]) -> (accuracy: Double, loss: Double))? = nil
+    ) {
+        precondition(initial.count == network.parameterCount, "initial model does not match the network")
+        self.settings = settings
+        layout = network.layout
+        ranges = network.layout.tensors.map(\.range)
+        global = initial
+        modelVersion = resume?.modelVersion ?? 0
+        optimizer = resume?.optimizer ?? ServerOptimizer(settings: settings.serverOptimizer, parameterCount: network.parameterCount)
+        ledger = resume?.ledger ?? TrustLedger()
+        nextRound = (resume?.round ?? 0) + 1
+        isFinished = nextRound > settings.rounds
+        self.trusted = trusted
+        self.evaluate = evaluate
+        scratch = [Float](repeating: 0, count: network.parameterCount)
+    }
+
+    // MARK: Clients
+
+    /// Clients known to the engine (connected, not revoked).
+    public var clientCount: Int { clients.count }
+
+    public func isConnected(_ id: String) -> Bool { clients[id] != nil }
+
+    /// Whether `id` was selected in the round in progress and has not reported yet.
+    public func isTraining(_ id: String) -> Bool { clients[id]?.busy ?? false }
+
+    /// A client authenticated (or, simulated, came online). A reconnecting client starts afresh:
+    /// it holds no shards. A revoked client is not taken.
+    public mutating func clientJoined(_ id: String, memoryBudget: UInt64 = 0, at time: Double) {
+        guard !revoked.contains(id) else { return }
+        let wasBusy = clients[id]?.busy ?? false
+        clients[id] = Client(
+            trainedShards: ClientSelection.shardsToTrain(layout: layout, memoryBudget: memoryBudget),
+            heldVersions: Array(repeating: nil, count: ranges.count), busy: wasBusy)
+        if wasBusy { clients[id]?.taskSentAt = time }
+        sortedIDs = nil
+    }
+
+    /// A client's connection ended. If it was training in the round in progress it counts as
+    /// dropped.
+    public mutating func clientLeft(_ id: String, at time: Double) {
+        guard clients.removeValue(forKey: id) != nil else { return }
+        sortedIDs = nil
+        clientDropped(id, at: time)
+    }
+
+    /// A selected client will deliver nothing this round (it left, or a simulated device dropped
+    /// out); it stays known for later rounds.
+    public mutating func clientDropped(_ id: String, at time: Double) {
+        guard var round = current, round.selectionIndex[id] != nil, !round.reported.contains(id), !round.gone.contains(id) else { return }
+        round.gone.insert(id)
+        round.participations.append(RoundParticipation(client: id, state: .dropped, bytes: 0, examples: 0, localLoss: nil, refusal: nil, durationSeconds: nil))
+        current = round
+        clients[id]?.busy = false
+    }
+
+    /// `ids` are revoked (their keys withdrawn): connected ones are disconnected, and they are
+    /// never selected again.
+    public mutating func revoke(_ ids: Set<String>, at time: Double) -> [Action] {
+        let new = ids.subtracting(revoked)
+        revoked.formUnion(new)
+        var actions: [Action] = []
+        for id in new.sorted() where clients[id] != nil {
+            actions.append(.disconnect(client: id, Refusal(.authenticationFailed, "client \"\(id)\" has been revoked")))
+            clientLeft(id, at: time)
+        }
+        return actions
+    }
+
+    // MARK: Rounds
+
+    /// Whether a round can begin now: none in progress, rounds left, enough clients.
+    public var canBeginRound: Bool {
+        current == nil && !isFinished && clients.count >= settings.minimumClients
+            && (settings.minimumClients == 0 || clients.values.contains { !$0.busy })
+    }
+
+    /// Whether a round is collecting updates.
+    public var roundInProgress: Int? { current?.round }
+
+    /// When the round in progress stops collecting, if it has a deadline.
+    public var deadline: Double? { current?.deadline }
+
+    /// Selects up to ``Settings/selectionSize`` idle clients with the shared draw and returns
+    /// their tasks (with the shards each must be sent first).
+    public mutating func beginRound(at time: Double) -> [Action] {
+        precondition(current == nil && !isFinished, "a round is in progress or the run is finished")
+        if sortedIDs == nil { sortedIDs = clients.keys.sorted() }
+        let pool = sortedIDs!.filter { clients[$0]?.busy == false }
+        let selected = ClientSelection.draw(from: pool, count: settings.selectionSize, seed: settings.seed, round: nextRound, attempt: attempt)
+        let deadline = settings.roundDeadline > 0 ? time + settings.roundDeadline : nil
+        current = RoundInProgress(
+            round: nextRound, modelVersion: modelVersion, selected: selected,
+            selectionIndex: Dictionary(uniqueKeysWithValues: selected.enumerated().map { ($1, $0) }),
+            deadline: deadline, startedAt: time,
+            aggregator: UpdateAggregator(shardRanges: ranges, settings: settings.aggregation, previousReferenceNorm: referenceNorm, ledger: ledger))
+        return selected.map { id in
+            var client = clients[id]!
+            let missing = client.heldVersions.indices.filter { client.heldVersions[$0] != modelVersion }
+            for index in missing { client.heldVersions[index] = modelVersion }
+            client.busy = true
+            client.taskSentAt = time
+            clients[id] = client
+            return .sendTask(client: id, Task(round: nextRound, modelVersion: modelVersion, shards: client.trainedShards, shardsToSend: missing, deadline: deadline))
+        }
+    }
+
+    /// Counts bytes of model shards the shell sent for the round in progress.
+    public mutating func countDownload(bytes: Int) {
+        current?.downlinkBytes += bytes
+    }
+
+    /// An update arrived from `id`. Admission is decided from its header (round, version,
+    /// sender, shards, codec) before its body is decoded; an admitted update is added to the
+    /// round's aggregate (or held for selection order).
+    public mutating func updateArrived(_ update: IncomingUpdate, from id: String, at time: Double) -> [Action] {
+        if revoked.contains(id) {
+            clientLeft(id, at: time)
+            return [.disconnect(client: id, Refusal(.authenticationFailed, "client \"\(id)\" has been revoked"))]
+        }
+        // After its update a client may have dropped its model (fedsim's clients do, to stay
+        // small while idle): nothing it held is assumed any more (Protocol.md, section 3).
+        if clients[id] != nil { clients[id]!.heldVersions = Array(repeating: nil, count: ranges.count) }
+        guard var round = current else {
+            return [.refuse(client: id, Refusal(.lateUpdate, "no round is collecting updates"))]
+        }
+        defer { current = round }
+        guard update.round == round.round, update.modelVersion == round.modelVersion else {
+            return [refuse(id, update, Refusal(.staleRound, "update for round \(update.round) (model version \(update.modelVersion)); the current round is \(round.round) (version \(round.modelVersion))"), state: .refused, in: &round)]
+        }
+        guard round.selectionIndex[id] != nil else {
+            return [refuse(id, update, Refusal(.unexpectedMessage, "client \(id) was not selected for round \(round.round)"), state: .refused, in: &round)]
+        }
+        guard !round.reported.contains(id) else {
+            return [refuse(id, update, Refusal(.unexpectedMessage, "client \(id) already sent its update for round \(round.round)"), state: .refused, in: &round)]
+        }
+        do {
+            try checkHeader(update, from: id)
+        } catch let refusal as Refusal {
+            return [refuse(id, update, refusal, state: .refused, in: &round)]
+        } catch {
+            return [refuse(id, update, Refusal(.badUpdate, "\(error)"), state: .refused, in: &round)]
+        }
+        if let deadline = round.deadline, time > deadline { round.closed = true }
+        guard !round.closed, round.reported.count < settings.clientsPerRound else {
+            clients[id]?.busy = false
+            return [refuse(id, update, Refusal(.lateUpdate, "round \(round.round) already has its \(settings.clientsPerRound) updates or passed its deadline"), state: .late, in: &round)]
+        }
+        if settings.addInSelectionOrder {
+            // Checked now (a refusal must not take a place), added in selection order at the close.
+            do { try decode(update) } catch let refusal as Refusal {
+                return [refuse(id, update, refusal, state: .refused, in: &round)]
+            } catch {
+                return [refuse(id, update, Refusal(.badUpdate, "\(error)"), state: .refused, in: &round)]
+            }
+            round.held[round.selectionIndex[id]!] = (update, id)
+        } else {
+            do {
+                try add(update, from: id, to: &round)
+            } catch let refusal as Refusal {
+                return [refuse(id, update, refusal, state: .refused, in: &round)]
+            } catch {
+                return [refuse(id, update, Refusal(.badUpdate, "\(error)"), state: .refused, in: &round)]
+            }
+        }
+        round.reported.insert(id)
+        round.lossSum += update.trainingLoss * Double(update.exampleCount)
+        round.examples += Double(update.exampleCount)
+        round.uplinkBytes += update.bytes
+        round.participations.append(RoundParticipation(
+            client: id, state: .accepted, bytes: update.bytes, examples: update.exampleCount, localLoss: update.trainingLoss,
+            refusal: nil, durationSeconds: clients[id]?.taskSentAt.map { time - $0 }))
+        clients[id]?.busy = false
+        return [.acknowledge(client: id, round: round.round)]
+    }
+
+    /// The deadline passed: later updates are late.
+    public mutating func deadlinePassed(at time: Double) {
+        current?.closed = true
+    }
+
+    /// Whether the round in progress can close: it has every update it wants, every selected
+    /// client reported or left, or its deadline has passed.
+    public func isReadyToClose(at time: Double) -> Bool {
+        guard let round = current else { return false }
+        if round.closed || round.reported.count >= settings.clientsPerRound { return true }
+        if let deadline = round.deadline, time >= deadline { return true }
+        return round.selected.allSatisfy { round.reported.contains($0) || round.gone.contains($0) }
+    }
+
+    /// Closes the round in progress: below quorum the attempt is abandoned (nothing applied; the
+    /// next ``beginRound(at:)`` draws again); otherwise the aggregate is applied through the
+    /// server optimizer, the model evaluated, and the round's record returned for commit.
+    public mutating func closeRound(at time: Double) throws -> RoundClosing {
+        guard var round = current else { preconditionFailure("no round in progress") }
+        current = nil
+        for id in round.selected { clients[id]?.busy = false }
+        let completed = round.reported.count
+        guard completed >= settings.minimumUpdates else {
+            attempt += 1
+            return .abandoned(round: round.round, updates: completed, quorum: settings.minimumUpdates)
+        }
+        if settings.addInSelectionOrder {
+            for index in round.held.keys.sorted() {
+                let (update, id) = round.held[index]!
+                try add(update, from: id, to: &round)
+            }
+            round.held = [:]
+        }
+        if let trusted {
+            round.aggregator.setTrustedDirections(trusted.directions(from: global, learningRate: settings.learningRate, seed: settings.seed, round: round.round))
+        }
+        var dpGenerator = SeededGenerator(seed: settings.seed, stream: 0xD9, UInt64(round.round))
+        let (mean, outcome) = round.aggregator.finish(generator: &dpGenerator)
+        if let reference = outcome.referenceNorm { referenceNorm = reference }
+        ledger = round.aggregator.ledger
+        if let mean {
+            optimizer.apply(delta: mean, to: &global)
+            modelVersion += 1
+        }
+        var record = RoundOutcome(
+            round: round.round, selected: round.selected.count, completed: completed, refused: round.refused,
+            dropped: round.participations.filter { $0.state == .dropped }.count,
+            late: round.participations.filter { $0.state == .late }.count,
+            uplinkBytes: round.uplinkBytes, downlinkBytes: round.downlinkBytes,
+            trainingLoss: round.examples > 0 ? round.lossSum / round.examples : 0,
+            testAccuracy: nil, testLoss: nil, seconds: 0, abandonedAttempts: attempt, modelVersion: modelVersion,
+            startedAt: round.startedAt, closedAt: time, participations: round.participations,
+            notices: notices(outcome, aggregated: round.aggregated, round: round.round),
+            trust: Dictionary(uniqueKeysWithValues: Set(round.aggregated).compactMap { id in ledger.records[id].map { (id, $0) } }))
+        if let evaluate, round.round % max(1, settings.evaluateEvery) == 0 || round.round == settings.rounds {
+            let evaluation = evaluate(global)
+            record.testAccuracy = evaluation.accuracy
+            record.testLoss = evaluation.loss
+        }
+        attempt = 0
+        nextRound = round.round + 1
+        if nextRound > settings.rounds { isFinished = true }
+        if settings.targetAccuracy > 0, let accuracy = record.testAccuracy, accuracy >= settings.targetAccuracy { isFinished = true }
+        return .completed(record)
+    }
+
+    /// Ends the run early (a shutdown): no further round begins; a round in progress is
+    /// dropped without applying anything.
+    public mutating func abandonRound() {
+        guard let round = current else { return }
+        for id in round.selected { clients[id]?.busy = false }
+        current = nil
+    }
+
+    // MARK: Admission and aggregation
+
+    private mutating func refuse(_ id: String, _ update: IncomingUpdate, _ refusal: Refusal, state: ParticipationState, in round: inout RoundInProgress) -> Action {
+        if state == .refused { round.refused += 1 }
+        round.uplinkBytes += update.bytes
+        round.participations.append(RoundParticipation(
+            client: id, state: state, bytes: update.bytes, examples: state == .late ? update.exampleCount : 0,
+            localLoss: state == .late ? update.trainingLoss : nil, refusal: refusal.code, durationSeconds: nil))
+        return .refuse(client: id, refusal)
+    }
+
+    /// Checks what the header says: examples, loss, shard indices (in range, not repeated,
+    /// assigned to this client), and that every encoded shard uses the task's codec.
+    private func checkHeader(_ update: IncomingUpdate, from id: String) throws {
+        guard update.exampleCount > 0 else { throw Refusal(.badUpdate, "update with no examples") }
+        guard update.trainingLoss.isFinite else { throw Refusal(.badUpdate, "training loss is \(update.trainingLoss)") }
+        guard !update.shards.isEmpty else { throw Refusal(.badUpdate, "update carries no shards") }
+        let assigned = clients[id]?.trainedShards ?? layout.tensors.map { UInt16($0.index) }
+        var seen = Set<Int>()
+        for index in update.shards {
+            guard index >= 0, index < ranges.count, seen.insert(index).inserted else {
+                throw Refusal(.badUpdate, "shard index \(index) is out of range or repeated")
+            }
+            guard assigned.contains(UInt16(index)) else { throw Refusal(.badUpdate, "shard \(index) was not assigned to this client") }
+        }
+        switch update.body {
+        case .encoded(let shards):
+            guard shards.count == update.shards.count else { throw Refusal(.badUpdate, "\(shards.count) encoded shards for \(update.shards.count) indices") }
+            for (index, bytes) in zip(update.shards, shards) {
+                let header: ShardCodec.Header
+                do {
+                    header = try bytes.withUnsafeBytes { try ShardCodec.parseHeader($0, expectedCount: ranges[index].count) }
+                } catch {
+                    throw Refusal(.badUpdate, "shard \(index): \(error)")
+                }
+                guard header.codec == settings.uplink.codec else {
+                    throw Refusal(.badUpdate, "shard \(index) is encoded with \(header.codec), the task asked for \(settings.uplink)")
+                }
+            }
+        case .decoded(let delta):
+            guard delta.count == scratch.count else { throw Refusal(.badUpdate, "delta of \(delta.count) values for a model of \(scratch.count)") }
+        }
+    }
+
+    /// Decodes the body into ``scratch`` (an encoded one) and checks every value is finite.
+    private mutating func decode(_ update: IncomingUpdate) throws {
+        switch update.body {
+        case .encoded(let shards):
+            try scratch.withUnsafeMutableBufferPointer { all in
+                for (index, bytes) in zip(update.shards, shards) {
+                    do {
+                        try bytes.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[ranges[index]])) }
+                    } catch {
+                        throw Refusal(.badUpdate, "shard \(index): \(error)")
+                    }
+                    guard all[ranges[index]].allSatisfy(\.isFinite) else { throw Refusal(.badUpdate, "shard \(index) holds non-finite values") }
+                }
+            }
+        case .decoded(let delta):
+            for index in update.shards where !delta[ranges[index]].allSatisfy(\.isFinite) {
+                throw Refusal(.badUpdate, "shard \(index) holds non-finite values")
+            }
+        }
+    }
+
+    private mutating func add(_ update: IncomingUpdate, from id: String, to round: inout RoundInProgress) throws {
+        try decode(update)
+        switch update.body {
+        case .encoded:
+            round.aggregator.add(delta: scratch, shards: update.shards, weight: Double(update.exampleCount), client: id)
+        case .decoded(let delta):
+            round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id)
+        }
+        round.aggregated.append(id)
+    }
+
+    private func notices(_ outcome: UpdateAggregator.Outcome, aggregated: [String], round: Int) -> [AggregationNotice] {
+        var notices: [AggregationNotice] = []
+        for index in outcome.untrusted {
+            notices.append(AggregationNotice(kind: .untrusted, client: aggregated[index], message: String(
+                format: "round %d: update left out by the trust rule: score %.4f, client trust %.4f, threshold %.4f",
+                round, outcome.scores[index], outcome.trust[index], outcome.trustThreshold ?? 0)))
+        }
+        let bound = settings.aggregation.normBound > 0 ? settings.aggregation.normBound : 1.5
+        let reference = String(format: "%.4g", outcome.referenceNorm ?? 0)
+        for (index, kind) in outcome.clipped.map({ ($0, AggregationNotice.Kind.clipped) }) + outcome.excluded.map({ ($0, .leftOut) }) {
+            notices.append(AggregationNotice(kind: kind, client: aggregated[index], message:
+                "round \(round): update \(kind.rawValue) by the norm bound (\(bound) × reference norm \(reference))"))
+        }
+        return notices
+    }
+}

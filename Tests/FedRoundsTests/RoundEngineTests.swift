@@ -1,0 +1,303 @@
+import FedCodec
+import FedModel
+import Testing
+@testable import FedRounds
+
+/// The round engine on its own: no sockets, no database, time passed in as numbers.
+/// A 4-3-2 network (4 shards, 23 parameters) keeps every test in milliseconds.
+struct RoundEngineTests {
+    static let network = try! Network(ModelSpec(input: .vector(4), classes: 2, layers: [.dense(outputs: 3), .relu, .dense(outputs: 2)]))
+
+    static func engine(
+        clients: Int = 4, perRound: Int = 2, selection: Int? = nil, rounds: Int = 3, quorum: Int = 1,
+        deadline: Double = 10, codec: CodecSpec = CodecSpec(codec: .fp32, zlibLevel: nil),
+        configure: (inout RoundEngine.Settings) -> Void = { _ in }
+    ) -> RoundEngine {
+        var settings = RoundEngine.Settings(rounds: rounds, clientsPerRound: perRound, selectionSize: selection)
+        settings.minimumUpdates = quorum
+        settings.minimumClients = clients
+        settings.roundDeadline = deadline
+        settings.uplink = codec
+        configure(&settings)
+        var engine = RoundEngine(settings: settings, network: network, initial: network.initialParameters(seed: 1))
+        for i in 0..<clients { engine.clientJoined("c\(i)", at: 0) }
+        return engine
+    }
+
+    /// An update of `value` in every weight, encoded with `codec`.
+    static func update(for task: RoundEngine.Task, value: Float = 0.01, examples: Int = 10, loss: Double = 0.5,
+                       codec: CodecSpec = CodecSpec(codec: .fp32, zlibLevel: nil)) -> RoundEngine.IncomingUpdate {
+        let ranges = network.layout.tensors.map(\.range)
+        var generator = SeededGenerator(seed: 1)
+        let all = try! UpdateCodec(spec: codec, shardRanges: ranges).encode([Float](repeating: value, count: network.parameterCount), generator: &generator)
+        let shards = task.shards.map(Int.init)
+        let encoded = shards.map { all[$0] }
+        return RoundEngine.IncomingUpdate(
+            round: task.round, modelVersion: task.modelVersion, exampleCount: examples, trainingLoss: loss,
+            shards: shards, body: .encoded(encoded), bytes: encoded.reduce(0) { $0 + $1.count })
+    }
+
+    static func tasks(_ actions: [RoundEngine.Action]) -> [(String, RoundEngine.Task)] {
+        actions.compactMap { if case .sendTask(let id, let task) = $0 { (id, task) } else { nil } }
+    }
+
+    static func refusal(_ actions: [RoundEngine.Action]) -> Refusal.Code? {
+        for action in actions { if case .refuse(_, let refusal) = action { return refusal.code } }
+        for action in actions { if case .disconnect(_, let refusal) = action { return refusal.code } }
+        return nil
+    }
+
+    @Test func roundWaitsForEnoughClients() {
+        var engine = Self.engine(clients: 2)
+        #expect(engine.canBeginRound)
+        engine.clientLeft("c1", at: 1)
+        #expect(!engine.canBeginRound, "one of two required clients")
+    }
+
+    @Test func aRoundCollectsItsUpdatesAndAppliesTheMean() throws {
+        var engine = Self.engine()
+        let before = engine.global
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        #expect(tasks.count == 2)
+        #expect(tasks.allSatisfy { $0.1.shardsToSend == [0, 1, 2, 3] }, "a new client is sent every shard")
+        #expect(!engine.isReadyToClose(at: 1))
+        for (id, task) in tasks {
+            #expect(engine.updateArrived(Self.update(for: task, value: 0.5), from: id, at: 1) == [.acknowledge(client: id, round: 1)])
+        }
+        #expect(engine.isReadyToClose(at: 1))
+        guard case .completed(let record) = try engine.closeRound(at: 1) else { Issue.record("round not completed"); return }
+        #expect(record.completed == 2 && record.selected == 2 && record.refused == 0)
+        #expect(record.participations.map(\.state) == [.accepted, .accepted])
+        #expect(engine.modelVersion == 1 && engine.nextRound == 2)
+        for (a, b) in zip(engine.global, before) { #expect(abs(a - (b + 0.5)) < 1e-6) }
+    }
+
+    @Test func belowQuorumAtTheDeadlineTheRoundIsAbandonedAndDrawnAgain() throws {
+        var engine = Self.engine(clients: 6, perRound: 3, quorum: 2)
+        let first = Self.tasks(engine.beginRound(at: 0))
+        _ = engine.updateArrived(Self.update(for: first[0].1), from: first[0].0, at: 1)
+        #expect(!engine.isReadyToClose(at: 9.9))
+        #expect(engine.isReadyToClose(at: 10), "the deadline passed")
+        #expect(try engine.closeRound(at: 10) == .abandoned(round: 1, updates: 1, quorum: 2))
+        #expect(engine.modelVersion == 0 && engine.nextRound == 1, "nothing applied")
+        let second = Self.tasks(engine.beginRound(at: 11))
+        #expect(second.first?.1.round == 1)
+        #expect(second.map(\.0) != first.map(\.0), "a retry draws again (attempt 1)")
+        for (id, task) in second { _ = engine.updateArrived(Self.update(for: task), from: id, at: 12) }
+        guard case .completed(let record) = try engine.closeRound(at: 12) else { Issue.record("retry not completed"); return }
+        #expect(record.abandonedAttempts == 1)
+    }
+
+    @Test func overSelectionTakesTheFirstArrivalsAndTheRestAreLate() throws {
+        var engine = Self.engine(clients: 5, perRound: 2, selection: 3)
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        #expect(tasks.count == 3)
+        _ = engine.updateArrived(Self.update(for: tasks[0].1), from: tasks[0].0, at: 1)
+        _ = engine.updateArrived(Self.update(for: tasks[1].1), from: tasks[1].0, at: 2)
+        #expect(engine.isReadyToClose(at: 2))
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: tasks[2].1), from: tasks[2].0, at: 3)) == .lateUpdate)
+        guard case .completed(let record) = try engine.closeRound(at: 3) else { Issue.record("not completed"); return }
+        #expect(record.completed == 2 && record.late == 1 && record.refused == 0)
+        #expect(record.participations.last?.state == .late)
+    }
+
+    @Test func anUpdateAfterTheDeadlineIsLate() {
+        var engine = Self.engine()
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: tasks[0].1), from: tasks[0].0, at: 10.5)) == .lateUpdate)
+    }
+
+    @Test func staleUnselectedAndDuplicateUpdatesAreRefused() {
+        var engine = Self.engine(clients: 4, perRound: 2, selection: 2)
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        let (id, task) = tasks[0]
+        var stale = task
+        stale.round = 0
+        // A stale update is refused from its header, whatever its body.
+        var garbage = Self.update(for: stale)
+        garbage.body = .encoded(garbage.shards.map { _ in [1, 2, 3] })
+        #expect(Self.refusal(engine.updateArrived(garbage, from: id, at: 1)) == .staleRound)
+        var oldVersion = task
+        oldVersion.modelVersion = 7
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: oldVersion), from: id, at: 1)) == .staleRound)
+        let outsider = ["c0", "c1", "c2", "c3"].first { name in !tasks.contains { $0.0 == name } }!
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: task), from: outsider, at: 1)) == .unexpectedMessage)
+        #expect(engine.updateArrived(Self.update(for: task), from: id, at: 1) == [.acknowledge(client: id, round: 1)])
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: task), from: id, at: 1)) == .unexpectedMessage, "duplicate")
+    }
+
+    @Test(arguments: ["fp16", "q8"]) func anUpdateInAnotherCodecIsRefusedBeforeDecoding(_ other: String) throws {
+        var engine = Self.engine(codec: try CodecSpec(parsing: "q4"))
+        let (id, task) = Self.tasks(engine.beginRound(at: 0))[0]
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: task, codec: try CodecSpec(parsing: other)), from: id, at: 1)) == .badUpdate)
+        #expect(engine.updateArrived(Self.update(for: task, codec: try CodecSpec(parsing: "q4")), from: id, at: 1) == [.acknowledge(client: id, round: 1)])
+    }
+
+    @Test func malformedAndNonFiniteUpdatesAreRefusedWithoutTakingAPlace() {
+        var engine = Self.engine()
+        let (id, task) = Self.tasks(engine.beginRound(at: 0))[0]
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: task, loss: .nan), from: id, at: 1)) == .badUpdate)
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: task, examples: 0), from: id, at: 1)) == .badUpdate)
+        var truncated = Self.update(for: task)
+        if case .encoded(var shards) = truncated.body { shards[0].removeLast(); truncated.body = .encoded(shards) }
+        #expect(Self.refusal(engine.updateArrived(truncated, from: id, at: 1)) == .badUpdate)
+        var decoded = Self.update(for: task)
+        decoded.body = .decoded([Float](repeating: .infinity, count: Self.network.parameterCount))
+        #expect(Self.refusal(engine.updateArrived(decoded, from: id, at: 1)) == .badUpdate)
+        #expect(engine.updateArrived(Self.update(for: task), from: id, at: 1) == [.acknowledge(client: id, round: 1)], "refusals took no place")
+    }
+
+    @Test func aClientRevokedMidRoundIsDisconnectedAndItsUpdateRefused() throws {
+        var engine = Self.engine(clients: 3, perRound: 2)
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        let (id, task) = tasks[0]
+        let actions = engine.revoke([id], at: 1)
+        #expect(actions == [.disconnect(client: id, Refusal(.authenticationFailed, "client \"\(id)\" has been revoked"))])
+        #expect(!engine.isConnected(id))
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: task), from: id, at: 2)) == .authenticationFailed)
+        _ = engine.updateArrived(Self.update(for: tasks[1].1), from: tasks[1].0, at: 2)
+        #expect(engine.isReadyToClose(at: 2), "the revoked client counts as gone")
+        guard case .completed(let record) = try engine.closeRound(at: 2) else { Issue.record("not completed"); return }
+        #expect(record.dropped == 1 && record.completed == 1)
+        engine.clientJoined(id, at: 3)
+        let next = Self.tasks(engine.beginRound(at: 3))
+        #expect(!next.contains { $0.0 == id }, "a revoked client is never selected")
+    }
+
+    @Test func aClientLeavingMidRoundIsDroppedAndTheRoundClosesWithoutWaiting() throws {
+        var engine = Self.engine(clients: 2, perRound: 2)
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        _ = engine.updateArrived(Self.update(for: tasks[0].1), from: tasks[0].0, at: 1)
+        engine.clientLeft(tasks[1].0, at: 2)
+        #expect(engine.isReadyToClose(at: 2))
+        guard case .completed(let record) = try engine.closeRound(at: 2) else { Issue.record("not completed"); return }
+        #expect(record.dropped == 1 && record.participations.map(\.state) == [.accepted, .dropped])
+    }
+
+    @Test func aSmallMemoryBudgetTrainsOnlySomeShardsAndOthersAreRefused() {
+        var engine = Self.engine(clients: 0, perRound: 1) { $0.minimumClients = 1 }
+        // 23 parameters held (92 bytes) plus 12 bytes per trained parameter: 92 + 12 × 6 fits
+        // the second layer's weights (6), not the first's (12).
+        engine.clientJoined("small", memoryBudget: 92 + 12 * 6, at: 0)
+        let (id, task) = Self.tasks(engine.beginRound(at: 0))[0]
+        #expect(task.shards == [2])
+        #expect(task.shardsToSend == [0, 1, 2, 3], "a forward pass needs every shard")
+        var other = task
+        other.shards = [0]
+        #expect(Self.refusal(engine.updateArrived(Self.update(for: other), from: id, at: 1)) == .badUpdate)
+        #expect(engine.updateArrived(Self.update(for: task), from: id, at: 1) == [.acknowledge(client: id, round: 1)])
+    }
+
+    @Test func shardsHeldAtTheCurrentVersionAreNotSentAgainUntilAnUpdate() throws {
+        var engine = Self.engine(clients: 2, perRound: 1, quorum: 1)
+        let first = Self.tasks(engine.beginRound(at: 0))[0]
+        #expect(try engine.closeRound(at: 10) == .abandoned(round: 1, updates: 0, quorum: 1))
+        // Same version: whoever was sent the model already holds it.
+        let retry = Self.tasks(engine.beginRound(at: 11))[0]
+        #expect(retry.1.shardsToSend == (retry.0 == first.0 ? [] : [0, 1, 2, 3]))
+        _ = engine.updateArrived(Self.update(for: retry.1), from: retry.0, at: 12)
+        _ = try engine.closeRound(at: 12)
+        #expect(Self.tasks(engine.beginRound(at: 13)).allSatisfy { $0.1.shardsToSend == [0, 1, 2, 3] })
+    }
+
+    @Test func selectionIsTheSharedSeededDraw() {
+        var engine = Self.engine(clients: 10, perRound: 3)
+        let chosen = Self.tasks(engine.beginRound(at: 0)).map(\.0)
+        let ids = (0..<10).map { "c\($0)" }.sorted()
+        #expect(chosen == ClientSelection.draw(from: ids, count: 3, seed: 1, round: 1))
+        #expect(ClientSelection.draw(from: ids, count: 3, seed: 1, round: 1) != ClientSelection.draw(from: ids, count: 3, seed: 1, round: 2))
+    }
+
+    @Test func resumingContinuesAfterTheCheckpoint() throws {
+        let model = [Float](repeating: 0.25, count: Self.network.parameterCount)
+        var settings = RoundEngine.Settings(rounds: 5, clientsPerRound: 1)
+        settings.roundDeadline = 10
+        var engine = RoundEngine(
+            settings: settings, network: Self.network, initial: model,
+            resume: (round: 3, modelVersion: 3, optimizer: ServerOptimizer(settings: .init(), parameterCount: model.count),
+                     ledger: TrustLedger(records: ["c0": .init(trust: 0.4, updates: 2)])))
+        engine.clientJoined("c0", at: 0)
+        let (id, task) = Self.tasks(engine.beginRound(at: 0))[0]
+        #expect(task.round == 4 && task.modelVersion == 3)
+        _ = engine.updateArrived(Self.update(for: task), from: id, at: 1)
+        guard case .completed(let record) = try engine.closeRound(at: 1) else { Issue.record("not completed"); return }
+        #expect(record.round == 4 && record.modelVersion == 4)
+        #expect(engine.ledger.records["c0"]?.updates == 2, "FedAvg leaves the ledger as it was")
+    }
+
+    @Test func theRunFinishesAfterItsRoundsOrAtTheTarget() throws {
+        var engine = Self.engine(clients: 1, perRound: 1, rounds: 2)
+        for _ in 0..<2 {
+            let (id, task) = Self.tasks(engine.beginRound(at: 0))[0]
+            _ = engine.updateArrived(Self.update(for: task), from: id, at: 1)
+            _ = try engine.closeRound(at: 1)
+        }
+        #expect(engine.isFinished && !engine.canBeginRound)
+
+        var settings = RoundEngine.Settings(rounds: 10, clientsPerRound: 1)
+        settings.targetAccuracy = 0.5
+        var target = RoundEngine(settings: settings, network: Self.network, initial: Self.network.initialParameters(seed: 1)) { _ in (0.6, 1) }
+        target.clientJoined("c0", at: 0)
+        let (id, task) = Self.tasks(target.beginRound(at: 0))[0]
+        _ = target.updateArrived(Self.update(for: task), from: id, at: 1)
+        _ = try target.closeRound(at: 1)
+        #expect(target.isFinished)
+    }
+
+    @Test func theNormBoundClipsAnOutlierAndSaysSo() throws {
+        var engine = Self.engine(clients: 5, perRound: 5) { $0.aggregation.normBound = 1.5 }
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        for (i, (id, task)) in tasks.enumerated() {
+            _ = engine.updateArrived(Self.update(for: task, value: i == 0 ? 100 : 0.01), from: id, at: 1)
+        }
+        let before = engine.global
+        guard case .completed(let record) = try engine.closeRound(at: 1) else { Issue.record("not completed"); return }
+        #expect(record.notices.map(\.kind) == [.clipped])
+        #expect(record.notices.first?.client == tasks[0].0)
+        let change = zip(engine.global, before).map { abs($0 - $1) }.max() ?? 0
+        #expect(change < 0.05, "the outlier was clipped to 1.5 × the median norm, moved \(change)")
+    }
+
+    @Test func theTrustRuleNeedsDirectionsAndRecordsItsLedger() throws {
+        // With the trust rule every aggregated client gets a ledger record, committed with the round.
+        let data = try Dataset(name: "toy", sampleShape: .vector(4), classes: 2,
+                               features: (0..<40).map { Float($0 % 7) / 7 }, labels: (0..<10).map { UInt8($0 % 2) })
+        let trusted = try TrustedDirections(network: Self.network, data: data.all)
+        var settings = RoundEngine.Settings(rounds: 2, clientsPerRound: 3)
+        settings.aggregation = AggregationSettings(rule: .trust)
+        settings.roundDeadline = 10
+        var engine = RoundEngine(settings: settings, network: Self.network, initial: Self.network.initialParameters(seed: 1), trusted: trusted)
+        for i in 0..<3 { engine.clientJoined("c\(i)", at: 0) }
+        for (id, task) in Self.tasks(engine.beginRound(at: 0)) {
+            _ = engine.updateArrived(Self.update(for: task), from: id, at: 1)
+        }
+        guard case .completed(let record) = try engine.closeRound(at: 1) else { Issue.record("not completed"); return }
+        #expect(Set(record.trust.keys) == ["c0", "c1", "c2"])
+        #expect(record.trust.values.allSatisfy { $0.updates == 1 })
+    }
+
+    @Test func addingInSelectionOrderGivesTheSameModelWhateverTheArrivalOrder() throws {
+        func run(_ order: [Int]) throws -> [Float] {
+            var engine = Self.engine(clients: 3, perRound: 3) { $0.addInSelectionOrder = true }
+            let tasks = Self.tasks(engine.beginRound(at: 0))
+            for (t, i) in order.enumerated() {
+                _ = engine.updateArrived(Self.update(for: tasks[i].1, value: [0.1, 0.0003, 7][i], examples: [3, 5, 11][i]), from: tasks[i].0, at: Double(t))
+            }
+            _ = try engine.closeRound(at: 5)
+            return engine.global
+        }
+        let reference = try run([0, 1, 2])
+        #expect(try run([2, 0, 1]) == reference)
+        #expect(try run([1, 2, 0]) == reference)
+    }
+
+    @Test func memoryBudgetChoosesShards() throws {
+        let layout = try Network(.mnist2NN).layout  // shards: 157,000 / 200 / 40,000 / 200 / 2,000 / 10 values
+        let model = UInt64(layout.parameterCount * 4)
+        #expect(ClientSelection.shardsToTrain(layout: layout, memoryBudget: 0) == [0, 1, 2, 3, 4, 5])
+        #expect(ClientSelection.shardsToTrain(layout: layout, memoryBudget: 1) == [5], "nothing fits: the smallest shard")
+        #expect(ClientSelection.shardsToTrain(layout: layout, memoryBudget: model + 12 * 40_000) == [2])
+        #expect(ClientSelection.shardsToTrain(layout: layout, memoryBudget: model + 12 * 42_410) == [1, 2, 3, 4, 5])
+        #expect(ClientSelection.shardsToTrain(layout: layout, memoryBudget: model * 10) == [0, 1, 2, 3, 4, 5])
+    }
+}
