@@ -99,7 +99,8 @@ let package = Package(
         .target(
             name: "FedRounds",
             dependencies: ["FedModel", "FedCodec"],
-            swiftSettings: swiftSettings
+            // Optimised in debug builds too: every update's values pass through it.
+            swiftSettings: numericSettings
         ),
         .target(
             name: "FedStore",

@@ -58,6 +58,8 @@ public actor ClientDaemon {
     private var residual: ErrorFeedback?
     /// Rounds this client trained and uploaded.
     public private(set) var completedRounds: [Int] = []
+    /// The coordinator's GOODBYE reason, once it said goodbye.
+    public private(set) var goodbyeReason: String?
     private var stopped = false
     private var connection: (any Channel)?
     private var tlsContext: NIOSSLContext?
@@ -83,12 +85,14 @@ public actor ClientDaemon {
             } catch {
                 logger.info("connection lost", metadata: ["error": "\(error)"])
             }
-            guard configuration.reconnect, !stopped else { return }
+            guard configuration.reconnect, !stopped, !Task.isCancelled else { return }
             let wait = backoff * Double.random(in: 0.5...1.5)
             backoff = min(configuration.maximumBackoff, backoff * 2)
             // Sleep in short steps so that stop() takes effect at once.
             let until = Date().addingTimeInterval(wait)
-            while !stopped, Date() < until { try? await Task.sleep(nanoseconds: 50_000_000) }
+            while !stopped, Date() < until {
+                do { try await Task.sleep(nanoseconds: 50_000_000) } catch { return }
+            }
         }
     }
 
@@ -154,6 +158,7 @@ public actor ClientDaemon {
                         while let message = try? await reader.next() {
                             if case .goodbye(let reason) = message {
                                 logger.info("coordinator said goodbye", metadata: ["reason": "\(reason)"])
+                                goodbyeReason = reason
                                 return true
                             }
                         }
@@ -167,6 +172,7 @@ public actor ClientDaemon {
                     logger.warning("coordinator refused", metadata: ["code": "\(code)", "message": "\(text)"])
                 case .goodbye(let reason):
                     logger.info("coordinator said goodbye", metadata: ["reason": "\(reason)"])
+                    goodbyeReason = reason
                     return true
                 default:
                     throw ProtocolError(.unexpectedMessage, "\(message.type) is not expected from the coordinator")

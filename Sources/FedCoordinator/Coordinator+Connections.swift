@@ -37,15 +37,7 @@ extension Coordinator {
                     try await writer.send(.welcome(sessionID: session, heartbeatMilliseconds: configuration.heartbeatMilliseconds, model: configuration.model.wireDescription))
                     try await withThrowingTaskGroup(of: Void.self) { tasks in
                         tasks.addTask {
-                            var saidGoodbye = false
-                            for await message in stream {
-                                try await writer.send(message)
-                                if case .goodbye = message { saidGoodbye = true }
-                            }
-                            // After GOODBYE the connection stays open until the peer hangs up (a
-                            // client still training uploads, then reads it) or the coordinator
-                            // closes it at the end of its grace period.
-                            while saidGoodbye { try await Task.sleep(nanoseconds: 3_600_000_000_000) }
+                            for await message in stream { try await writer.send(message) }
                         }
                         tasks.addTask {
                             defer { continuation.finish() }
@@ -130,6 +122,7 @@ extension Coordinator {
     private func unregister(_ id: String, session: UInt64) {
         guard let connection = connections[id], connection.session == session else { return }
         connections[id] = nil
+        awaitingUpdate.remove(id)
         engine.clientLeft(id, at: now())
         metrics.connected.set(to: Double(connections.count))
         logger.info("client left", metadata: ["client": "\(id)", "connected": "\(connections.count)"])
@@ -141,12 +134,15 @@ extension Coordinator {
         connections[id]?.lastHeard = Date()
         switch message {
         case .update(let update):
+            awaitingUpdate.remove(id)
+            // The run is over: the GOODBYE already queued is this client's last message.
+            if finished { connections[id]?.outbound.finish() }
             let incoming = RoundEngine.IncomingUpdate(
                 round: Int(update.round), modelVersion: update.modelVersion, exampleCount: Int(update.exampleCount),
                 trainingLoss: Double(update.trainingLoss), shards: update.shards.map { Int($0.index) },
                 body: .encoded(update.shards.map(\.encoded)), bytes: update.shards.reduce(0) { $0 + $1.encoded.count })
             perform(engine.updateArrived(incoming, from: id, at: now()))
-            if engine.isReadyToClose(at: now()) { wake() }
+            wake()
         case .heartbeat:
             break // it counts as hearing from the client (above); our own heartbeats come back here
         default:

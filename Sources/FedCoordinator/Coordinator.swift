@@ -50,6 +50,9 @@ public actor Coordinator {
     private var stopRequested: Date?
     /// Set once the rounds are over.
     var finished = false
+    /// Clients sent a task whose update has not arrived (they may still be training when the
+    /// run ends, and get a grace period to upload and read their GOODBYE).
+    var awaitingUpdate: Set<String> = []
     /// Connections being served (not actor state: the accept loop counts them synchronously).
     nonisolated let openConnections = NIOLockedValueBox(0)
     /// Whether new connections are taken (false once the run is ending).
@@ -354,6 +357,7 @@ public actor Coordinator {
                 bytes += cache.shards[index].count
             }
             engine.countDownload(bytes: bytes)
+            awaitingUpdate.insert(id)
             connection.outbound.yield(.trainingTask(TrainingTask(
                 round: UInt32(task.round), modelVersion: task.modelVersion, shards: task.shards,
                 localEpochs: UInt16(configuration.localEpochs), batchSize: UInt16(configuration.batchSize),
@@ -390,20 +394,27 @@ public actor Coordinator {
         await closeEveryConnection(saying: "training finished")
     }
 
-    /// Closes every connection, after GOODBYE `reason` if given. Peers get up to 5 s to hang up
-    /// themselves (a client still training reads its GOODBYE after its upload); then the
-    /// channels are closed, which also ends writes stuck on a peer that reads nothing.
+    /// Closes every connection, after GOODBYE `reason` if given. A client idle at the end is
+    /// sent GOODBYE and its connection closed once that is written; a client still training
+    /// gets ``CoordinatorConfiguration/finishGrace`` to upload (and then reads its GOODBYE). Connections still open after
+    /// that, writes stuck on a peer that reads nothing included, are closed outright.
     func closeEveryConnection(saying reason: String?) async {
         finished = true
-        let open = connections
-        for (_, connection) in open {
-            if let reason { connection.outbound.yield(.goodbye(reason: reason)) }
-            connection.outbound.finish()
-            if reason == nil { connection.channel.close(promise: nil) }
+        guard let reason else {
+            for (_, connection) in connections {
+                connection.outbound.finish()
+                connection.channel.close(promise: nil)
+            }
+            try? await waitUntil(now() + 1) { connectionCount == 0 }
+            return
         }
-        if reason != nil {
-            try? await waitUntil(now() + 5) { connections.isEmpty }
+        for (id, connection) in connections {
+            connection.outbound.yield(.goodbye(reason: reason))
+            if !awaitingUpdate.contains(id) { connection.outbound.finish() }
         }
+        try? await waitUntil(now() + configuration.finishGrace) { awaitingUpdate.isDisjoint(with: connections.keys) }
+        for (_, connection) in connections { connection.outbound.finish() }
+        try? await waitUntil(now() + 2) { connections.isEmpty }
         for (_, connection) in connections { connection.channel.close(promise: nil) }
         // Connections accepted just before `accepting` turned false (still in their handshake).
         try? await waitUntil(now() + 1) { connectionCount == 0 }

@@ -68,6 +68,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var databasePath: String?
     /// Port for the Prometheus `/metrics` endpoint (on `host`); nil = no endpoint, 0 = any free port.
     public var metricsPort: Int?
+    /// Seconds a client still training when the run ends gets to upload before its connection
+    /// is closed (it reads its GOODBYE after the upload).
+    public var finishGrace = 5.0
     /// Checkpoints kept in the database: the last N and every Mth round.
     public var retention = RetentionPolicy()
 

@@ -298,33 +298,44 @@ import FedStore
     }
 
     @Test func prometheusEndpointReportsTheRun() async throws {
-        // Two clients that train and a straggler that never does: each round lasts until its
-        // deadline, which leaves time to read the metrics while the run is still going.
+        // Two daemons and a peer the test drives: it answers round 1 at once and holds its
+        // round-2 update until the metrics are read, so round 2 cannot end in between. No
+        // deadline or timing decides anything: every count below is exact.
         var config = configuration(clients: 3, perRound: 3, rounds: 2)
         config.metricsPort = 0
-        config.minimumUpdates = 2
-        config.roundDeadline = 2
+        config.minimumUpdates = 3
+        config.roundDeadline = 600
         let deployment = try await Deployment.start(config)
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 7)
         // A refused stranger, counted in the metrics.
         _ = try await FramedPeer.connect(port: deployment.port).authenticate(id: "nobody", secret: "x")
-        let straggler = try await FramedPeer.connect(port: deployment.port)
-        _ = try await straggler.authenticate(id: "device-2", secret: "secret-2")
+        let held = try await FramedPeer.connect(port: deployment.port)
+        _ = try await held.authenticate(id: "device-2", secret: "secret-2")
         let tasks = (0..<2).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
-        while await deployment.coordinator.history.count < 1 { try await Task.sleep(nanoseconds: 10_000_000) }
+        func nextTask() async throws -> TrainingTask? {
+            while let message = try await held.reader.next() {
+                if case .trainingTask(let task) = message { return task }
+            }
+            return nil
+        }
+        let first = try #require(try await nextTask())
+        try await held.writer.send(.update(try zeroUpdate(round: first.round, version: first.modelVersion)))
+        let second = try #require(try await nextTask())
+        #expect(second.round == 2)
         let port = try #require(await deployment.coordinator.metricsPort)
-        let response = try await get("/metrics", port: port)
+        // Round 2's two daemon updates arrive on their own time: wait for them (5 accepted).
+        var response = ""
+        for _ in 0..<600 {
+            response = try await get("/metrics", port: port)
+            if response.contains("fed_updates_accepted_total 5") { break }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
         #expect(response.hasPrefix("HTTP/1.1 200 OK"))
-        // Round 2 cannot end before its deadline (the straggler), but its two updates may
-        // already have arrived; on a loaded machine an attempt at round 1 may also have been
-        // abandoned below quorum after one update: at least 2 and at most 5 accepted.
-        let accepted = response.split(separator: "\n").first { $0.hasPrefix("fed_updates_accepted_total ") }
-            .flatMap { Int($0.split(separator: " ").last ?? "") }
-        #expect((2...5).contains(accepted ?? 0), "\(response)")
-        for line in ["fed_rounds_total 1", "fed_round 1", "fed_connected_clients 3", "# HELP fed_test_accuracy"] {
+        for line in ["fed_updates_accepted_total 5", "fed_updates_refused_total 1", "fed_rounds_total 1", "fed_round 1",
+                     "fed_connected_clients 3", "# HELP fed_test_accuracy"] {
             #expect(response.contains(line), "missing \(line) in\n\(response)")
         }
-        #expect(response.contains("fed_updates_refused_total 1"), "\(response)")
+        try await held.writer.send(.update(try zeroUpdate(round: second.round, version: second.modelVersion)))
         #expect(try await get("/other", port: port).hasPrefix("HTTP/1.1 404"))
         _ = try await deployment.run.value
         for t in tasks { await t.value }

@@ -1,0 +1,67 @@
+import FedClient
+import FedModel
+import FedProtocol
+import Foundation
+import Testing
+@testable import FedCoordinator
+
+/// A finished run ends: every connection is closed, and every live client, one still training
+/// included, is told GOODBYE.
+@Suite(.serialized, .timeLimit(.minutes(1))) struct RunEndTests {
+    @Test func aSilentConnectionDoesNotKeepAFinishedRunAlive() async throws {
+        // Every client is selected every round, the silent one included: it is sent the model
+        // (which it never reads) and a task (which it never answers).
+        var config = configuration(clients: 3, perRound: 3, rounds: 2)
+        config.minimumUpdates = 2
+        config.roundDeadline = 1
+        config.finishGrace = 0.5
+        let deployment = try await Deployment.start(config)
+        // Authenticates, then neither reads nor writes again (a proxy that stopped forwarding).
+        let silent = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await silent.authenticate(id: "device-2", secret: "secret-2") else {
+            Issue.record("the silent peer was not welcomed")
+            return
+        }
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 11)
+        let daemons = (0..<2).map { deployment.client("device-\($0)", secret: "secret-\($0)", indices: shares[$0]) }
+        let tasks = daemons.map { daemon in Task { await daemon.run() } }
+        let history = try await deployment.rounds()
+        for task in tasks { await task.value }
+        #expect(history.count == 2 && history.allSatisfy { $0.completed == 2 && $0.dropped == 0 })
+        #expect(deployment.coordinator.connectionCount == 0, "every connection closed")
+        // The coordinator closed the silent connection: reading it now comes to its end (whether
+        // GOODBYE got through depends on whether the peer's buffers had room for it).
+        while (try? await silent.reader.next()) != nil {}
+    }
+
+    @Test func aClientStillTrainingWhenTheRunEndsIsToldGoodbyeAndStops() async throws {
+        // Three selected for two updates: the client with ten times the data is late every
+        // round, and is still training when the last round closes.
+        var config = configuration(clients: 3, perRound: 2, rounds: 2)
+        config.overSelection = 1.5
+        config.minimumUpdates = 2
+        let deployment = try await Deployment.start(config)
+        let daemons = (0..<3).map { i -> ClientDaemon in
+            let indices = i == 2 ? Array(Int32(600)..<Int32(6000)) : Array(Int32(i * 300)..<Int32(i * 300 + 300))
+            var c = ClientConfiguration(clientID: "device-\(i)", secret: testSecret("secret-\(i)"), data: DatasetSlice(dataset: Data6k.train, indices: indices))
+            c.port = deployment.port
+            c.reconnect = true  // only GOODBYE ends its run
+            c.initialBackoff = 0.05
+            return ClientDaemon(configuration: c)
+        }
+        let tasks = daemons.map { daemon in Task { await daemon.run() } }
+        let history = try await deployment.rounds()
+        #expect(history.count == 2 && history.allSatisfy { $0.completed == 2 })
+        // Every daemon ends (none reconnects to a coordinator that is gone); the time limit
+        // cancels them if one does.
+        await withTaskCancellationHandler {
+            for task in tasks { await task.value }
+        } onCancel: {
+            for task in tasks { task.cancel() }
+        }
+        for (i, daemon) in daemons.enumerated() {
+            #expect(await daemon.goodbyeReason == "training finished", "device-\(i) was told GOODBYE")
+        }
+        #expect(await daemons[2].completedRounds.count >= 1, "the slow client trained")
+    }
+}
