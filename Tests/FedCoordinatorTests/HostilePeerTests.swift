@@ -89,9 +89,13 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
     @Test func badPeersAreRefusedAndTheRunCompletes() async throws {
         // Six honest clients and two stragglers that authenticate but never train. Rounds start
         // only when all eight are connected, which the test does after the hostile checks.
-        var config = configuration(clients: 8, perRound: 8, rounds: 2)
-        config.minimumUpdates = 4
-        config.roundDeadline = 1.5
+        // All eight are selected and six updates are wanted: a round ends when the six honest
+        // updates are in, whatever the machine's load (no deadline decides it).
+        var config = configuration(clients: 8, perRound: 6, rounds: 2)
+        config.overSelection = 1.34
+        config.minimumUpdates = 6
+        config.roundDeadline = 120
+        config.finishGrace = 0.5
         let deployment = try await Deployment.start(config)
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 6, seed: 2)
         let daemons = (0..<6).map { deployment.client("device-\($0)", secret: "secret-\($0)", indices: shares[$0]) }
