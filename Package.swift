@@ -88,6 +88,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "FedConfiguration",
+            dependencies: ["FedModel", .product(name: "TOMLKit", package: "TOMLKit")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "FedLifecycle",
             dependencies: [
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -113,8 +118,7 @@ let package = Package(
         .target(
             name: "FedCoordinator",
             dependencies: daemonDependencies + [
-                "FedRounds", "FedStore",
-                .product(name: "TOMLKit", package: "TOMLKit"),
+                "FedRounds", "FedStore", "FedConfiguration",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: swiftSettings
@@ -133,8 +137,8 @@ let package = Package(
                 "FedCoordinator",
                 "FedClient",
                 "FedStore",
+                "FedConfiguration",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -158,10 +162,9 @@ let package = Package(
         .executableTarget(
             name: "fedclient",
             dependencies: [
-                "FedClient", "FedModel", "FedLifecycle",
+                "FedClient", "FedModel", "FedLifecycle", "FedConfiguration",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "TOMLKit", package: "TOMLKit"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -195,6 +198,11 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FedConfigurationTests",
+            dependencies: ["FedConfiguration", "FedCoordinator", "FedSim", "FedModel"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

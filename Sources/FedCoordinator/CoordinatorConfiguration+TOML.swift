@@ -1,140 +1,86 @@
+@_exported import FedConfiguration
 import FedProtocol
 import FedModel
 import Foundation
-import TOMLKit
 
 extension CoordinatorConfiguration {
-    static let keys: Set<String> = [
-        "host", "port", "model", "layers", "rounds", "target_accuracy", "min_clients", "clients_per_round",
+    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
+        "host", "port", "rounds", "target_accuracy", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "local_epochs", "batch_size", "learning_rate",
-        "codec", "downlink", "server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau",
-        "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
-        "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
-        "trusted_data", "trusted_examples", "trust_threshold", "trust_decay", "tls_certificate", "tls_key", "tls_client_ca",
+        "codec", "downlink", "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
+        "trusted_data", "trusted_examples", "tls_certificate", "tls_key", "tls_client_ca",
         "max_connections", "idle_timeout", "read_timeout", "max_frame_bytes", "max_message_bytes", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
-    ]
+    ])
 
     /// Reads a coordinator configuration file (Configs/coordinator.toml documents every key).
     /// Returns the configuration and the test-data directory, if any (relative paths are
     /// resolved against the file's directory).
     public static func load(contentsOf url: URL) throws -> (CoordinatorConfiguration, testData: URL?) {
-        let text: String
-        do { text = try String(contentsOf: url, encoding: .utf8) } catch {
-            throw ConfigurationFileError("\(url.path): \(FileManager.default.fileExists(atPath: url.path) ? "cannot read file" : "no such file")")
-        }
-        let table: TOMLTable
-        do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
-            throw ConfigurationFileError("\(url.path): invalid TOML at line \(error.source.begin.line): \(error.description)")
-        }
-        let source = url.path
-        for key in table.keys where !keys.contains(key) {
-            throw ConfigurationFileError("\(source): unknown key \"\(key)\"")
-        }
-        func value<T>(_ key: String, _ read: (TOMLValueConvertible) -> T?, _ type: String) throws -> T? {
-            guard let v = table[key] else { return nil }
-            guard let result = read(v) else { throw ConfigurationFileError("\(source): \"\(key)\" must be \(type)") }
-            return result
-        }
-        let number: (TOMLValueConvertible) -> Double? = { $0.double ?? $0.int.map(Double.init) }
+        let table = try ConfigurationTable(contentsOf: url, knownKeys: keys)
+        let source = table.source
         var c = CoordinatorConfiguration()
-        if let v = try value("host", { $0.string }, "a string") { c.host = v }
-        if let v = try value("port", { $0.int }, "an integer") { c.port = v }
-        if let v = try value("model", { $0.string }, "a string") {
-            guard let spec = ModelSpec.preset(v) else { throw ConfigurationFileError("\(source): model must be 2nn or cnn, got \"\(v)\"") }
-            c.model = spec
-        }
-        if let v = try value("layers", { $0.array?.compactMap { $0.string } }, "an array of strings") {
+        if let v = try table.string("host") { c.host = v }
+        if let v = try table.int("port") { c.port = v }
+        if table.contains("model") || table.contains("layers") {
             do {
-                let layers = try v.map(LayerSpec.init(parsing:))
-                let conv = layers.contains { if case .conv = $0 { true } else { false } }
-                c.model = ModelSpec(input: conv ? TensorShape(height: 28, width: 28, channels: 1) : .vector(784), classes: 10, layers: layers)
-            } catch let error as ModelError { throw ConfigurationFileError("\(source): layers: \(error)") }
+                c.model = try ModelSpec.configured(model: try table.string("model") ?? "2nn", layers: try table.strings("layers") ?? [])
+            } catch let error as ConfigurationError { throw ConfigurationError("\(source): \(error)") }
         }
-        if let v = try value("rounds", { $0.int }, "an integer") { c.rounds = v }
-        if let v = try value("target_accuracy", number, "a number") { c.targetAccuracy = v }
-        if let v = try value("min_clients", { $0.int }, "an integer") { c.minimumClients = v }
-        if let v = try value("clients_per_round", { $0.int }, "an integer") { c.clientsPerRound = v }
-        if let v = try value("over_selection", number, "a number") { c.overSelection = v }
-        if let v = try value("min_updates", { $0.int }, "an integer") { c.minimumUpdates = v }
-        if let v = try value("round_deadline", number, "a number of seconds") { c.roundDeadline = v }
-        if let v = try value("local_epochs", { $0.int }, "an integer") { c.localEpochs = v }
-        if let v = try value("batch_size", { $0.int }, "an integer") { c.batchSize = v }
-        if let v = try value("learning_rate", number, "a number") { c.learningRate = Float(v) }
-        if let v = try value("codec", { $0.string }, "a string") { c.uplinkCodec = v }
-        if let v = try value("downlink", { $0.string }, "a string") { c.downlinkCodec = v }
-        if let v = try value("server_optimizer", { $0.string }, "a string") {
-            guard let kind = ServerOptimizer.Kind(rawValue: v.lowercased()) else { throw ConfigurationFileError("\(source): unknown server_optimizer \"\(v)\"") }
-            c.serverOptimizer.kind = kind
-        }
-        if let v = try value("server_lr", number, "a number") { c.serverOptimizer.learningRate = Float(v) }
-        if let v = try value("server_momentum", number, "a number") { c.serverOptimizer.momentum = Float(v) }
-        if let v = try value("server_beta2", number, "a number") { c.serverOptimizer.beta2 = Float(v) }
-        if let v = try value("server_tau", number, "a number") { c.serverOptimizer.tau = Float(v) }
-        if let v = try value("seed", { $0.int }, "an integer"), v >= 0 { c.seed = UInt64(v) }
-        if let v = try value("heartbeat_ms", { $0.int }, "an integer") { c.heartbeatMilliseconds = UInt32(clamping: v) }
-        if let v = try value("handshake_timeout", number, "a number of seconds") { c.handshakeTimeout = v }
-        if let v = try value("aggregator", { $0.string }, "a string") {
-            guard let rule = AggregationSettings.Rule(rawValue: v) else {
-                throw ConfigurationFileError("\(source): aggregator must be one of \(AggregationSettings.Rule.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(v)\"")
+        if let v = try table.int("rounds") { c.rounds = v }
+        if let v = try table.number("target_accuracy") { c.targetAccuracy = v }
+        if let v = try table.int("min_clients") { c.minimumClients = v }
+        if let v = try table.int("clients_per_round") { c.clientsPerRound = v }
+        if let v = try table.number("over_selection") { c.overSelection = v }
+        if let v = try table.int("min_updates") { c.minimumUpdates = v }
+        if let v = try table.number("round_deadline") { c.roundDeadline = v }
+        if let v = try table.int("local_epochs") { c.localEpochs = v }
+        if let v = try table.int("batch_size") { c.batchSize = v }
+        if let v = try table.number("learning_rate") { c.learningRate = Float(v) }
+        if let v = try table.string("codec") { c.uplinkCodec = v }
+        if let v = try table.string("downlink") { c.downlinkCodec = v }
+        try c.serverOptimizer.read(table)
+        if let v = try table.count("seed") { c.seed = v }
+        if let v = try table.count("heartbeat_ms") { c.heartbeatMilliseconds = UInt32(clamping: v) }
+        if let v = try table.number("handshake_timeout") { c.handshakeTimeout = v }
+        try c.aggregation.read(table)
+        if let v = try table.int("trusted_examples") { c.trustedExamples = v }
+        if let v = try table.int("max_connections") { c.maximumConnections = v }
+        if let v = try table.number("idle_timeout") { c.idleTimeout = v }
+        if let v = try table.number("read_timeout") { c.readTimeout = v }
+        if let v = try table.int("max_frame_bytes") { c.maximumFramePayload = v }
+        if let v = try table.int("max_message_bytes") { c.maximumMessage = v }
+        if table.contains("clients") {
+            guard let clients = try? table.stringTable("clients") else {
+                throw ConfigurationError("\(source): [clients] must be a table of id = \"fedpk1:...\" (public keys)")
             }
-            c.aggregation.rule = rule
-        }
-        if let v = try value("trim_beta", number, "a number") { c.aggregation.trimBeta = v }
-        if let v = try value("krum_f", { $0.int }, "an integer") { c.aggregation.byzantine = v }
-        if let v = try value("multi_krum_m", { $0.int }, "an integer") { c.aggregation.multiKrumSelect = v }
-        if let v = try value("norm_bound", number, "a number") { c.aggregation.normBound = v }
-        if let v = try value("norm_bound_action", { $0.string }, "a string") {
-            guard v == "clip" || v == "refuse" else { throw ConfigurationFileError("\(source): norm_bound_action must be clip or refuse, got \"\(v)\"") }
-            c.aggregation.clipToNormBound = v == "clip"
-        }
-        if let v = try value("dp_clip", number, "a number") { c.aggregation.dpClip = v }
-        if let v = try value("dp_noise_multiplier", number, "a number") { c.aggregation.dpNoiseMultiplier = v }
-        if let v = try value("trusted_examples", { $0.int }, "an integer") { c.trustedExamples = v }
-        if let v = try value("trust_threshold", number, "a number") { c.aggregation.trustThreshold = v }
-        if let v = try value("trust_decay", number, "a number") { c.aggregation.trustDecay = v }
-        if let v = try value("max_connections", { $0.int }, "an integer") { c.maximumConnections = v }
-        if let v = try value("idle_timeout", number, "a number of seconds") { c.idleTimeout = v }
-        if let v = try value("read_timeout", number, "a number of seconds") { c.readTimeout = v }
-        if let v = try value("max_frame_bytes", { $0.int }, "an integer") { c.maximumFramePayload = v }
-        if let v = try value("max_message_bytes", { $0.int }, "an integer") { c.maximumMessage = v }
-        if let clients = table["clients"] {
-            guard let t = clients.table else { throw ConfigurationFileError("\(source): [clients] must be a table of id = \"fedpk1:...\" (public keys)") }
-            for id in t.keys {
-                guard let key = t[id]?.string, (try? Authentication.validate(publicKey: key)) != nil else {
-                    throw ConfigurationFileError("\(source): client \"\(id)\" must map to its public key, \"fedpk1:\" and 64 hex digits (printed by `fedcoord clients add`)")
+            for (id, key) in clients {
+                guard (try? Authentication.validate(publicKey: key)) != nil else {
+                    throw ConfigurationError("\(source): client \"\(id)\" must map to its public key, \"fedpk1:\" and 64 hex digits (printed by `fedcoord clients add`)")
                 }
                 c.clientKeys[id] = key
             }
         }
-        if let v = try value("database", { $0.string }, "a string") {
-            c.databasePath = v.hasPrefix("/") ? v : url.deletingLastPathComponent().appendingPathComponent(v).standardizedFileURL.path
-        }
-        if let v = try value("metrics_port", { $0.int }, "an integer") { c.metricsPort = v }
-        func path(_ key: String) throws -> String? {
-            try value(key, { $0.string }, "a path").map { $0.hasPrefix("/") ? $0 : url.deletingLastPathComponent().appendingPathComponent($0).standardizedFileURL.path }
-        }
-        switch (try path("tls_certificate"), try path("tls_key")) {
+        c.databasePath = try table.path("database")
+        if let v = try table.int("metrics_port") { c.metricsPort = v }
+        switch (try table.path("tls_certificate"), try table.path("tls_key")) {
         case (nil, nil):
-            guard try path("tls_client_ca") == nil else { throw ConfigurationFileError("\(source): tls_client_ca needs tls_certificate and tls_key") }
+            guard try table.path("tls_client_ca") == nil else { throw ConfigurationError("\(source): tls_client_ca needs tls_certificate and tls_key") }
         case (let certificate?, let key?):
-            c.tls = ServerTLS(certificatePath: certificate, keyPath: key, clientCAPath: try path("tls_client_ca"))
+            c.tls = ServerTLS(certificatePath: certificate, keyPath: key, clientCAPath: try table.path("tls_client_ca"))
         default:
-            throw ConfigurationFileError("\(source): TLS needs both tls_certificate and tls_key")
+            throw ConfigurationError("\(source): TLS needs both tls_certificate and tls_key")
         }
-        c.trustedDataPath = try path("trusted_data")
-        if let v = try value("keep_checkpoints", { $0.int }, "an integer") { c.retention.keepLast = max(1, v) }
-        if let v = try value("checkpoint_every", { $0.int }, "an integer") { c.retention.keepEvery = max(1, v) }
-        var testData: URL?
-        if let v = try value("test_data", { $0.string }, "a string") {
-            testData = v.hasPrefix("/") ? URL(fileURLWithPath: v) : url.deletingLastPathComponent().appendingPathComponent(v).standardizedFileURL
-        }
-        try c.validate()
+        c.trustedDataPath = try table.path("trusted_data")
+        if let v = try table.int("keep_checkpoints") { c.retention.keepLast = max(1, v) }
+        if let v = try table.int("checkpoint_every") { c.retention.keepEvery = max(1, v) }
+        let testData = try table.path("test_data").map { URL(fileURLWithPath: $0) }
+        do { try c.validate() } catch let error as ConfigurationError { throw ConfigurationError("\(source): \(error)") }
         return (c, testData)
     }
 
     /// Checks every value; the error names the key.
     public func validate() throws {
-        func fail(_ m: String) -> ConfigurationFileError { ConfigurationFileError(m) }
+        func fail(_ m: String) -> ConfigurationError { ConfigurationError(m) }
         guard (0...65_535).contains(port) else { throw fail("port must be in 0...65535, got \(port)") }
         guard rounds >= 1 else { throw fail("rounds must be at least 1") }
         guard minimumClients >= 1 else { throw fail("min_clients must be at least 1") }
@@ -177,12 +123,6 @@ extension CoordinatorConfiguration {
 import FedCodec
 enum CodecSpecCheck {
     static func parse(_ text: String) throws -> CodecSpec {
-        do { return try CodecSpec(parsing: text) } catch let error as CodecError { throw ConfigurationFileError("codec: \(error.message)") }
+        do { return try CodecSpec(parsing: text) } catch let error as CodecError { throw ConfigurationError("codec: \(error.message)") }
     }
-}
-
-/// A configuration file that cannot be used; the message names the file or key.
-public struct ConfigurationFileError: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ description: String) { self.description = description }
 }

@@ -97,7 +97,7 @@ public final class Simulation {
         var everyone = Array(0..<configuration.clients)
         everyone.withUnsafeMutableBufferPointer { attackerDraw.shuffle($0) }
         attackers = Set(everyone.prefix(Int((configuration.attackers * Double(configuration.clients)).rounded())))
-        poisonedData = configuration.attackers > 0 && configuration.attack == Attack.labelFlip.rawValue
+        poisonedData = configuration.attackers > 0 && configuration.attack == .labelFlip
             ? try Dataset(name: train.name + " (labels flipped)", sampleShape: train.sampleShape, classes: train.classes,
                           features: train.features, labels: train.labels.map { UInt8(train.classes - 1) - $0 })
             : nil
@@ -202,7 +202,7 @@ public final class Simulation {
         let data = trainData
         let poisoned = poisonedData
         let attackers = self.attackers
-        let attack = Attack(rawValue: c.attack) ?? .signFlip
+        let attack = c.attack
         let indices = clientIndices
         let uplink = self.uplink
         let residuals = self.residuals

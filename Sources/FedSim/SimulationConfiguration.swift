@@ -1,7 +1,7 @@
 import FedCodec
+@_exported import FedConfiguration
 import FedModel
 import Foundation
-import TOMLKit
 
 /// Everything that defines a simulated federated run. Loaded from a TOML scenario file
 /// (keys below, snake_case), then optionally overridden from the command line, then
@@ -57,7 +57,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var downlink = "fp32+raw"
     /// `memory`: clients are trained by worker threads; `tcp`: a real coordinator and one real
     /// client daemon per client, in this process, over 127.0.0.1.
-    public var transport = "memory"
+    public var transport = Transport.memory
     /// Server optimizer applied to the aggregated delta: fedavg, fedavgm, fedadagrad, fedadam, fedyogi.
     public var serverOptimizer = "fedavg"
     /// Server learning rate η.
@@ -80,7 +80,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// Fraction of the clients that are malicious (chosen by the seed).
     public var attackers = 0.0
     /// What the malicious clients do: sign_flip, scale, noise or label_flip.
-    public var attack = "sign_flip"
+    public var attack = Attack.signFlip
     /// Factor of the `scale` attack.
     public var attackScale = 10.0
     /// Standard deviation per coordinate of the `noise` attack.
@@ -91,139 +91,81 @@ public struct SimulationConfiguration: Sendable, Equatable {
 
     public init() {}
 
-    static let keys: Set<String> = [
-        "name", "model", "layers", "data", "clients", "fraction", "rounds", "local_epochs",
+    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
+        "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
         "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "stop_at_target",
-        "evaluate_every", "threads", "codec", "downlink", "server_optimizer", "server_lr",
-        "server_momentum", "server_beta2", "server_tau", "transport",
+        "evaluate_every", "threads", "codec", "downlink", "transport",
         "compute_speed", "uplink_mbps", "downlink_mbps", "availability", "dropout", "over_selection", "round_deadline",
-        "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action", "dp_clip", "dp_noise_multiplier",
-        "trusted_examples", "trust_threshold", "trust_decay", "attackers", "attack", "attack_scale", "attack_noise", "attack_from_round",
-    ]
+        "trusted_examples", "attackers", "attack", "attack_scale", "attack_noise", "attack_from_round",
+    ])
 
     /// Reads a scenario file. Relative `data` paths are made absolute against its directory.
     public static func load(contentsOf url: URL) throws -> SimulationConfiguration {
-        let text: String
-        do {
-            text = try String(contentsOf: url, encoding: .utf8)
-        } catch {
-            let exists = FileManager.default.fileExists(atPath: url.path)
-            throw ConfigurationError("\(url.path): \(exists ? "cannot read file" : "no such file")")
-        }
-        var configuration = try parse(text, source: url.path)
-        if !configuration.data.hasPrefix("/") {
-            configuration.data = url.deletingLastPathComponent().appendingPathComponent(configuration.data).standardizedFileURL.path
-        }
+        let table = try ConfigurationTable(contentsOf: url, knownKeys: keys)
+        var configuration = try read(table)
+        configuration.data = try table.path("data") ?? url.deletingLastPathComponent().appendingPathComponent(configuration.data).standardizedFileURL.path
         return configuration
     }
 
     /// Parses TOML text; unknown keys and wrongly typed values are errors naming the key.
     public static func parse(_ text: String, source: String) throws -> SimulationConfiguration {
-        let table: TOMLTable
-        do {
-            table = try TOMLTable(string: text)
-        } catch let error as TOMLParseError {
-            throw ConfigurationError("\(source): invalid TOML at line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
-        }
+        try read(ConfigurationTable(parsing: text, source: source, knownKeys: keys))
+    }
+
+    private static func read(_ table: ConfigurationTable) throws -> SimulationConfiguration {
         var c = SimulationConfiguration()
-        for key in table.keys.sorted() {
-            guard keys.contains(key) else {
-                throw ConfigurationError("\(source): unknown key \"\(key)\" (known keys: \(keys.sorted().joined(separator: ", ")))")
-            }
-        }
-        func string(_ key: String) throws -> String? {
-            guard let value = table[key] else { return nil }
-            guard let s = value.string else { throw ConfigurationError("\(source): \"\(key)\" must be a string") }
-            return s
-        }
-        func int(_ key: String) throws -> Int? {
-            guard let value = table[key] else { return nil }
-            guard let i = value.int else { throw ConfigurationError("\(source): \"\(key)\" must be an integer") }
-            return i
-        }
-        func double(_ key: String) throws -> Double? {
-            guard let value = table[key] else { return nil }
-            if let d = value.double { return d }
-            if let i = value.int { return Double(i) }
-            throw ConfigurationError("\(source): \"\(key)\" must be a number")
-        }
-        func bool(_ key: String) throws -> Bool? {
-            guard let value = table[key] else { return nil }
-            guard let b = value.bool else { throw ConfigurationError("\(source): \"\(key)\" must be true or false") }
-            return b
-        }
-        if let v = try string("name") { c.name = v }
-        if let v = try string("model") { c.model = v }
-        if let value = table["layers"] {
-            guard let array = value.array else { throw ConfigurationError("\(source): \"layers\" must be an array of strings") }
-            c.layers = try array.map {
-                guard let s = $0.string else { throw ConfigurationError("\(source): \"layers\" must be an array of strings") }
-                return s
-            }
-        }
-        if let v = try string("data") { c.data = v }
-        if let v = try int("clients") { c.clients = v }
-        if let v = try double("fraction") { c.fraction = v }
-        if let v = try int("rounds") { c.rounds = v }
-        if let v = try int("local_epochs") { c.localEpochs = v }
-        if let v = try int("batch_size") { c.batchSize = v }
-        if let v = try double("learning_rate") { c.learningRate = v }
-        if let v = try double("momentum") { c.momentum = v }
-        if let v = try double("weight_decay") { c.weightDecay = v }
-        if let v = try double("proximal_mu") { c.proximalMu = v }
-        if let v = try string("partition") { c.partition = v }
-        if let v = try int("shards_per_client") { c.shardsPerClient = v }
-        if let v = try double("dirichlet_alpha") { c.dirichletAlpha = v }
-        if let v = try int("seed") {
-            guard v >= 0 else { throw ConfigurationError("\(source): \"seed\" must be non-negative") }
-            c.seed = UInt64(v)
-        }
-        if let v = try double("target_accuracy") { c.targetAccuracy = v }
-        if let v = try bool("stop_at_target") { c.stopAtTarget = v }
-        if let v = try int("evaluate_every") { c.evaluateEvery = v }
-        if let v = try int("threads") { c.threads = v }
-        if let v = try string("codec") { c.codec = v }
-        if let v = try string("downlink") { c.downlink = v }
-        if let v = try string("server_optimizer") { c.serverOptimizer = v }
-        if let v = try string("transport") { c.transport = v }
-        if let v = try double("server_lr") { c.serverLearningRate = v }
-        if let v = try double("server_momentum") { c.serverMomentum = v }
-        if let v = try double("server_beta2") { c.serverBeta2 = v }
-        if let v = try double("server_tau") { c.serverTau = v }
+        if let v = try table.string("name") { c.name = v }
+        if let v = try table.string("model") { c.model = v }
+        if let v = try table.strings("layers") { c.layers = v }
+        if let v = try table.string("data") { c.data = v }
+        if let v = try table.int("clients") { c.clients = v }
+        if let v = try table.number("fraction") { c.fraction = v }
+        if let v = try table.int("rounds") { c.rounds = v }
+        if let v = try table.int("local_epochs") { c.localEpochs = v }
+        if let v = try table.int("batch_size") { c.batchSize = v }
+        if let v = try table.number("learning_rate") { c.learningRate = v }
+        if let v = try table.number("momentum") { c.momentum = v }
+        if let v = try table.number("weight_decay") { c.weightDecay = v }
+        if let v = try table.number("proximal_mu") { c.proximalMu = v }
+        if let v = try table.string("partition") { c.partition = v }
+        if let v = try table.int("shards_per_client") { c.shardsPerClient = v }
+        if let v = try table.number("dirichlet_alpha") { c.dirichletAlpha = v }
+        if let v = try table.count("seed") { c.seed = v }
+        if let v = try table.number("target_accuracy") { c.targetAccuracy = v }
+        if let v = try table.bool("stop_at_target") { c.stopAtTarget = v }
+        if let v = try table.int("evaluate_every") { c.evaluateEvery = v }
+        if let v = try table.int("threads") { c.threads = v }
+        if let v = try table.string("codec") { c.codec = v }
+        if let v = try table.string("downlink") { c.downlink = v }
+        if let v = try table.choice("transport", as: Transport.self) { c.transport = v }
+        var optimizer = ServerOptimizer.Settings()
+        try optimizer.read(table)
+        if table.contains("server_optimizer") { c.serverOptimizer = optimizer.kind.rawValue }
+        if table.contains("server_lr") { c.serverLearningRate = Double(optimizer.learningRate) }
+        if table.contains("server_momentum") { c.serverMomentum = Double(optimizer.momentum) }
+        if table.contains("server_beta2") { c.serverBeta2 = Double(optimizer.beta2) }
+        if table.contains("server_tau") { c.serverTau = Double(optimizer.tau) }
         func distribution(_ key: String) throws -> Distribution? {
-            guard let value = table[key] else { return nil }
-            let text: String
-            if let s = value.string { text = s } else if let d = value.double { text = "\(d)" } else if let i = value.int { text = "\(i)" } else {
-                throw ConfigurationError("\(source): \"\(key)\" must be a number or a distribution string")
-            }
+            guard let text = try table.numberOrString(key) else { return nil }
             do { return try Distribution(parsing: text) } catch let error as ConfigurationError {
-                throw ConfigurationError("\(source): \"\(key)\": \(error.description)")
+                throw ConfigurationError("\(table.source): \"\(key)\": \(error.description)")
             }
         }
         c.devices.computeSpeed = try distribution("compute_speed")
         c.devices.uplinkMbps = try distribution("uplink_mbps")
         c.devices.downlinkMbps = try distribution("downlink_mbps")
-        if let v = try double("availability") { c.devices.availability = v }
-        if let v = try double("dropout") { c.devices.dropout = v }
-        if let v = try double("over_selection") { c.devices.overSelection = v }
-        if let v = try double("round_deadline") { c.devices.roundDeadline = v }
-        if let v = try string("aggregator") { c.aggregator = v }
-        if let v = try double("trim_beta") { c.aggregation.trimBeta = v }
-        if let v = try int("krum_f") { c.aggregation.byzantine = v }
-        if let v = try int("multi_krum_m") { c.aggregation.multiKrumSelect = v }
-        if let v = try double("norm_bound") { c.aggregation.normBound = v }
-        if let v = try string("norm_bound_action") { c.normBoundAction = v }
-        if let v = try double("dp_clip") { c.aggregation.dpClip = v }
-        if let v = try double("dp_noise_multiplier") { c.aggregation.dpNoiseMultiplier = v }
-        if let v = try int("trusted_examples") { c.trustedExamples = v }
-        if let v = try double("trust_threshold") { c.aggregation.trustThreshold = v }
-        if let v = try double("trust_decay") { c.aggregation.trustDecay = v }
-        if let v = try double("attackers") { c.attackers = v }
-        if let v = try string("attack") { c.attack = v }
-        if let v = try double("attack_scale") { c.attackScale = v }
-        if let v = try double("attack_noise") { c.attackNoise = v }
-        if let v = try int("attack_from_round") { c.attackFromRound = v }
+        if let v = try table.number("availability") { c.devices.availability = v }
+        if let v = try table.number("dropout") { c.devices.dropout = v }
+        if let v = try table.number("over_selection") { c.devices.overSelection = v }
+        if let v = try table.number("round_deadline") { c.devices.roundDeadline = v }
+        try c.aggregation.read(table)
+        if let v = try table.int("trusted_examples") { c.trustedExamples = v }
+        if let v = try table.number("attackers") { c.attackers = v }
+        if let v = try table.choice("attack", as: Attack.self) { c.attack = v }
+        if let v = try table.number("attack_scale") { c.attackScale = v }
+        if let v = try table.number("attack_noise") { c.attackNoise = v }
+        if let v = try table.int("attack_from_round") { c.attackFromRound = v }
         return c
     }
 
@@ -257,14 +199,11 @@ public struct SimulationConfiguration: Sendable, Equatable {
         do { try aggregation.validate() } catch let error as ModelError { throw ConfigurationError(error.description) }
         guard trustedExamples >= 2 else { throw ConfigurationError("trusted_examples must be at least 2, got \(trustedExamples)") }
         guard attackers >= 0, attackers < 1 else { throw ConfigurationError("attackers must be in [0, 1), got \(attackers)") }
-        guard Attack(rawValue: attack) != nil else {
-            throw ConfigurationError("attack must be one of \(Attack.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(attack)\"")
-        }
         guard attackFromRound >= 1 else { throw ConfigurationError("attack_from_round must be at least 1, got \(attackFromRound)") }
         guard attackScale.isFinite, attackNoise >= 0, attackNoise.isFinite else { throw ConfigurationError("attack_scale and attack_noise must be finite (attack_noise non-negative)") }
         switch transport {
-        case "memory": break
-        case "tcp":
+        case .memory: break
+        case .tcp:
             guard !aggregation.needsTrustedDirections else {
                 throw ConfigurationError("transport tcp: the trust aggregator is simulated by the memory transport only (the coordinator's trusted_data sets it for fedcoord)")
             }
@@ -277,7 +216,6 @@ public struct SimulationConfiguration: Sendable, Equatable {
             guard momentum == 0, weightDecay == 0, proximalMu == 0 else {
                 throw ConfigurationError("transport tcp: the training task carries only the learning rate; momentum, weight_decay and proximal_mu must be 0")
             }
-        default: throw ConfigurationError("transport must be memory or tcp, got \"\(transport)\"")
         }
     }
 
@@ -286,7 +224,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var aggregator: String {
         get { aggregatorName ?? aggregation.rule.rawValue }
         set {
-            if let rule = AggregationSettings.Rule(rawValue: newValue.lowercased().replacingOccurrences(of: "-", with: "_")) {
+            if let rule = AggregationSettings.Rule(configurationName: newValue) {
                 aggregation.rule = rule
                 aggregatorName = nil
             } else {
@@ -299,19 +237,17 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var normBoundAction: String {
         get { normBoundActionName ?? (aggregation.clipToNormBound ? "clip" : "refuse") }
         set {
-            switch newValue {
-            case "clip": aggregation.clipToNormBound = true; normBoundActionName = nil
-            case "refuse": aggregation.clipToNormBound = false; normBoundActionName = nil
-            default: normBoundActionName = newValue
+            switch NormBoundAction(configurationName: newValue) {
+            case .clip?: aggregation.clipToNormBound = true; normBoundActionName = nil
+            case .refuse?: aggregation.clipToNormBound = false; normBoundActionName = nil
+            case nil: normBoundActionName = newValue
             }
         }
     }
 
     /// The server optimizer named by `server_optimizer` with its hyperparameters.
     public func serverOptimizerSettings() throws -> ServerOptimizer.Settings {
-        guard let kind = ServerOptimizer.Kind(rawValue: serverOptimizer.lowercased()) else {
-            throw ConfigurationError("server_optimizer must be one of \(ServerOptimizer.Kind.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(serverOptimizer)\"")
-        }
+        let kind = try ServerOptimizer.Kind.parse(serverOptimizer, key: "server_optimizer")
         let settings = ServerOptimizer.Settings(
             kind: kind, learningRate: Float(serverLearningRate), momentum: Float(serverMomentum),
             beta2: Float(serverBeta2), tau: Float(serverTau))
@@ -350,19 +286,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
 
     /// The model architecture: `layers` when given (MNIST input, 10 classes), else the preset.
     public func modelSpec() throws -> ModelSpec {
-        if !layers.isEmpty {
-            let parsed: [LayerSpec]
-            do { parsed = try layers.map(LayerSpec.init(parsing:)) } catch let error as ModelError {
-                throw ConfigurationError("layers: \(error.description)")
-            }
-            let usesConvolution = parsed.contains { if case .conv = $0 { return true } else { return false } }
-            let input = usesConvolution ? TensorShape(height: 28, width: 28, channels: 1) : .vector(784)
-            return ModelSpec(input: input, classes: 10, layers: parsed)
-        }
-        guard let spec = ModelSpec.preset(model) else {
-            throw ConfigurationError("model must be 2nn or cnn (or give layers), got \"\(model)\"")
-        }
-        return spec
+        try ModelSpec.configured(model: model, layers: layers)
     }
 
     /// Clients sampled per round: max(1, round(C·K)).
@@ -372,8 +296,16 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var effectiveThreads: Int { threads > 0 ? threads : availableCores }
 }
 
+/// How fedsim runs its clients.
+public enum Transport: String, ConfigurationChoice, Sendable {
+    /// Worker threads train the clients; updates stay in memory (a virtual clock with a device model).
+    case memory
+    /// The real coordinator and one real client daemon per client, over 127.0.0.1.
+    case tcp
+}
+
 /// What a malicious simulated client does to its update.
-public enum Attack: String, Sendable, CaseIterable {
+public enum Attack: String, ConfigurationChoice, Sendable {
     /// Sends the negated delta.
     case signFlip = "sign_flip"
     /// Sends the delta times `attack_scale`.
@@ -382,10 +314,4 @@ public enum Attack: String, Sendable, CaseIterable {
     case noise
     /// Trains honestly on poisoned labels (label l becomes 9 − l).
     case labelFlip = "label_flip"
-}
-
-/// A configuration that cannot be used, with a one-line explanation naming the key.
-public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
-    public var description: String
-    public init(_ description: String) { self.description = description }
 }

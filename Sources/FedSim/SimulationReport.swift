@@ -156,7 +156,7 @@ extension SimulationConfiguration {
             "codec": .string(codec), "downlink": .string(downlink),
             "server_optimizer": .string(serverOptimizer), "server_lr": .double(serverLearningRate),
             "server_momentum": .double(serverMomentum), "server_beta2": .double(serverBeta2),
-            "server_tau": .double(serverTau), "transport": .string(transport),
+            "server_tau": .double(serverTau), "transport": .string(transport.rawValue),
             "compute_speed": .string(devices.computeSpeed?.description ?? ""),
             "uplink_mbps": .string(devices.uplinkMbps?.description ?? ""),
             "downlink_mbps": .string(devices.downlinkMbps?.description ?? ""),
@@ -167,7 +167,7 @@ extension SimulationConfiguration {
             "norm_bound_action": .string(normBoundAction), "dp_clip": .double(aggregation.dpClip),
             "dp_noise_multiplier": .double(aggregation.dpNoiseMultiplier), "trusted_examples": .int(trustedExamples),
             "trust_threshold": .double(aggregation.trustThreshold), "trust_decay": .double(aggregation.trustDecay),
-            "attackers": .double(attackers), "attack": .string(attack), "attack_scale": .double(attackScale), "attack_noise": .double(attackNoise),
+            "attackers": .double(attackers), "attack": .string(attack.rawValue), "attack_scale": .double(attackScale), "attack_noise": .double(attackNoise),
             "attack_from_round": .int(attackFromRound),
         ]
     }

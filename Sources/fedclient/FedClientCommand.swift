@@ -1,11 +1,11 @@
 import ArgumentParser
 import FedClient
+import FedConfiguration
 import FedLifecycle
 import FedModel
 import FedProtocol
 import Foundation
 import Logging
-import TOMLKit
 
 @main
 struct FedClientCommand: AsyncParsableCommand {
@@ -32,46 +32,39 @@ struct FedClientCommand: AsyncParsableCommand {
 
     func run() async throws {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-        var settings: [String: String] = [:]
-        var base = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
-        if let config {
-            let url = URL(fileURLWithPath: config)
-            base = url.deletingLastPathComponent()
-            settings = try readSettings(url)
+        var file: ClientFile
+        do {
+            file = try config.map { try ClientFile(contentsOf: URL(fileURLWithPath: $0)) } ?? ClientFile()
+        } catch let error as ConfigurationError {
+            fail(error.description)
         }
-        if let coordinator { settings["coordinator"] = coordinator }
-        if let data { settings["data"] = data }
-        if let id { settings["id"] = id }
-        if let secret { settings["secret"] = secret }
-        if let examples { settings["examples"] = examples }
-        if let stateFile { settings["state_file"] = stateFile }
-        guard let clientID = settings["id"], !clientID.isEmpty else { fail("no client id (--id or id = in the configuration)") }
-        guard let secret = settings["secret"], !secret.isEmpty else { fail("no secret (secret = in the configuration)") }
+        // Options override the file; their paths are relative to the working directory.
+        if let coordinator { file.coordinator = coordinator }
+        if let data { file.data = URL(fileURLWithPath: data).standardizedFileURL.path }
+        if let id { file.id = id }
+        if let secret { file.secret = secret }
+        if let examples { file.examples = examples }
+        if let stateFile { file.stateFile = URL(fileURLWithPath: stateFile).standardizedFileURL.path }
+        guard let clientID = file.id, !clientID.isEmpty else { fail("no client id (--id or id = in the configuration)") }
+        guard let secret = file.secret, !secret.isEmpty else { fail("no secret (secret = in the configuration)") }
         do { _ = try Authentication.publicKey(ofSecret: secret) } catch let error as ProtocolError { fail("secret: \(error.message)") }
-        let address = settings["coordinator"] ?? "127.0.0.1:7420"
+        let address = file.coordinator ?? "127.0.0.1:7420"
         let parts = address.split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]), (1...65_535).contains(port) else { fail("coordinator must be HOST:PORT, got \"\(address)\"") }
-        guard let dataPath = settings["data"] else { fail("no data (--data or data = in the configuration)") }
+        guard let dataPath = file.data else { fail("no data (--data or data = in the configuration)") }
         let slice: DatasetSlice
         do {
-            slice = try loadData(resolve(dataPath, base), examples: settings["examples"])
+            slice = try loadData(URL(fileURLWithPath: dataPath), examples: file.examples)
         } catch let error as DataError {
             fail(error.description)
         }
         var configuration = ClientConfiguration(clientID: clientID, secret: secret, data: slice)
         configuration.host = String(parts[0])
         configuration.port = port
-        configuration.stateFile = settings["state_file"].map { resolve($0, base) }
-        if let budget = settings["memory_budget"] {
-            guard let bytes = UInt64(budget) else { fail("memory_budget must be a number of bytes, got \"\(budget)\"") }
-            configuration.memoryBudget = bytes
-        }
-        if settings["tls"] == "true" || settings["tls_ca"] != nil || settings["tls_certificate"] != nil {
-            let tls = ClientTLS(
-                caPath: settings["tls_ca"].map { resolve($0, base).path },
-                certificatePath: settings["tls_certificate"].map { resolve($0, base).path },
-                keyPath: settings["tls_key"].map { resolve($0, base).path },
-                serverName: settings["tls_server_name"])
+        configuration.stateFile = file.stateFile.map { URL(fileURLWithPath: $0) }
+        configuration.memoryBudget = file.memoryBudget ?? 0
+        if file.tls || file.tlsCA != nil || file.tlsCertificate != nil {
+            let tls = ClientTLS(caPath: file.tlsCA, certificatePath: file.tlsCertificate, keyPath: file.tlsKey, serverName: file.tlsServerName)
             // Fail now on a bad file, not at the first connection.
             do { _ = try tls.makeContext() } catch { fail("\(error)") }
             configuration.tls = tls
@@ -85,34 +78,6 @@ struct FedClientCommand: AsyncParsableCommand {
             Task { await daemon.stop() }
         })
         print("fedclient: finished after \(await daemon.completedRounds.count) rounds")
-    }
-
-    private func resolve(_ path: String, _ base: URL) -> URL {
-        path.hasPrefix("/") ? URL(fileURLWithPath: path) : base.appendingPathComponent(path).standardizedFileURL
-    }
-
-    private func readSettings(_ url: URL) throws -> [String: String] {
-        let known: Set<String> = ["id", "secret", "coordinator", "data", "examples", "state_file", "memory_budget",
-                                  "tls", "tls_ca", "tls_certificate", "tls_key", "tls_server_name"]
-        do {
-            let table = try TOMLTable(string: try String(contentsOf: url, encoding: .utf8))
-            var result: [String: String] = [:]
-            for key in table.keys {
-                guard known.contains(key) else { fail("\(url.path): unknown key \"\(key)\"") }
-                if key == "tls" {
-                    guard let on = table[key]?.bool else { fail("\(url.path): \"tls\" must be true or false") }
-                    result[key] = on ? "true" : "false"
-                    continue
-                }
-                guard let value = table[key]?.string else { fail("\(url.path): \"\(key)\" must be a string") }
-                result[key] = value
-            }
-            return result
-        } catch let error as TOMLParseError {
-            fail("\(url.path): invalid TOML at line \(error.source.begin.line): \(error.description)")
-        } catch {
-            fail("\(url.path): \(FileManager.default.fileExists(atPath: url.path) ? "cannot read file" : "no such file")")
-        }
     }
 
     private func loadData(_ url: URL, examples: String?) throws -> DatasetSlice {
@@ -134,5 +99,43 @@ struct FedClientCommand: AsyncParsableCommand {
     private func fail(_ message: String) -> Never {
         FileHandle.standardError.write(Data("fedclient: error: \(message)\n".utf8))
         Foundation.exit(1)
+    }
+}
+
+/// fedclient's configuration file (Configs/client.toml documents every key), read with the
+/// same reader as fedsim's and fedcoord's; paths are resolved against the file's directory.
+struct ClientFile {
+    var id: String?
+    var secret: String?
+    var coordinator: String?
+    var data: String?
+    var examples: String?
+    var stateFile: String?
+    var memoryBudget: UInt64?
+    var tls = false
+    var tlsCA: String?
+    var tlsCertificate: String?
+    var tlsKey: String?
+    var tlsServerName: String?
+
+    static let keys: Set<String> = ["id", "secret", "coordinator", "data", "examples", "state_file", "memory_budget",
+                                    "tls", "tls_ca", "tls_certificate", "tls_key", "tls_server_name"]
+
+    init() {}
+
+    init(contentsOf url: URL) throws {
+        let table = try ConfigurationTable(contentsOf: url, knownKeys: Self.keys)
+        id = try table.string("id")
+        secret = try table.string("secret")
+        coordinator = try table.string("coordinator")
+        data = try table.path("data")
+        examples = try table.string("examples")
+        stateFile = try table.path("state_file")
+        memoryBudget = try table.count("memory_budget")
+        tls = try table.bool("tls") ?? false
+        tlsCA = try table.path("tls_ca")
+        tlsCertificate = try table.path("tls_certificate")
+        tlsKey = try table.path("tls_key")
+        tlsServerName = try table.string("tls_server_name")
     }
 }

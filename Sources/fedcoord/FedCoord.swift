@@ -58,7 +58,7 @@ extension FedCoord {
                 try configuration.validate()
                 test = try testData.map { try MNIST.load(directory: $0, train: false) }
                 trusted = try configuration.trustedDataPath.map { try MNIST.load(directory: URL(fileURLWithPath: $0), train: true) }
-            } catch let error as ConfigurationFileError {
+            } catch let error as ConfigurationError {
                 fail(error.description)
             } catch let error as DataError {
                 fail(error.description)

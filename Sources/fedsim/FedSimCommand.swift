@@ -105,7 +105,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let codec { c.codec = codec }
         if let downlink { c.downlink = downlink }
         if let serverOptimizer { c.serverOptimizer = serverOptimizer }
-        if let transport { c.transport = transport }
+        if let transport { c.transport = try Transport.parse(transport, key: "--transport") }
         if let serverLearningRate { c.serverLearningRate = serverLearningRate }
         if let serverMomentum { c.serverMomentum = serverMomentum }
         if let aggregator { c.aggregator = aggregator }
@@ -118,7 +118,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let dpClip { c.aggregation.dpClip = dpClip }
         if let dpNoise { c.aggregation.dpNoiseMultiplier = dpNoise }
         if let attackers { c.attackers = attackers }
-        if let attack { c.attack = attack }
+        if let attack { c.attack = try Attack.parse(attack, key: "--attack") }
         if let data { c.data = data }
         try c.validate()
         return c
@@ -142,7 +142,7 @@ struct FedSimCommand: AsyncParsableCommand {
         let loadStart = Date()
         let simulation = try Simulation(configuration: c)
         if let db {
-            guard c.transport == "memory" else { throw ConfigurationError("--db records the in-memory transport; with --transport tcp use fedcoord serve --db") }
+            guard c.transport == .memory else { throw ConfigurationError("--db records the in-memory transport; with --transport tcp use fedcoord serve --db") }
             do {
                 let store = try RunStore(path: db)
                 guard try store.lastCheckpoint() == nil else { throw ConfigurationError("\(db) already holds a run; fedsim starts new runs only") }
@@ -164,7 +164,7 @@ struct FedSimCommand: AsyncParsableCommand {
         let style = quiet ? .none : progress.resolved(terminal: isatty(STDERR_FILENO) == 1)
         let display = ProgressDisplay(style: style, rounds: c.rounds, virtualClock: c.devices.hasClock)
         let printRound: @Sendable (RoundRecord) -> Void = { display.show($0) }
-        let result = c.transport == "tcp"
+        let result = c.transport == .tcp
             ? try await simulation.runOverTCP(progress: printRound)
             : try simulation.run(progress: printRound)
         display.finish()

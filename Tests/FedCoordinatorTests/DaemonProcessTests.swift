@@ -316,5 +316,13 @@ import Testing
         client.waitUntilExit()
         #expect(client.terminationStatus == 1)
         #expect(try String(contentsOf: log, encoding: .utf8).contains("no such file"))
+        // fedclient reads its file with the same typed reader: a quoted number is a type error.
+        let clientConfig = directory.appendingPathComponent("client.toml")
+        try "id = \"a\"\nmemory_budget = \"2000000\"\n".write(to: clientConfig, atomically: true, encoding: .utf8)
+        let typed = try start("fedclient", ["--config", clientConfig.path], output: log)
+        typed.waitUntilExit()
+        let output = try String(contentsOf: log, encoding: .utf8)
+        #expect(typed.terminationStatus == 1)
+        #expect(output == "fedclient: error: \(clientConfig.path): \"memory_budget\" must be an integer, got \"2000000\"\n", "\(output)")
     }
 }

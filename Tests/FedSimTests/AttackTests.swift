@@ -25,28 +25,28 @@ import Testing
 
     @Test func scaledUpdatesWreckFedAvgButNotTheRobustRules() throws {
         let clean = try run { _ in }.1.summary.finalAccuracy!
-        let attacked = try run { $0.attackers = 0.2; $0.attack = "scale"; $0.attackScale = 10 }.1.summary.finalAccuracy!
+        let attacked = try run { $0.attackers = 0.2; $0.attack = .scale; $0.attackScale = 10 }.1.summary.finalAccuracy!
         #expect(attacked < clean - 0.1, "FedAvg under attack \(attacked), clean \(clean)")
         for rule in ["median", "trimmed_mean", "multi_krum"] {
-            let robust = try run { $0.attackers = 0.2; $0.attack = "scale"; $0.aggregator = rule; $0.aggregation.byzantine = 2; $0.aggregation.trimBeta = 0.2 }
+            let robust = try run { $0.attackers = 0.2; $0.attack = .scale; $0.aggregator = rule; $0.aggregation.byzantine = 2; $0.aggregation.trimBeta = 0.2 }
             #expect(robust.1.summary.finalAccuracy! > attacked + 0.1, "\(rule): \(robust.1.summary.finalAccuracy!) vs FedAvg \(attacked)")
         }
-        let bounded = try run { $0.attackers = 0.2; $0.attack = "scale"; $0.aggregation.normBound = 2 }
+        let bounded = try run { $0.attackers = 0.2; $0.attack = .scale; $0.aggregation.normBound = 2 }
         #expect(bounded.1.summary.finalAccuracy! > attacked + 0.1)
     }
 
     @Test(arguments: ["sign_flip", "noise", "label_flip"])
     func everyAttackRunsAndIsReproducible(attack: String) throws {
-        let (a, reportA) = try run { $0.attackers = 0.2; $0.attack = attack; $0.aggregator = "median"; $0.rounds = 2 }
-        let (b, _) = try run { $0.attackers = 0.2; $0.attack = attack; $0.aggregator = "median"; $0.rounds = 2; $0.threads = 1 }
+        let (a, reportA) = try run { $0.attackers = 0.2; $0.attack = Attack(configurationName: attack)!; $0.aggregator = "median"; $0.rounds = 2 }
+        let (b, _) = try run { $0.attackers = 0.2; $0.attack = Attack(configurationName: attack)!; $0.aggregator = "median"; $0.rounds = 2; $0.threads = 1 }
         #expect(a.global == b.global)
         #expect(reportA.rounds.allSatisfy { $0.clients == 10 })
     }
 
     @Test func theTrustRuleLeavesOutSignFlippersAndKeepsTheHonest() throws {
         let clean = try run { _ in }.1.summary.finalAccuracy!
-        let fedAvg = try run { $0.attackers = 0.2; $0.attack = "sign_flip" }.1.summary.finalAccuracy!
-        let (simulation, report) = try run { $0.attackers = 0.2; $0.attack = "sign_flip"; $0.aggregator = "trust"; $0.trustedExamples = 500 }
+        let fedAvg = try run { $0.attackers = 0.2; $0.attack = .signFlip }.1.summary.finalAccuracy!
+        let (simulation, report) = try run { $0.attackers = 0.2; $0.attack = .signFlip; $0.aggregator = "trust"; $0.trustedExamples = 500 }
         let records = simulation.ledger.records
         #expect(!records.isEmpty)
         for (client, record) in records {
@@ -64,8 +64,8 @@ import Testing
     @Test func sleepersAttackFromTheirRoundAndLoseTheirTrust() throws {
         // Attackers honest for two rounds, then flipping: their trust is positive after round 2
         // and, for each one sampled since, lower; negative once it has sent two flipped updates.
-        let (before, _) = try run { $0.attackers = 0.2; $0.attack = "sign_flip"; $0.aggregator = "trust"; $0.trustedExamples = 500; $0.attackFromRound = 3; $0.rounds = 2 }
-        let (after, _) = try run { $0.attackers = 0.2; $0.attack = "sign_flip"; $0.aggregator = "trust"; $0.trustedExamples = 500; $0.attackFromRound = 3 }
+        let (before, _) = try run { $0.attackers = 0.2; $0.attack = .signFlip; $0.aggregator = "trust"; $0.trustedExamples = 500; $0.attackFromRound = 3; $0.rounds = 2 }
+        let (after, _) = try run { $0.attackers = 0.2; $0.attack = .signFlip; $0.aggregator = "trust"; $0.trustedExamples = 500; $0.attackFromRound = 3 }
         let sleepers = before.attackers.map { before.clientIDs[$0] }
         #expect(sleepers.allSatisfy { (before.ledger.records[$0]?.trust ?? 1) > 0 })
         var attacked = 0

@@ -157,7 +157,7 @@ enum SmallMNIST {
     @Test func tcpTransportMatchesMemoryTransport() async throws {
         let memory = try Simulation(configuration: configuration { $0.rounds = 3 }, train: SmallMNIST.train, test: SmallMNIST.test)
         let viaMemory = try memory.run()
-        let tcp = try Simulation(configuration: configuration { $0.rounds = 3; $0.transport = "tcp" }, train: SmallMNIST.train, test: SmallMNIST.test)
+        let tcp = try Simulation(configuration: configuration { $0.rounds = 3; $0.transport = .tcp }, train: SmallMNIST.train, test: SmallMNIST.test)
         let viaTCP = try await tcp.runOverTCP()
         #expect(viaTCP.rounds.count == 3)
         for (a, b) in zip(viaMemory.rounds, viaTCP.rounds) {
@@ -172,7 +172,7 @@ enum SmallMNIST {
     @Test func hundredsOfTCPClientsInOneProcess() async throws {
         // 300 real daemons on 300 sockets; the selected ones free their model after uploading,
         // so the third round must resend whole shards to any client selected again.
-        let c = configuration { $0.clients = 300; $0.fraction = 0.05; $0.rounds = 3; $0.transport = "tcp" }
+        let c = configuration { $0.clients = 300; $0.fraction = 0.05; $0.rounds = 3; $0.transport = .tcp }
         let report = try await Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).runOverTCP()
         #expect(report.rounds.count == 3)
         #expect(report.rounds.allSatisfy { $0.clients == 15 })

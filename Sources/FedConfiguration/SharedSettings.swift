@@ -1,0 +1,75 @@
+import FedModel
+
+/// Keys that fedsim's scenarios and fedcoord's configuration share, read by one function each
+/// so that both accept the same names and values.
+public enum SharedKeys {
+    /// How updates are combined: FedAvg or a robust rule, the norm bound, central DP, trust.
+    public static let aggregation: Set<String> = [
+        "aggregator", "trim_beta", "krum_f", "multi_krum_m", "norm_bound", "norm_bound_action",
+        "dp_clip", "dp_noise_multiplier", "trust_threshold", "trust_decay",
+    ]
+    /// The server optimizer and its hyperparameters.
+    public static let serverOptimizer: Set<String> = ["server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau"]
+    /// The model: a preset or a list of layers.
+    public static let model: Set<String> = ["model", "layers"]
+}
+
+extension AggregationSettings.Rule: ConfigurationChoice {}
+extension ServerOptimizer.Kind: ConfigurationChoice {}
+
+/// What the norm bound does to an update beyond it.
+public enum NormBoundAction: String, ConfigurationChoice, Sendable {
+    case clip, refuse
+}
+
+extension AggregationSettings {
+    /// Sets every aggregation key present in `table`.
+    public mutating func read(_ table: ConfigurationTable) throws {
+        if let rule = try table.choice("aggregator", as: Rule.self) { self.rule = rule }
+        if let v = try table.number("trim_beta") { trimBeta = v }
+        if let v = try table.int("krum_f") { byzantine = v }
+        if let v = try table.int("multi_krum_m") { multiKrumSelect = v }
+        if let v = try table.number("norm_bound") { normBound = v }
+        if let action = try table.choice("norm_bound_action", as: NormBoundAction.self) { clipToNormBound = action == .clip }
+        if let v = try table.number("dp_clip") { dpClip = v }
+        if let v = try table.number("dp_noise_multiplier") { dpNoiseMultiplier = v }
+        if let v = try table.number("trust_threshold") { trustThreshold = v }
+        if let v = try table.number("trust_decay") { trustDecay = v }
+    }
+}
+
+extension ServerOptimizer.Settings {
+    /// Sets every server-optimizer key present in `table`.
+    public mutating func read(_ table: ConfigurationTable) throws {
+        if let kind = try table.choice("server_optimizer", as: ServerOptimizer.Kind.self) { self.kind = kind }
+        if let v = try table.number("server_lr") { learningRate = Float(v) }
+        if let v = try table.number("server_momentum") { momentum = Float(v) }
+        if let v = try table.number("server_beta2") { beta2 = Float(v) }
+        if let v = try table.number("server_tau") { tau = Float(v) }
+    }
+}
+
+extension ModelSpec {
+    /// The model a configuration names: `layers` when given (MNIST input, 10 classes; 28×28×1
+    /// when there is a convolution, else 784 values), otherwise the preset `model`.
+    public static func configured(model: String, layers: [String]) throws -> ModelSpec {
+        if !layers.isEmpty {
+            let parsed: [LayerSpec]
+            do { parsed = try layers.map(LayerSpec.init(parsing:)) } catch let error as ModelError {
+                throw ConfigurationError("layers: \(error.description)")
+            }
+            let convolution = parsed.contains { if case .conv = $0 { true } else { false } }
+            return ModelSpec(input: convolution ? TensorShape(height: 28, width: 28, channels: 1) : .vector(784), classes: 10, layers: parsed)
+        }
+        guard let spec = ModelSpec.preset(model) else {
+            throw ConfigurationError(key: "model", value: model, "must be 2nn or cnn (or give layers)")
+        }
+        return spec
+    }
+}
+
+extension ConfigurationError {
+    public init(key: String, value: String? = nil, _ problem: String) {
+        self.init(file: nil, key: key, value: value, problem)
+    }
+}
