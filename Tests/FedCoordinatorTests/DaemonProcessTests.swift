@@ -182,7 +182,7 @@ import Testing
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         // Local training far longer than the round deadline: the round cannot finish.
-        let (config, database) = try signalSetUp(directory, "local_epochs = 100\nround_deadline = 2")
+        let (config, database) = try signalSetUp(directory, "local_epochs = 100\nround_deadline = 1")
         let log = directory.appendingPathComponent("coordinator.log")
         let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: log)
         defer { if coordinator.isRunning { coordinator.terminate() } }
@@ -198,6 +198,7 @@ import Testing
         #expect(!coordinator.isRunning && coordinator.terminationStatus == 0, "\(text)")
         #expect(text.contains("fedcoord: stopped: 0 rounds"), "\(text)")
         #expect(try RunStore(path: database.path).lastCheckpoint() == nil, "nothing of the abandoned round is committed")
+        kill(clients[1].processIdentifier, SIGKILL)
         // A client stopped mid-training: a second signal ends it at once with 128 + SIGTERM.
         kill(clients[0].processIdentifier, SIGTERM)
         try await Task.sleep(nanoseconds: 200_000_000)
@@ -206,6 +207,32 @@ import Testing
         let clientLog = try String(contentsOf: directory.appendingPathComponent("a.log"), encoding: .utf8)
         #expect(!clients[0].isRunning && clients[0].terminationStatus == 143, "\(clientLog)")
         #expect(clientLog.contains("exiting at once"), "\(clientLog)")
+    }
+
+    @Test func aSignalMidDownloadStopsWithoutCommittingTheRound() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedload-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // The CNN's 6.6 MB of shards go to a peer that reads none of them: the coordinator's
+        // writes to it are stuck when the signal comes.
+        let (config, database) = try signalSetUp(directory, "model = \"cnn\"\nround_deadline = 2")
+        try String(contentsOf: config, encoding: .utf8).replacingOccurrences(of: "min_clients = 2\nclients_per_round = 2", with: "min_clients = 1\nclients_per_round = 1")
+            .write(to: config, atomically: true, encoding: .utf8)
+        let log = directory.appendingPathComponent("coordinator.log")
+        let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: log)
+        defer { if coordinator.isRunning { coordinator.terminate() } }
+        let peer = try await FramedPeer.connect(port: try await port(of: log))
+        guard case .welcome? = try await peer.authenticate(id: "a", secret: "sa") else {
+            Issue.record("not welcomed")
+            return
+        }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        kill(coordinator.processIdentifier, SIGTERM)
+        try await waitForExit(coordinator, seconds: 10)
+        let text = try String(contentsOf: log, encoding: .utf8)
+        #expect(!coordinator.isRunning && coordinator.terminationStatus == 0, "\(text)")
+        #expect(text.contains("round abandoned at shutdown") || text.contains("round abandoned below quorum"), "\(text)")
+        #expect(try RunStore(path: database.path).lastCheckpoint() == nil)
     }
 
     @Test func coordinatorKilledMidRunResumesWithoutLosingARound() async throws {

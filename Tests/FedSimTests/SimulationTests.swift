@@ -163,7 +163,9 @@ enum SmallMNIST {
         for (a, b) in zip(viaMemory.rounds, viaTCP.rounds) {
             #expect(abs(a.testAccuracy! - b.testAccuracy!) < 0.01, "round \(a.round): memory \(a.testAccuracy!) tcp \(b.testAccuracy!)")
             #expect(a.clients == b.clients)
+            #expect(a.selected == b.selected && a.dropped == b.dropped && a.late == b.late, "round \(a.round): the TCP report keeps selected, dropped and late")
         }
+        #expect(viaTCP.rounds.allSatisfy { $0.selected > 0 })
         // Same clients, same training, same encoder: the same update bytes in round 1.
         #expect(viaMemory.rounds[0].uplinkBytes == viaTCP.rounds[0].uplinkBytes)
         #expect(viaMemory.rounds[0].trainLoss == viaTCP.rounds[0].trainLoss || abs(viaMemory.rounds[0].trainLoss - viaTCP.rounds[0].trainLoss) < 1e-6)

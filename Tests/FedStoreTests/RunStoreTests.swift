@@ -93,6 +93,20 @@ func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
         #expect(try store.clientTotals()["a"]?.updates == 2, "the failed commit changed no totals")
     }
 
+    @Test func droppedAndLateParticipationsAreNotRefusals() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path)
+        try store.commit(row(1), checkpoint: checkpoint(1, [1]), participations: [
+            Participation(client: "c", state: "dropped", bytes: 0, examples: 0, localLoss: nil, codec: "q8", errorCode: nil),
+            Participation(client: "d", state: "late", bytes: 50, examples: 600, localLoss: 0.5, codec: "q8", errorCode: 11),
+        ])
+        let totals = try store.clientTotals()
+        #expect(totals["c"]?.updates == 0 && totals["c"]?.refusals == 0)
+        #expect(totals["d"]?.updates == 0 && totals["d"]?.refusals == 0 && totals["d"]?.bytesUp == 50)
+        #expect(try store.events(kind: "refusal").isEmpty, "no refusal events for dropped or late clients")
+    }
+
     @Test func newerOrForeignDatabasesAreRefused() throws {
         let path = temporaryDatabase()
         defer { try? FileManager.default.removeItem(atPath: path) }
