@@ -89,7 +89,7 @@ let package = Package(
         ),
         .target(
             name: "FedConfiguration",
-            dependencies: ["FedModel", .product(name: "TOMLKit", package: "TOMLKit")],
+            dependencies: ["FedModel", "FedCodec", .product(name: "TOMLKit", package: "TOMLKit")],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -145,7 +145,7 @@ let package = Package(
         .executableTarget(
             name: "fedsim",
             dependencies: [
-                "FedSim", "FedStore",
+                "FedSim", "FedStore", "FedCodec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -229,7 +229,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FedSimTests",
-            dependencies: ["FedSim", "FedStore"],
+            dependencies: ["FedSim", "FedStore", "FedCodec"],
             swiftSettings: swiftSettings
         ),
     ]

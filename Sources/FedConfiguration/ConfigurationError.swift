@@ -14,13 +14,18 @@ public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sen
 
 /// A closed set of names a configuration key takes (`aggregator`, `transport`, `attack`, ...).
 /// Every tool reads them the same way: case-insensitive, with `-` and `_` interchangeable.
-public protocol ConfigurationChoice: RawRepresentable, CaseIterable where RawValue == String {}
+public protocol ConfigurationChoice: RawRepresentable, CaseIterable where RawValue == String {
+    /// Other names accepted for a value (normalised: lowercase, `_` for `-`).
+    static var aliases: [String: Self] { get }
+}
 
 extension ConfigurationChoice {
+    public static var aliases: [String: Self] { [:] }
+
     /// The value named by `text` (`Multi-Krum`, `multi_krum` and `multi-krum` alike).
     public init?(configurationName text: String) {
         let normalised = text.lowercased().replacingOccurrences(of: "-", with: "_")
-        guard let value = Self.allCases.first(where: { $0.rawValue.lowercased() == normalised }) else { return nil }
+        guard let value = Self.allCases.first(where: { $0.rawValue.lowercased() == normalised }) ?? Self.aliases[normalised] else { return nil }
         self = value
     }
 

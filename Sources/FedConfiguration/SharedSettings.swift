@@ -1,3 +1,4 @@
+import FedCodec
 import FedModel
 
 /// Keys that fedsim's scenarios and fedcoord's configuration share, read by one function each
@@ -72,4 +73,36 @@ extension ConfigurationError {
     public init(key: String, value: String? = nil, _ problem: String) {
         self.init(file: nil, key: key, value: value, problem)
     }
+}
+
+extension CodecSpec {
+    /// The codec spec `text` of `key`; a model download (`download`) may not use top-k or error
+    /// feedback. Errors name the key and the value.
+    public static func configured(_ text: String, key: String, file: String? = nil, download: Bool = false) throws -> CodecSpec {
+        let spec: CodecSpec
+        do { spec = try CodecSpec(parsing: text) } catch let error as CodecError {
+            throw ConfigurationError((file.map { "\($0): " } ?? "") + "\(key): \(error.message)")
+        }
+        if download { try spec.checkDownload(key: key, file: file) }
+        return spec
+    }
+
+    /// Top-k and error feedback make no sense for a model download.
+    public func checkDownload(key: String = "downlink", file: String? = nil) throws {
+        guard topK == nil, !errorFeedback else {
+            throw ConfigurationError((file.map { "\($0): " } ?? "") + "\(key): \"\(self)\" may not use top-k or error feedback (fp32, fp16, q8, ...)")
+        }
+    }
+}
+
+extension ConfigurationTable {
+    /// A codec spec (`q8`, `topk:0.01+q8+ef`).
+    public func codec(_ key: String, download: Bool = false) throws -> CodecSpec? {
+        try string(key).map { try CodecSpec.configured($0, key: key, file: source, download: download) }
+    }
+}
+
+extension CodecSpec {
+    /// Plain float32, uncompressed: what a configuration means when it names no codec.
+    public static let fp32Raw = CodecSpec(codec: .fp32, zlibLevel: nil)
 }

@@ -74,7 +74,7 @@ public actor Coordinator {
         self.network = network
         self.logger = logger
         let ranges = network.layout.tensors.map(\.range)
-        downlink = UpdateCodec(spec: try CodecSpec(parsing: configuration.downlinkCodec), shardRanges: ranges)
+        downlink = UpdateCodec(spec: configuration.downlinkCodec, shardRanges: ranges)
         var settings = RoundEngine.Settings(rounds: configuration.rounds, clientsPerRound: configuration.clientsPerRound, selectionSize: configuration.selectionSize)
         settings.minimumUpdates = configuration.minimumUpdates
         settings.minimumClients = configuration.minimumClients
@@ -82,7 +82,7 @@ public actor Coordinator {
         settings.localEpochs = configuration.localEpochs
         settings.batchSize = configuration.batchSize
         settings.learningRate = configuration.learningRate
-        settings.uplink = try CodecSpec(parsing: configuration.uplinkCodec)
+        settings.uplink = configuration.uplinkCodec
         settings.seed = configuration.seed
         settings.targetAccuracy = configuration.targetAccuracy
         settings.aggregation = configuration.aggregation
@@ -328,7 +328,7 @@ public actor Coordinator {
                          trainingLoss: record.trainingLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
                 checkpoint: Checkpoint(round: record.round, modelVersion: engine.modelVersion, model: engine.global,
                                        optimizerM: engine.optimizer.m, optimizerV: engine.optimizer.v, modelSHA256: RunStore.sha256(engine.global)),
-                participations: record.participations.map { Participation($0, codec: configuration.uplinkCodec) },
+                participations: record.participations.map { Participation($0, codec: configuration.uplinkCodec.description) },
                 trust: record.trust.mapValues { (trust: $0.trust, updates: $0.updates) },
                 retention: configuration.retention)
         }
@@ -361,7 +361,7 @@ public actor Coordinator {
             connection.outbound.yield(.trainingTask(TrainingTask(
                 round: UInt32(task.round), modelVersion: task.modelVersion, shards: task.shards,
                 localEpochs: UInt16(configuration.localEpochs), batchSize: UInt16(configuration.batchSize),
-                learningRate: configuration.learningRate, codec: configuration.uplinkCodec,
+                learningRate: configuration.learningRate, codec: configuration.uplinkCodec.description,
                 deadlineMilliseconds: UInt32(configuration.roundDeadline * 1000))))
         }
     }

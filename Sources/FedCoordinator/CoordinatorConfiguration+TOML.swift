@@ -36,8 +36,8 @@ extension CoordinatorConfiguration {
         if let v = try table.int("local_epochs") { c.localEpochs = v }
         if let v = try table.int("batch_size") { c.batchSize = v }
         if let v = try table.number("learning_rate") { c.learningRate = Float(v) }
-        if let v = try table.string("codec") { c.uplinkCodec = v }
-        if let v = try table.string("downlink") { c.downlinkCodec = v }
+        if let v = try table.codec("codec") { c.uplinkCodec = v }
+        if let v = try table.codec("downlink", download: true) { c.downlinkCodec = v }
         try c.serverOptimizer.read(table)
         if let v = try table.count("seed") { c.seed = v }
         if let v = try table.count("heartbeat_ms") { c.heartbeatMilliseconds = UInt32(clamping: v) }
@@ -100,8 +100,7 @@ extension CoordinatorConfiguration {
         guard (1024...(16 << 20)).contains(maximumFramePayload) else { throw fail("max_frame_bytes must be in 1024...16777216") }
         guard maximumMessage >= maximumFramePayload, maximumMessage <= 1 << 30 else { throw fail("max_message_bytes must be at least max_frame_bytes and at most 1 GiB") }
         do {
-            _ = try CodecSpecCheck.parse(uplinkCodec)
-            _ = try CodecSpecCheck.parse(downlinkCodec)
+            try downlinkCodec.checkDownload()
             try serverOptimizer.validate()
             try aggregation.validate()
             _ = try Network(model)
@@ -117,12 +116,5 @@ extension CoordinatorConfiguration {
         guard !clientKeys.isEmpty || databasePath != nil else {
             throw fail("no clients registered: set database and run `fedcoord clients add ID`, or add a [clients] table of id = \"fedpk1:...\"")
         }
-    }
-}
-
-import FedCodec
-enum CodecSpecCheck {
-    static func parse(_ text: String) throws -> CodecSpec {
-        do { return try CodecSpec(parsing: text) } catch let error as CodecError { throw ConfigurationError("codec: \(error.message)") }
     }
 }

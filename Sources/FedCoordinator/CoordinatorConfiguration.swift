@@ -1,3 +1,4 @@
+import FedCodec
 import FedProtocol
 import FedModel
 import FedRounds
@@ -30,8 +31,8 @@ public struct CoordinatorConfiguration: Sendable {
     public var batchSize = 10
     public var learningRate: Float = 0.1
     /// Codec spec for client updates and for the model download.
-    public var uplinkCodec = "fp32+raw"
-    public var downlinkCodec = "fp32+raw"
+    public var uplinkCodec = CodecSpec.fp32Raw
+    public var downlinkCodec = CodecSpec.fp32Raw
     public var serverOptimizer = ServerOptimizer.Settings()
     /// FedAvg or a robust rule, the norm bound and central differential privacy.
     public var aggregation = AggregationSettings()

@@ -91,8 +91,8 @@ public final class Simulation {
         sentDeltas = Array(repeating: global, count: workers)
         decodedDeltas = Array(repeating: global, count: workers)
         let ranges = network.layout.tensors.map(\.range)
-        uplink = UpdateCodec(spec: try configuration.uplinkSpec(), shardRanges: ranges)
-        downlink = UpdateCodec(spec: try configuration.downlinkSpec(), shardRanges: ranges)
+        uplink = UpdateCodec(spec: configuration.codec, shardRanges: ranges)
+        downlink = UpdateCodec(spec: configuration.downlink, shardRanges: ranges)
         var attackerDraw = SeededGenerator(seed: configuration.seed, stream: 0xBAD0)
         var everyone = Array(0..<configuration.clients)
         everyone.withUnsafeMutableBufferPointer { attackerDraw.shuffle($0) }
@@ -122,7 +122,7 @@ public final class Simulation {
         settings.localEpochs = configuration.localEpochs
         settings.batchSize = configuration.batchSize
         settings.learningRate = Float(configuration.learningRate)
-        settings.uplink = try configuration.uplinkSpec()
+        settings.uplink = configuration.codec
         settings.seed = configuration.seed
         settings.evaluateEvery = configuration.evaluateEvery
         settings.aggregation = configuration.aggregation
@@ -292,7 +292,7 @@ public final class Simulation {
                          trainingLoss: record.trainLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
                 checkpoint: Checkpoint(round: round, modelVersion: engine.modelVersion, model: engine.global,
                                        optimizerM: engine.optimizer.m, optimizerV: engine.optimizer.v, modelSHA256: RunStore.sha256(engine.global)),
-                participations: outcome.participations.map { Participation($0, codec: c.codec) },
+                participations: outcome.participations.map { Participation($0, codec: c.codec.description) },
                 trust: outcome.trust.mapValues { (trust: $0.trust, updates: $0.updates) })
         }
         records.append(record)

@@ -35,7 +35,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// FedProx proximal coefficient mu (0 = FedAvg).
     public var proximalMu = 0.0
     /// How training data is split among clients.
-    public var partition = "iid"
+    public var partition = PartitionKind.iid
     /// Shards per client for the `shards` partition (McMahan: 2).
     public var shardsPerClient = 2
     /// Concentration for the `dirichlet` partition.
@@ -52,9 +52,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var threads = 0
     /// How clients encode their update (FedCodec spec, e.g. `q8`, `topk:0.01+q8+ef`).
     /// `fp32+raw` sends plain float32 deltas.
-    public var codec = "fp32+raw"
+    public var codec = CodecSpec.fp32Raw
     /// How the server encodes the global model it sends (no top-k, no error feedback).
-    public var downlink = "fp32+raw"
+    public var downlink = CodecSpec.fp32Raw
     /// `memory`: clients are trained by worker threads; `tcp`: a real coordinator and one real
     /// client daemon per client, in this process, over 127.0.0.1.
     public var transport = Transport.memory
@@ -128,7 +128,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.number("momentum") { c.momentum = v }
         if let v = try table.number("weight_decay") { c.weightDecay = v }
         if let v = try table.number("proximal_mu") { c.proximalMu = v }
-        if let v = try table.string("partition") { c.partition = v }
+        if let v = try table.choice("partition", as: PartitionKind.self) { c.partition = v }
         if let v = try table.int("shards_per_client") { c.shardsPerClient = v }
         if let v = try table.number("dirichlet_alpha") { c.dirichletAlpha = v }
         if let v = try table.count("seed") { c.seed = v }
@@ -136,8 +136,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.bool("stop_at_target") { c.stopAtTarget = v }
         if let v = try table.int("evaluate_every") { c.evaluateEvery = v }
         if let v = try table.int("threads") { c.threads = v }
-        if let v = try table.string("codec") { c.codec = v }
-        if let v = try table.string("downlink") { c.downlink = v }
+        if let v = try table.codec("codec") { c.codec = v }
+        if let v = try table.codec("downlink", download: true) { c.downlink = v }
         if let v = try table.choice("transport", as: Transport.self) { c.transport = v }
         var optimizer = ServerOptimizer.Settings()
         try optimizer.read(table)
@@ -188,8 +188,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard threads >= 0, threads <= 256 else { throw fail("threads must be in 0...256, got \(threads)") }
         _ = try partitionValue()
         _ = try modelSpec()
-        _ = try uplinkSpec()
-        _ = try downlinkSpec()
+        try downlink.checkDownload()
         _ = try serverOptimizerSettings()
         try devices.validate()
         if let aggregatorName {
@@ -255,32 +254,12 @@ public struct SimulationConfiguration: Sendable, Equatable {
         return settings
     }
 
-    /// The parsed `codec`.
-    public func uplinkSpec() throws -> CodecSpec {
-        do { return try CodecSpec(parsing: codec) } catch let error as CodecError {
-            throw ConfigurationError("codec: \(error.message)")
-        }
-    }
-
-    /// The parsed `downlink`; top-k and error feedback make no sense for a model download.
-    public func downlinkSpec() throws -> CodecSpec {
-        let spec: CodecSpec
-        do { spec = try CodecSpec(parsing: downlink) } catch let error as CodecError {
-            throw ConfigurationError("downlink: \(error.message)")
-        }
-        guard spec.topK == nil, !spec.errorFeedback else {
-            throw ConfigurationError("downlink: \"\(downlink)\" may not use top-k or error feedback (fp32, fp16, q8, ...)")
-        }
-        return spec
-    }
-
     /// The partition named by `partition`.
     public func partitionValue() throws -> Partition {
-        switch partition.lowercased() {
-        case "iid": return .iid
-        case "shards", "noniid", "non-iid", "pathological": return .shards(perClient: shardsPerClient)
-        case "dirichlet": return .dirichlet(alpha: dirichletAlpha)
-        default: throw ConfigurationError("partition must be iid, shards or dirichlet, got \"\(partition)\"")
+        switch partition {
+        case .iid: .iid
+        case .shards: .shards(perClient: shardsPerClient)
+        case .dirichlet: .dirichlet(alpha: dirichletAlpha)
         }
     }
 
@@ -294,6 +273,18 @@ public struct SimulationConfiguration: Sendable, Equatable {
 
     /// Worker threads actually used.
     public var effectiveThreads: Int { threads > 0 ? threads : availableCores }
+}
+
+/// How a simulation splits the training data among its clients.
+public enum PartitionKind: String, ConfigurationChoice, Sendable {
+    /// Shuffled equal shares.
+    case iid
+    /// McMahan's pathological non-IID split: sorted by label, cut into shards, `shards_per_client` each.
+    case shards
+    /// Label skew drawn from a Dirichlet distribution with concentration `dirichlet_alpha`.
+    case dirichlet
+
+    public static var aliases: [String: PartitionKind] { ["noniid": .shards, "non_iid": .shards, "pathological": .shards] }
 }
 
 /// How fedsim runs its clients.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import FedCodec
 import FedModel
 import FedSim
 import FedStore
@@ -95,15 +96,15 @@ struct FedSimCommand: AsyncParsableCommand {
         if let learningRate { c.learningRate = learningRate }
         if let momentum { c.momentum = momentum }
         if let proximalMu { c.proximalMu = proximalMu }
-        if let partition { c.partition = partition }
+        if let partition { c.partition = try PartitionKind.parse(partition, key: "--partition") }
         if let dirichletAlpha { c.dirichletAlpha = dirichletAlpha }
         if let model { c.model = model; c.layers = [] }
         if let seed { c.seed = seed }
         if let target { c.targetAccuracy = target }
         if stopAtTarget { c.stopAtTarget = true }
         if let threads { c.threads = threads }
-        if let codec { c.codec = codec }
-        if let downlink { c.downlink = downlink }
+        if let codec { c.codec = try CodecSpec.configured(codec, key: "--codec") }
+        if let downlink { c.downlink = try CodecSpec.configured(downlink, key: "--downlink", download: true) }
         if let serverOptimizer { c.serverOptimizer = serverOptimizer }
         if let transport { c.transport = try Transport.parse(transport, key: "--transport") }
         if let serverLearningRate { c.serverLearningRate = serverLearningRate }

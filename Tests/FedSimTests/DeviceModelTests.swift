@@ -1,3 +1,4 @@
+import FedCodec
 import FedModel
 import Foundation
 import Testing
@@ -88,7 +89,7 @@ import Testing
 
     @Test func virtualClockResultsDoNotDependOnThreads() throws {
         func run(threads: Int) throws -> ([Float], [Double?]) {
-            let c = configuration { $0.threads = threads; $0.devices.overSelection = 1.3; $0.devices.dropout = 0.2; $0.devices.roundDeadline = 3; $0.codec = "q8" }
+            let c = configuration { $0.threads = threads; $0.devices.overSelection = 1.3; $0.devices.dropout = 0.2; $0.devices.roundDeadline = 3; $0.codec = try! CodecSpec(parsing: "q8") }
             let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
             let report = try simulation.run()
             return (simulation.global, report.rounds.map(\.simulatedSeconds))

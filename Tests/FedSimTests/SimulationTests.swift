@@ -1,3 +1,4 @@
+import FedCodec
 import FedModel
 import Foundation
 import Testing
@@ -102,7 +103,7 @@ enum SmallMNIST {
 
     @Test func compressedUpdatesAreSmallerAndStillLearn() throws {
         func run(_ codec: String, downlink: String = "fp32+raw") throws -> SimulationReport {
-            let c = configuration { $0.rounds = 6; $0.codec = codec; $0.downlink = downlink }
+            let c = configuration { $0.rounds = 6; $0.codec = try! CodecSpec(parsing: codec); $0.downlink = try! CodecSpec(parsing: downlink) }
             return try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
         }
         let fp32 = try run("fp32+raw")
@@ -135,7 +136,7 @@ enum SmallMNIST {
 
     @Test func codecRunsAreReproducible() throws {
         func run() throws -> [Float] {
-            let c = configuration { $0.rounds = 2; $0.codec = "topk:0.1+q4+sr+ef" }
+            let c = configuration { $0.rounds = 2; $0.codec = try! CodecSpec(parsing: "topk:0.1+q4+sr+ef") }
             let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
             _ = try simulation.run()
             return simulation.global
@@ -150,8 +151,7 @@ enum SmallMNIST {
 
     @Test(arguments: [("codec", "q7"), ("codec", "topk:3+q8"), ("downlink", "topk:0.1+q8"), ("downlink", "q8+ef")])
     func badCodecSpecsAreConfigurationErrors(key: String, value: String) {
-        let c = configuration { if key == "codec" { $0.codec = value } else { $0.downlink = value } }
-        #expect { try c.validate() } throws: { "\($0)".hasPrefix(key + ":") }
+        #expect { try SimulationConfiguration.parse("\(key) = \"\(value)\"", source: "s.toml") } throws: { "\($0)".hasPrefix("s.toml: " + key + ":") }
     }
 
     @Test func tcpTransportMatchesMemoryTransport() async throws {
@@ -182,7 +182,7 @@ enum SmallMNIST {
     }
 
     @Test func moreShardsThanDataIsAConfigurationError() {
-        let c = configuration { $0.clients = 4000; $0.partition = "shards" }
+        let c = configuration { $0.clients = 4000; $0.partition = .shards }
         #expect { try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test) } throws: {
             "\($0)".contains("shards") && "\($0)".contains("examples")
         }
