@@ -258,6 +258,20 @@ struct RoundEngineTests {
         #expect(change < 0.05, "the outlier was clipped to 1.5 × the median norm, moved \(change)")
     }
 
+    @Test(arguments: [AggregationSettings.Rule.median, .multiKrum])
+    func aRobustRuleKeepsOneHugeUpdateOut(rule: AggregationSettings.Rule) throws {
+        var engine = Self.engine(clients: 5, perRound: 5) { $0.aggregation.rule = rule; $0.aggregation.byzantine = 1 }
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        for (i, (id, task)) in tasks.enumerated() {
+            #expect(engine.updateArrived(Self.update(for: task, value: i == 2 ? 5 : 0.01), from: id, at: 1) == [.acknowledge(client: id, round: 1)],
+                    "a huge but finite update is admitted on the wire")
+        }
+        let before = engine.global
+        _ = try engine.closeRound(at: 1)
+        let change = zip(engine.global, before).map { abs($0 - $1) }.max() ?? 0
+        #expect(change < 0.02, "\(rule): the model moved \(change)")
+    }
+
     @Test func theTrustRuleNeedsDirectionsAndRecordsItsLedger() throws {
         // With the trust rule every aggregated client gets a ledger record, committed with the round.
         let data = try Dataset(name: "toy", sampleShape: .vector(4), classes: 2,
