@@ -87,6 +87,8 @@ public actor Coordinator {
         settings.targetAccuracy = configuration.targetAccuracy
         settings.aggregation = configuration.aggregation
         settings.serverOptimizer = configuration.serverOptimizer
+        settings.updateBound = configuration.updateBound
+        settings.lossGuard = configuration.lossGuard
 
         var initial = network.initialParameters(seed: configuration.seed)
         var resume: (round: Int, modelVersion: UInt32, optimizer: ServerOptimizer, ledger: TrustLedger)?
@@ -296,6 +298,9 @@ public actor Coordinator {
             case .abandoned(let round, let updates, let quorum):
                 logger.warning("round abandoned below quorum", metadata: ["round": "\(round)", "updates": "\(updates)", "quorum": "\(quorum)"])
                 try? store?.recordEvent(kind: "abandoned", message: "round \(round): \(updates) updates, quorum \(quorum); retrying")
+            case .rejected(let round, let reason):
+                logger.error("round rejected, previous model kept", metadata: ["round": "\(round)", "reason": "\(reason)"])
+                try? store?.recordEvent(kind: "rejected", message: "round \(round): \(reason); the previous model is kept and the round drawn again")
             case .completed(var record):
                 record.seconds = Date().timeIntervalSince(start)
                 try commit(record, startedAt: start)
@@ -318,8 +323,16 @@ public actor Coordinator {
             case .leftOut:
                 logger.warning("norm bound", metadata: ["client": "\(notice.client)", "round": "\(record.round)", "action": "left out"])
                 metrics.refused.increment()
+            case .bounded:
+                logger.warning("update bound", metadata: ["client": "\(notice.client)", "round": "\(record.round)", "action": "scaled down"])
+                metrics.clipped.increment()
             }
-            try? store?.recordEvent(kind: notice.kind == .untrusted ? "untrusted" : "norm_bound", client: notice.client, message: notice.message)
+            let kind = switch notice.kind {
+            case .untrusted: "untrusted"
+            case .bounded: "update_bound"
+            case .clipped, .leftOut: "norm_bound"
+            }
+            try? store?.recordEvent(kind: kind, client: notice.client, message: notice.message)
         }
         if let store {
             try store.commit(

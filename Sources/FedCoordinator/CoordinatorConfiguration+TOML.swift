@@ -8,7 +8,7 @@ extension CoordinatorConfiguration {
         "host", "port", "rounds", "target_accuracy", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
-        "trusted_data", "trusted_examples", "tls_certificate", "tls_key", "tls_client_ca",
+        "trusted_data", "trusted_examples", "update_bound", "loss_guard", "tls_certificate", "tls_key", "tls_client_ca",
         "max_connections", "idle_timeout", "read_timeout", "max_frame_bytes", "max_message_bytes", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
     ])
 
@@ -43,6 +43,8 @@ extension CoordinatorConfiguration {
         if let v = try table.count("heartbeat_ms") { c.heartbeatMilliseconds = UInt32(clamping: v) }
         if let v = try table.number("handshake_timeout") { c.handshakeTimeout = v }
         try c.aggregation.read(table)
+        if let v = try table.number("update_bound") { c.updateBound = v }
+        if let v = try table.number("loss_guard") { c.lossGuard = v }
         if let v = try table.int("trusted_examples") { c.trustedExamples = v }
         if let v = try table.int("max_connections") { c.maximumConnections = v }
         if let v = try table.number("idle_timeout") { c.idleTimeout = v }
@@ -109,6 +111,8 @@ extension CoordinatorConfiguration {
         } catch {
             throw fail("\(error)")
         }
+        guard updateBound == 0 || (updateBound >= 1 && updateBound.isFinite) else { throw fail("update_bound must be 0 (off) or a finite number of at least 1, got \(updateBound)") }
+        guard lossGuard == 0 || (lossGuard >= 1 && lossGuard.isFinite) else { throw fail("loss_guard must be 0 (off) or a finite number of at least 1, got \(lossGuard)") }
         guard trustedExamples >= 2 else { throw fail("trusted_examples must be at least 2, got \(trustedExamples)") }
         guard !aggregation.needsTrustedDirections || trustedDataPath != nil else {
             throw fail("aggregator trust needs trusted_data: a directory with MNIST-format training files the server trusts")

@@ -36,6 +36,12 @@ public struct CoordinatorConfiguration: Sendable {
     public var serverOptimizer = ServerOptimizer.Settings()
     /// FedAvg or a robust rule, the norm bound and central differential privacy.
     public var aggregation = AggregationSettings()
+    /// Default bound on one update: its L2 norm is scaled down to this multiple of the median
+    /// norm of the updates accepted in recent rounds (0 = off).
+    public var updateBound = 3.0
+    /// A round whose new model is non-finite, or whose test loss is above this multiple of the
+    /// previous model's, is not committed; the previous model is kept (0 = the finite check only).
+    public var lossGuard = 10.0
     /// The trust aggregator's own data: a directory with MNIST-format training files
     /// (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`), and how many of its
     /// examples (drawn with the seed) the server trains its per-class directions on.

@@ -42,6 +42,16 @@ public struct RoundEngine {
         public var evaluateEvery = 1
         public var aggregation = AggregationSettings()
         public var serverOptimizer = ServerOptimizer.Settings()
+        /// Default bound on what one update can do, without holding the round's updates: an
+        /// update whose L2 norm exceeds this multiple of the median norm of the updates accepted
+        /// in recent rounds is scaled down to it (0 = off). Before any round has been accepted
+        /// there is no reference; the commit guard below covers that round.
+        public var updateBound = 0.0
+        /// Commit guard: a round whose new model holds a non-finite value, or whose test loss
+        /// is non-finite or above this multiple of the previous model's, is rejected and the
+        /// previous model kept (0 = only the finite check). A rejected round teaches the
+        /// update bound its reference (the median norm of that round's updates).
+        public var lossGuard = 0.0
         /// The order in which admitted updates are added: as they arrive (streamed, memory one
         /// model), or in selection order once the round closes (held encoded until then: what a
         /// simulation on a virtual clock needs to stay bit-for-bit reproducible).
@@ -130,6 +140,9 @@ public struct RoundEngine {
         var downlinkBytes = 0
         var refused = 0
         var participations: [RoundParticipation] = []
+        /// Norms of the updates added, in the order added.
+        var norms: [Double] = []
+        var notices: [AggregationNotice] = []
     }
 
     public let settings: Settings
@@ -152,6 +165,10 @@ public struct RoundEngine {
     private var revoked: Set<String> = []
     private var current: RoundInProgress?
     private var attempt = 0
+    /// Norms of the updates accepted in recent rounds (the update bound's reference).
+    private var recentNorms: [Double] = []
+    /// The test loss of the model the next round starts from (the commit guard's reference).
+    private var previousLoss: Double?
     private var scratch: [Float]
 
     /// - Parameters:
@@ -377,12 +394,38 @@ public struct RoundEngine {
         }
         var dpGenerator = SeededGenerator(seed: settings.seed, stream: 0xD9, UInt64(round.round))
         let (mean, outcome) = round.aggregator.finish(generator: &dpGenerator)
-        if let reference = outcome.referenceNorm { referenceNorm = reference }
-        ledger = round.aggregator.ledger
+        var evaluation: (accuracy: Double, loss: Double)?
         if let mean {
+            let guarding = settings.updateBound > 0 || settings.lossGuard > 0
+            if guarding, settings.lossGuard > 0, previousLoss == nil, let evaluate { previousLoss = evaluate(global).loss }
+            let (savedModel, savedOptimizer) = (global, optimizer)
             optimizer.apply(delta: mean, to: &global)
+            if guarding {
+                var problem: String?
+                if !global.allSatisfy(\.isFinite) {
+                    problem = "the new model holds non-finite values"
+                } else if settings.lossGuard > 0, let evaluate {
+                    let result = evaluate(global)
+                    evaluation = result
+                    if !result.loss.isFinite {
+                        problem = "the new model's test loss is \(result.loss)"
+                    } else if let previous = previousLoss, result.loss > settings.lossGuard * previous {
+                        problem = String(format: "the new model's test loss %.4g is more than %g × the previous %.4g", result.loss, settings.lossGuard, previous)
+                    }
+                }
+                if let problem {
+                    (global, optimizer) = (savedModel, savedOptimizer)
+                    attempt += 1
+                    // The next attempt bounds updates against this round's median norm.
+                    if recentNorms.isEmpty { recentNorms = round.norms }
+                    return .rejected(round: round.round, reason: problem)
+                }
+            }
             modelVersion += 1
         }
+        if let reference = outcome.referenceNorm { referenceNorm = reference }
+        ledger = round.aggregator.ledger
+        recentNorms = Array((recentNorms + round.norms).suffix(200))
         var record = RoundOutcome(
             round: round.round, selected: round.selected.count, completed: completed, refused: round.refused,
             dropped: round.participations.filter { $0.state == .dropped }.count,
@@ -391,12 +434,15 @@ public struct RoundEngine {
             trainingLoss: round.examples > 0 ? round.lossSum / round.examples : 0,
             testAccuracy: nil, testLoss: nil, seconds: 0, abandonedAttempts: attempt, modelVersion: modelVersion,
             startedAt: round.startedAt, closedAt: time, participations: round.participations,
-            notices: notices(outcome, aggregated: round.aggregated, round: round.round),
+            notices: round.notices + notices(outcome, aggregated: round.aggregated, round: round.round),
             trust: Dictionary(uniqueKeysWithValues: Set(round.aggregated).compactMap { id in ledger.records[id].map { (id, $0) } }))
         if let evaluate, round.round % max(1, settings.evaluateEvery) == 0 || round.round == settings.rounds {
-            let evaluation = evaluate(global)
+            let evaluation = evaluation ?? evaluate(global)
             record.testAccuracy = evaluation.accuracy
             record.testLoss = evaluation.loss
+            previousLoss = evaluation.loss
+        } else if let evaluation {
+            previousLoss = evaluation.loss
         }
         attempt = 0
         nextRound = round.round + 1
@@ -480,13 +526,36 @@ public struct RoundEngine {
 
     private mutating func add(_ update: IncomingUpdate, from id: String, to round: inout RoundInProgress) throws {
         try decode(update)
+        var delta: [Float]
         switch update.body {
-        case .encoded:
-            round.aggregator.add(delta: scratch, shards: update.shards, weight: Double(update.exampleCount), client: id)
-        case .decoded(let delta):
-            round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id)
+        case .encoded: delta = scratch
+        case .decoded(let decoded): delta = decoded
         }
+        let norm = Self.norm(delta, shards: update.shards, ranges: ranges)
+        round.norms.append(norm)
+        if settings.updateBound > 0, let reference = Self.median(recentNorms), reference > 0, norm > settings.updateBound * reference {
+            let scale = Float(settings.updateBound * reference / norm)
+            for index in update.shards { for i in ranges[index] { delta[i] *= scale } }
+            round.notices.append(AggregationNotice(kind: .bounded, client: id, message: String(
+                format: "round %d: update norm %.4g scaled down to %.4g (update_bound %.4g × the median accepted norm %.4g)",
+                round.round, norm, settings.updateBound * reference, settings.updateBound, reference)))
+        }
+        round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id)
         round.aggregated.append(id)
+    }
+
+    static func norm(_ delta: [Float], shards: [Int], ranges: [Range<Int>]) -> Double {
+        var sum = 0.0
+        delta.withUnsafeBufferPointer { all in
+            for index in shards { for value in all[ranges[index]] { sum += Double(value) * Double(value) } }
+        }
+        return sum.squareRoot()
+    }
+
+    static func median(_ values: [Double]) -> Double? {
+        guard !values.isEmpty else { return nil }
+        let sorted = values.sorted()
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
     private func notices(_ outcome: UpdateAggregator.Outcome, aggregated: [String], round: Int) -> [AggregationNotice] {

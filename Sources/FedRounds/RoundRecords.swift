@@ -49,6 +49,8 @@ public struct RoundParticipation: Sendable, Equatable {
 public struct AggregationNotice: Sendable, Equatable {
     public enum Kind: String, Sendable, Equatable {
         case untrusted, clipped, leftOut = "left out"
+        /// Scaled down by the default update bound (``RoundEngine/Settings/updateBound``).
+        case bounded
     }
 
     public var kind: Kind
@@ -92,5 +94,8 @@ public struct RoundOutcome: Sendable, Equatable {
 public enum RoundClosing: Sendable, Equatable {
     /// Fewer updates than the quorum: nothing was applied; the round is drawn again.
     case abandoned(round: Int, updates: Int, quorum: Int)
+    /// The commit guard refused the round's new model (non-finite, or its loss blew up): the
+    /// previous model is kept and the round is drawn again, with updates now bounded.
+    case rejected(round: Int, reason: String)
     case completed(RoundOutcome)
 }

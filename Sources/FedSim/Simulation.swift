@@ -275,8 +275,11 @@ public final class Simulation {
             simulatedSeconds = enough || deadline == .infinity ? state.lastAcceptedArrival : deadline
         }
         engine = state.engine
-        guard case .completed(let outcome) = try engine.closeRound(at: simulatedSeconds ?? 0) else {
-            preconditionFailure("a simulated round has no quorum to miss")
+        let outcome: RoundOutcome
+        switch try engine.closeRound(at: simulatedSeconds ?? 0) {
+        case .completed(let record): outcome = record
+        case .abandoned: preconditionFailure("a simulated round has no quorum to miss")
+        case .rejected: preconditionFailure("fedsim runs without the commit guard")
         }
         var record = RoundRecord(
             round: round, testAccuracy: outcome.testAccuracy, testLoss: outcome.testLoss,

@@ -71,6 +71,41 @@ import Testing
         }
     }
 
+    @Test func aHugeFiniteUpdateNeverReachesACheckpoint() async throws {
+        // A client whose error-feedback state went to 1e30 sends right-sized, finite updates
+        // of 1e30 in every value; the coordinator runs with its default settings.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedhuge-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var config = configuration(clients: 5, perRound: 5, rounds: 3)
+        config.minimumUpdates = 5
+        config.databasePath = directory.appendingPathComponent("run.sqlite").path
+        let deployment = try await Deployment.start(config)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
+        let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
+        let attacker = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await attacker.authenticate(id: "device-4", secret: "secret-4") else { throw CancellationError() }
+        let attack = Task {
+            while let message = try await attacker.reader.next() {
+                if case .trainingTask(let task) = message {
+                    try await attacker.writer.send(.update(try constantUpdate(1e30, round: task.round, version: task.modelVersion)))
+                }
+            }
+        }
+        let rounds = try await deployment.rounds()
+        attack.cancel()
+        for task in tasks { await task.value }
+        #expect(rounds.count == 3)
+        print("huge finite update: accuracy per round \(rounds.map { $0.testAccuracy ?? 0 })")
+        #expect(rounds.last!.testAccuracy! > 0.7, "accuracy \(rounds.map { $0.testAccuracy ?? 0 })")
+        let store = try RunStore(path: config.databasePath!)
+        for round in try store.checkpointRounds() {
+            let model = try #require(try store.checkpoint(round: round)).model
+            #expect(model.allSatisfy { $0.isFinite && abs($0) < 10 }, "checkpoint \(round) is poisoned")
+        }
+        #expect(try store.events(kind: "rejected").count >= 1, "round 1's poisoned model was refused")
+    }
+
     @Test(arguments: [false, true])
     func theTrustRuleLeavesOutOrClipsTheAttacker(noise: Bool) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedtrust-\(UUID().uuidString)")
@@ -90,6 +125,7 @@ import Testing
         attack.cancel()
         for task in tasks { await task.value }
         #expect(rounds.count == 3)
+        print("huge finite update: accuracy per round \(rounds.map { $0.testAccuracy ?? 0 })")
         #expect(rounds.last!.testAccuracy! > 0.7, "accuracy \(rounds.map { $0.testAccuracy ?? 0 })")
         let store = try RunStore(path: config.databasePath!)
         let untrusted = try store.events(kind: "untrusted")
@@ -110,8 +146,11 @@ import Testing
     }
 
     @Test func withoutADefenseThePoisonWins() async throws {
-        // The control: plain FedAvg takes the attacker's 5.0 at a fifth of its weight.
-        let config = configuration(clients: 5, perRound: 5, rounds: 1)
+        // The control: plain FedAvg, without the default update bound and commit guard, takes
+        // the attacker's 5.0 at a fifth of its weight.
+        var config = configuration(clients: 5, perRound: 5, rounds: 1)
+        config.updateBound = 0
+        config.lossGuard = 0
         let deployment = try await Deployment.start(config)
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
         let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }

@@ -272,6 +272,46 @@ struct RoundEngineTests {
         #expect(change < 0.02, "\(rule): the model moved \(change)")
     }
 
+    @Test func aHugeFiniteUpdateIsRejectedThenBoundedAndNeverCommitted() throws {
+        // Loss of a model: its mean |w| (the initial model's is about 0.3).
+        var settings = RoundEngine.Settings(rounds: 3, clientsPerRound: 4)
+        settings.roundDeadline = 10
+        settings.updateBound = 10
+        settings.lossGuard = 10
+        let start = Self.network.initialParameters(seed: 1)
+        var engine = RoundEngine(settings: settings, network: Self.network, initial: start) { model in
+            (0, Double(model.reduce(0) { $0 + abs($1) }) / Double(model.count))
+        }
+        for i in 0..<4 { engine.clientJoined("c\(i)", at: 0) }
+        func round(at time: Double) throws -> RoundClosing {
+            for (i, (id, task)) in Self.tasks(engine.beginRound(at: time)).enumerated() {
+                _ = engine.updateArrived(Self.update(for: task, value: id == "c0" ? 1e30 : 0.001 * Float(i + 1)), from: id, at: time + 1)
+            }
+            return try engine.closeRound(at: time + 1)
+        }
+        guard case .rejected(let number, let reason) = try round(at: 0) else { Issue.record("the poisoned round was committed"); return }
+        #expect(number == 1 && reason.contains("loss"), "\(reason)")
+        #expect(engine.global == start && engine.modelVersion == 0, "the previous model is kept")
+        // The retry bounds the same attacker against the rejected round's median norm.
+        guard case .completed(let record) = try round(at: 5) else { Issue.record("the retry was not committed"); return }
+        #expect(record.round == 1 && record.notices.contains { $0.kind == .bounded && $0.client == "c0" })
+        #expect(engine.global.allSatisfy { $0.isFinite && abs($0) < 2 })
+        guard case .completed = try round(at: 10) else { Issue.record("round 2 was not committed"); return }
+    }
+
+    @Test func withoutAnEvaluatorANonFiniteModelIsStillRejected() throws {
+        var settings = RoundEngine.Settings(rounds: 1, clientsPerRound: 2)
+        settings.roundDeadline = 10
+        settings.updateBound = 10
+        var engine = RoundEngine(settings: settings, network: Self.network, initial: Self.network.initialParameters(seed: 1))
+        for i in 0..<2 { engine.clientJoined("c\(i)", at: 0) }
+        for (id, task) in Self.tasks(engine.beginRound(at: 0)) {
+            _ = engine.updateArrived(Self.update(for: task, value: 3e38, examples: 1_000_000), from: id, at: 1)
+        }
+        guard case .rejected(_, let reason) = try engine.closeRound(at: 1) else { Issue.record("a non-finite model was committed"); return }
+        #expect(reason.contains("non-finite"))
+    }
+
     @Test func theTrustRuleNeedsDirectionsAndRecordsItsLedger() throws {
         // With the trust rule every aggregated client gets a ledger record, committed with the round.
         let data = try Dataset(name: "toy", sampleShape: .vector(4), classes: 2,
