@@ -441,6 +441,36 @@ public final class RunStore: Sendable {
         }
     }
 
+    /// Rolls the run back to the kept checkpoint of `round`: every later round, checkpoint and
+    /// participation is deleted in one transaction, so the next start resumes from `round`.
+    /// Trust records are per client, not per round, so they are cleared (the trust rule starts
+    /// over). The rollback is recorded as an event. Returns the rounds discarded.
+    @discardableResult
+    public func rollBack(to round: Int) throws -> ClosedRange<Int>? {
+        let kept = try checkpointRounds()
+        guard kept.contains(round) else {
+            throw StoreError("\(path): no checkpoint of round \(round) is kept; kept: \(kept.isEmpty ? "none" : kept.map(String.init).joined(separator: ", "))")
+        }
+        _ = try checkpoint(round: round) // verifies its SHA-256
+        return try write { db in
+            var discarded: ClosedRange<Int>?
+            try db.inTransaction {
+                let last = try Int.fetchOne(db, sql: "SELECT MAX(number) FROM rounds") ?? round
+                if last > round { discarded = (round + 1)...last }
+                try db.execute(sql: "DELETE FROM participations WHERE round > ?", arguments: [round])
+                try db.execute(sql: "DELETE FROM checkpoints WHERE round > ?", arguments: [round])
+                try db.execute(sql: "DELETE FROM rounds WHERE number > ?", arguments: [round])
+                try db.execute(sql: "DELETE FROM trust")
+                try db.execute(sql: "INSERT INTO events (at, kind, client, message) VALUES (?, 'rollback', NULL, ?)", arguments: [
+                    Date().timeIntervalSince1970,
+                    "rolled back to round \(round)" + (discarded.map { "; rounds \($0.lowerBound) to \($0.upperBound) discarded" } ?? "") + "; trust records cleared",
+                ])
+                return .commit
+            }
+            return discarded
+        }
+    }
+
     /// Rounds that still have a checkpoint.
     public func checkpointRounds() throws -> [Int] {
         try read { db in try Int.fetchAll(db, sql: "SELECT round FROM checkpoints ORDER BY round") }

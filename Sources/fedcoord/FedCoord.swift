@@ -40,6 +40,8 @@ extension FedCoord {
         var db: String?
         @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics.")
         var metricsPort: Int?
+        @Option(name: .customLong("resume-from-round"), help: "Roll the database back to the kept checkpoint of round N first, discarding later rounds (for a run poisoned after N; `fedcoord report` lists the rounds).")
+        var resumeFromRound: Int?
 
         func run() async throws {
             LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
@@ -62,6 +64,15 @@ extension FedCoord {
                 fail(error.description)
             } catch let error as DataError {
                 fail(error.description)
+            }
+            if let resumeFromRound {
+                guard let path = configuration.databasePath else { fail("--resume-from-round needs a database (--db or database = in the configuration)") }
+                do {
+                    let discarded = try RunStore(path: path).rollBack(to: resumeFromRound)
+                    print("fedcoord: rolled back to round \(resumeFromRound)" + (discarded.map { " (rounds \($0.lowerBound) to \($0.upperBound) discarded)" } ?? ""))
+                } catch {
+                    fail("\(error)")
+                }
             }
             let coordinator: Coordinator
             do {

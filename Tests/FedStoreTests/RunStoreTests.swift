@@ -93,6 +93,29 @@ func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
         #expect(try store.clientTotals()["a"]?.updates == 2, "the failed commit changed no totals")
     }
 
+    @Test func aRunRollsBackToAKeptCheckpoint() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path)
+        let someone = Participation(client: "a", state: "accepted", bytes: 1, examples: 1, localLoss: 0.1, codec: "q8", errorCode: nil)
+        for round in 1...5 {
+            try store.commit(row(round), checkpoint: checkpoint(round, [Float(round)]), participations: [someone],
+                             trust: ["a": (trust: Double(round), updates: round)])
+        }
+        #expect(try store.rollBack(to: 3) == 4...5)
+        #expect(try store.lastCheckpoint()?.round == 3 && store.lastCheckpoint()?.model == [3])
+        #expect(try store.rounds().map(\.round) == [1, 2, 3])
+        #expect(try store.participations(round: 4).isEmpty)
+        #expect(try store.trustRecords().isEmpty, "trust records are per client, not per round: cleared")
+        #expect(try store.events(kind: "rollback").map(\.message) == ["rolled back to round 3; rounds 4 to 5 discarded; trust records cleared"])
+        // The run goes on from round 4.
+        try store.commit(row(4), checkpoint: checkpoint(4, [40]), participations: [])
+        #expect(try store.lastCheckpoint()?.model == [40])
+        // A round whose checkpoint is not kept is refused with the kept ones listed.
+        let error = #expect(throws: StoreError.self) { try store.rollBack(to: 9) }
+        #expect("\(error!)".contains("no checkpoint of round 9 is kept; kept: 1, 2, 3, 4"), "\(error!)")
+    }
+
     @Test func droppedAndLateParticipationsAreNotRefusals() throws {
         let path = temporaryDatabase()
         defer { try? FileManager.default.removeItem(atPath: path) }
