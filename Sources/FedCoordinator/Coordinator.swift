@@ -166,7 +166,13 @@ public actor Coordinator {
         port = boundPort
         var metricsChannel: (any Channel)?
         if let wanted = configuration.metricsPort {
-            let channel = try await MetricsServer.start(host: configuration.host, port: wanted, metrics: metrics)
+            let channel: any Channel
+            do {
+                channel = try await MetricsServer.start(host: configuration.host, port: wanted, metrics: metrics)
+            } catch {
+                server.channel.close(promise: nil)
+                throw MetricsBindError(message: "cannot serve metrics on \(configuration.host):\(wanted): \(error)")
+            }
             metricsPort = channel.localAddress?.port
             metricsChannel = channel
             logger.info("serving metrics", metadata: ["url": "http://\(configuration.host):\(metricsPort ?? wanted)/metrics"])
@@ -432,6 +438,12 @@ public actor Coordinator {
         // Connections accepted just before `accepting` turned false (still in their handshake).
         try? await waitUntil(now() + 1) { connectionCount == 0 }
     }
+}
+
+/// The metrics endpoint could not listen (its port, not the coordinator's, is named).
+public struct MetricsBindError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
 }
 
 extension Participation {

@@ -40,7 +40,10 @@ extension CoordinatorConfiguration {
         if let v = try table.codec("downlink", download: true) { c.downlinkCodec = v }
         try c.serverOptimizer.read(table)
         if let v = try table.count("seed") { c.seed = v }
-        if let v = try table.count("heartbeat_ms") { c.heartbeatMilliseconds = UInt32(clamping: v) }
+        if let v = try table.count("heartbeat_ms") {
+            guard v <= 3_600_000 else { throw ConfigurationError(file: source, key: "heartbeat_ms", value: "\(v)", "must be in 50...3600000") }
+            c.heartbeatMilliseconds = UInt32(v)
+        }
         if let v = try table.number("handshake_timeout") { c.handshakeTimeout = v }
         try c.aggregation.read(table)
         if let v = try table.number("update_bound") { c.updateBound = v }
@@ -89,13 +92,23 @@ extension CoordinatorConfiguration {
         guard clientsPerRound >= 1 else { throw fail("clients_per_round must be at least 1") }
         guard overSelection >= 1, overSelection <= 10 else { throw fail("over_selection must be in [1, 10], got \(overSelection)") }
         guard minimumUpdates >= 1, minimumUpdates <= clientsPerRound else { throw fail("min_updates must be in 1...clients_per_round") }
-        guard roundDeadline > 0 else { throw fail("round_deadline must be positive") }
+        // Every duration and size has a range: beyond it the conversions to the wire's
+        // milliseconds and the timers' nanoseconds would overflow.
+        guard roundDeadline > 0, roundDeadline <= 86_400 else { throw fail("round_deadline must be in (0, 86400] seconds, got \(roundDeadline)") }
         guard (1...65_535).contains(localEpochs) else { throw fail("local_epochs must be in 1...65535") }
         guard (1...1024).contains(batchSize) else { throw fail("batch_size must be in 1...1024") }
         guard learningRate > 0, learningRate.isFinite else { throw fail("learning_rate must be positive") }
-        guard handshakeTimeout > 0 else { throw fail("handshake_timeout must be positive") }
+        guard handshakeTimeout > 0, handshakeTimeout <= 3_600 else { throw fail("handshake_timeout must be in (0, 3600] seconds, got \(handshakeTimeout)") }
+        guard (50...3_600_000).contains(heartbeatMilliseconds) else { throw fail("heartbeat_ms must be in 50...3600000, got \(heartbeatMilliseconds)") }
+        guard targetAccuracy >= 0, targetAccuracy <= 1 else { throw fail("target_accuracy must be in [0, 1], got \(targetAccuracy)") }
+        guard metricsPort.map({ (0...65_535).contains($0) }) ?? true else { throw fail("metrics_port must be in 0...65535, got \(metricsPort!)") }
+        guard trustedExamples <= 1_000_000 else { throw fail("trusted_examples must be at most 1000000, got \(trustedExamples)") }
         guard maximumConnections >= 1 else { throw fail("max_connections must be at least 1") }
-        guard idleTimeout >= 0, readTimeout >= 0 else { throw fail("idle_timeout and read_timeout must be non-negative (0 = no limit)") }
+        guard idleTimeout >= 0, idleTimeout <= 86_400, readTimeout >= 0, readTimeout <= 86_400 else {
+            throw fail("idle_timeout and read_timeout must be in [0, 86400] seconds (0 = no limit), got \(idleTimeout) and \(readTimeout)")
+        }
+        guard maximumConnections <= 1_000_000 else { throw fail("max_connections must be at most 1000000, got \(maximumConnections)") }
+        guard rounds <= 100_000_000, clientsPerRound <= 1_000_000, minimumClients <= 1_000_000 else { throw fail("rounds, clients_per_round and min_clients are out of range") }
         guard idleTimeout == 0 || idleTimeout * 1000 > Double(heartbeatMilliseconds) * 2 else {
             throw fail("idle_timeout must exceed two heartbeat periods (heartbeat_ms = \(heartbeatMilliseconds))")
         }

@@ -104,6 +104,10 @@ public final class RunStore: Sendable {
     /// `busyTimeout` is how long to wait for another process's lock before failing.
     public init(path: String, busyTimeout: TimeInterval = 5) throws {
         self.path = path
+        // An existing empty file is not a new run: it is a database that lost its contents.
+        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size == 0 {
+            throw StoreError("\(path): the file is empty, not a run database (remove it to start a new run)")
+        }
         var configuration = Configuration()
         configuration.busyMode = .timeout(busyTimeout)
         do {

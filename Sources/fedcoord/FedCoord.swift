@@ -102,6 +102,8 @@ extension FedCoord {
                 fail("\(error)")
             } catch let error as TLSSetupError {
                 fail(error.description)
+            } catch let error as MetricsBindError {
+                fail(error.description)
             } catch {
                 // Binding is what fails in practice (address in use, no permission).
                 fail("cannot serve on \(configuration.host):\(configuration.port): \(error)")

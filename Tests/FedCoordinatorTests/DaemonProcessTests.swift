@@ -327,7 +327,14 @@ import Testing
             ("port = 0\ncodec = \"q9\"\n[clients]\na = \"\(testPublicKey("s"))\"\n", "codec"),
             ("port = 0\naggregator = \"trust\"\n[clients]\na = \"\(testPublicKey("s"))\"\n", "aggregator trust needs trusted_data"),
             ("port = 0\naggregator = \"trust\"\ntrusted_data = \"/no/such/dir\"\n[clients]\na = \"\(testPublicKey("s"))\"\n", "no such file"),
-        ]
+        ] + [
+            // Values that used to pass validation and crash at the first round or connection.
+            ("round_deadline = 1e7", "round_deadline"), ("round_deadline = inf", "round_deadline"),
+            ("handshake_timeout = 1e11", "handshake_timeout"), ("handshake_timeout = inf", "handshake_timeout"),
+            ("read_timeout = 1e17", "read_timeout"), ("idle_timeout = nan", "idle_timeout"),
+            ("metrics_port = 70000", "metrics_port"), ("seed = -1", "seed"), ("heartbeat_ms = 99999999999", "heartbeat_ms"),
+            ("update_bound = 0.5", "update_bound"), ("loss_guard = inf", "loss_guard"),
+        ].map { ("port = 0\n\($0.0)\n[clients]\na = \"\(testPublicKey("s"))\"\n", $0.1) }
         for (index, (text, expected)) in cases.enumerated() {
             let config = directory.appendingPathComponent("c\(index).toml")
             try text.write(to: config, atomically: true, encoding: .utf8)
@@ -338,6 +345,17 @@ import Testing
             #expect(process.terminationStatus == 1, "\(text): \(output)")
             #expect(output.contains(expected) && output.split(separator: "\n").count == 1, "\(text): \(output)")
         }
+        // An empty file where the database should be is not silently a new run.
+        let empty = directory.appendingPathComponent("empty.sqlite")
+        FileManager.default.createFile(atPath: empty.path, contents: Data())
+        let emptyConfig = directory.appendingPathComponent("empty.toml")
+        try "port = 0\ndatabase = \"\(empty.path)\"\n".write(to: emptyConfig, atomically: true, encoding: .utf8)
+        let emptyLog = directory.appendingPathComponent("empty.log")
+        let emptyRun = try start("fedcoord", ["serve", "--config", emptyConfig.path], output: emptyLog)
+        emptyRun.waitUntilExit()
+        let emptyOutput = try String(contentsOf: emptyLog, encoding: .utf8)
+        #expect(emptyRun.terminationStatus == 1 && emptyOutput.contains("the file is empty") && emptyOutput.split(separator: "\n").count == 1, "\(emptyOutput)")
+
         let log = directory.appendingPathComponent("client.log")
         let client = try start("fedclient", ["--id", "a", "--secret", testSecret("s"), "--data", "/no/such/dir"], output: log)
         client.waitUntilExit()
