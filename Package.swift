@@ -104,8 +104,7 @@ let package = Package(
         .target(
             name: "FedRounds",
             dependencies: ["FedModel", "FedCodec"],
-            // Optimised in debug builds too: every update's values pass through it.
-            swiftSettings: numericSettings
+            swiftSettings: swiftSettings
         ),
         .target(
             name: "FedStore",

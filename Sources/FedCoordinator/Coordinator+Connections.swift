@@ -132,6 +132,8 @@ extension Coordinator {
     private func received(_ message: Message, from id: String, session: UInt64) {
         guard connections[id]?.session == session else { return }
         connections[id]?.lastHeard = Date()
+        // A client that missed a deadline is selectable again once it is heard from.
+        if engine.clientHeard(id, at: now()) { wake() }
         switch message {
         case .update(let update):
             awaitingUpdate.remove(id)

@@ -89,6 +89,7 @@ public actor Coordinator {
         settings.serverOptimizer = configuration.serverOptimizer
         settings.updateBound = configuration.updateBound
         settings.lossGuard = configuration.lossGuard
+        settings.skipClientsThatMissedADeadline = true
 
         var initial = network.initialParameters(seed: configuration.seed)
         var resume: (round: Int, modelVersion: UInt32, optimizer: ServerOptimizer, ledger: TrustLedger)?

@@ -52,6 +52,11 @@ public struct RoundEngine {
         /// previous model kept (0 = only the finite check). A rejected round teaches the
         /// update bound its reference (the median norm of that round's updates).
         public var lossGuard = 0.0
+        /// A client selected in a round that closed at its deadline without its update (frozen,
+        /// or too slow) is not selected again until it is heard from after that deadline
+        /// (``RoundEngine/clientHeard(_:at:)``), so one frozen device cannot make every round
+        /// wait for its whole deadline.
+        public var skipClientsThatMissedADeadline = false
         /// The order in which admitted updates are added: as they arrive (streamed, memory one
         /// model), or in selection order once the round closes (held encoded until then: what a
         /// simulation on a virtual clock needs to stay bit-for-bit reproducible).
@@ -165,6 +170,8 @@ public struct RoundEngine {
     private var revoked: Set<String> = []
     private var current: RoundInProgress?
     private var attempt = 0
+    /// Clients that missed a deadline and have not been heard from since.
+    private var missedDeadline: Set<String> = []
     /// Norms of the updates accepted in recent rounds (the update bound's reference).
     private var recentNorms: [Double] = []
     /// The test loss of the model the next round starts from (the commit guard's reference).
@@ -210,12 +217,21 @@ public struct RoundEngine {
     /// it holds no shards. A revoked client is not taken.
     public mutating func clientJoined(_ id: String, memoryBudget: UInt64 = 0, at time: Double) {
         guard !revoked.contains(id) else { return }
+        missedDeadline.remove(id)
         let wasBusy = clients[id]?.busy ?? false
         clients[id] = Client(
             trainedShards: ClientSelection.shardsToTrain(layout: layout, memoryBudget: memoryBudget),
             heldVersions: Array(repeating: nil, count: ranges.count), busy: wasBusy)
         if wasBusy { clients[id]?.taskSentAt = time }
         sortedIDs = nil
+    }
+
+    /// Something arrived from `id` (a heartbeat echo, an update): a client that missed a
+    /// deadline is alive again and can be selected. Returns true when that changed anything.
+    @discardableResult
+    public mutating func clientHeard(_ id: String, at time: Double) -> Bool {
+        guard current?.selectionIndex[id] == nil || current?.reported.contains(id) == true else { return false }
+        return missedDeadline.remove(id) != nil
     }
 
     /// A client's connection ended. If it was training in the round in progress it counts as
@@ -254,7 +270,7 @@ public struct RoundEngine {
     /// Whether a round can begin now: none in progress, rounds left, enough clients.
     public var canBeginRound: Bool {
         current == nil && !isFinished && clients.count >= settings.minimumClients
-            && (settings.minimumClients == 0 || clients.values.contains { !$0.busy })
+            && (settings.minimumClients == 0 || clients.contains { !$0.value.busy && !missedDeadline.contains($0.key) })
     }
 
     /// Whether a round is collecting updates.
@@ -268,7 +284,7 @@ public struct RoundEngine {
     public mutating func beginRound(at time: Double) -> [Action] {
         precondition(current == nil && !isFinished, "a round is in progress or the run is finished")
         if sortedIDs == nil { sortedIDs = clients.keys.sorted() }
-        let pool = sortedIDs!.filter { clients[$0]?.busy == false }
+        let pool = sortedIDs!.filter { clients[$0]?.busy == false && !missedDeadline.contains($0) }
         let selected = ClientSelection.draw(from: pool, count: settings.selectionSize, seed: settings.seed, round: nextRound, attempt: attempt)
         let deadline = settings.roundDeadline > 0 ? time + settings.roundDeadline : nil
         current = RoundInProgress(
@@ -377,6 +393,12 @@ public struct RoundEngine {
         guard var round = current else { preconditionFailure("no round in progress") }
         current = nil
         for id in round.selected { clients[id]?.busy = false }
+        if settings.skipClientsThatMissedADeadline, let deadline = round.deadline, time >= deadline,
+           round.reported.count < settings.clientsPerRound {
+            for id in round.selected where !round.reported.contains(id) && !round.gone.contains(id) && clients[id] != nil {
+                missedDeadline.insert(id)
+            }
+        }
         let completed = round.reported.count
         guard completed >= settings.minimumUpdates else {
             attempt += 1
@@ -514,13 +536,11 @@ public struct RoundEngine {
                     } catch {
                         throw Refusal(.badUpdate, "shard \(index): \(error)")
                     }
-                    guard all[ranges[index]].allSatisfy(\.isFinite) else { throw Refusal(.badUpdate, "shard \(index) holds non-finite values") }
                 }
             }
+            guard UpdateAggregator.allFinite(scratch, shards: update.shards, ranges: ranges) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
         case .decoded(let delta):
-            for index in update.shards where !delta[ranges[index]].allSatisfy(\.isFinite) {
-                throw Refusal(.badUpdate, "shard \(index) holds non-finite values")
-            }
+            guard UpdateAggregator.allFinite(delta, shards: update.shards, ranges: ranges) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
         }
     }
 
@@ -531,7 +551,7 @@ public struct RoundEngine {
         case .encoded: delta = scratch
         case .decoded(let decoded): delta = decoded
         }
-        let norm = Self.norm(delta, shards: update.shards, ranges: ranges)
+        let norm = UpdateAggregator.norm(delta, shards: update.shards, ranges: ranges)
         round.norms.append(norm)
         if settings.updateBound > 0, let reference = Self.median(recentNorms), reference > 0, norm > settings.updateBound * reference {
             let scale = Float(settings.updateBound * reference / norm)
@@ -542,14 +562,6 @@ public struct RoundEngine {
         }
         round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id)
         round.aggregated.append(id)
-    }
-
-    static func norm(_ delta: [Float], shards: [Int], ranges: [Range<Int>]) -> Double {
-        var sum = 0.0
-        delta.withUnsafeBufferPointer { all in
-            for index in shards { for value in all[ranges[index]] { sum += Double(value) * Double(value) } }
-        }
-        return sum.squareRoot()
     }
 
     static func median(_ values: [Double]) -> Double? {

@@ -65,3 +65,28 @@ import Testing
         #expect(await daemons[2].completedRounds.count >= 1, "the slow client trained")
     }
 }
+
+/// A frozen client (SIGSTOP, a dead link that still holds its socket) does not make every
+/// round wait for its deadline.
+@Suite(.serialized, .timeLimit(.minutes(1))) struct FrozenClientTests {
+    @Test func aClientThatMissedADeadlineIsLeftOutUntilHeardFrom() async throws {
+        var config = configuration(clients: 3, perRound: 3, rounds: 4)
+        config.minimumUpdates = 2
+        config.roundDeadline = 3
+        config.finishGrace = 0.2
+        let deployment = try await Deployment.start(config)
+        let frozen = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await frozen.authenticate(id: "device-2", secret: "secret-2") else {
+            Issue.record("not welcomed")
+            return
+        }
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 2, seed: 13)
+        let tasks = (0..<2).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
+        let rounds = try await deployment.rounds()
+        for task in tasks { await task.value }
+        #expect(rounds.count == 4)
+        #expect(rounds[0].selected == 3 && rounds[0].seconds >= 3, "round 1 waits for the frozen client's deadline")
+        // The later rounds end when their two clients have reported, before any deadline.
+        #expect(rounds.dropFirst().allSatisfy { $0.selected == 2 && $0.completed == 2 && $0.seconds < 3 }, "\(rounds.map { ($0.selected, $0.seconds) })")
+    }
+}

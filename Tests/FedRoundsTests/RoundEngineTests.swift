@@ -174,6 +174,33 @@ struct RoundEngineTests {
         #expect(record.dropped == 1 && record.participations.map(\.state) == [.accepted, .dropped])
     }
 
+    @Test func aClientThatMissedADeadlineIsNotSelectedUntilItIsHeardFrom() throws {
+        var engine = Self.engine(clients: 3, perRound: 3, quorum: 2) { $0.skipClientsThatMissedADeadline = true }
+        let first = Self.tasks(engine.beginRound(at: 0))
+        for (id, task) in first where id != "c0" { _ = engine.updateArrived(Self.update(for: task), from: id, at: 1) }
+        // c0 is frozen: the round waits for its deadline and closes with two updates.
+        #expect(!engine.isReadyToClose(at: 5) && engine.isReadyToClose(at: 10))
+        guard case .completed = try engine.closeRound(at: 10) else { Issue.record("round 1 not completed"); return }
+        #expect(Self.tasks(engine.beginRound(at: 11)).map(\.0).sorted() == ["c1", "c2"], "the frozen client is left out")
+        engine.abandonRound()
+        let heard = engine.clientHeard("c0", at: 12)
+        #expect(heard, "a heartbeat echo after the deadline")
+        #expect(Self.tasks(engine.beginRound(at: 13)).count == 3)
+    }
+
+    @Test func aClientThatReconnectsMidRoundCountsAsDroppedAtOnce() throws {
+        var engine = Self.engine(clients: 3, perRound: 3, quorum: 2)
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        _ = engine.updateArrived(Self.update(for: tasks[0].1), from: tasks[0].0, at: 1)
+        _ = engine.updateArrived(Self.update(for: tasks[1].1), from: tasks[1].0, at: 1)
+        // The third crashed and came back: its task is lost with its old connection.
+        engine.clientLeft(tasks[2].0, at: 2)
+        engine.clientJoined(tasks[2].0, at: 2)
+        #expect(engine.isReadyToClose(at: 2), "no wait for the deadline")
+        guard case .completed(let record) = try engine.closeRound(at: 2) else { Issue.record("not completed"); return }
+        #expect(record.dropped == 1)
+    }
+
     @Test func aSmallMemoryBudgetTrainsOnlySomeShardsAndOthersAreRefused() {
         var engine = Self.engine(clients: 0, perRound: 1) { $0.minimumClients = 1 }
         // 23 parameters held (92 bytes) plus 12 bytes per trained parameter: 92 + 12 × 6 fits

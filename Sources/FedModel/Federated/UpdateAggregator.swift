@@ -171,10 +171,18 @@ public struct UpdateAggregator: Sendable {
 
     // MARK: Norm bound
 
-    private static func norm(_ delta: [Float], shards: [Int], ranges: [Range<Int>]) -> Double {
+    /// The L2 norm of `delta` over `shards`.
+    public static func norm(_ delta: [Float], shards: [Int], ranges: [Range<Int>]) -> Double {
         var sum = 0.0
         for shard in shards { for i in ranges[shard] { sum += Double(delta[i]) * Double(delta[i]) } }
         return sum.squareRoot()
+    }
+
+    /// Whether every value of `delta` over `shards` is finite.
+    public static func allFinite(_ delta: [Float], shards: [Int], ranges: [Range<Int>]) -> Bool {
+        delta.withUnsafeBufferPointer { all in
+            shards.allSatisfy { shard in all[ranges[shard]].allSatisfy(\.isFinite) }
+        }
     }
 
     private static func clip(_ delta: inout [Float], shards: [Int], ranges: [Range<Int>], to bound: Double) {
