@@ -60,6 +60,10 @@ public actor ClientDaemon {
     public private(set) var completedRounds: [Int] = []
     /// The coordinator's GOODBYE reason, once it said goodbye.
     public private(set) var goodbyeReason: String?
+    /// Why the daemon gave up: an error that waiting and reconnecting cannot fix (its data
+    /// does not fit the coordinator's model, its state file cannot be written). ``run()``
+    /// returns with it set; fedclient exits with it as a one-line error.
+    public private(set) var fatalError: String?
     private var stopped = false
     private var connection: (any Channel)?
     private var tlsContext: NIOSSLContext?
@@ -81,6 +85,10 @@ public actor ClientDaemon {
             } catch is CancellationError {
                 return
             } catch where stopped {
+                return
+            } catch let error as UnrecoverableError {
+                logger.error("giving up", metadata: ["error": "\(error.message)"])
+                fatalError = error.message
                 return
             } catch {
                 logger.info("connection lost", metadata: ["error": "\(error)"])
@@ -188,7 +196,10 @@ public actor ClientDaemon {
         if let network, network.spec == spec { return }
         let network = try Network(spec)
         guard configuration.data.dataset.sampleShape.count == spec.input.count else {
-            throw ModelError("local data has \(configuration.data.dataset.sampleShape.count) features, the model expects \(spec.input.count)")
+            throw UnrecoverableError(message: "local data has \(configuration.data.dataset.sampleShape.count) features per example, the coordinator's model expects \(spec.input.count)")
+        }
+        guard configuration.data.dataset.classes <= spec.classes else {
+            throw UnrecoverableError(message: "local data has \(configuration.data.dataset.classes) classes, the coordinator's model \(spec.classes)")
         }
         self.network = network
         trainer = nil
@@ -284,15 +295,50 @@ public actor ClientDaemon {
         }
         var values = [Float](repeating: 0, count: count)
         _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0) }
-        guard values.allSatisfy(\.isFinite) else { return feedback }
+        guard values.allSatisfy(\.isFinite) else {
+            logger.warning("ignoring residual state with non-finite values", metadata: ["file": "\(url.path)"])
+            return feedback
+        }
         let sent = values
         feedback.record(sent: sent, decoded: [Float](repeating: 0, count: count))
         return feedback
     }
 
+    /// Writes the residual to `state_file.tmp`, then renames it over the state file: a kill
+    /// mid-write leaves the old state whole and at most that one temporary file, which the
+    /// next start removes.
     private func saveResidual(_ feedback: ErrorFeedback) throws {
         guard let url = configuration.stateFile else { return }
         let data = feedback.residual.withUnsafeBytes { Data($0) }
-        try data.write(to: url, options: .atomic)
+        let temporary = Self.temporaryStateFile(url)
+        do {
+            try data.write(to: temporary)
+            guard rename(temporary.path, url.path) == 0 else { throw CocoaError(.fileWriteUnknown) }
+        } catch {
+            throw UnrecoverableError(message: "cannot write the state file \(url.path): \(String(cString: strerror(errno)))")
+        }
     }
+
+    static func temporaryStateFile(_ url: URL) -> URL { url.appendingPathExtension("tmp") }
+
+    /// Checks, before connecting, what waiting cannot fix: the state file's directory must
+    /// exist and be writable. Removes a temporary state file left by a kill mid-write.
+    public static func checkStateFile(_ url: URL?) throws {
+        guard let url else { return }
+        let directory = url.deletingLastPathComponent().path
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw UnrecoverableError(message: "state_file \(url.path): directory \(directory) does not exist")
+        }
+        guard FileManager.default.isWritableFile(atPath: directory) else {
+            throw UnrecoverableError(message: "state_file \(url.path): directory \(directory) is not writable")
+        }
+        try? FileManager.default.removeItem(at: temporaryStateFile(url))
+    }
+}
+
+/// An error that waiting and reconnecting cannot fix; the daemon stops with it.
+public struct UnrecoverableError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
 }

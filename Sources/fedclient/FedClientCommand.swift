@@ -69,6 +69,7 @@ struct FedClientCommand: AsyncParsableCommand {
             do { _ = try tls.makeContext() } catch { fail("\(error)") }
             configuration.tls = tls
         }
+        do { try ClientDaemon.checkStateFile(configuration.stateFile) } catch let error as UnrecoverableError { fail(error.message) }
         let daemon = ClientDaemon(configuration: configuration)
         print("fedclient: \(clientID) with \(slice.count) examples, coordinator \(address)")
         fflush(nil)
@@ -77,6 +78,7 @@ struct FedClientCommand: AsyncParsableCommand {
         }, onShutdown: {
             Task { await daemon.stop() }
         })
+        if let problem = await daemon.fatalError { fail(problem) }
         print("fedclient: finished after \(await daemon.completedRounds.count) rounds")
     }
 

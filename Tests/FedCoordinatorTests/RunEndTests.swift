@@ -90,3 +90,32 @@ import Testing
         #expect(rounds.dropFirst().allSatisfy { $0.selected == 2 && $0.completed == 2 && $0.seconds < 3 }, "\(rounds.map { ($0.selected, $0.seconds) })")
     }
 }
+
+/// Errors that waiting cannot fix stop the client daemon instead of retrying forever.
+@Suite(.serialized, .timeLimit(.minutes(1))) struct UnrecoverableClientTests {
+    @Test func dataThatDoesNotFitTheModelStopsTheDaemon() async throws {
+        let deployment = try await Deployment.start(configuration(clients: 1, perRound: 1, rounds: 1))
+        let narrow = try Dataset(name: "narrow.csv", sampleShape: .vector(10), classes: 10,
+                                 features: [Float](repeating: 0.5, count: 30), labels: [1, 2, 3])
+        var c = ClientConfiguration(clientID: "device-0", secret: testSecret("secret-0"), data: narrow.all)
+        c.port = deployment.port
+        c.reconnect = true
+        c.initialBackoff = 0.05
+        let daemon = ClientDaemon(configuration: c)
+        let run = Task { await daemon.run() }
+        await withTaskCancellationHandler { await run.value } onCancel: { run.cancel() }
+        #expect(await daemon.fatalError == "local data has 10 features per example, the coordinator's model expects 784")
+        deployment.run.cancel()
+    }
+
+    @Test func aStateFileWhereNothingCanBeWrittenIsRefusedAtStartAndALeftoverTemporaryIsRemoved() throws {
+        #expect(throws: UnrecoverableError.self) { try ClientDaemon.checkStateFile(URL(fileURLWithPath: "/no/such/dir/device.residual")) }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedstate-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let state = directory.appendingPathComponent("device.residual")
+        FileManager.default.createFile(atPath: state.path + ".tmp", contents: Data([1, 2, 3]))
+        try ClientDaemon.checkStateFile(state)
+        #expect(!FileManager.default.fileExists(atPath: state.path + ".tmp"), "the temporary left by a kill mid-write is removed")
+    }
+}

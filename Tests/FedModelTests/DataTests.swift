@@ -178,4 +178,9 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
         #expect(a == b)
         #expect(a != c)
     }
+
+    @Test func csvFeaturesBeyondAMagnitudeAreRefused() {
+        #expect(throws: DataError.self) { try CSVDataset.parse("1,0.5,1e30\n", source: "big.csv", sampleShape: .vector(2), classes: 10) }
+        #expect(throws: Never.self) { try CSVDataset.parse("1,0.5,1e6\n", source: "ok.csv", sampleShape: .vector(2), classes: 10) }
+    }
 }

@@ -9,6 +9,9 @@ import Foundation
 ///     # label, f0, f1, ...
 ///     7,0,0,0.5,0.99,...
 public enum CSVDataset {
+    /// The largest feature magnitude accepted.
+    public static let maximumMagnitude: Float = 1e9
+
     public static func load(contentsOf url: URL, sampleShape: TensorShape, classes: Int) throws -> Dataset {
         let text: String
         do {
@@ -40,6 +43,11 @@ public enum CSVDataset {
             for (column, field) in fields.dropFirst().enumerated() {
                 guard let value = Float(field.trimmingCharacters(in: .whitespaces)), value.isFinite else {
                     throw DataError(source, "line \(lineNumber), feature \(column): \"\(field)\" is not a finite number")
+                }
+                // Squares and products of such values overflow float32 in the first step of
+                // training; the data must be scaled first.
+                guard abs(value) <= maximumMagnitude else {
+                    throw DataError(source, "line \(lineNumber), feature \(column): \(field) is beyond ±1e9; scale the features (for example to [0, 1])")
                 }
                 features.append(value)
             }
