@@ -65,6 +65,8 @@ public actor ClientDaemon {
     /// returns with it set; fedclient exits with it as a one-line error.
     public private(set) var fatalError: String?
     private var stopped = false
+    /// Set when the current connection reached WELCOME.
+    private var establishedSession = false
     private var connection: (any Channel)?
     private var tlsContext: NIOSSLContext?
 
@@ -92,6 +94,12 @@ public actor ClientDaemon {
                 return
             } catch {
                 logger.info("connection lost", metadata: ["error": "\(error)"])
+            }
+            // A connection that got as far as WELCOME was a working one: the next wait starts
+            // short again (a coordinator restarted many times must not push it to the maximum).
+            if establishedSession {
+                backoff = configuration.initialBackoff
+                establishedSession = false
             }
             guard configuration.reconnect, !stopped, !Task.isCancelled else { return }
             let wait = backoff * Double.random(in: 0.5...1.5)
@@ -145,6 +153,7 @@ public actor ClientDaemon {
             try await writer.send(.authenticate(signature: Authentication.sign(secret: configuration.secret, nonce: nonce, clientID: configuration.clientID)))
             switch try await reader.next() {
             case .welcome(_, _, let model)?:
+                establishedSession = true
                 try prepare(model: model)
             case .error(let code, let message)?:
                 throw ProtocolError(ProtocolError.Code(rawValue: code) ?? .unexpectedMessage, message)
