@@ -32,16 +32,19 @@ public enum Rounding: Sendable, Equatable {
 }
 
 /// A complete description of how a delta is encoded, written as one string everywhere
-/// (configuration files, `fedsim --codec`, the training task on the wire):
+/// (configuration files, `fedsim --codec`, the training task on the wire); Protocol.md §8.2:
 ///
-///     spec   = [ "topk:" FRACTION "+" ] BASE { "+" OPTION }
-///     BASE   = "fp32" | "fp16" | "q8" | "q4" | "q2" | "sign"
-///     OPTION = "raw"        no zlib (zlib level 6 is applied otherwise)
-///            | "z" LEVEL    zlib level 1-9
-///            | "g" SIZE     quantization group size (default 256), 8...65536
-///            | "sr"         stochastic rounding
-///            | "ef"         error feedback: what compression dropped is carried to the next round
+///     spec     = [ "topk:" FRACTION "+" ] BASE { "+" OPTION }
+///     FRACTION = decimal number in (0, 1], e.g. 0.01, 1e-3
+///     BASE     = "fp32" | "fp16" | "q8" | "q4" | "q2" | "sign"
+///     OPTION   = "raw"        no zlib (zlib level 6 is applied otherwise)
+///              | "z" LEVEL    zlib level 1-9
+///              | "g" SIZE     group size 1-65536 (default 256); q8, q4, q2 and sign only
+///              | "sr"         stochastic rounding; q8, q4 and q2 only
+///              | "ef"         error feedback: what compression dropped is carried to the next round
 ///
+/// Names are case-insensitive. Each option appears at most once; `raw` and `zN` conflict.
+/// Anything else is refused with a message naming the option.
 /// Examples: `q8`, `fp16+raw`, `topk:0.01+q8+ef`, `q4+g512+sr`.
 public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
     public var codec: ValueCodec
@@ -54,6 +57,7 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
     public var errorFeedback: Bool
 
     public static let defaultGroupSize = 256
+    public static let groupSizes = 1...65_536
 
     public init(codec: ValueCodec, topK: Double? = nil, groupSize: Int = defaultGroupSize,
                 rounding: Rounding = .nearest, zlibLevel: Int? = 6, errorFeedback: Bool = false) {
@@ -70,8 +74,9 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
         guard !parts.isEmpty, !parts.contains(where: \.isEmpty) else { throw CodecError.spec("empty part in codec spec \"\(text)\"") }
         var topK: Double?
         if parts[0].hasPrefix("topk:") {
-            guard let fraction = Double(parts[0].dropFirst(5)), fraction > 0, fraction <= 1 else {
-                throw CodecError.spec("top-k fraction in \"\(text)\" must be in (0, 1]")
+            let digits = parts[0].dropFirst(5)
+            guard Self.isDecimal(digits), let fraction = Double(digits), fraction > 0, fraction <= 1 else {
+                throw CodecError.spec("top-k fraction \"\(digits)\" in \"\(text)\" must be a decimal number in (0, 1]")
             }
             topK = fraction
             parts.removeFirst()
@@ -81,21 +86,57 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
             throw CodecError.spec("unknown codec \"\(parts[0])\" in \"\(text)\" (fp32, fp16, q8, q4, q2 or sign)")
         }
         self.init(codec: codec, topK: topK)
+        var seen: Set<String> = []
         for option in parts.dropFirst() {
-            switch option {
-            case "raw": zlibLevel = nil
-            case "sr": rounding = .stochastic
-            case "ef": errorFeedback = true
-            default:
-                if option.hasPrefix("z"), let level = Int(option.dropFirst()), (1...9).contains(level) {
-                    zlibLevel = level
-                } else if option.hasPrefix("g"), let size = Int(option.dropFirst()), (8...65_536).contains(size) {
-                    groupSize = size
-                } else {
-                    throw CodecError.spec("unknown option \"\(option)\" in codec spec \"\(text)\" (raw, zN, gN, sr, ef)")
+            let name = option.first.map { ["z", "g"].contains($0) && option.count > 1 && option.dropFirst().allSatisfy(\.isNumber) ? String($0) : option } ?? option
+            guard seen.insert(name).inserted else {
+                throw CodecError.spec("option \"\(option)\" in \"\(text)\" repeats an earlier \"\(name)\" option")
+            }
+            switch name {
+            case "raw":
+                guard !seen.contains("z") else { throw CodecError.spec("option \"raw\" in \"\(text)\" conflicts with a zlib level") }
+                zlibLevel = nil
+            case "z":
+                guard !seen.contains("raw") else { throw CodecError.spec("option \"\(option)\" in \"\(text)\" conflicts with \"raw\"") }
+                guard let level = Int(option.dropFirst()), (1...9).contains(level) else {
+                    throw CodecError.spec("option \"\(option)\" in \"\(text)\": the zlib level is 1 to 9")
                 }
+                zlibLevel = level
+            case "g":
+                guard codec.bits != nil else {
+                    throw CodecError.spec("option \"\(option)\" in \"\(text)\": \(codec) has no groups (q8, q4, q2 and sign do)")
+                }
+                guard let size = Int(option.dropFirst()), Self.groupSizes.contains(size) else {
+                    throw CodecError.spec("option \"\(option)\" in \"\(text)\": the group size is 1 to 65536")
+                }
+                groupSize = size
+            case "sr":
+                guard codec == .q8 || codec == .q4 || codec == .q2 else {
+                    throw CodecError.spec("option \"sr\" in \"\(text)\": stochastic rounding applies to q8, q4 and q2 only")
+                }
+                rounding = .stochastic
+            case "ef":
+                errorFeedback = true
+            default:
+                throw CodecError.spec("unknown option \"\(option)\" in codec spec \"\(text)\" (raw, z1-z9, g1-g65536, sr, ef)")
             }
         }
+    }
+
+    /// Digits with at most one point and an optional exponent: what `Double.description` prints
+    /// for a fraction (0.01, 1e-05), and nothing Swift alone would read (hex floats, "nan").
+    private static func isDecimal(_ text: Substring) -> Bool {
+        var mantissa = text, exponent: Substring?
+        if let e = text.firstIndex(of: "e") {
+            mantissa = text[..<e]
+            exponent = text[text.index(after: e)...]
+        }
+        let parts = mantissa.split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), parts.contains(where: { !$0.isEmpty }),
+              parts.allSatisfy({ $0.allSatisfy { $0.isASCII && $0.isNumber } }) else { return false }
+        guard var exponent else { return true }
+        if exponent.first == "-" || exponent.first == "+" { exponent = exponent.dropFirst() }
+        return !exponent.isEmpty && exponent.allSatisfy { $0.isASCII && $0.isNumber }
     }
 
     public var description: String {

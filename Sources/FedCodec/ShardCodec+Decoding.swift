@@ -47,6 +47,16 @@ extension ShardCodec {
             case .varint: indices = try readDeltaVarints(body, count: header.keptCount, limit: header.elementCount, cursor: &cursor)
             case .bitmap: indices = try readBitmap(body, kept: header.keptCount, count: header.elementCount, cursor: &cursor)
             }
+            if header.sparse {
+                // One encoding per shard: varints when they are no longer than the bitmap.
+                let varintLength = header.indexEncoding == .varint ? cursor : deltaVarintLength(indices)
+                let bitmapLength = (header.elementCount + 7) / 8
+                guard (header.indexEncoding == .varint) == (varintLength <= bitmapLength) else {
+                    throw CodecError(.badIndex, header.indexEncoding == .varint
+                        ? "\(varintLength) bytes of index varints where the bitmap takes \(bitmapLength)"
+                        : "a bitmap of \(bitmapLength) bytes where index varints take \(varintLength)")
+                }
+            }
             let valueBytes = valueSectionLength(codec: header.codec, kept: header.keptCount, groupSize: header.groupSize)
             let remaining = body.count - cursor
             guard remaining >= valueBytes else {
@@ -119,6 +129,17 @@ extension ShardCodec {
             codec: codec, zlib: zlib, sparse: sparse, stochastic: flags & flagStochastic != 0,
             groupSize: groupSize, elementCount: n, keptCount: k, bodyLength: bodyLength,
             storedLength: storedLength, checksum: checksum, indexEncoding: indexEncoding)
+    }
+
+    /// Bytes the delta varints of ascending `indices` take.
+    static func deltaVarintLength(_ indices: [UInt32]) -> Int {
+        var length = 0, previous: Int64 = -1
+        for index in indices {
+            let delta = Int64(index) - previous
+            previous = Int64(index)
+            length += delta < 1 << 7 ? 1 : delta < 1 << 14 ? 2 : delta < 1 << 21 ? 3 : delta < 1 << 28 ? 4 : 5
+        }
+        return length
     }
 
     private static func readDeltaVarints(_ body: UnsafeRawBufferPointer, count: Int, limit: Int, cursor: inout Int) throws -> [UInt32] {
@@ -203,21 +224,24 @@ extension ShardCodec {
         case .q8, .q4, .q2:
             let bits = header.codec.bits!
             let mask = UInt8((1 << bits) - 1)
-            let levels = Double((1 << bits) - 1)
             var offset = 0
             var start = 0
             while start < k {
                 let end = min(k, start + g)
                 let low = Float(bitPattern: bytes.loadLittleEndianUInt32(at: offset))
                 let step = Float(bitPattern: bytes.loadLittleEndianUInt32(at: offset + 4))
-                guard low.isFinite, step.isFinite, step >= 0, (Double(low) + levels * Double(step)).magnitude <= Double(Float.greatestFiniteMagnitude) else {
-                    throw CodecError(.nonFinite, "group minimum \(low) and step \(step) do not give finite values")
+                guard low.isFinite, step.isFinite, step >= 0 else {
+                    throw CodecError(.nonFinite, "group minimum \(low) and step \(step) must be finite, the step not negative")
                 }
                 offset += 8
                 for i in start..<end {
                     let position = (i - start) * bits
                     let q = (bytes[offset + position / 8] >> (position % 8)) & mask
-                    output[i] = Float(Double(low) + Double(q) * Double(step))
+                    // Protocol.md §8: q·s is exact in binary64, the sum is rounded to binary64,
+                    // then once more to binary32 (both to nearest, ties to even).
+                    let value = Float(Double(low) + Double(q) * Double(step))
+                    guard value.isFinite else { throw CodecError(.nonFinite, "value \(i) (\(low) + \(q) × \(step)) is not finite in binary32") }
+                    output[i] = value
                 }
                 offset += ((end - start) * bits + 7) / 8
                 start = end

@@ -30,9 +30,25 @@ func gaussianLike(_ n: Int, seed: UInt64, scale: Float = 0.01) -> [Float] {
         #expect(try CodecSpec(parsing: "q8").zlibLevel == 6)
     }
 
-    @Test(arguments: ["", "q3", "topk:0+q8", "topk:2+q8", "topk:0.1", "q8+g3", "q8+z0", "q8+turbo", "q8++raw"])
+    @Test(arguments: [
+        "", "q3", "topk:0+q8", "topk:2+q8", "topk:0.1", "topk:nan+q8", "topk:0x1p-3+q8", "topk:.+q8", "topk:1e+q8",
+        "q8+g0", "q8+g65537", "q8+g", "q8+z0", "q8+z10", "q8+turbo", "q8++raw",
+        "q8+raw+z3", "q8+z3+raw", "q8+raw+raw", "q8+g64+g128", "q8+sr+sr", "fp16+sr", "fp32+sr", "sign+sr", "fp16+g64", "fp32+g8",
+    ])
     func badSpecsAreRefused(text: String) {
         #expect { try CodecSpec(parsing: text) } throws: { ($0 as? CodecError)?.code == .badSpec }
+    }
+
+    @Test(arguments: ["q8+g1", "q8+g3", "q2+g65536", "sign+g7", "Q8+RAW", "topk:1e-05+q8", "topk:1+fp32+ef", "topk:.5+q4+sr+z9"])
+    func edgeSpecsAreAccepted(text: String) throws {
+        let spec = try CodecSpec(parsing: text)
+        #expect(try CodecSpec(parsing: spec.description) == spec)
+    }
+
+    @Test func refusalsNameTheOption() {
+        for (text, named) in [("q8+g7x", "g7x"), ("q8+raw+z3", "z3"), ("fp16+sr", "sr"), ("q8+g0", "g0"), ("fp32+g8", "g8")] {
+            #expect { try CodecSpec(parsing: text) } throws: { "\($0)".contains("\"\(named)\"") }
+        }
     }
 }
 
