@@ -200,6 +200,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ConformanceTests",
+            dependencies: [
+                "FedCodec", "FedProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            exclude: ["vectors.json", "decode_shard.py"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "FedConfigurationTests",
             dependencies: ["FedConfiguration", "FedCoordinator", "FedSim", "FedModel"],
             swiftSettings: swiftSettings

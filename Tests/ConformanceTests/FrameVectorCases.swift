@@ -1,0 +1,3 @@
+enum FrameVectorCases {
+    static func all() throws -> ([FrameVector], [InvalidFrameVector]) { ([], []) }
+}
