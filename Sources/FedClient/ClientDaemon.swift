@@ -36,6 +36,8 @@ public struct ClientConfiguration: Sendable {
     /// not downloaded again). Off, an idle client holds no model and no training buffers; fedsim
     /// turns it off for its thousands of in-process clients.
     public var retainModel = true
+    /// Protocol versions offered in HELLO; the coordinator picks the highest it speaks.
+    public var protocolVersions: [UInt8] = Array(Frame.supportedVersions)
 
     public init(clientID: String, secret: String, data: DatasetSlice) {
         self.clientID = clientID
@@ -68,6 +70,8 @@ public actor ClientDaemon {
     /// Set when the current connection reached WELCOME.
     private var establishedSession = false
     private var connection: (any Channel)?
+    /// The protocol version of the current connection, once the coordinator chose it.
+    private var version: UInt8?
     private var tlsContext: NIOSSLContext?
 
     public init(configuration: ClientConfiguration, logger: Logger? = nil) {
@@ -116,7 +120,8 @@ public actor ClientDaemon {
     public func stop() {
         stopped = true
         guard let connection else { return }
-        for frame in MessageFramer().frames(for: .goodbye(reason: "client stopping")) {
+        let framer = MessageFramer(version: version ?? configuration.protocolVersions.min() ?? 1)
+        for frame in framer.frames(for: .goodbye(Goodbye(.goingAway, reason: "client stopping"))) {
             connection.write(frame, promise: nil)
         }
         connection.flush()
@@ -141,43 +146,64 @@ public actor ClientDaemon {
         defer { connection = nil }
         if stopped { channel.channel.close(promise: nil) }
         return try await channel.executeThenClose { inbound, outbound in
-            let reader = MessageReader(inbound)
-            let writer = MessageWriter(outbound)
+            let reader = MessageReader(inbound, framer: MessageFramer(version: nil))
+            // HELLO travels in a frame of the lowest version offered, which any coordinator
+            // speaking it can read; every later frame carries the version the coordinator chose.
+            let offered = configuration.protocolVersions
+            var writer = MessageWriter(outbound, framer: MessageFramer(version: offered.min() ?? 1))
+            defer { version = nil }
             try await writer.send(.hello(Hello(
-                clientID: configuration.clientID, protocolVersions: [Frame.protocolVersion],
+                clientID: configuration.clientID, protocolVersions: offered,
                 codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: configuration.memoryBudget,
                 exampleCount: UInt32(configuration.data.count))))
-            guard case .challenge(let nonce, _)? = try await reader.next() else {
+            switch try await reader.next() {
+            case .challenge(let nonce, let chosen)?:
+                guard offered.contains(chosen) else {
+                    throw ProtocolError(.unsupportedVersion, "the coordinator chose protocol version \(chosen), this client offered \(offered)")
+                }
+                version = chosen
+                reader.version = chosen
+                writer = writer.speaking(chosen)
+                try await writer.send(.authenticate(signature: Authentication.sign(secret: configuration.secret, nonce: nonce, clientID: configuration.clientID)))
+            case .error(let code, let message)?:
+                throw Self.handshakeError(code: code, message: message)
+            default:
                 throw ProtocolError(.unexpectedMessage, "expected CHALLENGE")
             }
-            try await writer.send(.authenticate(signature: Authentication.sign(secret: configuration.secret, nonce: nonce, clientID: configuration.clientID)))
+            var maximumMessage = MessageFramer.defaultMaximumMessage
             switch try await reader.next() {
-            case .welcome(_, _, let model)?:
+            case .welcome(let welcome)?:
                 establishedSession = true
-                try prepare(model: model)
+                if let limits = welcome.limits {
+                    // Send no frame and no message larger than the coordinator reads.
+                    writer = writer.speaking(writer.framer.version!, maximumFramePayload: min(Frame.defaultMaximumPayload, Int(limits.maximumFramePayload)))
+                    maximumMessage = Int(limits.maximumMessage)
+                }
+                try prepare(model: welcome.model)
             case .error(let code, let message)?:
-                throw ProtocolError(ProtocolError.Code(rawValue: code) ?? .unexpectedMessage, message)
+                throw Self.handshakeError(code: code, message: message)
             default:
                 throw ProtocolError(.unexpectedMessage, "expected WELCOME")
             }
-            logger.info("connected", metadata: ["coordinator": "\(configuration.host):\(configuration.port)"])
+            logger.info("connected", metadata: ["coordinator": "\(configuration.host):\(configuration.port)", "protocol": "\(version ?? 0)"])
             while let message = try await reader.next() {
                 switch message {
                 case .modelShard(let shard):
                     try receive(shard)
                 case .trainingTask(let task):
                     let update = try await train(task)
+                    let size = update.shards.reduce(18) { $0 + 6 + $1.encoded.count }
+                    guard size <= maximumMessage else {
+                        logger.error("update not sent", metadata: ["round": "\(task.round)", "error": "\(size) bytes exceed the coordinator's message limit of \(maximumMessage)"])
+                        continue
+                    }
                     do {
                         try await writer.send(.update(update))
                     } catch {
                         // The coordinator closed the connection while this client trained; it
                         // may have said GOODBYE first (the run finished), which is read here.
                         while let message = try? await reader.next() {
-                            if case .goodbye(let reason) = message {
-                                logger.info("coordinator said goodbye", metadata: ["reason": "\(reason)"])
-                                goodbyeReason = reason
-                                return true
-                            }
+                            if case .goodbye(let goodbye) = message { return saidGoodbye(goodbye) }
                         }
                         throw error
                     }
@@ -187,16 +213,36 @@ public actor ClientDaemon {
                     break
                 case .error(let code, let text):
                     logger.warning("coordinator refused", metadata: ["code": "\(code)", "message": "\(text)"])
-                case .goodbye(let reason):
-                    logger.info("coordinator said goodbye", metadata: ["reason": "\(reason)"])
-                    goodbyeReason = reason
-                    return true
+                case .goodbye(let goodbye):
+                    return saidGoodbye(goodbye)
                 default:
                     throw ProtocolError(.unexpectedMessage, "\(message.type) is not expected from the coordinator")
                 }
             }
             return false
         }
+    }
+
+    /// True when the run is over; a coordinator going away (restarting) is reconnected to.
+    private func saidGoodbye(_ goodbye: Goodbye) -> Bool {
+        switch goodbye.code {
+        case .finished:
+            logger.info("coordinator said goodbye", metadata: ["reason": "\(goodbye.reason)"])
+            goodbyeReason = goodbye.reason
+            return true
+        case .goingAway:
+            logger.info("coordinator going away; reconnecting later", metadata: ["reason": "\(goodbye.reason)"])
+            return false
+        }
+    }
+
+    /// An ERROR during the handshake: a codec this client cannot encode is not fixed by waiting.
+    private static func handshakeError(code: UInt16, message: String) -> any Error {
+        let code = ProtocolError.Code(rawValue: code) ?? .unexpectedMessage
+        if code == .unsupportedCodec || code == .unsupportedVersion {
+            return UnrecoverableError(message: "the coordinator refused this client: \(message)")
+        }
+        return ProtocolError(code, message)
     }
 
     /// Builds the network the coordinator named (once; a different model resets the cache).

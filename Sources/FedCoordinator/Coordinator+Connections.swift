@@ -1,3 +1,4 @@
+import FedCodec
 import FedProtocol
 import FedRounds
 import FedStore
@@ -25,42 +26,90 @@ extension Coordinator {
         var registered: (id: String, session: UInt64)?
         do {
             try await connection.executeThenClose { inbound, outbound in
-                let reader = MessageReader(inbound)
-                let writer = MessageWriter(outbound)
+                // No version yet: HELLO may come in any supported version's frame.
+                let reader = MessageReader(inbound, framer: MessageFramer(
+                    version: nil, maximumFramePayload: configuration.maximumFramePayload, maximumMessage: configuration.maximumMessage))
+                let handshakeWriter = MessageWriter(outbound, framer: MessageFramer(version: nil, maximumFramePayload: configuration.maximumFramePayload))
+                var failure: ProtocolError?
                 do {
-                    let (id, hello) = try await authenticate(reader: reader, writer: writer)
+                    let (id, hello, version) = try await authenticate(reader: reader, writer: handshakeWriter)
+                    let writer = handshakeWriter.speaking(version)
                     let (stream, continuation) = AsyncStream.makeStream(of: Message.self)
-                    guard let session = await register(id, hello: hello, outbound: continuation, channel: connection.channel) else {
+                    guard let session = await register(id, hello: hello, version: version, outbound: continuation, channel: connection.channel) else {
                         throw ProtocolError(.shuttingDown, "the coordinator is shutting down")
                     }
                     registered = (id, session)
-                    try await writer.send(.welcome(sessionID: session, heartbeatMilliseconds: configuration.heartbeatMilliseconds, model: configuration.model.wireDescription))
-                    try await withThrowingTaskGroup(of: Void.self) { tasks in
-                        tasks.addTask {
-                            for await message in stream { try await writer.send(message) }
-                        }
-                        tasks.addTask {
-                            defer { continuation.finish() }
-                            while let message = try await reader.next() {
-                                if case .goodbye = message { return }
-                                await self.received(message, from: id, session: session)
-                            }
-                        }
-                        try await tasks.next()
-                        tasks.cancelAll()
+                    try await writer.send(.welcome(Welcome(
+                        sessionID: session, heartbeatMilliseconds: configuration.heartbeatMilliseconds,
+                        model: configuration.model.wireDescription,
+                        limits: Limits(maximumFramePayload: UInt32(configuration.maximumFramePayload), maximumMessage: UInt32(configuration.maximumMessage)))))
+                    if let error = try await serve(reader: reader, writer: writer, outbox: stream, continuation: continuation, from: id, session: session, version: version) {
+                        failure = error   // its ERROR has been written
                     }
                 } catch let error as ProtocolError {
-                    let client = registered?.id ?? error.clientID
-                    logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(client ?? "-")", "error": "\(error)"])
+                    failure = error
+                    try? await handshakeWriter.speaking(reader.version ?? 1).send(.error(code: error.code.wireCode(version: reader.version ?? 1), message: error.message))
+                }
+                if let failure {
+                    let client = registered?.id ?? failure.clientID
+                    logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(client ?? "-")", "error": "\(failure)"])
                     metrics.refused.increment()
-                    try? store?.recordEvent(kind: "refusal", client: client, message: "\(peer): \(error)")
-                    try? await writer.send(.error(code: error.code.rawValue, message: error.message))
+                    try? store?.recordEvent(kind: "refusal", client: client, message: "\(peer): \(failure)")
                 }
             }
         } catch {
             logger.info("connection ended", metadata: ["peer": "\(peer)", "client": "\(registered?.id ?? "-")", "reason": "\(error)"])
         }
         if let registered { await unregister(registered.id, session: registered.session) }
+    }
+
+    /// How an authenticated connection's two halves ended.
+    private enum Ending: Sendable {
+        case writer, reader(ProtocolError?), drainTimeout
+    }
+
+    /// Reads messages and writes the outbox until either side ends. A protocol error in what
+    /// the client sent is queued as an ERROR behind whatever is already in the outbox, and the
+    /// writer drains the outbox before the connection closes, so the ERROR is always written:
+    /// it never races the close. Returns that error.
+    private nonisolated func serve(
+        reader: MessageReader, writer: MessageWriter, outbox: AsyncStream<Message>,
+        continuation: AsyncStream<Message>.Continuation, from id: String, session: UInt64, version: UInt8
+    ) async throws -> ProtocolError? {
+        try await withThrowingTaskGroup(of: Ending.self) { tasks in
+            tasks.addTask {
+                for await message in outbox { try await writer.send(message) }
+                return .writer
+            }
+            tasks.addTask {
+                do {
+                    while let message = try await reader.next() {
+                        if case .goodbye = message { break }
+                        await self.received(message, from: id, session: session)
+                    }
+                    continuation.finish()
+                    return .reader(nil)
+                } catch let error as ProtocolError {
+                    continuation.yield(.error(code: error.code.wireCode(version: version), message: error.message))
+                    continuation.finish()
+                    return .reader(error)
+                } catch {
+                    continuation.finish()
+                    throw error
+                }
+            }
+            defer { tasks.cancelAll() }
+            // The writer ending first (the coordinator closed the connection, or the peer is
+            // gone) ends the reader; the reader ending first lets the writer drain what is
+            // queued, for at most a few seconds (a peer that reads nothing cannot hold us).
+            guard case .reader(let error) = try await tasks.next()! else { return nil }
+            tasks.addTask {
+                try await Task.sleep(nanoseconds: 5_000_000_000)
+                return .drainTimeout
+            }
+            _ = try await tasks.next()
+            return error
+        }
     }
 
     /// The public key `id` authenticates with: the database's registration when there is one
@@ -72,18 +121,24 @@ extension Coordinator {
         return configuration.clientKeys[id]
     }
 
-    /// HELLO → CHALLENGE → AUTHENTICATE, within the handshake timeout.
-    private nonisolated func authenticate(reader: MessageReader, writer: MessageWriter) async throws -> (String, Hello) {
+    /// HELLO → CHALLENGE → AUTHENTICATE, within the handshake timeout. Chooses the highest
+    /// protocol version both sides speak (the reader checks every later frame against it) and
+    /// refuses a client that cannot encode the task's codec.
+    private nonisolated func authenticate(reader: MessageReader, writer: MessageWriter) async throws -> (String, Hello, UInt8) {
         let timeout = configuration.handshakeTimeout
         return try await withDeadline(seconds: timeout) {
             guard case .hello(let hello)? = try await reader.next() else {
                 throw ProtocolError(.unexpectedMessage, "the first message must be HELLO")
             }
-            guard hello.protocolVersions.contains(Frame.protocolVersion) else {
-                throw ProtocolError(.unsupportedVersion, "client speaks versions \(hello.protocolVersions), coordinator speaks \(Frame.protocolVersion)")
+            guard let version = hello.protocolVersions.filter(Frame.supportedVersions.contains).max() else {
+                throw ProtocolError(.unsupportedVersion, "client speaks versions \(hello.protocolVersions), coordinator speaks \(Frame.supportedVersions.map(String.init).joined(separator: " and "))")
+            }
+            reader.version = version
+            if let missing = Self.missingCodec(in: hello.codecs, for: self.configuration.uplinkCodec) {
+                throw ProtocolError(.unsupportedCodec, "updates are encoded \(self.configuration.uplinkCodec); HELLO's codec list \(hello.codecs) lacks \"\(missing)\"", clientID: hello.clientID)
             }
             let nonce = Authentication.nonce()
-            try await writer.send(.challenge(nonce: nonce, version: Frame.protocolVersion))
+            try await writer.speaking(version).send(.challenge(nonce: nonce, version: version))
             guard case .authenticate(let signature)? = try await reader.next() else {
                 throw ProtocolError(.unexpectedMessage, "expected AUTHENTICATE after CHALLENGE")
             }
@@ -95,13 +150,21 @@ extension Coordinator {
             guard Authentication.verify(signature: signature, publicKey: key, nonce: nonce, clientID: hello.clientID) else {
                 throw ProtocolError(.authenticationFailed, "authentication failed for client \"\(hello.clientID)\"", detail: "bad signature", clientID: hello.clientID)
             }
-            return (hello.clientID, hello)
+            return (hello.clientID, hello, version)
         }
+    }
+
+    /// The name HELLO's codec list must carry for `spec` and does not (Protocol.md §2): the
+    /// base codec, and `topk` for a sparse one; nil when the list has both.
+    static func missingCodec(in codecs: [String], for spec: CodecSpec) -> String? {
+        if !codecs.contains(spec.codec.description) { return spec.codec.description }
+        if spec.topK != nil, !codecs.contains("topk") { return "topk" }
+        return nil
     }
 
     /// Registers an authenticated client (a reconnecting device replaces its stale connection);
     /// nil once the run is ending.
-    private func register(_ id: String, hello: Hello, outbound: AsyncStream<Message>.Continuation, channel: any Channel) -> UInt64? {
+    private func register(_ id: String, hello: Hello, version: UInt8, outbound: AsyncStream<Message>.Continuation, channel: any Channel) -> UInt64? {
         guard !finished, !isStopping else { return nil }
         if let existing = connections[id] {
             existing.outbound.finish()
@@ -110,10 +173,10 @@ extension Coordinator {
         }
         let session = nextSession
         nextSession += 1
-        connections[id] = Connection(session: session, outbound: outbound, channel: channel)
+        connections[id] = Connection(session: session, version: version, outbound: outbound, channel: channel)
         engine.clientJoined(id, memoryBudget: hello.memoryBudget, at: now())
         metrics.connected.set(to: Double(connections.count))
-        logger.info("client joined", metadata: ["client": "\(id)", "examples": "\(hello.exampleCount)", "connected": "\(connections.count)"])
+        logger.info("client joined", metadata: ["client": "\(id)", "protocol": "\(version)", "examples": "\(hello.exampleCount)", "connected": "\(connections.count)"])
         wake()
         return session
     }

@@ -60,6 +60,8 @@ public actor Coordinator {
 
     struct Connection {
         var session: UInt64
+        /// The protocol version the connection speaks.
+        var version: UInt8
         var outbound: AsyncStream<Message>.Continuation
         var channel: any Channel
         /// When it last sent anything (the idle timeout counts from here).
@@ -418,18 +420,26 @@ public actor Coordinator {
     /// sent GOODBYE and its connection closed once that is written; a client still training
     /// gets ``CoordinatorConfiguration/finishGrace`` to upload (and then reads its GOODBYE). Connections still open after
     /// that, writes stuck on a peer that reads nothing included, are closed outright.
+    ///
+    /// Without a reason (the coordinator is stopping, not finished) version-2 clients are told
+    /// GOODBYE "going away", so they reconnect later; version-1 clients, for which every
+    /// GOODBYE ends the run, only see their connection close.
     func closeEveryConnection(saying reason: String?) async {
         finished = true
         guard let reason else {
             for (_, connection) in connections {
+                if connection.version >= 2 {
+                    connection.outbound.yield(.goodbye(Goodbye(.goingAway, reason: "the coordinator is stopping; reconnect later")))
+                }
                 connection.outbound.finish()
-                connection.channel.close(promise: nil)
             }
+            try? await waitUntil(now() + 1) { connections.isEmpty }
+            for (_, connection) in connections { connection.channel.close(promise: nil) }
             try? await waitUntil(now() + 1) { connectionCount == 0 }
             return
         }
         for (id, connection) in connections {
-            connection.outbound.yield(.goodbye(reason: reason))
+            connection.outbound.yield(.goodbye(Goodbye(.finished, reason: reason)))
             if !awaitingUpdate.contains(id) { connection.outbound.finish() }
         }
         try? await waitUntil(now() + configuration.finishGrace) { awaitingUpdate.isDisjoint(with: connections.keys) }

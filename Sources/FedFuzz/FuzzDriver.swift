@@ -177,13 +177,13 @@ public struct FuzzDriver {
         .hello(Hello(clientID: "device-17", protocolVersions: [1], codecs: ["q8", "topk:0.01+q8"], memoryBudget: 64 << 20, exampleCount: 600)),
         .challenge(nonce: Array(0..<32), version: 1),
         .authenticate(signature: Array(repeating: 0xAB, count: 64)),
-        .welcome(sessionID: 42, heartbeatMilliseconds: 5000, model: "784|10|dense:200,relu,dense:200,relu,dense:10"),
+        .welcome(Welcome(sessionID: 42, heartbeatMilliseconds: 5000, model: "784|10|dense:200,relu,dense:200,relu,dense:10", limits: Limits(maximumFramePayload: 1 << 20, maximumMessage: 64 << 20))),
         .modelShard(ModelShard(round: 3, modelVersion: 3, shardIndex: 1, sha256: Array(repeating: 7, count: 32), encoded: Array(0..<100))),
         .trainingTask(TrainingTask(round: 3, modelVersion: 3, shards: [0, 1, 2, 3, 4, 5], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "q8", deadlineMilliseconds: 30_000)),
         .update(Update(round: 3, modelVersion: 3, exampleCount: 600, trainingLoss: 0.25, shards: [ShardDelta(index: 0, encoded: Array(0..<90)), ShardDelta(index: 5, encoded: [])])),
         .acknowledgement(type: 7, round: 3),
         .error(code: ProtocolError.Code.staleRound.rawValue, message: "update for round 2, the coordinator is in round 3"),
         .heartbeat(timestamp: 1_700_000_000_000),
-        .goodbye(reason: "shutting down"),
+        .goodbye(Goodbye(.goingAway, reason: "shutting down")),
     ]
 }

@@ -5,7 +5,8 @@ import NIOCore
 ///
 ///     offset size field
 ///      0     4   magic "FEDL" (46 45 44 4c)
-///      4     1   protocol version (1)
+///      4     1   protocol version (1 or 2; HELLO's frame carries the lowest version the client
+///                  lists, every frame from CHALLENGE on the version the coordinator chose)
 ///      5     1   message type
 ///      6     2   flags: bit 0 "continued" (more frames of this message follow); others 0
 ///      8     4   payload length
@@ -14,16 +15,20 @@ import NIOCore
 public struct Frame: Equatable, Sendable {
     public static let headerSize = 16
     public static let magic: [UInt8] = [0x46, 0x45, 0x44, 0x4C]
-    public static let protocolVersion: UInt8 = 1
+    /// The newest wire version this build speaks, and every version it still serves.
+    public static let currentVersion: UInt8 = 2
+    public static let supportedVersions: ClosedRange<UInt8> = 1...2
     public static let flagContinued: UInt16 = 1
     /// Default largest payload of one frame; larger messages are split.
     public static let defaultMaximumPayload = 1 << 20
 
+    public var version: UInt8
     public var type: UInt8
     public var flags: UInt16
     public var payload: ByteBuffer
 
-    public init(type: UInt8, flags: UInt16 = 0, payload: ByteBuffer) {
+    public init(version: UInt8 = Frame.currentVersion, type: UInt8, flags: UInt16 = 0, payload: ByteBuffer) {
+        self.version = version
         self.type = type
         self.flags = flags
         self.payload = payload
@@ -34,7 +39,7 @@ public struct Frame: Equatable, Sendable {
     /// Appends the frame's bytes to `buffer`.
     public func write(to buffer: inout ByteBuffer) {
         buffer.writeBytes(Self.magic)
-        buffer.writeInteger(Self.protocolVersion)
+        buffer.writeInteger(version)
         buffer.writeInteger(type)
         buffer.writeInteger(flags, endianness: .little)
         buffer.writeInteger(UInt32(payload.readableBytes), endianness: .little)
@@ -58,7 +63,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
 
     private enum State {
         case waitingForHeader
-        case waitingForPayload(type: UInt8, flags: UInt16, length: Int, checksum: UInt32)
+        case waitingForPayload(version: UInt8, type: UInt8, flags: UInt16, length: Int, checksum: UInt32)
     }
 
     public let maximumPayload: Int
@@ -109,29 +114,29 @@ public struct FrameDecoder: ByteToMessageDecoder {
                 throw ProtocolError(.badMagic, "stream does not start with the FEDL magic")
             }
             let version = buffer.getInteger(at: start + 4, as: UInt8.self)!
-            guard version == Frame.protocolVersion else {
-                throw ProtocolError(.unsupportedVersion, "protocol version \(version), this peer speaks \(Frame.protocolVersion)")
+            guard Frame.supportedVersions.contains(version) else {
+                throw ProtocolError(.unsupportedVersion, "protocol version \(version), this peer speaks \(Frame.supportedVersions.map(String.init).joined(separator: " and "))")
             }
             let type = buffer.getInteger(at: start + 5, as: UInt8.self)!
             let flags = buffer.getInteger(at: start + 6, endianness: .little, as: UInt16.self)!
             let length = Int(buffer.getInteger(at: start + 8, endianness: .little, as: UInt32.self)!)
             let checksum = buffer.getInteger(at: start + 12, endianness: .little, as: UInt32.self)!
             guard flags & ~Frame.flagContinued == 0 else {
-                throw ProtocolError(.malformedMessage, "unknown frame flags 0x\(String(flags, radix: 16))")
+                throw ProtocolError(.unknownFlags, "unknown frame flags 0x\(String(flags, radix: 16))")
             }
             guard length <= maximumPayload else {
                 throw ProtocolError(.frameTooLarge, "frame payload of \(length) bytes exceeds the limit of \(maximumPayload)")
             }
             buffer.moveReaderIndex(forwardBy: Frame.headerSize)
-            state = .waitingForPayload(type: type, flags: flags, length: length, checksum: checksum)
+            state = .waitingForPayload(version: version, type: type, flags: flags, length: length, checksum: checksum)
             return try decodeFrame(&buffer)
-        case .waitingForPayload(let type, let flags, let length, let checksum):
+        case .waitingForPayload(let version, let type, let flags, let length, let checksum):
             guard let payload = buffer.readSlice(length: length) else { return nil }
             state = .waitingForHeader
             guard crc32Of(payload) == checksum else {
                 throw ProtocolError(.badChecksum, "payload CRC-32 does not match the frame header")
             }
-            return Frame(type: type, flags: flags, payload: payload)
+            return Frame(version: version, type: type, flags: flags, payload: payload)
         }
     }
 }

@@ -24,6 +24,52 @@ public struct Hello: Equatable, Sendable {
     }
 }
 
+/// The limits a coordinator reads messages with, announced in WELCOME (version 2).
+public struct Limits: Equatable, Sendable {
+    /// Largest payload of one frame.
+    public var maximumFramePayload: UInt32
+    /// Largest reassembled message.
+    public var maximumMessage: UInt32
+    public init(maximumFramePayload: UInt32, maximumMessage: UInt32) {
+        self.maximumFramePayload = maximumFramePayload
+        self.maximumMessage = maximumMessage
+    }
+}
+
+/// WELCOME, coordinator → client: authentication succeeded.
+public struct Welcome: Equatable, Sendable {
+    public var sessionID: UInt64
+    public var heartbeatMilliseconds: UInt32
+    /// The architecture (FedModel's wire description, Protocol.md §6).
+    public var model: String
+    /// The coordinator's limits; nil on a version-1 connection, which cannot carry them.
+    public var limits: Limits?
+    public init(sessionID: UInt64, heartbeatMilliseconds: UInt32, model: String, limits: Limits?) {
+        self.sessionID = sessionID
+        self.heartbeatMilliseconds = heartbeatMilliseconds
+        self.model = model
+        self.limits = limits
+    }
+}
+
+/// GOODBYE, either way: the sender closes the connection after it.
+public struct Goodbye: Equatable, Sendable {
+    /// Why (version 2; a version-1 GOODBYE always means ``finished``).
+    public enum Code: UInt8, Sendable {
+        /// The run is over: a client stops and does not reconnect.
+        case finished = 1
+        /// The sender is stopping for now (a coordinator restarting, a client shutting down):
+        /// the peer may reconnect later, with the usual backoff.
+        case goingAway = 2
+    }
+    public var code: Code
+    public var reason: String
+    public init(_ code: Code, reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+}
+
 /// One model shard, coordinator → client.
 public struct ModelShard: Equatable, Sendable {
     public var round: UInt32
@@ -96,10 +142,10 @@ public enum Message: Equatable, Sendable {
     case hello(Hello)
     /// A fresh 32-byte random nonce to sign, and the version the coordinator chose.
     case challenge(nonce: [UInt8], version: UInt8)
-    /// HMAC-SHA256(secret, nonce ‖ client id in UTF-8).
+    /// Ed25519 signature of "FEDL-AUTH-v1" ‖ nonce ‖ client id in UTF-8.
     case authenticate(signature: [UInt8])
-    /// Authentication succeeded; `model` describes the architecture (FedModel's model string).
-    case welcome(sessionID: UInt64, heartbeatMilliseconds: UInt32, model: String)
+    /// Authentication succeeded.
+    case welcome(Welcome)
     case modelShard(ModelShard)
     case trainingTask(TrainingTask)
     case update(Update)
@@ -107,7 +153,7 @@ public enum Message: Equatable, Sendable {
     case acknowledgement(type: UInt8, round: UInt32)
     case error(code: UInt16, message: String)
     case heartbeat(timestamp: UInt64)
-    case goodbye(reason: String)
+    case goodbye(Goodbye)
 
     public var type: MessageType {
         switch self {
@@ -125,8 +171,8 @@ public enum Message: Equatable, Sendable {
         }
     }
 
-    /// The payload bytes (Protocol.md gives each layout).
-    public func encodePayload(into buffer: inout ByteBuffer) {
+    /// The payload bytes on a connection speaking `version` (Protocol.md gives each layout).
+    public func encodePayload(into buffer: inout ByteBuffer, version: UInt8 = Frame.currentVersion) {
         switch self {
         case .hello(let h):
             buffer.writeString16(h.clientID)
@@ -141,10 +187,15 @@ public enum Message: Equatable, Sendable {
             buffer.writeInteger(version)
         case .authenticate(let signature):
             buffer.writeBytes(signature)
-        case .welcome(let session, let heartbeat, let model):
-            buffer.writeInteger(session, endianness: .little)
-            buffer.writeInteger(heartbeat, endianness: .little)
-            buffer.writeString16(model)
+        case .welcome(let w):
+            buffer.writeInteger(w.sessionID, endianness: .little)
+            buffer.writeInteger(w.heartbeatMilliseconds, endianness: .little)
+            buffer.writeString16(w.model)
+            if version >= 2 {
+                let limits = w.limits ?? Limits(maximumFramePayload: UInt32(Frame.defaultMaximumPayload), maximumMessage: UInt32(MessageFramer.defaultMaximumMessage))
+                buffer.writeInteger(limits.maximumFramePayload, endianness: .little)
+                buffer.writeInteger(limits.maximumMessage, endianness: .little)
+            }
         case .modelShard(let s):
             buffer.writeInteger(s.round, endianness: .little)
             buffer.writeInteger(s.modelVersion, endianness: .little)
@@ -179,13 +230,15 @@ public enum Message: Equatable, Sendable {
             buffer.writeString16(message)
         case .heartbeat(let timestamp):
             buffer.writeInteger(timestamp, endianness: .little)
-        case .goodbye(let reason):
-            buffer.writeString16(reason)
+        case .goodbye(let goodbye):
+            if version >= 2 { buffer.writeInteger(goodbye.code.rawValue) }
+            buffer.writeString16(goodbye.reason)
         }
     }
 
-    /// Parses a whole payload; every byte must be accounted for.
-    public static func decode(type rawType: UInt8, payload: ByteBuffer) throws -> Message {
+    /// Parses a whole payload of a connection speaking `version`; every byte must be
+    /// accounted for.
+    public static func decode(type rawType: UInt8, payload: ByteBuffer, version: UInt8 = Frame.currentVersion) throws -> Message {
         guard let type = MessageType(rawValue: rawType) else {
             throw ProtocolError(.unknownMessageType, "message type \(rawType)")
         }
@@ -206,7 +259,13 @@ public enum Message: Equatable, Sendable {
         case .authenticate:
             message = .authenticate(signature: try b.readBytesOrThrow(Authentication.signatureLength, field: "signature"))
         case .welcome:
-            message = .welcome(sessionID: try b.readU64("session id"), heartbeatMilliseconds: try b.readU32("heartbeat"), model: try b.readString16(field: "model"))
+            let session = try b.readU64("session id"), heartbeat = try b.readU32("heartbeat")
+            let model = try b.readString16(field: "model")
+            var limits: Limits?
+            if version >= 2 {
+                limits = Limits(maximumFramePayload: try b.readU32("frame limit"), maximumMessage: try b.readU32("message limit"))
+            }
+            message = .welcome(Welcome(sessionID: session, heartbeatMilliseconds: heartbeat, model: model, limits: limits))
         case .modelShard:
             message = .modelShard(ModelShard(
                 round: try b.readU32("round"), modelVersion: try b.readU32("model version"),
@@ -239,7 +298,13 @@ public enum Message: Equatable, Sendable {
         case .heartbeat:
             message = .heartbeat(timestamp: try b.readU64("timestamp"))
         case .goodbye:
-            message = .goodbye(reason: try b.readString16(field: "reason"))
+            if version >= 2 {
+                // An unknown code is read as going away: reconnecting later is the safe guess.
+                let code = Goodbye.Code(rawValue: try b.readU8("goodbye code")) ?? .goingAway
+                message = .goodbye(Goodbye(code, reason: try b.readString16(field: "reason")))
+            } else {
+                message = .goodbye(Goodbye(.finished, reason: try b.readString16(field: "reason")))
+            }
         }
         guard b.readableBytes == 0 else {
             throw ProtocolError(.malformedMessage, "\(b.readableBytes) bytes after the end of a \(type) message")

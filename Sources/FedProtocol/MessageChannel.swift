@@ -23,6 +23,12 @@ public final class MessageReader: @unchecked Sendable {
         self.framer = framer
     }
 
+    /// The protocol version frames must carry from now on (set once it is chosen).
+    public var version: UInt8? {
+        get { framer.version }
+        set { framer.version = newValue }
+    }
+
     /// The next message, or nil when the peer closed the connection.
     public func next() async throws -> Message? {
         while let frame = try await iterator.next() {
@@ -35,11 +41,19 @@ public final class MessageReader: @unchecked Sendable {
 /// Writes whole messages to a framed connection.
 public struct MessageWriter: Sendable {
     private let outbound: NIOAsyncChannelOutboundWriter<Frame>
-    private let framer: MessageFramer
+    public let framer: MessageFramer
 
     public init(_ outbound: NIOAsyncChannelOutboundWriter<Frame>, framer: MessageFramer = MessageFramer()) {
         self.outbound = outbound
         self.framer = framer
+    }
+
+    /// The same connection, writing `version`'s frames split at `maximumFramePayload`.
+    public func speaking(_ version: UInt8, maximumFramePayload: Int? = nil) -> MessageWriter {
+        var framer = framer
+        framer.version = version
+        if let maximumFramePayload { framer.maximumFramePayload = maximumFramePayload }
+        return MessageWriter(outbound, framer: framer)
     }
 
     public func send(_ message: Message) async throws {

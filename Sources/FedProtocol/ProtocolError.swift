@@ -18,6 +18,18 @@ public struct ProtocolError: Error, Equatable, CustomStringConvertible, Sendable
         case shuttingDown = 14
         /// The coordinator has as many connections as it accepts; try again later.
         case overloaded = 15
+        /// A frame header with flag bits this version does not define (version 2).
+        case unknownFlags = 16
+        /// A frame of another type inside a continued message (version 2).
+        case interleavedFrame = 17
+        /// HELLO lists no codec the coordinator's task needs (version 2).
+        case unsupportedCodec = 18
+
+        /// The code sent on a connection speaking `version`: version 1 has no codes above 15,
+        /// and its peers get malformedMessage for those, as version-1 coordinators sent.
+        public func wireCode(version: UInt8) -> UInt16 {
+            version < 2 && rawValue > 15 ? Code.malformedMessage.rawValue : rawValue
+        }
     }
 
     public let code: Code

@@ -33,11 +33,11 @@ final class FramedPeer: @unchecked Sendable {
         self.channel = channel
         inbound = channel.inbound
         writer = MessageWriter(channel.outbound)
-        reader = MessageReader(channel.inbound)
+        reader = MessageReader(channel.inbound, framer: MessageFramer(version: nil))
     }
 
     func authenticate(id: String, secret: String) async throws -> Message? {
-        try await writer.send(.hello(Hello(clientID: id, protocolVersions: [1], codecs: ["fp32"], memoryBudget: 0, exampleCount: 100)))
+        try await writer.send(.hello(Hello(clientID: id, protocolVersions: [2], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 100)))
         guard case .challenge(let nonce, _)? = try await reader.next() else { return nil }
         try await writer.send(.authenticate(signature: Authentication.sign(secret: testSecret(secret), nonce: nonce, clientID: id)))
         return try await reader.next()
@@ -61,7 +61,7 @@ func sendRaw(_ bytes: [UInt8], port: Int) async throws -> ProtocolError.Code? {
     return try await channel.executeThenClose { inbound, outbound in
         try await outbound.write(ByteBuffer(bytes: bytes))
         var decoder = FrameDecoder()
-        var framer = MessageFramer()
+        var framer = MessageFramer(version: nil)
         var buffer = ByteBuffer()
         for try await var chunk in inbound {
             buffer.writeBuffer(&chunk)

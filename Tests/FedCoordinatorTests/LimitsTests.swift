@@ -26,7 +26,7 @@ import Testing
         /// The first ERROR code received, or nil if the connection closed without one.
         func firstError() async throws -> ProtocolError.Code? {
             var decoder = FrameDecoder()
-            var framer = MessageFramer()
+            var framer = MessageFramer(version: nil)
             var buffer = ByteBuffer()
             for try await var chunk in channel.inbound {
                 buffer.writeBuffer(&chunk)
@@ -39,7 +39,7 @@ import Testing
     }
 
     func helloBytes(_ id: String) -> [UInt8] {
-        let frames = MessageFramer().frames(for: .hello(Hello(clientID: id, protocolVersions: [1], codecs: ["fp32"], memoryBudget: 0, exampleCount: 1)))
+        let frames = MessageFramer().frames(for: .hello(Hello(clientID: id, protocolVersions: [2], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 1)))
         var buffer = ByteBuffer()
         var encoder = FrameEncoder()
         for frame in frames { try! encoder.encode(data: frame, out: &buffer) }
@@ -131,7 +131,7 @@ struct FramedPeerReader {
     init(_ peer: LimitsTests.RawPeer) { self.peer = peer }
     func message() async throws -> Message? {
         var decoder = FrameDecoder()
-        var framer = MessageFramer()
+        var framer = MessageFramer(version: nil)
         var buffer = ByteBuffer()
         for try await var chunk in peer.channel.inbound {
             buffer.writeBuffer(&chunk)

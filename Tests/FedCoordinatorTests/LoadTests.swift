@@ -17,7 +17,7 @@ import Testing
         let tasks = (0..<4).map { i in Task { await deployment.client("device-\(i)", secret: "secret-\(i)", indices: shares[i]).run() } }
         // 1,000 connections, 25 at a time: a third close at once, a third send garbage, a third
         // start a handshake and hang up in the middle of it.
-        let hello = MessageFramer().frames(for: .hello(Hello(clientID: "device-0", protocolVersions: [1], codecs: ["fp32"], memoryBudget: 0, exampleCount: 1)))
+        let hello = MessageFramer().frames(for: .hello(Hello(clientID: "device-0", protocolVersions: [2], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 1)))
         var helloBytes = ByteBuffer()
         for frame in hello { frame.write(to: &helloBytes) }
         let start = Date()

@@ -11,18 +11,35 @@ func bytes(of frames: [Frame]) -> ByteBuffer {
     return buffer
 }
 
+extension Message {
+    /// What this message reads as on a connection of `version` (version 1 drops WELCOME's
+    /// limits and GOODBYE's code).
+    func asVersion(_ version: UInt8) -> Message {
+        guard version < 2 else { return self }
+        switch self {
+        case .welcome(var welcome):
+            welcome.limits = nil
+            return .welcome(welcome)
+        case .goodbye(let goodbye):
+            return .goodbye(Goodbye(.finished, reason: goodbye.reason))
+        default:
+            return self
+        }
+    }
+}
+
 let sampleMessages: [Message] = [
     .hello(Hello(clientID: "device-17", protocolVersions: [1], codecs: ["q8", "topk:0.01+q8"], memoryBudget: 64 << 20, exampleCount: 600)),
     .challenge(nonce: Array(0..<32), version: 1),
     .authenticate(signature: Array(repeating: 0xAB, count: 64)),
-    .welcome(sessionID: 42, heartbeatMilliseconds: 5000, model: "784|10|dense:200,relu,dense:200,relu,dense:10"),
+    .welcome(Welcome(sessionID: 42, heartbeatMilliseconds: 5000, model: "784|10|dense:200,relu,dense:200,relu,dense:10", limits: Limits(maximumFramePayload: 1 << 20, maximumMessage: 64 << 20))),
     .modelShard(ModelShard(round: 3, modelVersion: 3, shardIndex: 1, sha256: Array(repeating: 7, count: 32), encoded: [1, 2, 3, 4, 5])),
     .trainingTask(TrainingTask(round: 3, modelVersion: 3, shards: [0, 1, 2, 3, 4, 5], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "q8", deadlineMilliseconds: 30_000)),
     .update(Update(round: 3, modelVersion: 3, exampleCount: 600, trainingLoss: 0.25, shards: [ShardDelta(index: 0, encoded: [9, 9]), ShardDelta(index: 5, encoded: [])])),
     .acknowledgement(type: 7, round: 3),
     .error(code: ProtocolError.Code.staleRound.rawValue, message: "update for round 2, the coordinator is in round 3"),
     .heartbeat(timestamp: 1_700_000_000_000),
-    .goodbye(reason: "shutting down"),
+    .goodbye(Goodbye(.goingAway, reason: "shutting down")),
 ]
 
 @Suite struct FrameTests {
@@ -36,16 +53,40 @@ let sampleMessages: [Message] = [
         try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: pairs) { FrameDecoder() }
     }
 
-    @Test func everyMessageRoundTrips() throws {
-        var framer = MessageFramer()
+    @Test(arguments: [1, 2] as [UInt8])
+    func everyMessageRoundTrips(version: UInt8) throws {
+        var framer = MessageFramer(version: version)
         for message in sampleMessages {
             var decoder = FrameDecoder()
             var buffer = bytes(of: framer.frames(for: message))
+            #expect(buffer.getInteger(at: 4, as: UInt8.self) == version)
             var decoded: Message?
             while let frame = try decoder.decodeFrame(&buffer) { decoded = try framer.receive(frame) }
-            #expect(decoded == message)
+            #expect(decoded == message.asVersion(version))
             #expect(buffer.readableBytes == 0)
         }
+    }
+
+    /// Version 1 has no limits in WELCOME and no code in GOODBYE (every GOODBYE ends the run).
+    @Test func versionOneLayouts() throws {
+        var v1 = MessageFramer(version: 1)
+        let goodbye = v1.frames(for: .goodbye(Goodbye(.goingAway, reason: "bye")))
+        #expect(goodbye[0].payload.readableBytes == 2 + 3)
+        #expect(try v1.receive(goodbye[0]) == .goodbye(Goodbye(.finished, reason: "bye")))
+        var v2 = MessageFramer(version: 2)
+        #expect(v2.frames(for: .goodbye(Goodbye(.goingAway, reason: "bye")))[0].payload.readableBytes == 1 + 2 + 3)
+        // A framer speaking one version refuses the other's frames; one not yet told accepts both.
+        #expect { try v2.receive(goodbye[0]) } throws: { ($0 as? ProtocolError)?.code == .unsupportedVersion }
+        var open = MessageFramer(version: nil)
+        #expect(try open.receive(goodbye[0]) == .goodbye(Goodbye(.finished, reason: "bye")))
+    }
+
+    @Test func aFrameOfAnotherTypeInsideAContinuedMessageIsInterleaved() throws {
+        var framer = MessageFramer(maximumFramePayload: 100)
+        let first = framer.frames(for: .goodbye(Goodbye(.finished, reason: String(repeating: "x", count: 300))))[0]
+        _ = try framer.receive(first)
+        let heartbeat = framer.frames(for: .heartbeat(timestamp: 1))[0]
+        #expect { try framer.receive(heartbeat) } throws: { ($0 as? ProtocolError)?.code == .interleavedFrame }
     }
 
     @Test func largeMessagesAreSplitAndJoined() throws {
@@ -61,7 +102,7 @@ let sampleMessages: [Message] = [
 
     @Test func tooLargeReassembledMessageIsRefused() throws {
         var framer = MessageFramer(maximumFramePayload: 100, maximumMessage: 250)
-        let frames = MessageFramer(maximumFramePayload: 100).frames(for: .goodbye(reason: String(repeating: "x", count: 400)))
+        let frames = MessageFramer(maximumFramePayload: 100).frames(for: .goodbye(Goodbye(.finished, reason: String(repeating: "x", count: 400))))
         #expect { for frame in frames { _ = try framer.receive(frame) } } throws: { ($0 as? ProtocolError)?.code == .messageTooLarge }
     }
 
@@ -86,7 +127,9 @@ let sampleMessages: [Message] = [
     @Test func wrongVersionOversizeAndBadChecksum() {
         let good = bytes(of: MessageFramer().frames(for: .heartbeat(timestamp: 1)))
         var version = good
-        version.setInteger(UInt8(2), at: 4)
+        version.setInteger(UInt8(3), at: 4)
+        #expect(decodeError(version) == .unsupportedVersion)
+        version.setInteger(UInt8(0), at: 4)
         #expect(decodeError(version) == .unsupportedVersion)
         #expect(decodeError(good, maximumPayload: 4) == .frameTooLarge)
         var corrupt = good
@@ -94,7 +137,7 @@ let sampleMessages: [Message] = [
         #expect(decodeError(corrupt) == .badChecksum)
         var flags = good
         flags.setInteger(UInt16(0x8000), at: 6, endianness: .little)
-        #expect(decodeError(flags) == .malformedMessage)
+        #expect(decodeError(flags) == .unknownFlags)
     }
 
     @Test func oversizedFrameIsRefusedBeforeItsPayloadArrives() {
@@ -154,9 +197,10 @@ let sampleMessages: [Message] = [
     }
 
     @Test func helloHexExample() {
-        let frames = MessageFramer().frames(for: .hello(Hello(clientID: "dev1", protocolVersions: [1], codecs: ["q8"], memoryBudget: 0, exampleCount: 600)))
+        // HELLO travels in a frame of the lowest version it offers.
+        let frames = MessageFramer(version: 1).frames(for: .hello(Hello(clientID: "dev1", protocolVersions: [1, 2], codecs: ["q8"], memoryBudget: 0, exampleCount: 600)))
         let hex = bytes(of: frames).readableBytesView.map { String(format: "%02x", $0) }.joined(separator: " ")
-        #expect(hex == "46 45 44 4c 01 01 00 00 1b 00 00 00 55 0b 96 61 04 00 64 65 76 31 01 00 01 01 00 02 00 71 38 00 00 00 00 00 00 00 00 58 02 00 00")
+        #expect(hex == "46 45 44 4c 01 01 00 00 1c 00 00 00 44 7c e7 4d 04 00 64 65 76 31 02 00 01 02 01 00 02 00 71 38 00 00 00 00 00 00 00 00 58 02 00 00")
     }
 }
 
@@ -171,6 +215,6 @@ let sampleMessages: [Message] = [
         ]
         let frames = MessageFramer().frames(for: .update(Update(round: 1, modelVersion: 0, exampleCount: 600, trainingLoss: 0.5, shards: [ShardDelta(index: 1, encoded: shard)])))
         let hex = bytes(of: frames).readableBytesView.map { String(format: "%02x", $0) }.joined(separator: " ")
-        #expect(hex == "46 45 44 4c 01 07 00 00 42 00 00 00 2d c2 16 7f 01 00 00 00 00 00 00 00 58 02 00 00 00 00 00 3f 01 00 01 00 2a 00 00 00 46 43 01 02 00 00 00 00 00 01 00 00 02 00 00 00 02 00 00 00 0a 00 00 00 0a 00 00 00 a5 53 54 d3 00 00 80 be c1 c0 40 3b ff 00")
+        #expect(hex == "46 45 44 4c 02 07 00 00 42 00 00 00 2d c2 16 7f 01 00 00 00 00 00 00 00 58 02 00 00 00 00 00 3f 01 00 01 00 2a 00 00 00 46 43 01 02 00 00 00 00 00 01 00 00 02 00 00 00 02 00 00 00 0a 00 00 00 0a 00 00 00 a5 53 54 d3 00 00 80 be c1 c0 40 3b ff 00")
     }
 }
