@@ -55,12 +55,22 @@ extension Coordinator {
                     logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(client ?? "-")", "error": "\(failure)"])
                     metrics.refused.increment()
                     try? store?.recordEvent(kind: "refusal", client: client, message: "\(peer): \(failure)")
+                    await Self.lingeringClose(connection.channel)
                 }
             }
         } catch {
             logger.info("connection ended", metadata: ["peer": "\(peer)", "client": "\(registered?.id ?? "-")", "reason": "\(error)"])
         }
         if let registered { await unregister(registered.id, session: registered.session) }
+    }
+
+    /// After a final ERROR: half-closes (FIN after the ERROR) and waits, at most 2 s, for the
+    /// peer to close its side. Closing at once with the peer's bytes still unread would make
+    /// the kernel reset the connection, and a reset can discard the ERROR before the peer
+    /// reads it.
+    private static func lingeringClose(_ channel: any Channel) async {
+        channel.close(mode: .output, promise: nil)
+        _ = try? await withDeadline(seconds: 2) { try await channel.closeFuture.get() }
     }
 
     /// How an authenticated connection's two halves ended.

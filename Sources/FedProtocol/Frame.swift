@@ -36,6 +36,9 @@ public struct Frame: Equatable, Sendable {
 
     public var isContinued: Bool { flags & Self.flagContinued != 0 }
 
+    /// CRC-32 of the payload, as the header carries it.
+    public var crc: UInt32 { crc32Of(payload) }
+
     /// Appends the frame's bytes to `buffer`.
     public func write(to buffer: inout ByteBuffer) {
         buffer.writeBytes(Self.magic)

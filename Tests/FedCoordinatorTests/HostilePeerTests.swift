@@ -12,7 +12,7 @@ import Testing
 final class FramedPeer: @unchecked Sendable {
     let channel: NIOAsyncChannel<Frame, Frame>
     let inbound: NIOAsyncChannelInboundStream<Frame>
-    let writer: MessageWriter
+    private(set) var writer: MessageWriter
     let reader: MessageReader
 
     static func connect(port: Int) async throws -> FramedPeer {
@@ -36,11 +36,27 @@ final class FramedPeer: @unchecked Sendable {
         reader = MessageReader(channel.inbound, framer: MessageFramer(version: nil))
     }
 
-    func authenticate(id: String, secret: String) async throws -> Message? {
-        try await writer.send(.hello(Hello(clientID: id, protocolVersions: [2], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 100)))
-        guard case .challenge(let nonce, _)? = try await reader.next() else { return nil }
+    /// HELLO offering `versions`, in a frame of the lowest, then AUTHENTICATE; the peer speaks
+    /// the version the coordinator chose from then on. Returns the answer (WELCOME or ERROR).
+    func authenticate(id: String, secret: String, versions: [UInt8] = [2], codecs: [String] = ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"]) async throws -> Message? {
+        writer = writer.speaking(versions.min() ?? 2)
+        try await writer.send(.hello(Hello(clientID: id, protocolVersions: versions, codecs: codecs, memoryBudget: 0, exampleCount: 100)))
+        let answer = try await reader.next()
+        guard case .challenge(let nonce, let version)? = answer else { return answer }
+        reader.version = version
+        writer = writer.speaking(version)
         try await writer.send(.authenticate(signature: Authentication.sign(secret: testSecret(secret), nonce: nonce, clientID: id)))
         return try await reader.next()
+    }
+
+    /// Writes `bytes` as they are, below the frame encoder (bad CRCs, bad headers, ...).
+    func sendRaw(_ bytes: [UInt8]) async throws {
+        let channel = channel.channel
+        try await channel.eventLoop.flatSubmit {
+            channel.pipeline.context(handlerType: MessageToByteHandler<FrameEncoder>.self).flatMap { context in
+                context.writeAndFlush(NIOAny(ByteBuffer(bytes: bytes)))
+            }
+        }.get()
     }
 
     /// Messages until the first ERROR (returned) or the end of the connection (nil).
