@@ -229,8 +229,9 @@ public actor Coordinator {
     /// Graceful shutdown: no new connections and no new round; the round in flight is finished
     /// if it can be within the smaller of its deadline and 30 s (otherwise it is abandoned and
     /// nothing of it committed); then every connection is closed and ``run(onBound:progress:)``
-    /// returns. Clients are not sent GOODBYE (protocol version 1 clients end their run on any
-    /// GOODBYE): they reconnect with backoff to the coordinator's next start.
+    /// returns. Version-2 clients are sent GOODBYE "going away" and reconnect with backoff to
+    /// the coordinator's next start; version-1 clients, which end their run on any GOODBYE,
+    /// only see their connection close, and reconnect the same way.
     public func stop() {
         guard stopRequested == nil else { return }
         stopRequested = Date()

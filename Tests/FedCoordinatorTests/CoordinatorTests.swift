@@ -44,10 +44,11 @@ struct Deployment {
         try await withTaskCancellationHandler { try await run.value } onCancel: { run.cancel() }
     }
 
-    func client(_ id: String, secret: String, indices: [Int32]) -> ClientDaemon {
+    func client(_ id: String, secret: String, indices: [Int32], protocolVersions: [UInt8] = Array(Frame.supportedVersions)) -> ClientDaemon {
         var c = ClientConfiguration(clientID: id, secret: testSecret(secret), data: DatasetSlice(dataset: Data6k.train, indices: indices))
         c.port = port
         c.reconnect = false
+        c.protocolVersions = protocolVersions
         return ClientDaemon(configuration: c)
     }
 }
