@@ -155,4 +155,31 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
 
     /// True when decoding gives back exactly what was encoded (fp32, dense).
     public var isLossless: Bool { codec == .fp32 && topK == nil }
+
+    /// Values a top-k shard of `n` values keeps: ⌈F·n⌉ (F·n in binary64), at least 1, at most n.
+    public static func keptCount(of n: Int, fraction: Double) -> Int {
+        min(n, max(1, Int((fraction * Double(n)).rounded(.up))))
+    }
+
+    /// Why an encoded shard's header does not follow this spec (Protocol.md §8.3: an UPDATE
+    /// must use its task's codec), or nil when it does: the same value codec; sparse exactly
+    /// when the spec has top-k, with at most ⌈F·n⌉ values; the spec's group size for the
+    /// grouped codecs; the stochastic flag only with `sr`; no zlib with `raw`.
+    public func nonconformance(of header: ShardCodec.Header) -> String? {
+        guard header.codec == codec else { return "encoded with \(header.codec), the task asked for \(self)" }
+        if let topK {
+            guard header.sparse else { return "dense, the task asked for top-k (\(self))" }
+            let allowed = Self.keptCount(of: header.elementCount, fraction: topK)
+            guard header.keptCount <= allowed else { return "keeps \(header.keptCount) values, the task's top-k allows \(allowed)" }
+        } else if header.sparse {
+            return "sparse, the task asked for a dense \(self)"
+        }
+        if codec.bits != nil, header.groupSize != groupSize {
+            return "group size \(header.groupSize), the task asked for \(groupSize)"
+        }
+        if header.stochastic, rounding != .stochastic { return "stochastic rounding, the task did not ask for it (sr)" }
+        if header.zlib, zlibLevel == nil { return "zlib-compressed, the task said raw" }
+        return nil
+    }
 }
+

@@ -43,7 +43,7 @@ public enum ShardCodec {
         var indexEncoding = IndexEncoding.none
         var keptStorage: [Float] = []
         if let fraction = spec.topK, n > 0 {
-            let k = min(n, max(1, Int((fraction * Double(n)).rounded(.up))))
+            let k = CodecSpec.keptCount(of: n, fraction: fraction)
             let indices = topKIndices(values, k: k)
             keptStorage = indices.map { values[Int($0)] }
             let varints = encodeDeltaVarints(indices)

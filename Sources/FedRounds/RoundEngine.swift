@@ -493,7 +493,7 @@ public struct RoundEngine {
     }
 
     /// Checks what the header says: examples, loss, shard indices (in range, not repeated,
-    /// assigned to this client), and that every encoded shard uses the task's codec.
+    /// assigned to this client), and that every encoded shard follows the task's codec spec.
     private func checkHeader(_ update: IncomingUpdate, from id: String) throws {
         guard update.exampleCount > 0 else { throw Refusal(.badUpdate, "update with no examples") }
         guard update.trainingLoss.isFinite else { throw Refusal(.badUpdate, "training loss is \(update.trainingLoss)") }
@@ -516,8 +516,8 @@ public struct RoundEngine {
                 } catch {
                     throw Refusal(.badUpdate, "shard \(index): \(error)")
                 }
-                guard header.codec == settings.uplink.codec else {
-                    throw Refusal(.badUpdate, "shard \(index) is encoded with \(header.codec), the task asked for \(settings.uplink)")
+                if let problem = settings.uplink.nonconformance(of: header) {
+                    throw Refusal(.badUpdate, "shard \(index) is \(problem)")
                 }
             }
         case .decoded(let delta):

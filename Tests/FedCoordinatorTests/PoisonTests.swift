@@ -18,7 +18,7 @@ import Testing
         let shards = try layout.tensors.map { tensor in
             let values = (0..<tensor.count).map { _ in noise ? value * Float(n.nextGaussian()) : value }
             return ShardDelta(index: UInt16(tensor.index), encoded: try values.withUnsafeBufferPointer {
-                try ShardCodec.encode($0, spec: CodecSpec(parsing: "fp32"), generator: &g)
+                try ShardCodec.encode($0, spec: CodecSpec(parsing: "fp32+raw"), generator: &g)
             })
         }
         return Update(round: round, modelVersion: version, exampleCount: 600, trainingLoss: 0.1, shards: shards)

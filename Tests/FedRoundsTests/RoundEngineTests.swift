@@ -133,6 +133,24 @@ struct RoundEngineTests {
         #expect(engine.updateArrived(Self.update(for: task, codec: try CodecSpec(parsing: "q4")), from: id, at: 1) == [.acknowledge(client: id, round: 1)])
     }
 
+    /// An UPDATE must follow its task's spec (Protocol.md §8): value codec, sparse exactly with
+    /// top-k and at most ⌈F·n⌉ values, group size, stochastic flag only with sr, no zlib with raw.
+    @Test(arguments: ["q8+g4+raw", "topk:0.5+q8+raw", "topk:0.5+q8+g4+sr+raw", "topk:0.75+q8+g4+raw", "topk:0.5+fp32+raw", "topk:0.5+q8+g4+z9"])
+    func anUpdateThatDoesNotFollowTheTaskSpecIsRefused(_ other: String) throws {
+        let spec = try CodecSpec(parsing: "topk:0.5+q8+g4+raw")
+        var engine = Self.engine(codec: spec)
+        let (id, task) = Self.tasks(engine.beginRound(at: 0))[0]
+        var update = Self.update(for: task, codec: try CodecSpec(parsing: other))
+        if other.hasSuffix("z9"), case .encoded(var shards) = update.body {
+            // A raw task's shard with the zlib flag set (whatever the body): refused on the header.
+            shards[0][4] |= 1
+            update.body = .encoded(shards)
+        }
+        #expect(Self.refusal(engine.updateArrived(update, from: id, at: 1)) == .badUpdate, "\(other)")
+        // Fewer values than top-k allows is fine.
+        #expect(engine.updateArrived(Self.update(for: task, codec: try CodecSpec(parsing: "topk:0.25+q8+g4+raw")), from: id, at: 1) == [.acknowledge(client: id, round: 1)])
+    }
+
     @Test func malformedAndNonFiniteUpdatesAreRefusedWithoutTakingAPlace() {
         var engine = Self.engine()
         let (id, task) = Self.tasks(engine.beginRound(at: 0))[0]
