@@ -62,6 +62,8 @@ struct FrameVector: Codable {
     var version: Int
     var bytes: String
     var message: String
+    /// The frame payload limit the message was split at, when not the 1 MiB default.
+    var frameLimit: Int?
 }
 
 /// Bytes a receiver must refuse, with the ERROR code it answers.
