@@ -37,6 +37,20 @@ struct ConfigurationTableTests {
         #expect(attack?.description == "s.toml: attack must be one of sign_flip, scale, noise or label_flip, got \"bribe\"")
     }
 
+    /// A top-k or error-feedback downlink would ship a model with most weights zeroed; codec
+    /// specs with conflicting or out-of-range options are refused naming the option.
+    @Test(arguments: [
+        ("downlink = \"topk:0.5+fp16\"", "top-k"), ("downlink = \"q8+ef\"", "error feedback"),
+        ("codec = \"q8+raw+z3\"", "\"z3\""), ("codec = \"fp16+sr\"", "\"sr\""), ("codec = \"q8+g0\"", "\"g0\""),
+    ])
+    func badCodecSpecsAreRefusedByBothTools(line: String, named: String) throws {
+        let url = try coordinatorFile(line)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let error = #expect(throws: ConfigurationError.self) { try CoordinatorConfiguration.load(contentsOf: url) }
+        #expect(error?.description.contains(named) == true, "\(error?.description ?? "")")
+        #expect(throws: (any Error).self) { try SimulationConfiguration.parse(line, source: "s.toml").validate() }
+    }
+
     @Test func choicesAreClosedSets() throws {
         #expect(Transport(configurationName: "TCP") == .tcp)
         #expect(Transport(configurationName: "udp") == nil)
