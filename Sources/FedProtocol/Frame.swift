@@ -72,10 +72,12 @@ public struct FrameDecoder: ByteToMessageDecoder {
     public let maximumPayload: Int
     /// How long a frame may take to arrive once its first byte has (nil = no limit): a peer
     /// dribbling bytes to hold a connection open (slow loris) is cut off when its next byte
-    /// comes in too late. Silence is the idle timeout's business, above the decoder.
+    /// comes in too late, and a peer that stops in the middle of a frame is cut off by a timer
+    /// when the time is up. Silence between frames is the idle timeout's business.
     public let readTimeout: TimeAmount?
     private var state = State.waitingForHeader
     private var frameStartedAt: NIODeadline?
+    private let timer = FrameTimer()
 
     public init(maximumPayload: Int = Frame.defaultMaximumPayload, readTimeout: TimeAmount? = nil) {
         self.maximumPayload = maximumPayload
@@ -86,14 +88,28 @@ public struct FrameDecoder: ByteToMessageDecoder {
         if let readTimeout {
             let now = NIODeadline.now()
             if let started = frameStartedAt, now - started > readTimeout {
-                throw ProtocolError(.timeout, "a frame took longer than \(readTimeout.nanoseconds / 1_000_000_000) s to arrive")
+                throw Self.tooSlow(readTimeout)
             }
-            if frameStartedAt == nil, buffer.readableBytes > 0 { frameStartedAt = now }
+            if frameStartedAt == nil, buffer.readableBytes > 0 {
+                frameStartedAt = now
+                timer.start(readTimeout, context: context)
+            }
         }
         guard let frame = try decodeFrame(&buffer) else { return .needMoreData }
-        frameStartedAt = buffer.readableBytes > 0 && readTimeout != nil ? .now() : nil
+        if let readTimeout {
+            timer.stop()
+            frameStartedAt = nil
+            if buffer.readableBytes > 0 {
+                frameStartedAt = .now()
+                timer.start(readTimeout, context: context)
+            }
+        }
         context.fireChannelRead(wrapInboundOut(frame))
         return .continue
+    }
+
+    static func tooSlow(_ readTimeout: TimeAmount) -> ProtocolError {
+        ProtocolError(.timeout, "a frame took longer than \(readTimeout.nanoseconds / 1_000_000_000) s to arrive")
     }
 
     public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
@@ -141,6 +157,31 @@ public struct FrameDecoder: ByteToMessageDecoder {
             }
             return Frame(version: version, type: type, flags: flags, payload: payload)
         }
+    }
+}
+
+/// The read timeout's timer for the frame in progress: if the frame is not whole when it fires,
+/// the connection gets a timeout error (which closes it after an ERROR). Lives on the
+/// channel's event loop only.
+final class FrameTimer: @unchecked Sendable {
+    private var scheduled: Scheduled<Void>?
+    private var generation = 0
+
+    func start(_ timeout: TimeAmount, context: ChannelHandlerContext) {
+        scheduled?.cancel()
+        generation += 1
+        let expected = generation
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        scheduled = context.eventLoop.scheduleTask(in: timeout) { [self] in
+            guard generation == expected, bound.value.channel.isActive else { return }
+            bound.value.fireErrorCaught(FrameDecoder.tooSlow(timeout))
+        }
+    }
+
+    func stop() {
+        scheduled?.cancel()
+        scheduled = nil
+        generation += 1
     }
 }
 
