@@ -202,13 +202,17 @@ public actor ClientDaemon {
                     } catch {
                         // The coordinator closed the connection while this client trained; it
                         // may have said GOODBYE first (the run finished), which is read here.
-                        while let message = try? await reader.next() {
-                            if case .goodbye(let goodbye) = message { return saidGoodbye(goodbye) }
-                        }
+                        if let goodbye = await Self.goodbye(in: reader) { return saidGoodbye(goodbye) }
                         throw error
                     }
                 case .heartbeat(let timestamp):
-                    try await writer.send(.heartbeat(timestamp: timestamp))
+                    do {
+                        try await writer.send(.heartbeat(timestamp: timestamp))
+                    } catch {
+                        // The echo crossed the coordinator's GOODBYE and close.
+                        if let goodbye = await Self.goodbye(in: reader) { return saidGoodbye(goodbye) }
+                        throw error
+                    }
                 case .acknowledgement:
                     break
                 case .error(let code, let text):
@@ -221,6 +225,14 @@ public actor ClientDaemon {
             }
             return false
         }
+    }
+
+    /// A GOODBYE among the messages that arrived before the connection closed, if any.
+    private static func goodbye(in reader: MessageReader) async -> Goodbye? {
+        while let message = try? await reader.next() {
+            if case .goodbye(let goodbye) = message { return goodbye }
+        }
+        return nil
     }
 
     /// True when the run is over; a coordinator going away (restarting) is reconnected to.

@@ -55,6 +55,7 @@ extension Coordinator {
                     logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(client ?? "-")", "error": "\(failure)"])
                     metrics.refused.increment()
                     try? store?.recordEvent(kind: "refusal", client: client, message: "\(peer): \(failure)")
+                    handshakeWriter.finish()
                     await Self.lingeringClose(connection.channel)
                 }
             }
@@ -64,12 +65,11 @@ extension Coordinator {
         if let registered { await unregister(registered.id, session: registered.session) }
     }
 
-    /// After a final ERROR: half-closes (FIN after the ERROR) and waits, at most 2 s, for the
-    /// peer to close its side. Closing at once with the peer's bytes still unread would make
+    /// After a final ERROR and the writer's half-close (FIN after the ERROR): waits, at most
+    /// 2 s, for the peer to close its side. Closing at once with the peer's bytes still unread would make
     /// the kernel reset the connection, and a reset can discard the ERROR before the peer
     /// reads it.
     private static func lingeringClose(_ channel: any Channel) async {
-        channel.close(mode: .output, promise: nil)
         _ = try? await withDeadline(seconds: 2) { try await channel.closeFuture.get() }
     }
 
@@ -109,10 +109,21 @@ extension Coordinator {
                 }
             }
             defer { tasks.cancelAll() }
-            // The writer ending first (the coordinator closed the connection, or the peer is
-            // gone) ends the reader; the reader ending first lets the writer drain what is
-            // queued, for at most a few seconds (a peer that reads nothing cannot hold us).
-            guard case .reader(let error) = try await tasks.next()! else { return nil }
+            guard case .reader(let error) = try await tasks.next()! else {
+                // The coordinator ended the connection (GOODBYE, a refusal, a newer session):
+                // FIN after what was written, and read on until the peer closes, for at most
+                // 2 s. Closing outright with the peer's bytes (a heartbeat echo) unread would
+                // make the kernel reset the connection, and a reset can discard the GOODBYE.
+                writer.finish()
+                tasks.addTask {
+                    try await Task.sleep(nanoseconds: 2_000_000_000)
+                    return .drainTimeout
+                }
+                _ = try await tasks.next()
+                return nil
+            }
+            // The reader ending first lets the writer drain what is queued (an ERROR last), for
+            // at most a few seconds (a peer that reads nothing cannot hold us).
             tasks.addTask {
                 try await Task.sleep(nanoseconds: 5_000_000_000)
                 return .drainTimeout

@@ -9,7 +9,9 @@ public func makeFramedChannel(
 ) throws -> NIOAsyncChannel<Frame, Frame> {
     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumPayload: maximumFramePayload, readTimeout: readTimeout)))
     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
-    return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
+    // Finishing the writer half-closes the connection after everything written so far: the
+    // way to say a last GOODBYE or ERROR and let the peer read it before the close.
+    return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
 }
 
 /// Reads whole messages from a framed connection. It may be handed from task to task (for
@@ -58,6 +60,12 @@ public struct MessageWriter: Sendable {
 
     public func send(_ message: Message) async throws {
         try await outbound.write(contentsOf: framer.frames(for: message))
+    }
+
+    /// Ends the outbound half: what was sent is written, then the connection is half-closed
+    /// (TCP FIN) while the peer can still send.
+    public func finish() {
+        outbound.finish()
     }
 }
 
