@@ -278,7 +278,15 @@ public actor Coordinator {
     // MARK: Rounds
 
     private func runRounds(progress: @Sendable (CoordinatorRound) -> Void) async throws {
+        // Pause before drawing an abandoned or rejected round again: 0.1 s, doubling to 5 s,
+        // back to none after a round completes. Without it, a round whose selected clients all
+        // answer but below quorum (refused updates) was retried hundreds of times a second.
+        var retryPause = 0.0
         while !engine.isFinished, stopRequested == nil {
+            if retryPause > 0 {
+                try await waitUntil(now() + retryPause) { stopRequested != nil }
+                if stopRequested != nil { break }
+            }
             if !engine.canBeginRound {
                 logger.debug("waiting for clients", metadata: ["connected": "\(engine.clientCount)", "needed": "\(configuration.minimumClients)"])
             }
@@ -306,12 +314,15 @@ public actor Coordinator {
             for id in connections.keys { connections[id]?.lastHeard = Date() } // a fresh idle window after training
             switch try engine.closeRound(at: now()) {
             case .abandoned(let round, let updates, let quorum):
-                logger.warning("round abandoned below quorum", metadata: ["round": "\(round)", "updates": "\(updates)", "quorum": "\(quorum)"])
+                retryPause = min(5, max(0.1, retryPause * 2))
+                logger.warning("round abandoned below quorum", metadata: ["round": "\(round)", "updates": "\(updates)", "quorum": "\(quorum)", "retry in": "\(retryPause) s"])
                 try? store?.recordEvent(kind: "abandoned", message: "round \(round): \(updates) updates, quorum \(quorum); retrying")
             case .rejected(let round, let reason):
+                retryPause = min(5, max(0.1, retryPause * 2))
                 logger.error("round rejected, previous model kept", metadata: ["round": "\(round)", "reason": "\(reason)"])
                 try? store?.recordEvent(kind: "rejected", message: "round \(round): \(reason); the previous model is kept and the round drawn again")
             case .completed(var record):
+                retryPause = 0
                 record.seconds = Date().timeIntervalSince(start)
                 try commit(record, startedAt: start)
                 progress(record)

@@ -11,14 +11,14 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(3))) struct PoisonTests {
     /// An update of `value` everywhere (a huge, finite delta), or with `noise`, Gaussian noise of
     /// that standard deviation.
-    func constantUpdate(_ value: Float, noise: Bool = false, round: UInt32, version: UInt32) throws -> Update {
+    func constantUpdate(_ value: Float, noise: Bool = false, round: UInt32, version: UInt32, spec: String = "fp32+raw") throws -> Update {
         let layout = try Network(.mnist2NN).layout
         var g = SeededGenerator(seed: 1)
         var n = SeededGenerator(seed: UInt64(round))
         let shards = try layout.tensors.map { tensor in
             let values = (0..<tensor.count).map { _ in noise ? value * Float(n.nextGaussian()) : value }
             return ShardDelta(index: UInt16(tensor.index), encoded: try values.withUnsafeBufferPointer {
-                try ShardCodec.encode($0, spec: CodecSpec(parsing: "fp32+raw"), generator: &g)
+                try ShardCodec.encode($0, spec: CodecSpec(parsing: spec), generator: &g)
             })
         }
         return Update(round: round, modelVersion: version, exampleCount: 600, trainingLoss: 0.1, shards: shards)
@@ -159,5 +159,36 @@ import Testing
         attack.cancel()
         for task in tasks { await task.value }
         #expect(rounds[0].testAccuracy! < 0.5, "accuracy \(rounds[0].testAccuracy!)")
+    }
+
+    /// A round that closes early below quorum (here a client that drops its connection on
+    /// every task and reconnects at once, with a quorum that needs it) is drawn again after a
+    /// pause that doubles (0.1 s to 5 s), not as fast as the client can reconnect.
+    @Test func aRoundAbandonedBelowQuorumIsRetriedAfterAPause() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedretry-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var config = configuration(clients: 2, perRound: 2, rounds: 1)
+        config.minimumUpdates = 2
+        config.databasePath = directory.appendingPathComponent("run.sqlite").path
+        let deployment = try await Deployment.start(config)
+        let honest = Task { await deployment.client("device-0", secret: "secret-0", indices: Array(0..<100)).run() }
+        let dropper = Task {
+            while !Task.isCancelled {
+                let peer = try await FramedPeer.connect(port: deployment.port)
+                guard case .welcome? = try await peer.authenticate(id: "device-1", secret: "secret-1") else { return }
+                while let message = try await peer.reader.next() {
+                    if case .trainingTask = message { break } // leaves: the round loses it at once
+                }
+            }
+        }
+        try await Task.sleep(nanoseconds: 2_000_000_000)
+        dropper.cancel()
+        await deployment.coordinator.stop()
+        _ = try? await deployment.rounds()
+        await honest.value
+        let attempts = try RunStore(path: config.databasePath!).events(kind: "abandoned").count
+        // 0.1 + 0.2 + 0.4 + 0.8 s of pauses fit in 2 s: about 5 attempts, not dozens.
+        #expect((2...7).contains(attempts), "\(attempts) attempts in 2 s")
     }
 }
