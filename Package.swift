@@ -56,6 +56,11 @@ let package = Package(
             providers: [.apt(["zlib1g-dev"]), .brew(["zlib"])]
         ),
         .target(
+            name: "CChecksum",
+            dependencies: ["CZlib"],
+            cSettings: [.unsafeFlags(["-march=native", "-O3"])]
+        ),
+        .target(
             name: "FedModel",
             dependencies: [
                 "CZlib",
@@ -66,13 +71,13 @@ let package = Package(
         ),
         .target(
             name: "FedCodec",
-            dependencies: ["CZlib"],
+            dependencies: ["CZlib", "CChecksum"],
             swiftSettings: numericSettings
         ),
         .target(
             name: "FedProtocol",
             dependencies: [
-                "CZlib",
+                "CZlib", "CChecksum",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -184,7 +189,7 @@ let package = Package(
         .testTarget(
             name: "FedCodecTests",
             dependencies: [
-                "FedCodec",
+                "FedCodec", "CChecksum", "CZlib",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings

@@ -1,3 +1,4 @@
+import CChecksum
 import CZlib
 
 /// zlib (RFC 1950) compression of a whole buffer.
@@ -63,7 +64,18 @@ func zlibDecompress(_ input: UnsafeRawBufferPointer, expectedLength: Int) throws
 
 /// CRC-32 (the zlib/PNG polynomial) of a buffer.
 func crc32Checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
-    UInt32(crc32(0, bytes.bindMemory(to: UInt8.self).baseAddress, uInt(bytes.count)))
+    fed_crc32(0, bytes.bindMemory(to: UInt8.self).baseAddress, bytes.count)
+}
+
+/// CRC-32 as the wire uses it (frames and shard bodies), and zlib's own for comparison.
+public enum Checksum {
+    /// Folded with carry-less multiplication where the CPU has it (Sources/CChecksum).
+    public static func crc32(_ bytes: UnsafeRawBufferPointer) -> UInt32 { crc32Checksum(bytes) }
+
+    /// zlib's `crc32`, the reference the folded one is tested and benchmarked against.
+    public static func zlibCRC32(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        UInt32(CZlib.crc32(0, bytes.bindMemory(to: UInt8.self).baseAddress, uInt(bytes.count)))
+    }
 }
 
 /// Plain zlib over a byte buffer, for callers outside the shard format (benchmarks, files).

@@ -1,4 +1,4 @@
-import CZlib
+import CChecksum
 import NIOCore
 
 /// One frame on the wire (little-endian):
@@ -54,7 +54,7 @@ public struct Frame: Equatable, Sendable {
 /// CRC-32 (zlib polynomial) of a buffer's readable bytes.
 func crc32Of(_ buffer: ByteBuffer) -> UInt32 {
     buffer.withUnsafeReadableBytes { bytes in
-        UInt32(crc32(0, bytes.bindMemory(to: UInt8.self).baseAddress, uInt(bytes.count)))
+        fed_crc32(0, bytes.bindMemory(to: UInt8.self).baseAddress, bytes.count)
     }
 }
 

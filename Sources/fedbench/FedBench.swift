@@ -106,6 +106,12 @@ struct FedBench: ParsableCommand {
             var copy = [UInt8](repeating: 0, count: raw.count)
             let memcpyTime = time { copy.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: raw.withUnsafeBytes { $0.baseAddress }, count: raw.count)) } }
             print(String(format: "%-5@ %-15@ %10d %8.1fx %12.0f %12.0f", name, "memcpy", raw.count, 1.0, megabytes / memcpyTime, megabytes / memcpyTime))
+            var crcs: (UInt32, UInt32) = (0, 0)
+            let zlibCRC = time { crcs.0 = raw.withUnsafeBytes { Checksum.zlibCRC32($0) } }
+            let foldedCRC = time { crcs.1 = raw.withUnsafeBytes { Checksum.crc32($0) } }
+            precondition(crcs.0 == crcs.1, "the folded CRC-32 disagrees with zlib's")
+            print(String(format: "%-5@ %-15@ %10d %8.1fx %12.0f %12@", name, "crc32 zlib", raw.count, 1.0, megabytes / zlibCRC, "-"))
+            print(String(format: "%-5@ %-15@ %10d %8.1fx %12.0f %12@   %.1fx zlib's", name, "crc32 folded", raw.count, 1.0, megabytes / foldedCRC, "-", zlibCRC / foldedCRC))
             var compressed: [UInt8] = []
             let zlibEncode = time { compressed = Zlib.compress(raw) }
             let zlibDecode = try time { _ = try Zlib.decompress(compressed, expectedLength: raw.count) }
