@@ -30,50 +30,52 @@ extension ShardCodec {
     public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>) throws {
         let header = try parseHeader(bytes, expectedCount: output.count)
         let stored = UnsafeRawBufferPointer(rebasing: bytes[headerSize...])
-        let inflated: [UInt8]
         if header.zlib {
-            inflated = try zlibDecompress(stored, expectedLength: header.bodyLength)
+            let inflated = try zlibDecompress(stored, expectedLength: header.bodyLength)
+            try inflated.withUnsafeBytes { try decodeBody($0, header: header, into: output) }
         } else {
-            inflated = Array(stored)
+            // Decoded in place: an uncompressed body is not copied first.
+            try decodeBody(stored, header: header, into: output)
         }
-        try inflated.withUnsafeBytes { body in
-            guard crc32Checksum(body) == header.checksum else {
-                throw CodecError(.badChecksum, "body checksum 0x\(String(crc32Checksum(body), radix: 16)) does not match the header's 0x\(String(header.checksum, radix: 16))")
+    }
+
+    private static func decodeBody(_ body: UnsafeRawBufferPointer, header: Header, into output: UnsafeMutableBufferPointer<Float>) throws {
+        guard crc32Checksum(body) == header.checksum else {
+            throw CodecError(.badChecksum, "body checksum 0x\(String(crc32Checksum(body), radix: 16)) does not match the header's 0x\(String(header.checksum, radix: 16))")
+        }
+        var cursor = 0
+        var indices: [UInt32] = []
+        switch header.indexEncoding {
+        case .none: break
+        case .varint: indices = try readDeltaVarints(body, count: header.keptCount, limit: header.elementCount, cursor: &cursor)
+        case .bitmap: indices = try readBitmap(body, kept: header.keptCount, count: header.elementCount, cursor: &cursor)
+        }
+        if header.sparse {
+            // One encoding per shard: varints when they are no longer than the bitmap.
+            let varintLength = header.indexEncoding == .varint ? cursor : deltaVarintLength(indices)
+            let bitmapLength = (header.elementCount + 7) / 8
+            guard (header.indexEncoding == .varint) == (varintLength <= bitmapLength) else {
+                throw CodecError(.badIndex, header.indexEncoding == .varint
+                    ? "\(varintLength) bytes of index varints where the bitmap takes \(bitmapLength)"
+                    : "a bitmap of \(bitmapLength) bytes where index varints take \(varintLength)")
             }
-            var cursor = 0
-            var indices: [UInt32] = []
-            switch header.indexEncoding {
-            case .none: break
-            case .varint: indices = try readDeltaVarints(body, count: header.keptCount, limit: header.elementCount, cursor: &cursor)
-            case .bitmap: indices = try readBitmap(body, kept: header.keptCount, count: header.elementCount, cursor: &cursor)
-            }
-            if header.sparse {
-                // One encoding per shard: varints when they are no longer than the bitmap.
-                let varintLength = header.indexEncoding == .varint ? cursor : deltaVarintLength(indices)
-                let bitmapLength = (header.elementCount + 7) / 8
-                guard (header.indexEncoding == .varint) == (varintLength <= bitmapLength) else {
-                    throw CodecError(.badIndex, header.indexEncoding == .varint
-                        ? "\(varintLength) bytes of index varints where the bitmap takes \(bitmapLength)"
-                        : "a bitmap of \(bitmapLength) bytes where index varints take \(varintLength)")
-                }
-            }
-            let valueBytes = valueSectionLength(codec: header.codec, kept: header.keptCount, groupSize: header.groupSize)
-            let remaining = body.count - cursor
-            guard remaining >= valueBytes else {
-                throw CodecError(.truncated, "value section has \(remaining) bytes, \(valueBytes) expected")
-            }
-            guard remaining == valueBytes else {
-                throw CodecError(.trailingBytes, "\(remaining - valueBytes) bytes after the value section")
-            }
-            let values = UnsafeRawBufferPointer(rebasing: body[cursor...])
-            if header.sparse {
-                var kept = [Float](repeating: 0, count: header.keptCount)
-                try kept.withUnsafeMutableBufferPointer { try readValues(values, header: header, into: $0) }
-                output.update(repeating: 0)
-                for (value, index) in zip(kept, indices) { output[Int(index)] = value }
-            } else {
-                try readValues(values, header: header, into: output)
-            }
+        }
+        let valueBytes = valueSectionLength(codec: header.codec, kept: header.keptCount, groupSize: header.groupSize)
+        let remaining = body.count - cursor
+        guard remaining >= valueBytes else {
+            throw CodecError(.truncated, "value section has \(remaining) bytes, \(valueBytes) expected")
+        }
+        guard remaining == valueBytes else {
+            throw CodecError(.trailingBytes, "\(remaining - valueBytes) bytes after the value section")
+        }
+        let values = UnsafeRawBufferPointer(rebasing: body[cursor...])
+        if header.sparse {
+            var kept = [Float](repeating: 0, count: header.keptCount)
+            try kept.withUnsafeMutableBufferPointer { try readValues(values, header: header, into: $0) }
+            output.update(repeating: 0)
+            for (value, index) in zip(kept, indices) { output[Int(index)] = value }
+        } else {
+            try readValues(values, header: header, into: output)
         }
     }
 

@@ -39,7 +39,9 @@ public enum ShardCodec {
         for i in 0..<n where !values[i].isFinite {
             throw CodecError(.nonFinite, "value \(i) of the shard is \(values[i])")
         }
-        var body: [UInt8] = []
+        // The header is written last, over 32 placeholder bytes: the body goes straight into
+        // the output, with no copy.
+        var out = [UInt8](repeating: 0, count: headerSize)
         var indexEncoding = IndexEncoding.none
         var keptStorage: [Float] = []
         if let fraction = spec.topK, n > 0 {
@@ -50,39 +52,38 @@ public enum ShardCodec {
             let bitmapLength = (n + 7) / 8
             if varints.count <= bitmapLength {
                 indexEncoding = .varint
-                body = varints
+                out += varints
             } else {
                 indexEncoding = .bitmap
-                body = encodeBitmap(indices, count: n)
+                out += encodeBitmap(indices, count: n)
             }
         }
         let k = indexEncoding == .none ? n : keptStorage.count
         try keptStorage.withUnsafeBufferPointer { sparseValues in
             let source = indexEncoding == .none ? values : sparseValues
-            try appendValues(source, codec: spec.codec, groupSize: spec.groupSize, rounding: spec.rounding, to: &body, generator: &generator)
+            try appendValues(source, codec: spec.codec, groupSize: spec.groupSize, rounding: spec.rounding, to: &out, generator: &generator)
         }
-        let checksum = body.withUnsafeBytes { crc32Checksum($0) }
-        var stored = body
+        let bodyLength = out.count - headerSize
+        let checksum = out.withUnsafeBytes { crc32Checksum(UnsafeRawBufferPointer(rebasing: $0[headerSize...])) }
         var flags: UInt8 = 0
         if let level = spec.zlibLevel {
-            let compressed = zlibCompress(body, level: level)
-            if compressed.count < body.count {
-                stored = compressed
+            let compressed = zlibCompress(Array(out[headerSize...]), level: level)
+            if compressed.count < bodyLength {
+                out.removeSubrange(headerSize...)
+                out += compressed
                 flags |= flagZlib
             }
         }
         if indexEncoding != .none { flags |= flagSparse }
         if spec.rounding == .stochastic && spec.codec.bits != nil { flags |= flagStochastic }
-        var out: [UInt8] = []
-        out.reserveCapacity(headerSize + stored.count)
-        out += [0x46, 0x43, formatVersion, spec.codec.rawValue, flags, indexEncoding.rawValue, 0, 0]
-        out.appendUInt32(UInt32(spec.groupSize))
-        out.appendUInt32(UInt32(n))
-        out.appendUInt32(UInt32(k))
-        out.appendUInt32(UInt32(body.count))
-        out.appendUInt32(UInt32(stored.count))
-        out.appendUInt32(checksum)
-        out += stored
+        let header: [UInt8] = [0x46, 0x43, formatVersion, spec.codec.rawValue, flags, indexEncoding.rawValue, 0, 0]
+        out.replaceSubrange(0..<8, with: header)
+        out.setUInt32(UInt32(spec.groupSize), at: 8)
+        out.setUInt32(UInt32(n), at: 12)
+        out.setUInt32(UInt32(k), at: 16)
+        out.setUInt32(UInt32(bodyLength), at: 20)
+        out.setUInt32(UInt32(out.count - headerSize), at: 24)
+        out.setUInt32(checksum, at: 28)
         return out
     }
 
@@ -246,6 +247,10 @@ public enum ShardCodec {
 }
 
 extension Array where Element == UInt8 {
+    mutating func setUInt32(_ value: UInt32, at offset: Int) {
+        for i in 0..<4 { self[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
+    }
+
     mutating func appendUInt32(_ value: UInt32) {
         append(UInt8(value & 0xFF))
         append(UInt8(value >> 8 & 0xFF))
