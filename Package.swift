@@ -211,7 +211,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            exclude: ["vectors.json", "decode_shard.py"],
+            exclude: ["vectors.json", "decode_shard.py", "read_frames.py"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

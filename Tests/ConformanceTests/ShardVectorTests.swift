@@ -3,7 +3,8 @@ import Testing
 @testable import FedCodec
 
 /// Checks this project's encoder and decoder against `vectors.json`, and the independent
-/// Python decoder (`decode_shard.py`, written from Protocol.md alone) against the same file.
+/// Python readers (`decode_shard.py` for shards, `read_frames.py` for frames and messages,
+/// written from Protocol.md alone) against the same file.
 ///
 /// To regenerate the file after a deliberate format change:
 /// `FEDL_WRITE_VECTORS=1 swift test --filter ConformanceTests.VectorFileTests`
@@ -77,18 +78,19 @@ import Testing
         #expect(vectors.shards.contains { $0.spec.contains("+sr") })
     }
 
-    @Test func theIndependentPythonDecoderAgrees() throws {
-        let script = Vectors.url.deletingLastPathComponent().appendingPathComponent("decode_shard.py")
+    @Test(arguments: [("decode_shard.py", "all vectors agree"), ("read_frames.py", "all frame vectors agree")])
+    func theIndependentPythonReadersAgree(script: String, verdict: String) throws {
+        let url = Vectors.url.deletingLastPathComponent().appendingPathComponent(script)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script.path, Vectors.url.path]
+        process.arguments = ["python3", url.path, Vectors.url.path]
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
         try process.run()
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "decode_shard.py (needs python3 and python3-numpy): \(text)")
-        #expect(text.contains("all vectors agree"), "\(text)")
+        #expect(process.terminationStatus == 0, "\(script) (needs python3 and python3-numpy): \(text)")
+        #expect(text.contains(verdict), "\(text)")
     }
 }
