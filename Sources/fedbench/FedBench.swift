@@ -22,6 +22,7 @@ struct FedBench: ParsableCommand {
     @Option(help: "Cores to use for the multi-core figures (0 = all).") var threads = 0
     @Flag(help: "Instead, time the matrix products of one CNN and 2NN training step (GFLOP/s, one core).") var kernels = false
     @Flag(help: "Instead, time encoding and decoding of real 2NN and CNN deltas per codec (MB/s of float32, one core).") var codecs = false
+    @Flag(help: "Instead, profile one epoch of training by stage (each layer's forward and backward pass, the loss, the SGD steps), one client on one core, with GFLOP/s against the matrix kernel's peak measured in the same run.") var profile = false
 
     @Option(help: "Instead, fuzz the frame decoder and every codec's decoder with this many seeded random and mutated inputs (e.g. 1000000).") var fuzz: Int?
     @Option(name: .customLong("fuzz-seed"), help: "Seed of the fuzzer's inputs.") var fuzzSeed: UInt64 = 1
@@ -62,6 +63,10 @@ struct FedBench: ParsableCommand {
         }
         if codecs {
             try measureCodecs(train)
+            return
+        }
+        if profile {
+            try profileStages(models, train)
             return
         }
         let cores = threads > 0 ? threads : availableCores
@@ -130,6 +135,70 @@ struct FedBench: ParsableCommand {
     }
 
     /// GFLOP/s of each product a training step at batch 10 performs.
+    /// One epoch of 600 examples (batch 10) per model, timed by stage; the roofline is a
+    /// 512×512×512 product on one core, measured first.
+    func profileStages(_ models: [(String, ModelSpec)], _ train: Dataset) throws {
+        var generator = SeededGenerator(seed: 1)
+        let n = 512
+        let a = (0..<(n * n)).map { _ in generator.nextUniform(-1, 1) }
+        var c = [Float](repeating: 0, count: n * n)
+        var best = Double.infinity
+        a.withUnsafeBufferPointer { pa in c.withUnsafeMutableBufferPointer { pc in
+            for _ in 0..<8 {
+                let start = DispatchTime.now().uptimeNanoseconds
+                gemm(rows: n, columns: n, depth: n, a: pa.baseAddress!, rowStride: n, depthStride: 1, b: pa.baseAddress!, ldb: n, c: pc.baseAddress!, ldc: n, accumulate: false)
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            }
+        }}
+        let peak = 2 * Double(n * n * n) / best / 1e9
+        print(String(format: "roofline: the matrix kernel does %.1f GFLOP/s on one core (512x512x512, best of 8)", peak))
+        let slice = DatasetSlice(dataset: train, indices: Array(0..<600))
+        for (name, spec) in models {
+            let network = try Network(spec)
+            let trainer = LocalTrainer(network: network, batchCapacity: 10)
+            var parameters = network.initialParameters(seed: 1)
+            var draws = SeededGenerator(seed: 2)
+            let sgd = SGD(learningRate: 0.01)
+            _ = trainer.train(parameters: &parameters, anchor: nil, data: slice, epochs: 1, batchSize: 10, sgd: sgd, generator: &draws)
+            let stages = StageProfile(layers: network.layers.count)
+            trainer.workspace.profile = stages
+            let start = DispatchTime.now().uptimeNanoseconds
+            _ = trainer.train(parameters: &parameters, anchor: nil, data: slice, epochs: 1, batchSize: 10, sgd: sgd, generator: &draws)
+            let total = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            trainer.workspace.profile = nil
+            let batch = 10.0, batches = Double(stages.batches)
+            print(String(format: "\n%@: one epoch of %d examples, batch 10, one core: %.1f ms (%.0f examples/s)", name, stages.examples, total * 1e3, Double(stages.examples) / total))
+            print("stage                               ms   share   GFLOP/s  of peak    GB/s")
+            func row(_ label: String, _ nanoseconds: UInt64, flops: Double = 0, bytes: Double = 0) {
+                let seconds = Double(nanoseconds) / 1e9
+                let rate = flops > 0 ? String(format: "%9.1f  %6.0f%%", flops / seconds / 1e9, flops / seconds / 1e9 / peak * 100) : "        -        -"
+                let bandwidth = bytes > 0 ? String(format: "%7.1f", bytes / seconds / 1e9) : "      -"
+                print(label.padding(toLength: 30, withPad: " ", startingAt: 0) + String(format: " %7.1f  %5.1f%%", seconds * 1e3, seconds / total * 100) + " " + rate + " " + bandwidth)
+            }
+            var accounted: UInt64 = 0
+            for (i, layer) in network.layers.enumerated() {
+                let inCount = Double(layer.inputShape.count), outCount = Double(layer.outputShape.count)
+                var forwardFlops = 0.0
+                if let conv = layer as? Conv2D {
+                    forwardFlops = 2 * outCount * Double(conv.kernelSize * conv.kernelSize * conv.inputShape.channels)
+                } else if let dense = layer as? Dense {
+                    forwardFlops = 2 * Double(dense.inputCount * dense.outputCount)
+                }
+                let backwardFlops = forwardFlops * (i == 0 ? 1 : 2)
+                let memoryBytes = forwardFlops == 0 ? (inCount + outCount) * 4 * batch * batches : 0
+                let label = "\(i) \(layer.description)"
+                row(label + " fwd", stages.forward[i], flops: forwardFlops * batch * batches, bytes: memoryBytes)
+                row(label + " bwd", stages.backward[i], flops: backwardFlops * batch * batches, bytes: memoryBytes)
+                let trainable = Double(layer.parameterShapes.reduce(0) { $0 + $1.shape.reduce(1, *) })
+                if trainable > 0 { row(label + " SGD", stages.update[i], bytes: trainable * 12 * batches) }
+                accounted += stages.forward[i] + stages.backward[i] + stages.update[i]
+            }
+            row("softmax cross-entropy", stages.loss[0])
+            accounted += stages.loss[0]
+            row("rest (batching, shuffle)", UInt64(max(0, total * 1e9 - Double(accounted))))
+        }
+    }
+
     func measureKernels() {
         // (label, rows, columns, depth, rowStride, depthStride) for gemm; NT marked by depthStride 0.
         let shapes: [(String, Int, Int, Int, Int, Int)] = [

@@ -1,3 +1,5 @@
+import Dispatch
+
 /// The buffers one thread needs to run forward and backward passes of a ``Network`` on
 /// batches of up to ``capacity`` examples: activations of every layer, two gradient buffers
 /// used in turn, per-layer scratch, labels and the parameter gradient. One allocation,
@@ -18,6 +20,9 @@ public final class Workspace {
     public let labels: UnsafeMutablePointer<UInt8>
     /// ∂(mean loss)/∂parameters after ``lossAndGradient(parameters:batch:)``, laid out like the parameters.
     public let parameterGradient: UnsafeMutablePointer<Float>
+    /// When set, every layer's forward and backward pass, the loss, and the optimiser steps
+    /// run between layers are timed into it (`fedbench --profile`). Nil costs one branch per layer.
+    public var profile: StageProfile?
 
     public init(network: Network, capacity: Int, threads: Int = 1) {
         precondition(capacity > 0, "workspace capacity must be positive")
@@ -70,7 +75,13 @@ public final class Workspace {
     public func forward(parameters: UnsafePointer<Float>, batch: Int) -> UnsafePointer<Float> {
         precondition(batch > 0 && batch <= capacity, "batch \(batch) outside 1...\(capacity)")
         for (i, layer) in network.layers.enumerated() {
-            layer.forward(buffers(layer: i, parameters: parameters, batch: batch))
+            if let profile {
+                let start = DispatchTime.now().uptimeNanoseconds
+                layer.forward(buffers(layer: i, parameters: parameters, batch: batch))
+                profile.forward[i] += DispatchTime.now().uptimeNanoseconds - start
+            } else {
+                layer.forward(buffers(layer: i, parameters: parameters, batch: batch))
+            }
         }
         return UnsafePointer(activations[network.layers.count])
     }
@@ -99,8 +110,17 @@ public final class Workspace {
         let logits = forward(parameters: parameters, batch: batch)
         var upstream = gradientA
         var downstream = gradientB
+        var clock = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
+        /// Adds the time since the last call to `stage` (when profiling).
+        func lap(_ stage: ReferenceWritableKeyPath<StageProfile, [UInt64]>, _ i: Int) {
+            guard let profile else { return }
+            let now = DispatchTime.now().uptimeNanoseconds
+            profile[keyPath: stage][i] += now - clock
+            clock = now
+        }
         let result = SoftmaxCrossEntropy.evaluate(
             logits: logits, labels: labels, batch: batch, classes: network.classes, gradient: upstream)
+        lap(\.loss, 0)
         for i in network.layers.indices.reversed() {
             let layer = network.layers[i]
             let offset = network.parameterOffsets[i]
@@ -109,9 +129,13 @@ public final class Workspace {
                 outputGradient: UnsafePointer(upstream),
                 inputGradient: i == 0 ? nil : downstream,
                 parameterGradient: parameterGradient + offset))
+            lap(\.backward, i)
             afterLayer(i)
+            lap(\.update, i)
             swap(&upstream, &downstream)
         }
+        profile?.batches += 1
+        profile?.examples += batch
         return result
     }
 
@@ -119,5 +143,23 @@ public final class Workspace {
     public func parameterRange(ofLayer i: Int) -> Range<Int> {
         let start = network.parameterOffsets[i]
         return start..<(start + network.layers[i].parameterCount)
+    }
+}
+
+/// Nanoseconds spent per stage of training, summed over batches (see ``Workspace/profile``).
+public final class StageProfile {
+    public var forward: [UInt64]
+    public var backward: [UInt64]
+    /// The optimiser's steps run right after each layer's backward pass.
+    public var update: [UInt64]
+    /// Softmax cross-entropy and its gradient (one entry).
+    public var loss: [UInt64] = [0]
+    public var batches = 0
+    public var examples = 0
+
+    public init(layers: Int) {
+        forward = Array(repeating: 0, count: layers)
+        backward = Array(repeating: 0, count: layers)
+        update = Array(repeating: 0, count: layers)
     }
 }
