@@ -67,6 +67,7 @@ private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
         let isMetrics = text.hasPrefix("GET /metrics ") || text.hasPrefix("GET /metrics\r") || text.hasPrefix("GET /metrics?")
         let body = isMetrics ? metrics.registry.emitToString() : "not found\n"
         let head = "HTTP/1.1 \(isMetrics ? "200 OK" : "404 Not Found")\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: head + body))).whenComplete { _ in context.close(promise: nil) }
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: head + body))).whenComplete { _ in bound.value.close(promise: nil) }
     }
 }
