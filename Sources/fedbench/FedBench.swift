@@ -22,7 +22,7 @@ struct FedBench: ParsableCommand {
     @Option(help: "Cores to use for the multi-core figures (0 = all).") var threads = 0
     @Flag(help: "Instead, time the matrix products of one CNN and 2NN training step (GFLOP/s, one core).") var kernels = false
     @Flag(help: "Instead, time encoding and decoding of real 2NN and CNN deltas per codec (MB/s of float32, one core).") var codecs = false
-    @Flag(help: "Instead, profile one epoch of training by stage (each layer's forward and backward pass, the loss, the SGD steps), one client on one core, with GFLOP/s against the matrix kernel's peak measured in the same run.") var profile = false
+    @Flag(help: "Instead, profile one epoch of training by stage (each layer's forward and backward pass, the loss, the SGD steps), one client on one core (or on --threads cores), with GFLOP/s against the matrix kernel's one-core peak measured in the same run.") var profile = false
 
     @Option(help: "Instead, fuzz the frame decoder and every codec's decoder with this many seeded random and mutated inputs (e.g. 1000000).") var fuzz: Int?
     @Option(name: .customLong("fuzz-seed"), help: "Seed of the fuzzer's inputs.") var fuzzSeed: UInt64 = 1
@@ -155,7 +155,8 @@ struct FedBench: ParsableCommand {
         let slice = DatasetSlice(dataset: train, indices: Array(0..<600))
         for (name, spec) in models {
             let network = try Network(spec)
-            let trainer = LocalTrainer(network: network, batchCapacity: 10)
+            let cores = max(1, threads)
+            let trainer = LocalTrainer(network: network, batchCapacity: 10, threads: cores)
             var parameters = network.initialParameters(seed: 1)
             var draws = SeededGenerator(seed: 2)
             let sgd = SGD(learningRate: 0.01)
@@ -167,7 +168,7 @@ struct FedBench: ParsableCommand {
             let total = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             trainer.workspace.profile = nil
             let batch = 10.0, batches = Double(stages.batches)
-            print(String(format: "\n%@: one epoch of %d examples, batch 10, one core: %.1f ms (%.0f examples/s)", name, stages.examples, total * 1e3, Double(stages.examples) / total))
+            print(String(format: "\n%@: one epoch of %d examples, batch 10, %@: %.1f ms (%.0f examples/s)", name, stages.examples, cores == 1 ? "one core" : "\(cores) cores", total * 1e3, Double(stages.examples) / total))
             print("stage                               ms   share   GFLOP/s  of peak    GB/s")
             func row(_ label: String, _ nanoseconds: UInt64, flops: Double = 0, bytes: Double = 0) {
                 let seconds = Double(nanoseconds) / 1e9

@@ -38,6 +38,32 @@ import Testing
         }
     }
 
+    /// The streaming product for small batches against large weights must give the panel
+    /// kernels' values exactly (the same fused multiply-adds in the same order), so a model
+    /// trains to the same bits whichever product a layer picks.
+    @Test(arguments: [(1, 32, 1), (3, 64, 7), (10, 96, 8), (10, 512, 3136), (16, 32, 9), (7, 160, 100)])
+    func streamingProductEqualsPanelProductBitForBit(shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
+        var g = SeededGenerator(seed: UInt64(m * 7 + n * 3 + k))
+        let a = random(m * k, &g), b = random(k * n, &g), c0 = random(m * n, &g)
+        var panels = c0, streamed = c0
+        a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
+            panels.withUnsafeMutableBufferPointer { pc in
+                gemm(rows: m, columns: n, depth: k, a: pa.baseAddress!, rowStride: k, depthStride: 1,
+                     b: pb.baseAddress!, ldb: n, c: pc.baseAddress!, ldc: n, accumulate: true)
+            }
+            streamed.withUnsafeMutableBufferPointer { pc in
+                withUnsafeTemporaryAllocation(byteCount: m * n * 4, alignment: 64) { scratch in
+                    gemmStreamingB(rows: m, columns: n, depth: k, a: pa.baseAddress!, lda: k, b: pb.baseAddress!, ldb: n,
+                                   c: pc.baseAddress!, ldc: n, scratch: scratch.baseAddress!.assumingMemoryBound(to: Float.self))
+                }
+            }
+        }}
+        #expect(panels.map(\.bitPattern) == streamed.map(\.bitPattern), "\(m)x\(n)x\(k)")
+        let expected = reference(m, n, k, a, si: k, sr: 1, b, c0, accumulate: true)
+        #expect((zip(streamed, expected).map { abs($0 - $1) }.max() ?? 0) < 1e-2)
+    }
+
     @Test(arguments: [(5, 7, 3), (784, 200, 10), (26, 33, 17)])
     func transposedAMatchesNaive(shape: (Int, Int, Int)) {
         // C (m×n) = Aᵀ·B with A stored k×m.

@@ -36,6 +36,60 @@ import Testing
         #expect(run(seed: 1, threads: 1) != run(seed: 2, threads: 1))
     }
 
+    /// Dense layers apply the optimiser inside their backward pass, block by block, and a
+    /// large weight's forward product streams it (``Layer/fusesUpdate``). Training must give
+    /// the same bits as the plain sequence (whole gradient from ``Workspace/lossAndGradient``,
+    /// then one SGD step per tensor), on one core and on two, with momentum, weight decay,
+    /// FedProx and frozen tensors.
+    @Test func fusedStepsEqualGradientThenStep() throws {
+        // 1100·1024 weights: above the streaming threshold; 1100 rows: a partial last block.
+        let network = try Network(ModelSpec(input: .vector(1100), classes: 10, layers: [.dense(outputs: 1024), .relu, .dense(outputs: 10)]))
+        #expect(network.layers[0].fusesUpdate)
+        var generator = SeededGenerator(seed: 5)
+        let features = (0..<(36 * 1100)).map { _ in generator.nextUniform(0, 1) }
+        let data = try Dataset(name: "wide", sampleShape: .vector(1100), classes: 10, features: features, labels: (0..<36).map { UInt8($0 % 10) })
+        let start = network.initialParameters(seed: 1)
+        let anchor = start.map { $0 * 0.5 }
+        let settings: [(SGD, Set<Int>)] = [
+            (SGD(learningRate: 0.05), []),
+            (SGD(learningRate: 0.05, momentum: 0.9, weightDecay: 0.001, proximalMu: 0.1), []),
+            (SGD(learningRate: 0.05, momentum: 0.5), [0, 3]),
+        ]
+        for (sgd, frozen) in settings {
+            // The reference: the trainer's loop written out with unfused gradients.
+            var expected = start
+            var velocity = [Float](repeating: 0, count: start.count)
+            var order = data.all.indices
+            var draws = SeededGenerator(seed: 2)
+            let workspace = Workspace(network: network, capacity: 8)
+            for _ in 0..<2 {
+                order.withUnsafeMutableBufferPointer { draws.shuffle($0) }
+                for first in stride(from: 0, to: order.count, by: 8) {
+                    let batch = min(8, order.count - first)
+                    order.withUnsafeBufferPointer { data.gather(UnsafeBufferPointer(rebasing: $0[first..<(first + batch)]), features: workspace.input, labels: workspace.labels) }
+                    _ = expected.withUnsafeBufferPointer { workspace.lossAndGradient(parameters: $0.baseAddress!, batch: batch) }
+                    for tensor in network.layout.tensors where !frozen.contains(tensor.index) {
+                        expected.withUnsafeMutableBufferPointer { w in velocity.withUnsafeMutableBufferPointer { v in anchor.withUnsafeBufferPointer { a in
+                            let at = tensor.range.lowerBound
+                            sgd.step(parameters: w.baseAddress! + at, gradient: workspace.parameterGradient + at,
+                                     anchor: a.baseAddress! + at, velocity: v.baseAddress! + at, count: tensor.range.count)
+                        }}}
+                    }
+                }
+            }
+            for threads in [1, 2] {
+                var parameters = start
+                var draws = SeededGenerator(seed: 2)
+                _ = LocalTrainer(network: network, batchCapacity: 8, threads: threads).train(
+                    parameters: &parameters, anchor: anchor, data: data.all, epochs: 2, batchSize: 8, sgd: sgd, generator: &draws, frozen: frozen)
+                // The first differing index, not an array comparison (whose failure message diffs a million values).
+                let difference = parameters.indices.first { parameters[$0].bitPattern != expected[$0].bitPattern }
+                #expect(difference == nil, "\(sgd), frozen \(frozen), \(threads) threads: parameter \(difference ?? -1) differs")
+                #expect(parameters != start)
+            }
+        }
+    }
+
     /// One step on one example checked against the update rule written out by hand.
     @Test func optimiserFollowsItsFormula() throws {
         let network = try Network(ModelSpec(input: .vector(4), classes: 2, layers: [.dense(outputs: 2)]))

@@ -214,3 +214,92 @@ func evenChunks(_ total: Int, quantum: Int, parts: Int) -> [Range<Int>]? {
     }
     return result
 }
+
+/// `C += A·B` for a few rows of A (a small batch) against a large B that does not stay in
+/// cache between calls, such as a dense layer's weight: B is read once, row after row, in
+/// whole contiguous rows (so the hardware prefetcher streams it) instead of in column panels
+/// that jump a row of B at every step. The running sums live in `scratch` (rows·columns floats,
+/// a few kilobytes that stay in L1) and are added to C at the end, so every element of C is
+/// the same sequence of fused multiply-adds, in the same order, as in ``gemm``: the results
+/// are identical bit for bit.
+///
+/// - Precondition: `columns` is a multiple of 32.
+/// - Complexity: O(rows · columns · depth), no allocation.
+func gemmStreamingB(
+    rows: Int, columns: Int, depth: Int,
+    a: UnsafePointer<Float>, lda: Int,
+    b: UnsafePointer<Float>, ldb: Int,
+    c: UnsafeMutablePointer<Float>, ldc: Int,
+    scratch: UnsafeMutablePointer<Float>
+) {
+    precondition(columns % 32 == 0, "gemmStreamingB needs whole 32-column panels")
+    precondition(Int(bitPattern: scratch) % 64 == 0, "gemmStreamingB needs 64-byte aligned scratch")
+    scratch.update(repeating: 0, count: rows * columns)
+    let sums = UnsafeMutableRawPointer(scratch)
+    let rowBytes = columns &* 4
+    var r = 0
+    // Eight rows of B at a time: each 32-column strip of them is loaded once into registers
+    // and multiplied into every row's sums, eight fused multiply-adds per load of the sums.
+    while r &+ 8 <= depth {
+        let rowB = UnsafeRawPointer(b + r &* ldb)
+        let bStep = ldb &* 4
+        var n = 0
+        while n < rowBytes {
+            let p = rowB + n
+            let b00 = p.loadUnaligned(as: SIMD16<Float>.self), b01 = p.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            let b10 = (p + bStep).loadUnaligned(as: SIMD16<Float>.self), b11 = (p + bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            let b20 = (p + 2 &* bStep).loadUnaligned(as: SIMD16<Float>.self), b21 = (p + 2 &* bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            let b30 = (p + 3 &* bStep).loadUnaligned(as: SIMD16<Float>.self), b31 = (p + 3 &* bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            let b40 = (p + 4 &* bStep).loadUnaligned(as: SIMD16<Float>.self), b41 = (p + 4 &* bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            let b50 = (p + 5 &* bStep).loadUnaligned(as: SIMD16<Float>.self), b51 = (p + 5 &* bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            let b60 = (p + 6 &* bStep).loadUnaligned(as: SIMD16<Float>.self), b61 = (p + 6 &* bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            let b70 = (p + 7 &* bStep).loadUnaligned(as: SIMD16<Float>.self), b71 = (p + 7 &* bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            var i = 0
+            while i < rows {
+                let pa = a + (i &* lda &+ r)
+                let s = sums + (i &* rowBytes &+ n)
+                var s0 = s.load(as: SIMD16<Float>.self), s1 = s.load(fromByteOffset: 64, as: SIMD16<Float>.self)
+                var x = SIMD16<Float>(repeating: pa[0])
+                s0 = s0.addingProduct(x, b00); s1 = s1.addingProduct(x, b01)
+                x = SIMD16<Float>(repeating: pa[1])
+                s0 = s0.addingProduct(x, b10); s1 = s1.addingProduct(x, b11)
+                x = SIMD16<Float>(repeating: pa[2])
+                s0 = s0.addingProduct(x, b20); s1 = s1.addingProduct(x, b21)
+                x = SIMD16<Float>(repeating: pa[3])
+                s0 = s0.addingProduct(x, b30); s1 = s1.addingProduct(x, b31)
+                x = SIMD16<Float>(repeating: pa[4])
+                s0 = s0.addingProduct(x, b40); s1 = s1.addingProduct(x, b41)
+                x = SIMD16<Float>(repeating: pa[5])
+                s0 = s0.addingProduct(x, b50); s1 = s1.addingProduct(x, b51)
+                x = SIMD16<Float>(repeating: pa[6])
+                s0 = s0.addingProduct(x, b60); s1 = s1.addingProduct(x, b61)
+                x = SIMD16<Float>(repeating: pa[7])
+                s0 = s0.addingProduct(x, b70); s1 = s1.addingProduct(x, b71)
+                s.storeBytes(of: s0, as: SIMD16<Float>.self)
+                s.storeBytes(of: s1, toByteOffset: 64, as: SIMD16<Float>.self)
+                i &+= 1
+            }
+            n &+= 128
+        }
+        r &+= 8
+    }
+    while r < depth {
+        let rowB = UnsafeRawPointer(b + r &* ldb)
+        var n = 0
+        while n < rowBytes {
+            let b0 = (rowB + n).loadUnaligned(as: SIMD16<Float>.self), b1 = (rowB + n).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+            for i in 0..<rows {
+                let s = sums + (i &* rowBytes &+ n)
+                let x = SIMD16<Float>(repeating: a[i &* lda &+ r])
+                s.storeBytes(of: s.load(as: SIMD16<Float>.self).addingProduct(x, b0), as: SIMD16<Float>.self)
+                s.storeBytes(of: s.load(fromByteOffset: 64, as: SIMD16<Float>.self).addingProduct(x, b1), toByteOffset: 64, as: SIMD16<Float>.self)
+            }
+            n &+= 128
+        }
+        r &+= 1
+    }
+    for i in 0..<rows {
+        let out = c + i &* ldc, sum = scratch + i &* columns
+        for n in 0..<columns { out[n] += sum[n] }
+    }
+}

@@ -100,6 +100,7 @@ public struct Conv2D: Layer {
     }
 
     /// Lays out each output position's receptive field as one row (zeros outside the image).
+    /// Each kernel row's in-image part is one contiguous run of the input, copied at once.
     func im2col(_ input: UnsafePointer<Float>, batch: Int, into columns: UnsafeMutablePointer<Float>) {
         let (h, w, c) = (inputShape.height, inputShape.width, inputShape.channels)
         let k = kernelSize, pad = kernelSize / 2
@@ -108,6 +109,8 @@ public struct Conv2D: Layer {
             let image = input + b * h * w * c
             for y in 0..<h {
                 for x in 0..<w {
+                    // The kernel columns that fall inside the image: kx in first..<last.
+                    let first = max(0, pad - x), last = min(k, w + pad - x)
                     var dst = row
                     for ky in 0..<k {
                         let iy = y + ky - pad
@@ -116,16 +119,17 @@ public struct Conv2D: Layer {
                             dst += k * c
                             continue
                         }
-                        let line = image + iy * w * c
-                        for kx in 0..<k {
-                            let ix = x + kx - pad
-                            if ix < 0 || ix >= w {
-                                dst.update(repeating: 0, count: c)
-                            } else {
-                                dst.update(from: line + ix * c, count: c)
-                            }
-                            dst += c
+                        let source = image + (iy * w + x + first - pad) * c
+                        if first > 0 { dst.update(repeating: 0, count: first * c) }
+                        let run = (last - first) * c
+                        if c == 1 {
+                            // One float per kernel column: a call to memmove per run costs more than the copy.
+                            for j in 0..<run { dst[first + j] = source[j] }
+                        } else {
+                            (dst + first * c).update(from: source, count: run)
                         }
+                        if last < k { (dst + last * c).update(repeating: 0, count: (k - last) * c) }
+                        dst += k * c
                     }
                     row += patchSize
                 }

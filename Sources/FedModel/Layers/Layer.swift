@@ -35,9 +35,32 @@ public protocol Layer: Sendable, CustomStringConvertible {
     func initialize(_ parameters: UnsafeMutableBufferPointer<Float>, generator: inout SeededGenerator)
     func forward(_ buffers: ForwardBuffers)
     func backward(_ buffers: BackwardBuffers)
+    /// Whether ``backward(_:update:)`` applies the optimiser itself, piece by piece (see there).
+    var fusesUpdate: Bool { get }
+    /// A training step's backward pass that hands each piece of the parameter gradient to
+    /// `update` as soon as it is final and the pass no longer reads those parameters, so the
+    /// optimiser steps them while they are still in cache, and a large weight is read and
+    /// written once per step instead of in three passes (gradient, then the step).
+    /// `update(offset, gradient, count)` steps this layer's parameters `offset..<offset+count`;
+    /// calls for disjoint ranges may come from several threads at once. The gradient handed
+    /// over is the one ``backward(_:)`` computes, bit for bit, but it need not be left in
+    /// ``BackwardBuffers/parameterGradient``. Layers that gain nothing leave both to the
+    /// default: ``backward(_:)`` followed by one call for all of their parameters.
+    func backward(_ buffers: BackwardBuffers, update: ParameterStep)
 }
 
+/// Applies the optimiser to `count` parameters of a layer, from `offset` (relative to the
+/// layer's first parameter), whose gradient is at the pointer (see ``Layer/backward(_:update:)``).
+public typealias ParameterStep = (_ offset: Int, _ gradient: UnsafePointer<Float>, _ count: Int) -> Void
+
 extension Layer {
+    public var fusesUpdate: Bool { false }
+
+    public func backward(_ buffers: BackwardBuffers, update: ParameterStep) {
+        backward(buffers)
+        if parameterCount > 0 { update(0, buffers.parameterGradient, parameterCount) }
+    }
+
     public var parameterCount: Int {
         parameterShapes.reduce(0) { $0 + $1.shape.reduce(1, *) }
     }

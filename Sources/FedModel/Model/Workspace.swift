@@ -100,12 +100,26 @@ public final class Workspace {
     }
 
     /// Forward and backward pass: fills ``parameterGradient`` with ∂(mean loss)/∂parameters.
-    /// `afterLayer` is called with each layer's index as soon as its parameter gradient is
-    /// final and its parameters are no longer read, which lets an optimiser update them
-    /// while the gradient is still in cache.
-    public func lossAndGradient(
+    public func lossAndGradient(parameters: UnsafePointer<Float>, batch: Int) -> (lossSum: Double, correct: Int) {
+        pass(parameters: parameters, batch: batch, update: nil)
+    }
+
+    /// One training step: forward and backward pass, with the optimiser applied to each layer's
+    /// parameters by `update(layer, offset, gradient, count)` (offset relative to the layer's
+    /// first parameter) as soon as their gradient is final and they are no longer read: after
+    /// the layer's backward pass, or piece by piece inside it for layers that fuse the step
+    /// (``Layer/fusesUpdate``). Calls for disjoint ranges may come from several threads at once.
+    /// ``parameterGradient`` is left undefined.
+    public func trainingStep(
         parameters: UnsafePointer<Float>, batch: Int,
-        afterLayer: (Int) -> Void = { _ in }
+        update: (_ layer: Int, _ offset: Int, _ gradient: UnsafePointer<Float>, _ count: Int) -> Void
+    ) -> (lossSum: Double, correct: Int) {
+        withoutActuallyEscaping(update) { pass(parameters: parameters, batch: batch, update: $0) }
+    }
+
+    private func pass(
+        parameters: UnsafePointer<Float>, batch: Int,
+        update: ((Int, Int, UnsafePointer<Float>, Int) -> Void)?
     ) -> (lossSum: Double, correct: Int) {
         let logits = forward(parameters: parameters, batch: batch)
         var upstream = gradientA
@@ -124,14 +138,22 @@ public final class Workspace {
         for i in network.layers.indices.reversed() {
             let layer = network.layers[i]
             let offset = network.parameterOffsets[i]
-            layer.backward(BackwardBuffers(
+            let buffers = BackwardBuffers(
                 forward: buffers(layer: i, parameters: parameters, batch: batch),
                 outputGradient: UnsafePointer(upstream),
                 inputGradient: i == 0 ? nil : downstream,
-                parameterGradient: parameterGradient + offset))
-            lap(\.backward, i)
-            afterLayer(i)
-            lap(\.update, i)
+                parameterGradient: parameterGradient + offset)
+            if let update, layer.fusesUpdate {
+                layer.backward(buffers) { update(i, $0, $1, $2) }
+                lap(\.backward, i)
+            } else {
+                layer.backward(buffers)
+                lap(\.backward, i)
+                if let update, layer.parameterCount > 0 {
+                    update(i, 0, buffers.parameterGradient, layer.parameterCount)
+                    lap(\.update, i)
+                }
+            }
             swap(&upstream, &downstream)
         }
         profile?.batches += 1
@@ -150,7 +172,8 @@ public final class Workspace {
 public final class StageProfile {
     public var forward: [UInt64]
     public var backward: [UInt64]
-    /// The optimiser's steps run right after each layer's backward pass.
+    /// The optimiser's steps run right after each layer's backward pass (inside it for layers
+    /// that fuse the step, ``Layer/fusesUpdate``, whose steps count as backward time).
     public var update: [UInt64]
     /// Softmax cross-entropy and its gradient (one entry).
     public var loss: [UInt64] = [0]

@@ -54,6 +54,7 @@ public final class LocalTrainer {
             let span = workspace.parameterRange(ofLayer: layer)
             return tensors.filter { !frozen.contains($0.index) && span.contains($0.offset) }.map(\.range)
         }
+        let layerStarts = network.parameterOffsets
         let useVelocity = sgd.momentum > 0
         parameters.withUnsafeMutableBufferPointer { w in
             velocity.withUnsafeMutableBufferPointer { v in
@@ -68,18 +69,21 @@ public final class LocalTrainer {
                                 data.dataset.gather(
                                     UnsafeBufferPointer(rebasing: order[start..<(start + batch)]),
                                     features: workspace.input, labels: workspace.labels)
-                                let result = workspace.lossAndGradient(parameters: w.baseAddress!, batch: batch) { layer in
-                                    for range in ranges[layer] where !range.isEmpty {
-                                    let threads = range.count >= 1 << 16 ? workspace.threads : 1
-                                    forEachBatchChunk(range.count, threads: threads) { part in
-                                        let start = range.lowerBound + part.lowerBound
-                                        sgd.step(
-                                            parameters: w.baseAddress! + start,
-                                            gradient: workspace.parameterGradient + start,
-                                            anchor: anchorBase.map { $0 + start },
-                                            velocity: useVelocity ? v.baseAddress! + start : nil,
-                                            count: part.count)
-                                    }
+                                let result = workspace.trainingStep(parameters: w.baseAddress!, batch: batch) { layer, offset, gradient, count in
+                                    // The piece of the layer handed over, clipped to each tensor the optimiser steps.
+                                    let first = layerStarts[layer] + offset, end = first + count
+                                    for range in ranges[layer] where range.lowerBound < end && first < range.upperBound {
+                                        let lower = max(first, range.lowerBound), upper = min(end, range.upperBound)
+                                        let threads = upper - lower >= 1 << 16 ? workspace.threads : 1
+                                        forEachBatchChunk(upper - lower, threads: threads) { part in
+                                            let start = lower + part.lowerBound
+                                            sgd.step(
+                                                parameters: w.baseAddress! + start,
+                                                gradient: gradient + (start - first),
+                                                anchor: anchorBase.map { $0 + start },
+                                                velocity: useVelocity ? v.baseAddress! + start : nil,
+                                                count: part.count)
+                                        }
                                     }
                                 }
                                 lossSum += result.lossSum
