@@ -94,6 +94,18 @@ import Testing
     @Test func relu() { check(ReLU(shape: .vector(50))) }
     @Test func conv2D() { check(Conv2D(input: TensorShape(height: 6, width: 7, channels: 3), kernelSize: 5, outputChannels: 4)) }
     @Test func conv2DSingleChannel3x3() { check(Conv2D(input: TensorShape(height: 5, width: 5, channels: 1), kernelSize: 3, outputChannels: 33), batch: 2) }
+    /// Winograd F(2×2, k×k) layers (channels multiples of 16), on odd sizes so the last tiles
+    /// hang over the edge.
+    @Test func conv2DWinograd5x5() {
+        let layer = Conv2D(input: TensorShape(height: 7, width: 5, channels: 16), kernelSize: 5, outputChannels: 16)
+        #expect(layer.winograd != nil)
+        check(layer, batch: 2)
+    }
+    @Test func conv2DWinograd3x3() {
+        let layer = Conv2D(input: TensorShape(height: 6, width: 3, channels: 32), kernelSize: 3, outputChannels: 16)
+        #expect(layer.winograd != nil)
+        check(layer, batch: 2)
+    }
     @Test func maxPool() { check(MaxPool2D(shape: TensorShape(height: 6, width: 4, channels: 5)), distinctInputs: true) }
     @Test func flatten() { check(Flatten(shape: TensorShape(height: 2, width: 3, channels: 4))) }
 

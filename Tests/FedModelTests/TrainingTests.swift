@@ -36,6 +36,23 @@ import Testing
         #expect(run(seed: 1, threads: 1) != run(seed: 2, threads: 1))
     }
 
+    /// Work is shared between cores in ways that never change a sum's order (Winograd tiles,
+    /// the two halves of a batch for ∂W, column panels, weight row blocks), so a client trains
+    /// to the same bits on any number of cores.
+    @Test func cnnTrainsToTheSameBitsOnOneCoreAndTwo() throws {
+        let network = try Network(.mnistCNN)
+        func run(threads: Int) -> [Float] {
+            let trainer = LocalTrainer(network: network, batchCapacity: 10, threads: threads)
+            var parameters = network.initialParameters(seed: 3)
+            var g = SeededGenerator(seed: 1)
+            _ = trainer.train(parameters: &parameters, anchor: nil, data: slice(0..<60), epochs: 1, batchSize: 10, sgd: SGD(learningRate: 0.05, momentum: 0.9), generator: &g)
+            return parameters
+        }
+        let one = run(threads: 1), two = run(threads: 2)
+        let difference = one.indices.first { one[$0].bitPattern != two[$0].bitPattern }
+        #expect(difference == nil, "parameter \(difference ?? -1) differs between one core and two")
+    }
+
     /// Dense layers apply the optimiser inside their backward pass, block by block, and a
     /// large weight's forward product streams it (``Layer/fusesUpdate``). Training must give
     /// the same bits as the plain sequence (whole gradient from ``Workspace/lossAndGradient``,

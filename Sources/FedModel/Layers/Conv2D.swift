@@ -4,17 +4,27 @@
 /// with W stored `[k, k, in, out]`. Computed as im2col + ``gemm``: the patches of a batch
 /// form a `(batch·h·w) × (k·k·in)` matrix that multiplies W seen as `(k·k·in) × out`.
 /// Initialised like PyTorch's `nn.Conv2d`: uniform in ±1/√(k·k·in).
+///
+/// 3×3 and 5×5 kernels whose channel counts are multiples of 16 compute the forward pass and
+/// ∂x (a "same" convolution of ∂y with the kernel turned half a turn) with Winograd's
+/// F(2×2, k×k) instead (``WinogradPlan``), 2.8 times fewer multiplies for 5×5; ∂W stays a
+/// product over the im2col matrix.
 public struct Conv2D: Layer {
     public let inputShape: TensorShape
     public let kernelSize: Int
     public let outputChannels: Int
+    /// The Winograd plan when this layer uses it.
+    let winograd: WinogradPlan?
 
-    public init(input: TensorShape, kernelSize: Int, outputChannels: Int) {
+    /// `winograd: false` forces im2col products everywhere (the reference the tests compare with).
+    public init(input: TensorShape, kernelSize: Int, outputChannels: Int, winograd: Bool = true) {
         precondition(kernelSize > 0 && kernelSize % 2 == 1, "Conv2D kernel size must be odd")
         precondition(outputChannels > 0, "Conv2D needs output channels")
         inputShape = input
         self.kernelSize = kernelSize
         self.outputChannels = outputChannels
+        let fits = WinogradPlan.kernels.contains(kernelSize) && input.channels % 16 == 0 && outputChannels % 16 == 0
+        self.winograd = winograd && fits ? WinogradPlan(kernel: kernelSize) : nil
     }
 
     public var outputShape: TensorShape {
@@ -30,9 +40,21 @@ public struct Conv2D: Layer {
     var positions: Int { inputShape.height * inputShape.width }
 
     public func scratchBytes(batch: Int) -> Int {
-        let columns = aligned64(batch * positions * patchSize * MemoryLayout<Float>.stride)
+        let columns = aligned64(columnRows(batch: batch) * patchSize * MemoryLayout<Float>.stride)
         let transposed = aligned64(patchSize * outputChannels * MemoryLayout<Float>.stride)
-        return columns + transposed
+        let filter = winograd.map { aligned64($0.transformedFilterCount(inputs: inputShape.channels, outputs: outputChannels) * MemoryLayout<Float>.stride) } ?? 0
+        return columns + transposed + filter
+    }
+
+    /// Rows of the im2col matrix kept in scratch: the whole batch's, or with Winograd (where
+    /// only ∂W needs them) one image's at a time for each of the two halves of the batch,
+    /// small enough to stay in the L2 cache.
+    private func columnRows(batch: Int) -> Int { winograd == nil ? batch * positions : 2 * positions }
+
+    /// The transformed filter (Winograd only), after the columns and the transposed weight.
+    private func filterBuffer(_ scratch: UnsafeMutableRawPointer, batch: Int) -> UnsafeMutablePointer<Float> {
+        let offset = aligned64(columnRows(batch: batch) * patchSize * MemoryLayout<Float>.stride) + aligned64(patchSize * outputChannels * MemoryLayout<Float>.stride)
+        return (scratch + offset).assumingMemoryBound(to: Float.self)
     }
 
     private func columnsBuffer(_ scratch: UnsafeMutableRawPointer) -> UnsafeMutablePointer<Float> {
@@ -40,7 +62,7 @@ public struct Conv2D: Layer {
     }
 
     private func transposedBuffer(_ scratch: UnsafeMutableRawPointer, batch: Int) -> UnsafeMutablePointer<Float> {
-        (scratch + aligned64(batch * positions * patchSize * MemoryLayout<Float>.stride)).assumingMemoryBound(to: Float.self)
+        (scratch + aligned64(columnRows(batch: batch) * patchSize * MemoryLayout<Float>.stride)).assumingMemoryBound(to: Float.self)
     }
 
     public func initialize(_ parameters: UnsafeMutableBufferPointer<Float>, generator: inout SeededGenerator) {
@@ -48,6 +70,15 @@ public struct Conv2D: Layer {
     }
 
     public func forward(_ f: ForwardBuffers) {
+        if let winograd {
+            let filter = filterBuffer(f.scratch, batch: f.batch)
+            winograd.transformFilter(f.parameters, inputs: inputShape.channels, outputs: outputChannels, into: filter)
+            winograd.correlate(
+                f.input, batch: f.batch, height: inputShape.height, width: inputShape.width, inputs: inputShape.channels,
+                filter: filter, outputs: outputChannels, bias: f.parameters + patchSize * outputChannels,
+                into: f.output, threads: f.threads)
+            return
+        }
         let columns = columnsBuffer(f.scratch)
         im2col(f.input, batch: f.batch, into: columns, threads: f.threads)
         let bias = f.parameters + patchSize * outputChannels
@@ -65,14 +96,57 @@ public struct Conv2D: Layer {
         let f = g.forward
         let columns = columnsBuffer(f.scratch)
         let rows = f.batch * positions
-        // ∂W = colsᵀ·∂y
-        gemm(
-            rows: patchSize, columns: outputChannels, depth: rows,
-            a: columns, rowStride: 1, depthStride: patchSize,
-            b: g.outputGradient, ldb: outputChannels,
-            c: g.parameterGradient, ldc: outputChannels, accumulate: false, threads: f.threads)
+        if winograd != nil {
+            // ∂W = Σ_images colsᵀ·∂y, one image's columns at a time (the forward pass laid out
+            // none), summed separately over the two halves of the batch, which may run on two
+            // cores, then added: the same sums in the same order whatever the number of cores.
+            let halves = min(2, f.batch)
+            let partial = transposedBuffer(f.scratch, batch: f.batch)
+            func half(_ index: Int) {
+                let images = (f.batch * index / halves)..<(f.batch * (index + 1) / halves)
+                let cols = columns + index * positions * patchSize
+                let sum = index == 0 ? g.parameterGradient : partial
+                for b in images {
+                    im2col(f.input + b * inputShape.count, batch: 1, into: cols)
+                    gemm(
+                        rows: patchSize, columns: outputChannels, depth: positions,
+                        a: cols, rowStride: 1, depthStride: patchSize,
+                        b: g.outputGradient + b * positions * outputChannels, ldb: outputChannels,
+                        c: sum, ldc: outputChannels, accumulate: b > images.lowerBound)
+                }
+            }
+            if f.threads > 1 { parallelFor(halves, half) } else { for index in 0..<halves { half(index) } }
+            if halves == 2 {
+                for i in 0..<(patchSize * outputChannels) { g.parameterGradient[i] += partial[i] }
+            }
+        } else {
+            // ∂W = colsᵀ·∂y
+            gemm(
+                rows: patchSize, columns: outputChannels, depth: rows,
+                a: columns, rowStride: 1, depthStride: patchSize,
+                b: g.outputGradient, ldb: outputChannels,
+                c: g.parameterGradient, ldc: outputChannels, accumulate: false, threads: f.threads)
+        }
         sumRows(g.outputGradient, rows: rows, columns: outputChannels, into: g.parameterGradient + patchSize * outputChannels)
         guard let inputGradient = g.inputGradient else { return }
+        if let winograd {
+            // ∂x[b, y, x, i] = Σ ∂y[b, y−ky+p, x−kx+p, o]·W[ky, kx, i, o]: a same convolution of ∂y
+            // with W'[ky, kx, o, i] = W[k−1−ky, k−1−kx, i, o].
+            let (k, inputs) = (kernelSize, inputShape.channels)
+            let turned = transposedBuffer(f.scratch, batch: f.batch)
+            for ky in 0..<k {
+                for kx in 0..<k {
+                    let source = f.parameters + ((k - 1 - ky) * k + (k - 1 - kx)) * inputs * outputChannels
+                    transpose(source, rows: inputs, columns: outputChannels, into: turned + (ky * k + kx) * inputs * outputChannels)
+                }
+            }
+            let filter = filterBuffer(f.scratch, batch: f.batch)
+            winograd.transformFilter(turned, inputs: outputChannels, outputs: inputs, into: filter)
+            winograd.correlate(
+                g.outputGradient, batch: f.batch, height: inputShape.height, width: inputShape.width, inputs: outputChannels,
+                filter: filter, outputs: inputs, bias: nil, into: inputGradient, threads: f.threads)
+            return
+        }
         // ∂cols = ∂y·Wᵀ, written over the columns (no longer needed), then folded back.
         let transposed = transposedBuffer(f.scratch, batch: f.batch)
         transpose(f.parameters, rows: patchSize, columns: outputChannels, into: transposed)

@@ -12,15 +12,28 @@ public struct ReLU: Layer {
     public func initialize(_ parameters: UnsafeMutableBufferPointer<Float>, generator: inout SeededGenerator) {}
 
     public func forward(_ f: ForwardBuffers) {
-        let n = f.batch * shape.count
-        for i in 0..<n { f.output[i] = max(f.input[i], 0) }
+        forEachElementChunk(f.batch * shape.count, threads: f.threads) { range in
+            for i in range { f.output[i] = max(f.input[i], 0) }
+        }
     }
 
     public func backward(_ g: BackwardBuffers) {
         guard let dx = g.inputGradient else { return }
         let y = UnsafePointer(g.forward.output)
         let dy = g.outputGradient
-        let n = g.forward.batch * shape.count
-        for i in 0..<n { dx[i] = y[i] > 0 ? dy[i] : 0 }
+        forEachElementChunk(g.forward.batch * shape.count, threads: g.forward.threads) { range in
+            for i in range { dx[i] = y[i] > 0 ? dy[i] : 0 }
+        }
     }
+}
+
+/// Cuts an elementwise pass over `count` values among `threads` cores when it is large enough
+/// to pay for waking them (in multiples of 16 values, so no two threads share a vector).
+func forEachElementChunk(_ count: Int, threads: Int, _ body: (Range<Int>) -> Void) {
+    let parts = count >= 1 << 16 ? threads : 1
+    guard parts > 1, let chunks = evenChunks(count, quantum: 16, parts: parts) else {
+        body(0..<count)
+        return
+    }
+    parallelFor(chunks.count) { body(chunks[$0]) }
 }
