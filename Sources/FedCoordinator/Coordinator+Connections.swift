@@ -210,6 +210,7 @@ extension Coordinator {
         engine.clientLeft(id, at: now())
         metrics.connected.set(to: Double(connections.count))
         logger.info("client left", metadata: ["client": "\(id)", "connected": "\(connections.count)"])
+        if tasksInFlight.remove(id) != nil { sendQueuedTasks() }
         wake()
     }
 
@@ -228,6 +229,7 @@ extension Coordinator {
                 trainingLoss: Double(update.trainingLoss), shards: update.shards.map { Int($0.index) },
                 body: .encoded(update.shards.map(\.encoded)), bytes: update.shards.reduce(0) { $0 + $1.encoded.count })
             perform(engine.updateArrived(incoming, from: id, at: now()))
+            if tasksInFlight.remove(id) != nil { sendQueuedTasks() }
             wake()
         case .heartbeat:
             break // it counts as hearing from the client (above); our own heartbeats come back here
@@ -274,8 +276,10 @@ extension Coordinator {
         connection.outbound.yield(.error(code: error.code.rawValue, message: error.message))
         connection.outbound.finish()
         connections[id] = nil
+        awaitingUpdate.remove(id)
         engine.clientLeft(id, at: now())
         metrics.connected.set(to: Double(connections.count))
+        if tasksInFlight.remove(id) != nil { sendQueuedTasks() }
         wake()
     }
 

@@ -53,6 +53,10 @@ public actor Coordinator {
     /// Clients sent a task whose update has not arrived (they may still be training when the
     /// run ends, and get a grace period to upload and read their GOODBYE).
     var awaitingUpdate: Set<String> = []
+    /// Tasks of the current round not sent yet (``CoordinatorConfiguration/maximumTasksInFlight``), in selection order.
+    private var queuedTasks: [(client: String, task: RoundEngine.Task)] = []
+    /// Clients of the current round sent a task whose update has not arrived, nor have they left.
+    var tasksInFlight: Set<String> = []
     /// Connections being served (not actor state: the accept loop counts them synchronously).
     nonisolated let openConnections = NIOLockedValueBox(0)
     /// Whether new connections are taken (false once the run is ending).
@@ -312,6 +316,8 @@ public actor Coordinator {
                 }
             }
             for id in connections.keys { connections[id]?.lastHeard = Date() } // a fresh idle window after training
+            queuedTasks.removeAll() // tasks never sent: the round is over for them
+            tasksInFlight.removeAll()
             switch try engine.closeRound(at: now()) {
             case .abandoned(let round, let updates, let quorum):
                 retryPause = min(5, max(0.1, retryPause * 2))
@@ -378,11 +384,27 @@ public actor Coordinator {
         ])
     }
 
-    /// Sends each task's missing shards, then the task.
+    /// Queues the round's tasks and sends as many as may be in flight.
     private func send(_ actions: [RoundEngine.Action]) throws {
-        let cache = try downloadShards()
-        for case .sendTask(let id, let task) in actions {
-            guard let connection = connections[id] else { continue }
+        for case .sendTask(let id, let task) in actions { queuedTasks.append((id, task)) }
+        try sendQueuedTasksOrThrow()
+    }
+
+    /// Sends queued tasks (each one's missing shards, then the task) while fewer than
+    /// ``CoordinatorConfiguration/maximumTasksInFlight`` clients owe an update. Called when a
+    /// round begins, and when an update arrives or a client leaves.
+    func sendQueuedTasks() {
+        do { try sendQueuedTasksOrThrow() } catch {
+            logger.error("cannot encode the model for download", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func sendQueuedTasksOrThrow() throws {
+        let limit = configuration.maximumTasksInFlight
+        while !queuedTasks.isEmpty, limit == 0 || tasksInFlight.count < limit {
+            let (id, task) = queuedTasks.removeFirst()
+            guard task.round == engine.roundInProgress, let connection = connections[id] else { continue }
+            let cache = try downloadShards()
             var bytes = 0
             for index in task.shardsToSend {
                 connection.outbound.yield(.modelShard(ModelShard(
@@ -392,6 +414,7 @@ public actor Coordinator {
             }
             engine.countDownload(bytes: bytes)
             awaitingUpdate.insert(id)
+            tasksInFlight.insert(id)
             connection.outbound.yield(.trainingTask(TrainingTask(
                 round: UInt32(task.round), modelVersion: task.modelVersion, shards: task.shards,
                 localEpochs: UInt16(configuration.localEpochs), batchSize: UInt16(configuration.batchSize),

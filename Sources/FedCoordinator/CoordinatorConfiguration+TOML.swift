@@ -6,7 +6,7 @@ import Foundation
 extension CoordinatorConfiguration {
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
         "host", "port", "rounds", "target_accuracy", "min_clients", "clients_per_round",
-        "over_selection", "min_updates", "round_deadline", "local_epochs", "batch_size", "learning_rate",
+        "over_selection", "min_updates", "round_deadline", "max_tasks_in_flight", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
         "trusted_data", "trusted_examples", "update_bound", "loss_guard", "tls_certificate", "tls_key", "tls_client_ca",
         "max_connections", "idle_timeout", "read_timeout", "max_frame_bytes", "max_message_bytes", "database", "keep_checkpoints", "checkpoint_every", "metrics_port",
@@ -33,6 +33,10 @@ extension CoordinatorConfiguration {
         if let v = try table.number("over_selection") { c.overSelection = v }
         if let v = try table.int("min_updates") { c.minimumUpdates = v }
         if let v = try table.number("round_deadline") { c.roundDeadline = v }
+        if let v = try table.count("max_tasks_in_flight") {
+            guard v <= 1_000_000 else { throw ConfigurationError(file: source, key: "max_tasks_in_flight", value: "\(v)", "must be in 0...1000000 (0 = no limit)") }
+            c.maximumTasksInFlight = Int(v)
+        }
         if let v = try table.int("local_epochs") { c.localEpochs = v }
         if let v = try table.int("batch_size") { c.batchSize = v }
         if let v = try table.number("learning_rate") { c.learningRate = Float(v) }

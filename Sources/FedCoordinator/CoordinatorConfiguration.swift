@@ -26,6 +26,11 @@ public struct CoordinatorConfiguration: Sendable {
     public var minimumUpdates = 1
     /// Seconds a round waits for updates.
     public var roundDeadline = 60.0
+    /// Most selected clients sent the model and a task whose update has not come back (0 = no
+    /// limit): the rest of the round's clients wait their turn, each sent its task as soon as
+    /// another's update arrives (or that client leaves). Bounds the coordinator's outgoing
+    /// bytes and memory at once; every task still has to finish by the round's deadline.
+    public var maximumTasksInFlight = 0
     /// Local training the clients are asked to do.
     public var localEpochs = 1
     public var batchSize = 10

@@ -41,13 +41,18 @@ public struct Frame: Equatable, Sendable {
 
     /// Appends the frame's bytes to `buffer`.
     public func write(to buffer: inout ByteBuffer) {
+        writeHeader(to: &buffer)
+        buffer.writeImmutableBuffer(payload)
+    }
+
+    /// Appends the 16-byte header (magic, version, type, flags, length, CRC-32 of the payload).
+    public func writeHeader(to buffer: inout ByteBuffer) {
         buffer.writeBytes(Self.magic)
         buffer.writeInteger(version)
         buffer.writeInteger(type)
         buffer.writeInteger(flags, endianness: .little)
         buffer.writeInteger(UInt32(payload.readableBytes), endianness: .little)
         buffer.writeInteger(crc32Of(payload), endianness: .little)
-        buffer.writeImmutableBuffer(payload)
     }
 }
 
@@ -185,7 +190,30 @@ final class FrameTimer: @unchecked Sendable {
     }
 }
 
-/// Writes frames.
+/// Writes frames to a connection: the header in a buffer of its own, then the payload buffer
+/// itself (the socket gathers both), so a payload is never copied, and no buffer as large as
+/// the largest frame stays allocated per connection between messages (as NIO's
+/// `MessageToByteHandler` keeps its output buffer: a megabyte per client that ever downloaded
+/// a model).
+public final class FrameWriter: ChannelOutboundHandler {
+    public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        var header = context.channel.allocator.buffer(capacity: Frame.headerSize)
+        frame.writeHeader(to: &header)
+        context.write(wrapOutboundOut(header), promise: nil)
+        context.write(wrapOutboundOut(frame.payload), promise: promise)
+    }
+}
+
+@available(*, unavailable)
+extension FrameWriter: Sendable {}
+
+/// Writes frames into one buffer (for tests and tools that build byte streams).
 public struct FrameEncoder: MessageToByteEncoder {
     public typealias OutboundIn = Frame
     public init() {}

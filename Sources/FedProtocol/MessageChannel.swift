@@ -8,7 +8,7 @@ public func makeFramedChannel(
     _ channel: any Channel, maximumFramePayload: Int = Frame.defaultMaximumPayload, readTimeout: TimeAmount? = nil
 ) throws -> NIOAsyncChannel<Frame, Frame> {
     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maximumPayload: maximumFramePayload, readTimeout: readTimeout)))
-    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(FrameEncoder()))
+    try channel.pipeline.syncOperations.addHandler(FrameWriter())
     // Finishing the writer half-closes the connection after everything written so far: the
     // way to say a last GOODBYE or ERROR and let the peer read it before the close.
     return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))

@@ -87,4 +87,30 @@ func configuration(clients: Int, perRound: Int, rounds: Int) -> CoordinatorConfi
         #expect(uploaded == history.reduce(0) { $0 + $1.completed })
         #expect(history.allSatisfy { $0.uplinkBytes > 10 * 199_210 * 4 && $0.downlinkBytes > 0 })
     }
+
+    /// With `max_tasks_in_flight`, the round's other clients wait their turn and are sent their
+    /// task as updates come back: never more than the bound at once, and every round completes.
+    @Test func tasksInFlightStayWithinTheBound() async throws {
+        var config = configuration(clients: 6, perRound: 6, rounds: 2)
+        config.minimumUpdates = 6
+        config.maximumTasksInFlight = 2
+        let deployment = try await Deployment.start(config)
+        let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 6, seed: 1)
+        let daemons = (0..<6).map { deployment.client("device-\($0)", secret: "secret-\($0)", indices: shares[$0]) }
+        let sampler = Task {
+            var most = 0
+            while !Task.isCancelled {
+                most = max(most, await deployment.coordinator.tasksInFlight.count)
+                try? await Task.sleep(nanoseconds: 200_000)
+            }
+            return most
+        }
+        let clientTasks = daemons.map { daemon in Task { await daemon.run() } }
+        let history = try await deployment.run.value
+        for task in clientTasks { await task.value }
+        sampler.cancel()
+        let most = await sampler.value
+        #expect(history.count == 2 && history.allSatisfy { $0.selected == 6 && $0.completed == 6 })
+        #expect(most >= 1 && most <= 2, "at most \(most) tasks were in flight at once")
+    }
 }

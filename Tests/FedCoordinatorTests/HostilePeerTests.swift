@@ -53,7 +53,7 @@ final class FramedPeer: @unchecked Sendable {
     func sendRaw(_ bytes: [UInt8]) async throws {
         let channel = channel.channel
         try await channel.eventLoop.flatSubmit {
-            channel.pipeline.context(handlerType: MessageToByteHandler<FrameEncoder>.self).flatMap { context in
+            channel.pipeline.context(handlerType: FrameWriter.self).flatMap { context in
                 context.writeAndFlush(NIOAny(ByteBuffer(bytes: bytes)))
             }
         }.get()

@@ -217,4 +217,25 @@ let sampleMessages: [Message] = [
         let hex = bytes(of: frames).readableBytesView.map { String(format: "%02x", $0) }.joined(separator: " ")
         #expect(hex == "46 45 44 4c 02 07 00 00 42 00 00 00 2d c2 16 7f 01 00 00 00 00 00 00 00 58 02 00 00 00 00 00 3f 01 00 01 00 2a 00 00 00 46 43 01 02 00 00 00 00 00 01 00 00 02 00 00 00 02 00 00 00 0a 00 00 00 0a 00 00 00 a5 53 54 d3 00 00 80 be c1 c0 40 3b ff 00")
     }
+
+    /// The connection's frame writer sends the header and then the payload buffer itself: the
+    /// same bytes as the encoder, with the payload never copied.
+    @Test func frameWriterSendsThePayloadBufferItself() throws {
+        let channel = EmbeddedChannel(handler: FrameWriter())
+        let payload = ByteBuffer(bytes: (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        let frame = Frame(type: 3, flags: Frame.flagContinued, payload: payload)
+        try channel.writeOutbound(frame)
+        let header = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        let body = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        var expected = ByteBuffer()
+        try FrameEncoder().encode(data: frame, out: &expected)
+        var written = header
+        written.writeImmutableBuffer(body)
+        #expect(written == expected)
+        #expect(header.readableBytes == Frame.headerSize)
+        let shared = body.withUnsafeReadableBytes { b in payload.withUnsafeReadableBytes { p in b.baseAddress == p.baseAddress } }
+        #expect(shared, "the payload was copied")
+        _ = try channel.finish()
+    }
 }
