@@ -34,7 +34,7 @@ extension Coordinator {
                 do {
                     let (id, hello, version) = try await authenticate(reader: reader, writer: handshakeWriter)
                     let writer = handshakeWriter.speaking(version)
-                    let (stream, continuation) = AsyncStream.makeStream(of: Message.self)
+                    let (stream, continuation) = AsyncStream.makeStream(of: Outgoing.self)
                     guard let session = await register(id, hello: hello, version: version, outbound: continuation, channel: connection.channel) else {
                         throw ProtocolError(.shuttingDown, "the coordinator is shutting down")
                     }
@@ -83,12 +83,17 @@ extension Coordinator {
     /// writer drains the outbox before the connection closes, so the ERROR is always written:
     /// it never races the close. Returns that error.
     private nonisolated func serve(
-        reader: MessageReader, writer: MessageWriter, outbox: AsyncStream<Message>,
-        continuation: AsyncStream<Message>.Continuation, from id: String, session: UInt64, version: UInt8
+        reader: MessageReader, writer: MessageWriter, outbox: AsyncStream<Outgoing>,
+        continuation: AsyncStream<Outgoing>.Continuation, from id: String, session: UInt64, version: UInt8
     ) async throws -> ProtocolError? {
         try await withThrowingTaskGroup(of: Ending.self) { tasks in
             tasks.addTask {
-                for await message in outbox { try await writer.send(message) }
+                for await item in outbox {
+                    switch item {
+                    case .message(let message): try await writer.send(message)
+                    case .frames(let frames): try await writer.send(frames: frames)
+                    }
+                }
                 return .writer
             }
             tasks.addTask {
@@ -185,7 +190,7 @@ extension Coordinator {
 
     /// Registers an authenticated client (a reconnecting device replaces its stale connection);
     /// nil once the run is ending.
-    private func register(_ id: String, hello: Hello, version: UInt8, outbound: AsyncStream<Message>.Continuation, channel: any Channel) -> UInt64? {
+    private func register(_ id: String, hello: Hello, version: UInt8, outbound: AsyncStream<Outgoing>.Continuation, channel: any Channel) -> UInt64? {
         guard !finished, !isStopping else { return nil }
         if let existing = connections[id] {
             existing.outbound.finish()
@@ -306,4 +311,16 @@ extension Coordinator {
             }
         }
     }
+}
+
+/// What the coordinator queues for a connection's writer: a message, or one already framed
+/// (a model shard, framed once per round and protocol version for every client).
+enum Outgoing: Sendable {
+    case message(Message)
+    case frames([Frame])
+}
+
+extension AsyncStream<Outgoing>.Continuation {
+    @discardableResult
+    func yield(_ message: Message) -> YieldResult { yield(.message(message)) }
 }

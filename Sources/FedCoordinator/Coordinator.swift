@@ -43,6 +43,9 @@ public actor Coordinator {
     var nextSession: UInt64 = 1
     /// The model as downloaded at the current version: encoded shards and their SHA-256.
     private var downloadCache: (version: UInt32, shards: [[UInt8]], digests: [[UInt8]])?
+    /// The current round's MODEL_SHARD messages framed once per protocol version (with their
+    /// CRC-32s) and written as they are to every client that needs them.
+    private var framedShards: (round: Int, modelVersion: UInt32, byVersion: [UInt8: [Int: [Frame]]]) = (0, 0, [:])
     private let downlink: UpdateCodec
     /// The round loop waits here for the next event.
     private var waiters: [CheckedContinuation<Void, Never>] = []
@@ -66,7 +69,7 @@ public actor Coordinator {
         var session: UInt64
         /// The protocol version the connection speaks.
         var version: UInt8
-        var outbound: AsyncStream<Message>.Continuation
+        var outbound: AsyncStream<Outgoing>.Continuation
         var channel: any Channel
         /// When it last sent anything (the idle timeout counts from here).
         var lastHeard = Date()
@@ -405,11 +408,21 @@ public actor Coordinator {
             let (id, task) = queuedTasks.removeFirst()
             guard task.round == engine.roundInProgress, let connection = connections[id] else { continue }
             let cache = try downloadShards()
+            if framedShards.round != task.round || framedShards.modelVersion != task.modelVersion {
+                framedShards = (task.round, task.modelVersion, [:])
+            }
             var bytes = 0
             for index in task.shardsToSend {
-                connection.outbound.yield(.modelShard(ModelShard(
-                    round: UInt32(task.round), modelVersion: task.modelVersion, shardIndex: UInt16(index),
-                    sha256: cache.digests[index], encoded: cache.shards[index])))
+                let frames = framedShards.byVersion[connection.version]?[index] ?? {
+                    let framer = MessageFramer(version: connection.version, maximumFramePayload: configuration.maximumFramePayload)
+                    let message = Message.modelShard(ModelShard(
+                        round: UInt32(task.round), modelVersion: task.modelVersion, shardIndex: UInt16(index),
+                        sha256: cache.digests[index], encoded: cache.shards[index]))
+                    let frames = framer.frames(for: message).map { $0.withChecksum() }
+                    framedShards.byVersion[connection.version, default: [:]][index] = frames
+                    return frames
+                }()
+                connection.outbound.yield(.frames(frames))
                 bytes += cache.shards[index].count
             }
             engine.countDownload(bytes: bytes)

@@ -25,7 +25,12 @@ public struct Frame: Equatable, Sendable {
     public var version: UInt8
     public var type: UInt8
     public var flags: UInt16
-    public var payload: ByteBuffer
+    public var payload: ByteBuffer {
+        didSet { knownCRC = nil }
+    }
+    /// The payload's CRC-32 when already computed (``withChecksum()``), so a frame written to
+    /// many connections (a model download) is summed once.
+    private var knownCRC: UInt32?
 
     public init(version: UInt8 = Frame.currentVersion, type: UInt8, flags: UInt16 = 0, payload: ByteBuffer) {
         self.version = version
@@ -34,10 +39,21 @@ public struct Frame: Equatable, Sendable {
         self.payload = payload
     }
 
+    /// The same frame with its payload's CRC-32 computed now and kept for every write.
+    public func withChecksum() -> Frame {
+        var frame = self
+        frame.knownCRC = crc32Of(payload)
+        return frame
+    }
+
+    public static func == (a: Frame, b: Frame) -> Bool {
+        a.version == b.version && a.type == b.type && a.flags == b.flags && a.payload == b.payload
+    }
+
     public var isContinued: Bool { flags & Self.flagContinued != 0 }
 
     /// CRC-32 of the payload, as the header carries it.
-    public var crc: UInt32 { crc32Of(payload) }
+    public var crc: UInt32 { knownCRC ?? crc32Of(payload) }
 
     /// Appends the frame's bytes to `buffer`.
     public func write(to buffer: inout ByteBuffer) {
@@ -52,7 +68,7 @@ public struct Frame: Equatable, Sendable {
         buffer.writeInteger(type)
         buffer.writeInteger(flags, endianness: .little)
         buffer.writeInteger(UInt32(payload.readableBytes), endianness: .little)
-        buffer.writeInteger(crc32Of(payload), endianness: .little)
+        buffer.writeInteger(crc, endianness: .little)
     }
 }
 

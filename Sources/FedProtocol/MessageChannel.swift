@@ -62,6 +62,12 @@ public struct MessageWriter: Sendable {
         try await outbound.write(contentsOf: framer.frames(for: message))
     }
 
+    /// Writes frames made earlier (by a framer of this connection's version and frame size),
+    /// for a message sent to many connections alike.
+    public func send(frames: [Frame]) async throws {
+        try await outbound.write(contentsOf: frames)
+    }
+
     /// Ends the outbound half: what was sent is written, then the connection is half-closed
     /// (TCP FIN) while the peer can still send.
     public func finish() {

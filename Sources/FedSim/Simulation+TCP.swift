@@ -29,7 +29,7 @@ extension Simulation {
         coordinator.roundDeadline = 3600
         // Every client here shares this machine's cores: more clients holding a model than can
         // train at once only costs memory (a model and its buffers each), not time.
-        coordinator.maximumTasksInFlight = 2 * c.effectiveThreads
+        coordinator.maximumTasksInFlight = 4 * c.effectiveThreads
         coordinator.localEpochs = c.localEpochs
         coordinator.batchSize = c.batchSize
         coordinator.learningRate = Float(c.learningRate)

@@ -238,4 +238,18 @@ let sampleMessages: [Message] = [
         #expect(shared, "the payload was copied")
         _ = try channel.finish()
     }
+
+    /// A frame framed once for many connections carries its CRC-32 computed once; the bytes
+    /// are those of the plain frame, and changing the payload drops the kept checksum.
+    @Test func keptChecksumWritesTheSameBytes() {
+        let payload = ByteBuffer(bytes: (0..<5000).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        let plain = Frame(type: 4, payload: payload)
+        var kept = plain.withChecksum()
+        var a = ByteBuffer(), b = ByteBuffer()
+        plain.write(to: &a)
+        kept.write(to: &b)
+        #expect(a == b && kept == plain && kept.crc == plain.crc)
+        kept.payload = ByteBuffer(bytes: [1, 2, 3])
+        #expect(kept.crc == Frame(type: 4, payload: ByteBuffer(bytes: [1, 2, 3])).crc)
+    }
 }
