@@ -61,9 +61,13 @@ let package = Package(
             cSettings: [.unsafeFlags(["-march=native", "-O3"])]
         ),
         .target(
+            name: "CMemoryHints",
+            cSettings: [.unsafeFlags(["-march=native", "-O3"])]
+        ),
+        .target(
             name: "FedModel",
             dependencies: [
-                "CZlib",
+                "CZlib", "CMemoryHints",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             exclude: ["Kernels/generate_gemm_kernels.py"],

@@ -1,3 +1,5 @@
+import CMemoryHints
+
 /// Single-precision matrix multiply on raw row-major buffers, the one kernel that every
 /// layer's forward and backward pass reduces to.
 ///
@@ -243,9 +245,22 @@ func gemmStreamingB(
     while r &+ 8 <= depth {
         let rowB = UnsafeRawPointer(b + r &* ldb)
         let bStep = ldb &* 4
+        // The same strip of the block two blocks ahead, one cache line per row of B.
+        let ahead = r &+ 24 <= depth ? rowB + 16 &* bStep : nil
         var n = 0
         while n < rowBytes {
             let p = rowB + n
+            if let ahead {
+                let q = ahead + n
+                fed_prefetch(q); fed_prefetch(q + 64)
+                fed_prefetch(q + bStep); fed_prefetch(q + bStep + 64)
+                fed_prefetch(q + 2 &* bStep); fed_prefetch(q + 2 &* bStep + 64)
+                fed_prefetch(q + 3 &* bStep); fed_prefetch(q + 3 &* bStep + 64)
+                fed_prefetch(q + 4 &* bStep); fed_prefetch(q + 4 &* bStep + 64)
+                fed_prefetch(q + 5 &* bStep); fed_prefetch(q + 5 &* bStep + 64)
+                fed_prefetch(q + 6 &* bStep); fed_prefetch(q + 6 &* bStep + 64)
+                fed_prefetch(q + 7 &* bStep); fed_prefetch(q + 7 &* bStep + 64)
+            }
             let b00 = p.loadUnaligned(as: SIMD16<Float>.self), b01 = p.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
             let b10 = (p + bStep).loadUnaligned(as: SIMD16<Float>.self), b11 = (p + bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
             let b20 = (p + 2 &* bStep).loadUnaligned(as: SIMD16<Float>.self), b21 = (p + 2 &* bStep).loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)

@@ -1,3 +1,5 @@
+import CMemoryHints
+
 /// Fully connected layer: y = xW + b, with W stored `[in, out]` row-major and b `[out]`.
 ///
 /// Initialised like PyTorch's `nn.Linear`: W and b uniform in ±1/√in.
@@ -103,6 +105,16 @@ public struct Dense: Layer {
                 for index in range {
                     let row = index * block
                     let rows = min(block, inputCount - row)
+                    // The next block's weight rows, read by this pass's dot products next.
+                    if index + 1 < range.upperBound {
+                        let next = UnsafeRawPointer(weight + (row + block) * outputCount)
+                        let bytes = min(block, inputCount - row - block) * outputCount * MemoryLayout<Float>.stride
+                        var offset = 0
+                        while offset < bytes {
+                            fed_prefetch(next + offset)
+                            offset += 64
+                        }
+                    }
                     if let inputGradient = g.inputGradient {
                         gemmTransposedB(
                             rows: f.batch, columns: rows, depth: outputCount,
