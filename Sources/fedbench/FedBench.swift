@@ -197,6 +197,13 @@ struct FedBench: ParsableCommand {
             row("softmax cross-entropy", stages.loss[0])
             accounted += stages.loss[0]
             row("rest (batching, shuffle)", UInt64(max(0, total * 1e9 - Double(accounted))))
+            let winograd = network.layers.enumerated().compactMap { i, layer in (layer as? Conv2D)?.usesWinograd == true ? "\(i)" : nil }
+            if !winograd.isEmpty {
+                print("layers \(winograd.joined(separator: ", ")) use Winograd F(2x2, k x k) for the forward pass and ∂x: their GFLOP/s count the direct convolution's multiply-adds, so they can pass the product kernel's peak")
+            }
+            if network.layers.contains(where: \.fusesUpdate) {
+                print("layers that apply SGD inside their backward pass count it as backward time (SGD shows 0)")
+            }
         }
     }
 

@@ -15,6 +15,8 @@ public struct Conv2D: Layer {
     public let outputChannels: Int
     /// The Winograd plan when this layer uses it.
     let winograd: WinogradPlan?
+    /// Whether the forward pass and ∂x use Winograd's F(2×2, k×k).
+    public var usesWinograd: Bool { winograd != nil }
 
     /// `winograd: false` forces im2col products everywhere (the reference the tests compare with).
     public init(input: TensorShape, kernelSize: Int, outputChannels: Int, winograd: Bool = true) {
