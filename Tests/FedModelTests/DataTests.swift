@@ -88,6 +88,34 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
         #expect(throws: DataError.self) { try MNIST.load(directory: mnistDirectory, train: false, examples: 9990..<10_010) }
     }
 
+    /// Fashion-MNIST ships in MNIST's layout under the same file names (Debian's
+    /// dataset-fashion-mnist, which .ci/run installs): it loads as a user's data, unpinned.
+    @Test func fashionMNISTLoadsUnderTheStandardNames() throws {
+        let directory = URL(fileURLWithPath: "/usr/share/datasets/fashion-mnist")
+        let test = try MNIST.load(directory: directory, train: false)
+        #expect(test.count == 10_000 && test.classes == 10 && test.sampleShape == TensorShape(height: 28, width: 28, channels: 1))
+        // Its test split holds exactly 1,000 examples of each of the ten garment classes.
+        var perClass = [Int](repeating: 0, count: 10)
+        for label in test.labels { perClass[Int(label)] += 1 }
+        #expect(perClass == [Int](repeating: 1000, count: 10))
+        let mnist = try MNIST.load(directory: mnistDirectory, train: false)
+        #expect(test.features != mnist.features)
+    }
+
+    /// Images of any size and channel count: IDX [N, H, W, C] loads as H×W×C, and labels above 9
+    /// widen the class count.
+    @Test func idxImagesOfAnyShape() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let images = idx(magic: [0, 0, 8, 4], dimensions: [3, 4, 5, 3], payload: (0..<180).map { UInt8($0) })
+        let labels = idx(magic: [0, 0, 8, 1], dimensions: [3], payload: [0, 11, 4])
+        try Data(images).write(to: dir.appendingPathComponent(MNIST.testImages))
+        try Data(labels).write(to: dir.appendingPathComponent(MNIST.testLabels))
+        let data = try MNIST.load(directory: dir, train: false)
+        #expect(data.sampleShape == TensorShape(height: 4, width: 5, channels: 3) && data.count == 3 && data.classes == 12)
+        #expect(data.features[60] == Float(60) * (1 / 255 as Float) && data.labels == [0, 11, 4])
+    }
+
     @Test func alteredFileFailsItsChecksum() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -95,6 +123,9 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
         let labels = idx(magic: [0, 0, 8, 1], dimensions: [10_000], payload: [UInt8](repeating: 3, count: 10_000))
         try Data(labels).write(to: dir.appendingPathComponent("t10k-labels-idx1-ubyte.gz"))
         try FileManager.default.copyItem(at: mnistDirectory.appendingPathComponent(MNIST.testImages), to: dir.appendingPathComponent(MNIST.testImages))
+        // Without a manifest the directory is a user's data: nothing is pinned.
+        #expect(try MNIST.load(directory: dir, train: false).count == 10_000)
+        try FileManager.default.copyItem(at: mnistDirectory.appendingPathComponent(MNIST.manifest), to: dir.appendingPathComponent(MNIST.manifest))
         #expect { try MNIST.load(directory: dir, train: false) } throws: { "\($0)".contains("checksum mismatch") }
         // Without verification the same file loads (it is well-formed).
         #expect(try MNIST.load(directory: dir, train: false, verifyChecksums: false).count == 10_000)
