@@ -82,6 +82,15 @@ public struct ConfigurationTable {
         }
     }
 
+    public func ints(_ key: String) throws -> [Int]? {
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw wrongType(key, "an array of integers") }
+        return try array.map {
+            guard let number = $0.int else { throw wrongType(key, "an array of integers") }
+            return number
+        }
+    }
+
     /// A number, or a string such as a distribution (`"lognormal:2,1.0"`), as text.
     public func numberOrString(_ key: String) throws -> String? {
         guard let value = table[key] else { return nil }

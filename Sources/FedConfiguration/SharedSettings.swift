@@ -11,8 +11,8 @@ public enum SharedKeys {
     ]
     /// The server optimizer and its hyperparameters.
     public static let serverOptimizer: Set<String> = ["server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau"]
-    /// The model: a preset or a list of layers.
-    public static let model: Set<String> = ["model", "layers"]
+    /// The model: a preset or a list of layers, with the task's input shape and class count.
+    public static let model: Set<String> = ["model", "layers", "input", "classes"]
 }
 
 extension AggregationSettings.Rule: ConfigurationChoice {}
@@ -51,19 +51,36 @@ extension ServerOptimizer.Settings {
 }
 
 extension ModelSpec {
-    /// The model a configuration names: `layers` when given (MNIST input, 10 classes; 28×28×1
-    /// when there is a convolution, else 784 values), otherwise the preset `model`.
-    public static func configured(model: String, layers: [String]) throws -> ModelSpec {
+    /// The model a configuration names: `layers` when given, on `input` (`[N]` values or
+    /// `[H, W, C]`; MNIST's 28×28×1 when there is a convolution, else 784 values, when not
+    /// given) with `classes` outputs (10 when not given); otherwise the preset `model`, which is
+    /// MNIST-shaped.
+    public static func configured(model: String, layers: [String], input: [Int]? = nil, classes: Int? = nil) throws -> ModelSpec {
         if !layers.isEmpty {
             let parsed: [LayerSpec]
             do { parsed = try layers.map(LayerSpec.init(parsing:)) } catch let error as ModelError {
                 throw ConfigurationError("layers: \(error.description)")
             }
             let convolution = parsed.contains { if case .conv = $0 { true } else { false } }
-            return ModelSpec(input: convolution ? TensorShape(height: 28, width: 28, channels: 1) : .vector(784), classes: 10, layers: parsed)
+            let shape: TensorShape
+            switch input {
+            case nil: shape = convolution ? TensorShape(height: 28, width: 28, channels: 1) : .vector(784)
+            case let dims? where dims.count == 1 && dims[0] > 0 && dims[0] <= 1 << 24: shape = .vector(dims[0])
+            case let dims? where dims.count == 3 && dims.allSatisfy({ $0 > 0 && $0 <= 1 << 16 }) && dims.reduce(1, *) <= 1 << 24:
+                shape = TensorShape(height: dims[0], width: dims[1], channels: dims[2])
+            case let dims?:
+                throw ConfigurationError(key: "input", value: "\(dims)", "must be [N] values or [H, W, C], at most 16,777,216 values")
+            }
+            if let classes, !(2...256).contains(classes) {
+                throw ConfigurationError(key: "classes", value: "\(classes)", "must be in 2...256")
+            }
+            return ModelSpec(input: shape, classes: classes ?? 10, layers: parsed)
         }
         guard let spec = ModelSpec.preset(model) else {
             throw ConfigurationError(key: "model", value: model, "must be 2nn or cnn (or give layers)")
+        }
+        if input != nil || classes != nil {
+            throw ConfigurationError(key: "model", value: model, "presets are MNIST-shaped (784 values or 28x28x1, 10 classes); give layers for another input or class count")
         }
         return spec
     }

@@ -21,9 +21,11 @@ extension CoordinatorConfiguration {
         var c = CoordinatorConfiguration()
         if let v = try table.string("host") { c.host = v }
         if let v = try table.int("port") { c.port = v }
-        if table.contains("model") || table.contains("layers") {
+        if table.contains("model") || table.contains("layers") || table.contains("input") || table.contains("classes") {
             do {
-                c.model = try ModelSpec.configured(model: try table.string("model") ?? "2nn", layers: try table.strings("layers") ?? [])
+                c.model = try ModelSpec.configured(
+                    model: try table.string("model") ?? "2nn", layers: try table.strings("layers") ?? [],
+                    input: try table.ints("input"), classes: try table.int("classes"))
             } catch let error as ConfigurationError { throw ConfigurationError("\(source): \(error)") }
         }
         if let v = try table.int("rounds") { c.rounds = v }

@@ -57,8 +57,8 @@ public final class Simulation {
     public convenience init(configuration: SimulationConfiguration) throws {
         try configuration.validate()
         let directory = URL(fileURLWithPath: configuration.data)
-        let train = try MNIST.load(directory: directory, train: true)
-        let test = try MNIST.load(directory: directory, train: false)
+        let train = try DataDirectory.load(directory, train: true)
+        let test = try DataDirectory.load(directory, train: false)
         try self.init(configuration: configuration, train: train, test: test)
     }
 

@@ -13,6 +13,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var model = "2nn"
     /// Explicit layer list (`["dense:200", "relu", ...]`); overrides `model` when non-empty.
     public var layers: [String] = []
+    /// With `layers`: the input shape (`[N]` or `[H, W, C]`) and class count (nil = MNIST's).
+    public var input: [Int]?
+    public var classes: Int?
     /// Directory with the four MNIST IDX files. Relative paths are resolved against the
     /// scenario file's directory.
     public var data = "data/mnist"
@@ -118,6 +121,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.string("name") { c.name = v }
         if let v = try table.string("model") { c.model = v }
         if let v = try table.strings("layers") { c.layers = v }
+        if let v = try table.ints("input") { c.input = v }
+        if let v = try table.int("classes") { c.classes = v }
         if let v = try table.string("data") { c.data = v }
         if let v = try table.int("clients") { c.clients = v }
         if let v = try table.number("fraction") { c.fraction = v }
@@ -263,9 +268,10 @@ public struct SimulationConfiguration: Sendable, Equatable {
         }
     }
 
-    /// The model architecture: `layers` when given (MNIST input, 10 classes), else the preset.
+    /// The model architecture: `layers` on `input` with `classes` (MNIST's when not given),
+    /// else the preset.
     public func modelSpec() throws -> ModelSpec {
-        try ModelSpec.configured(model: model, layers: layers)
+        try ModelSpec.configured(model: model, layers: layers, input: input, classes: classes)
     }
 
     /// Clients sampled per round: max(1, round(C·K)).

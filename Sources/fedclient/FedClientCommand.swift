@@ -24,10 +24,10 @@ struct FedClientCommand: AsyncParsableCommand {
     @Option(help: "Client configuration (TOML); Configs/client.toml documents every key.")
     var config: String?
     @Option(help: "Coordinator address HOST:PORT.") var coordinator: String?
-    @Option(help: "Private data: an MNIST directory or a CSV file.") var data: String?
+    @Option(help: "Private data: a directory with x.npy and y.npy (NumPy), one in MNIST's IDX layout, or a CSV file.") var data: String?
     @Option(help: "This client's registered id.") var id: String?
     @Option(help: "This client's secret (prefer the configuration file).") var secret: String?
-    @Option(help: "With MNIST data, the range of training examples this device holds, e.g. 0..<600.") var examples: String?
+    @Option(help: "The range of examples this device holds, e.g. 0..<600 (MNIST or NumPy data).") var examples: String?
     @Option(help: "File that keeps the error-feedback residual across restarts.") var stateFile: String?
 
     func run() async throws {
@@ -89,10 +89,15 @@ struct FedClientCommand: AsyncParsableCommand {
             let dataset = try CSVDataset.load(contentsOf: url, sampleShape: .vector(max(1, width)), classes: 10)
             return dataset.all
         }
-        guard let examples else { return try MNIST.load(directory: url, train: true).all }
+        guard let examples else { return try DataDirectory.loadDevice(url).all }
         let bounds = examples.components(separatedBy: "..<")
         guard bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds[1]), low >= 0, low < high else {
             fail("examples must be LOW..<HIGH, got \"\(examples)\"")
+        }
+        if FileManager.default.fileExists(atPath: url.appendingPathComponent("x.npy").path) {
+            let all = try DataDirectory.loadDevice(url)
+            guard high <= all.count else { fail("examples \(low)..<\(high) outside the data's 0..<\(all.count)") }
+            return DatasetSlice(dataset: all, indices: (low..<high).map { Int32($0) })
         }
         // Only this device's examples are kept in memory.
         return try MNIST.load(directory: url, train: true, examples: low..<high).all

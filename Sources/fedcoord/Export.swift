@@ -45,7 +45,7 @@ extension FedCoord {
                 try file.write(to: URL(fileURLWithPath: out), options: .atomic)
                 var decoded = checkpoint.model
                 try codec.decode(shards, into: &decoded)
-                let test = try MNIST.load(directory: URL(fileURLWithPath: testData), train: false)
+                let test = try DataDirectory.load(URL(fileURLWithPath: testData), train: false)
                 let evaluator = Evaluator(network: network, threads: availableCores)
                 let reference = evaluator.evaluate(checkpoint.model, on: test.all)
                 let exported = evaluator.evaluate(decoded, on: test.all)

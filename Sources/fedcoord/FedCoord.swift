@@ -58,8 +58,8 @@ extension FedCoord {
                 if let db { configuration.databasePath = db }
                 if let metricsPort { configuration.metricsPort = metricsPort }
                 try configuration.validate()
-                test = try testData.map { try MNIST.load(directory: $0, train: false) }
-                trusted = try configuration.trustedDataPath.map { try MNIST.load(directory: URL(fileURLWithPath: $0), train: true) }
+                test = try testData.map { try DataDirectory.load($0, train: false) }
+                trusted = try configuration.trustedDataPath.map { try DataDirectory.load(URL(fileURLWithPath: $0), train: true) }
             } catch let error as ConfigurationError {
                 fail(error.description)
             } catch let error as DataError {

@@ -1,0 +1,189 @@
+import Foundation
+
+/// Reader for NumPy's `.npy` arrays (format versions 1.0 to 3.0), the usual way to hand arrays
+/// between tools: `np.save("x.npy", features)`, `np.save("y.npy", labels)`.
+///
+/// Accepted: little-endian or single-byte types (`<f4`, `<f8`, `|u1`, `|i1`, `<i2`, `<u2`,
+/// `<i4`, `<u4`, `<i8`, `<u8`), C order. Refused with an error naming the file: a bad magic or
+/// header, big-endian or other types (objects, strings, complex), Fortran order (save with
+/// `np.ascontiguousarray`), and data shorter or longer than the shape says.
+public enum NPY {
+    /// Largest file accepted.
+    public static let maximumBytes = 1 << 31
+
+    /// An array's shape and values (as Double, exact for every accepted type but 64-bit
+    /// integers beyond 2^53, which no label or feature reaches).
+    public struct Array {
+        public var shape: [Int]
+        public var kind: Kind
+        public var values: [Double]
+
+        public enum Kind: Equatable { case float, unsignedByte, integer }
+    }
+
+    public static func read(contentsOf url: URL) throws -> Array {
+        let source = url.path
+        let data: Data
+        do {
+            data = try Data(contentsOf: url)
+        } catch {
+            throw DataError(source, FileManager.default.fileExists(atPath: source) ? "cannot read file" : "no such file")
+        }
+        guard data.count <= maximumBytes else { throw DataError(source, "larger than \(maximumBytes) bytes") }
+        return try parse([UInt8](data), source: source)
+    }
+
+    public static func parse(_ bytes: [UInt8], source: String) throws -> Array {
+        let magic: [UInt8] = [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59]  // \x93NUMPY
+        guard bytes.count >= 10, Swift.Array(bytes[0..<6]) == magic else { throw DataError(source, "not a .npy file (no \\x93NUMPY magic)") }
+        let major = bytes[6]
+        let headerLength: Int, headerStart: Int
+        switch major {
+        case 1:
+            headerLength = Int(bytes[8]) | Int(bytes[9]) << 8
+            headerStart = 10
+        case 2, 3:
+            guard bytes.count >= 12 else { throw DataError(source, "truncated .npy header") }
+            headerLength = Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
+            headerStart = 12
+        default:
+            throw DataError(source, ".npy format version \(major) is not supported (1 to 3 are)")
+        }
+        guard headerStart + headerLength <= bytes.count else { throw DataError(source, "truncated .npy header") }
+        guard let header = String(bytes: bytes[headerStart..<(headerStart + headerLength)], encoding: major == 3 ? .utf8 : .isoLatin1) else {
+            throw DataError(source, "unreadable .npy header")
+        }
+        let descr = try field("descr", in: header, source: source)
+        let fortran = try field("fortran_order", in: header, source: source)
+        let shapeText = try field("shape", in: header, source: source)
+        guard fortran == "False" else { throw DataError(source, "array is in Fortran order; save it with np.ascontiguousarray") }
+        let shape = try parseShape(shapeText, source: source)
+        let (width, kind, decode) = try decoder(for: descr, source: source)
+        var count = 1
+        for d in shape {
+            let (product, overflow) = count.multipliedReportingOverflow(by: d)
+            guard !overflow, product <= maximumBytes else { throw DataError(source, "shape \(shape) is too large") }
+            count = product
+        }
+        let start = headerStart + headerLength
+        let expected = count * width
+        guard bytes.count - start == expected else {
+            let what = bytes.count - start < expected ? "truncated" : "has trailing bytes"
+            throw DataError(source, "\(what): shape \(shape) of \(descr) needs \(expected) data bytes, file has \(bytes.count - start)")
+        }
+        let values = bytes.withUnsafeBytes { raw in
+            (0..<count).map { decode(raw.baseAddress! + start + $0 * width) }
+        }
+        return Array(shape: shape, kind: kind, values: values)
+    }
+
+    /// The value of `key` in the header's Python dict literal, as written.
+    private static func field(_ key: String, in header: String, source: String) throws -> String {
+        guard let keyRange = header.range(of: "'\(key)'") ?? header.range(of: "\"\(key)\"") else {
+            throw DataError(source, ".npy header has no \(key)")
+        }
+        var rest = header[keyRange.upperBound...].drop { $0 == " " || $0 == ":" }
+        if rest.first == "(" {
+            guard let close = rest.firstIndex(of: ")") else { throw DataError(source, ".npy header: unterminated \(key)") }
+            return String(rest[rest.startIndex...close])
+        }
+        if rest.first == "'" || rest.first == "\"" {
+            let quote = rest.removeFirst()
+            guard let end = rest.firstIndex(of: quote) else { throw DataError(source, ".npy header: unterminated \(key)") }
+            return String(rest[..<end])
+        }
+        return String(rest.prefix { $0 != "," && $0 != "}" }).trimmingCharacters(in: .whitespaces)
+    }
+
+    private static func parseShape(_ text: String, source: String) throws -> [Int] {
+        let inner = text.trimmingCharacters(in: CharacterSet(charactersIn: "() "))
+        let parts = inner.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return try parts.map { part in
+            guard let value = Int(part.hasSuffix("L") ? String(part.dropLast()) : part), value >= 0 else {
+                throw DataError(source, ".npy shape \(text) is not a tuple of sizes")
+            }
+            return value
+        }
+    }
+
+    private static func decoder(for descr: String, source: String) throws -> (Int, Array.Kind, (UnsafeRawPointer) -> Double) {
+        switch descr {
+        case "<f4", "=f4": return (4, .float, { Double($0.loadUnaligned(as: Float.self)) })
+        case "<f8", "=f8": return (8, .float, { $0.loadUnaligned(as: Double.self) })
+        case "|u1", "<u1", "=u1": return (1, .unsignedByte, { Double($0.load(as: UInt8.self)) })
+        case "|i1", "<i1", "=i1": return (1, .integer, { Double($0.load(as: Int8.self)) })
+        case "<i2": return (2, .integer, { Double(Int16(littleEndian: $0.loadUnaligned(as: Int16.self))) })
+        case "<u2": return (2, .integer, { Double(UInt16(littleEndian: $0.loadUnaligned(as: UInt16.self))) })
+        case "<i4": return (4, .integer, { Double(Int32(littleEndian: $0.loadUnaligned(as: Int32.self))) })
+        case "<u4": return (4, .integer, { Double(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) })
+        case "<i8": return (8, .integer, { Double(Int64(littleEndian: $0.loadUnaligned(as: Int64.self))) })
+        case "<u8": return (8, .integer, { Double(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) })
+        default:
+            throw DataError(source, "array type \(descr) is not supported (little-endian float32/64, or integers)")
+        }
+    }
+}
+
+/// A labelled dataset from two `.npy` files: features of shape [N, D] (a vector per example),
+/// [N, H, W] (one channel) or [N, H, W, C], and integer class labels of shape [N].
+/// Unsigned-byte features are images and are scaled to [0, 1]; float features are taken as
+/// they are and must be finite. Errors name the file and the first bad example.
+public enum NPYDataset {
+    public static func load(features featureURL: URL, labels labelURL: URL, classes: Int? = nil) throws -> Dataset {
+        let x = try NPY.read(contentsOf: featureURL)
+        let y = try NPY.read(contentsOf: labelURL)
+        let source = featureURL.path
+        guard (2...4).contains(x.shape.count), x.shape[0] > 0 else {
+            throw DataError(source, "features must have shape [N, D], [N, H, W] or [N, H, W, C] with N > 0, got \(x.shape)")
+        }
+        guard y.shape == [x.shape[0]] else {
+            throw DataError(labelURL.path, "labels must have shape [\(x.shape[0])] to match \(featureURL.lastPathComponent), got \(y.shape)")
+        }
+        guard y.kind != .float else { throw DataError(labelURL.path, "labels must be integers (class indices), got floats") }
+        let shape: TensorShape = switch x.shape.count {
+        case 2: .vector(x.shape[1])
+        case 3: TensorShape(height: x.shape[1], width: x.shape[2], channels: 1)
+        default: TensorShape(height: x.shape[1], width: x.shape[2], channels: x.shape[3])
+        }
+        var features = [Float](repeating: 0, count: x.values.count)
+        let scale = x.kind == .unsignedByte ? 1.0 / 255 : 1.0
+        for (i, value) in x.values.enumerated() {
+            let scaled = Float(value * scale)
+            guard scaled.isFinite, abs(scaled) <= CSVDataset.maximumMagnitude else {
+                throw DataError(source, "example \(i / shape.count), value \(i % shape.count): \(value) is not a finite number of at most 1e9")
+            }
+            features[i] = scaled
+        }
+        var labels = [UInt8](repeating: 0, count: y.values.count)
+        for (i, value) in y.values.enumerated() {
+            guard value >= 0, value < 256 else {
+                throw DataError(labelURL.path, "example \(i): label \(Int(value)) is outside 0..<256")
+            }
+            labels[i] = UInt8(value)
+        }
+        let widest = Int(labels.max() ?? 0) + 1
+        if let classes, widest > classes {
+            throw DataError(labelURL.path, "label \(widest - 1) is outside 0..<\(classes), the model's classes")
+        }
+        return try Dataset(name: featureURL.lastPathComponent, sampleShape: shape, classes: classes ?? max(2, widest), features: features, labels: labels)
+    }
+}
+
+/// Where fedsim and fedclient find data in a directory: NumPy files when present, otherwise
+/// MNIST's four IDX files.
+public enum DataDirectory {
+    /// A simulation's split: `train_x.npy` and `train_y.npy` (or `test_…`), else the IDX files.
+    public static func load(_ directory: URL, train: Bool) throws -> Dataset {
+        let prefix = train ? "train" : "test"
+        let x = directory.appendingPathComponent("\(prefix)_x.npy"), y = directory.appendingPathComponent("\(prefix)_y.npy")
+        if FileManager.default.fileExists(atPath: x.path) { return try NPYDataset.load(features: x, labels: y) }
+        return try MNIST.load(directory: directory, train: train)
+    }
+
+    /// A device's data: `x.npy` and `y.npy`, else the training split as in ``load(_:train:)``.
+    public static func loadDevice(_ directory: URL) throws -> Dataset {
+        let x = directory.appendingPathComponent("x.npy"), y = directory.appendingPathComponent("y.npy")
+        if FileManager.default.fileExists(atPath: x.path) { return try NPYDataset.load(features: x, labels: y) }
+        return try load(directory, train: true)
+    }
+}
