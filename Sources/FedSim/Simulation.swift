@@ -79,7 +79,7 @@ public final class Simulation {
         testData = test
         do {
             clientIndices = try configuration.partitionValue().split(
-                labels: train.labels, classes: train.classes, clients: configuration.clients, seed: configuration.seed)
+                labels: train.labels, classes: train.classes, clients: configuration.clients, seed: configuration.seed, groups: train.groups)
         } catch let error as DataError {
             throw ConfigurationError("partition \(configuration.partition): \(error.problem)")
         }

@@ -265,6 +265,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         case .iid: .iid
         case .shards: .shards(perClient: shardsPerClient)
         case .dirichlet: .dirichlet(alpha: dirichletAlpha)
+        case .natural: .natural
         }
     }
 
@@ -289,6 +290,8 @@ public enum PartitionKind: String, ConfigurationChoice, Sendable {
     case shards
     /// Label skew drawn from a Dirichlet distribution with concentration `dirichlet_alpha`.
     case dirichlet
+    /// The data's own split: one client per user id (`train_ids.npy`); `clients` must be their number.
+    case natural
 
     public static var aliases: [String: PartitionKind] { ["noniid": .shards, "non_iid": .shards, "pathological": .shards] }
 }

@@ -9,7 +9,7 @@ import Foundation
 struct FedSimCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fedsim",
-        abstract: "Simulate federated averaging with many clients in one process on MNIST.",
+        abstract: "Simulate federated averaging with many clients in one process (MNIST, Fashion-MNIST or your own NumPy data).",
         discussion: """
             Loads a scenario (TOML), applies the command-line overrides, and runs the rounds,
             printing one line per round (round, test accuracy, test loss, seconds) and a summary.
@@ -28,7 +28,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("lr"), help: "Client learning rate.") var learningRate: Double?
     @Option(help: "Client SGD momentum.") var momentum: Double?
     @Option(name: .customLong("mu"), help: "FedProx proximal coefficient (0 = FedAvg).") var proximalMu: Double?
-    @Option(help: "Data split: iid, shards (McMahan's non-IID) or dirichlet.") var partition: String?
+    @Option(help: "Data split: iid, shards (McMahan's non-IID), dirichlet, or natural (one client per user id in train_ids.npy).") var partition: String?
     @Option(name: .customLong("alpha"), help: "Dirichlet concentration for --partition dirichlet.") var dirichletAlpha: Double?
     @Option(help: "Model preset: 2nn or cnn.") var model: String?
     @Option(help: "Random seed.") var seed: UInt64?

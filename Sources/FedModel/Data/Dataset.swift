@@ -8,10 +8,13 @@ public struct Dataset: Sendable {
     public let classes: Int
     public let features: [Float]
     public let labels: [UInt8]
+    /// The user or device each example came from, when the data says (the `natural` partition
+    /// gives each one its own client).
+    public let groups: [Int32]?
 
     public var count: Int { labels.count }
 
-    public init(name: String, sampleShape: TensorShape, classes: Int, features: [Float], labels: [UInt8]) throws {
+    public init(name: String, sampleShape: TensorShape, classes: Int, features: [Float], labels: [UInt8], groups: [Int32]? = nil) throws {
         guard classes >= 2, classes <= 256 else { throw DataError(name, "class count \(classes) is outside 2...256") }
         guard features.count == labels.count * sampleShape.count else {
             throw DataError(name, "\(features.count) feature values do not make \(labels.count) examples of \(sampleShape.count)")
@@ -19,6 +22,10 @@ public struct Dataset: Sendable {
         if let bad = labels.firstIndex(where: { Int($0) >= classes }) {
             throw DataError(name, "example \(bad) has label \(labels[bad]), outside 0..<\(classes)")
         }
+        if let groups, groups.count != labels.count {
+            throw DataError(name, "\(groups.count) user ids for \(labels.count) examples")
+        }
+        self.groups = groups
         self.name = name
         self.sampleShape = sampleShape
         self.classes = classes

@@ -129,9 +129,23 @@ public enum NPY {
 /// Unsigned-byte features are images and are scaled to [0, 1]; float features are taken as
 /// they are and must be finite. Errors name the file and the first bad example.
 public enum NPYDataset {
-    public static func load(features featureURL: URL, labels labelURL: URL, classes: Int? = nil) throws -> Dataset {
+    /// `ids`: an optional file of integer user or device ids `[N]` (for the natural partition).
+    public static func load(features featureURL: URL, labels labelURL: URL, ids idURL: URL? = nil, classes: Int? = nil) throws -> Dataset {
         let x = try NPY.read(contentsOf: featureURL)
         let y = try NPY.read(contentsOf: labelURL)
+        var groups: [Int32]?
+        if let idURL {
+            let ids = try NPY.read(contentsOf: idURL)
+            guard ids.shape == [y.shape.first ?? 0], ids.kind != .float else {
+                throw DataError(idURL.path, "user ids must be integers of shape [\(y.shape.first ?? 0)] to match the labels, got \(ids.kind == .float ? "floats" : "shape \(ids.shape)")")
+            }
+            groups = try ids.values.enumerated().map { i, value in
+                guard value >= Double(Int32.min), value <= Double(Int32.max) else {
+                    throw DataError(idURL.path, "example \(i): user id \(Int64(value)) does not fit 32 bits")
+                }
+                return Int32(value)
+            }
+        }
         let source = featureURL.path
         guard (2...4).contains(x.shape.count), x.shape[0] > 0 else {
             throw DataError(source, "features must have shape [N, D], [N, H, W] or [N, H, W, C] with N > 0, got \(x.shape)")
@@ -165,18 +179,22 @@ public enum NPYDataset {
         if let classes, widest > classes {
             throw DataError(labelURL.path, "label \(widest - 1) is outside 0..<\(classes), the model's classes")
         }
-        return try Dataset(name: featureURL.lastPathComponent, sampleShape: shape, classes: classes ?? max(2, widest), features: features, labels: labels)
+        return try Dataset(name: featureURL.lastPathComponent, sampleShape: shape, classes: classes ?? max(2, widest), features: features, labels: labels, groups: groups)
     }
 }
 
 /// Where fedsim and fedclient find data in a directory: NumPy files when present, otherwise
 /// MNIST's four IDX files.
 public enum DataDirectory {
-    /// A simulation's split: `train_x.npy` and `train_y.npy` (or `test_…`), else the IDX files.
+    /// A simulation's split: `train_x.npy` and `train_y.npy` (or `test_…`), with the users in
+    /// `train_ids.npy` when it is there, else the IDX files.
     public static func load(_ directory: URL, train: Bool) throws -> Dataset {
         let prefix = train ? "train" : "test"
         let x = directory.appendingPathComponent("\(prefix)_x.npy"), y = directory.appendingPathComponent("\(prefix)_y.npy")
-        if FileManager.default.fileExists(atPath: x.path) { return try NPYDataset.load(features: x, labels: y) }
+        let ids = directory.appendingPathComponent("\(prefix)_ids.npy")
+        if FileManager.default.fileExists(atPath: x.path) {
+            return try NPYDataset.load(features: x, labels: y, ids: FileManager.default.fileExists(atPath: ids.path) ? ids : nil)
+        }
         return try MNIST.load(directory: directory, train: train)
     }
 

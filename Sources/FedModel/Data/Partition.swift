@@ -7,23 +7,36 @@ public enum Partition: Hashable, Sendable, CustomStringConvertible {
     case shards(perClient: Int)
     /// Label skew: for every class, the clients' shares of it are drawn from Dirichlet(alpha).
     case dirichlet(alpha: Double)
+    /// The split the data carries: one client per user or device id, in increasing id order,
+    /// each holding that id's examples (as LEAF's FEMNIST or Shakespeare are split).
+    case natural
 
     public var description: String {
         switch self {
         case .iid: "iid"
         case .shards(let k): "shards(\(k) per client)"
         case .dirichlet(let alpha): "dirichlet(alpha=\(alpha))"
+        case .natural: "natural"
         }
     }
 
     /// Splits the examples of `labels` among `clients`, returning each client's indices.
-    public func split(labels: [UInt8], classes: Int, clients: Int, seed: UInt64) throws -> [[Int32]] {
+    /// `groups` (a user id per example) is needed by ``natural`` only.
+    public func split(labels: [UInt8], classes: Int, clients: Int, seed: UInt64, groups: [Int32]? = nil) throws -> [[Int32]] {
         guard clients > 0 else { throw DataError("partition", "need at least one client") }
         guard labels.count >= clients else {
             throw DataError("partition", "\(clients) clients but only \(labels.count) examples")
         }
         var generator = SeededGenerator(seed: seed, stream: 0x9A27)
         switch self {
+        case .natural:
+            guard let groups else { throw DataError("partition", "natural needs a user or device id per training example (train_ids.npy)") }
+            var byGroup: [Int32: [Int32]] = [:]
+            for (i, group) in groups.enumerated() { byGroup[group, default: []].append(Int32(i)) }
+            guard byGroup.count == clients else {
+                throw DataError("partition", "the data has \(byGroup.count) users and natural gives each its own client: set clients = \(byGroup.count), not \(clients)")
+            }
+            return byGroup.keys.sorted().map { byGroup[$0]! }
         case .iid:
             var order = (0..<Int32(labels.count)).map { $0 }
             order.withUnsafeMutableBufferPointer { generator.shuffle($0) }
