@@ -28,6 +28,7 @@ struct FedClientCommand: AsyncParsableCommand {
     @Option(help: "This client's registered id.") var id: String?
     @Option(help: "This client's secret (prefer the configuration file).") var secret: String?
     @Option(help: "The range of examples this device holds, e.g. 0..<600 (MNIST or NumPy data).") var examples: String?
+    @Option(name: .customLong("label-column"), help: "With CSV data, the label's column: a header name or a position from 0 (-1 = last; default 0).") var labelColumn: String?
     @Option(help: "File that keeps the error-feedback residual across restarts.") var stateFile: String?
 
     func run() async throws {
@@ -44,6 +45,7 @@ struct FedClientCommand: AsyncParsableCommand {
         if let id { file.id = id }
         if let secret { file.secret = secret }
         if let examples { file.examples = examples }
+        if let labelColumn { file.labelColumn = labelColumn }
         if let stateFile { file.stateFile = URL(fileURLWithPath: stateFile).standardizedFileURL.path }
         guard let clientID = file.id, !clientID.isEmpty else { fail("no client id (--id or id = in the configuration)") }
         guard let secret = file.secret, !secret.isEmpty else { fail("no secret (secret = in the configuration)") }
@@ -54,7 +56,7 @@ struct FedClientCommand: AsyncParsableCommand {
         guard let dataPath = file.data else { fail("no data (--data or data = in the configuration)") }
         let slice: DatasetSlice
         do {
-            slice = try loadData(URL(fileURLWithPath: dataPath), examples: file.examples)
+            slice = try loadData(URL(fileURLWithPath: dataPath), examples: file.examples, labelColumn: file.labelColumn)
         } catch let error as DataError {
             fail(error.description)
         }
@@ -82,12 +84,9 @@ struct FedClientCommand: AsyncParsableCommand {
         print("fedclient: finished after \(await daemon.completedRounds.count) rounds")
     }
 
-    private func loadData(_ url: URL, examples: String?) throws -> DatasetSlice {
+    private func loadData(_ url: URL, examples: String?, labelColumn: String?) throws -> DatasetSlice {
         if url.pathExtension.lowercased() == "csv" {
-            let text = (try? String(contentsOf: url, encoding: .utf8)) ?? ""
-            let width = text.split(separator: "\n").first { !$0.hasPrefix("#") && !$0.isEmpty }.map { $0.split(separator: ",").count - 1 } ?? 0
-            let dataset = try CSVDataset.load(contentsOf: url, sampleShape: .vector(max(1, width)), classes: 10)
-            return dataset.all
+            return try CSVDataset.load(contentsOf: url, labelColumn: CSVLabelColumn(parsing: labelColumn ?? "0")).all
         }
         guard let examples else { return try DataDirectory.loadDevice(url).all }
         let bounds = examples.components(separatedBy: "..<")
@@ -117,6 +116,7 @@ struct ClientFile {
     var coordinator: String?
     var data: String?
     var examples: String?
+    var labelColumn: String?
     var stateFile: String?
     var memoryBudget: UInt64?
     var tls = false
@@ -125,7 +125,7 @@ struct ClientFile {
     var tlsKey: String?
     var tlsServerName: String?
 
-    static let keys: Set<String> = ["id", "secret", "coordinator", "data", "examples", "state_file", "memory_budget",
+    static let keys: Set<String> = ["id", "secret", "coordinator", "data", "examples", "label_column", "state_file", "memory_budget",
                                     "tls", "tls_ca", "tls_certificate", "tls_key", "tls_server_name"]
 
     init() {}
@@ -137,6 +137,7 @@ struct ClientFile {
         coordinator = try table.string("coordinator")
         data = try table.path("data")
         examples = try table.string("examples")
+        labelColumn = try table.numberOrString("label_column")
         stateFile = try table.path("state_file")
         memoryBudget = try table.count("memory_budget")
         tls = try table.bool("tls") ?? false

@@ -136,21 +136,39 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
     let shape = TensorShape.vector(3)
 
     @Test func parsesLabelsAndFeatures() throws {
-        let data = try CSVDataset.parse("# comment\n2,0.5,1,0\n\n0, 0.25 ,0,1\n", source: "d.csv", sampleShape: shape, classes: 10)
+        let data = try CSVDataset.parse("# comment\n2,0.5,1,0\n\n0, 0.25 ,0,1\n", source: "d.csv", classes: 10, sampleShape: shape)
         #expect(data.labels == [2, 0])
         #expect(data.features == [0.5, 1, 0, 0.25, 0, 1])
     }
 
+    /// Any width, a header row, the label in any column by name or position (−1: the last),
+    /// and the class count from the labels.
+    @Test func headerAndLabelColumnByNameOrPosition() throws {
+        let text = "temperature,humidity,activity,pressure\n21.5,0.4,2,1013\n19,0.6,0,1009\n"
+        let byName = try CSVDataset.parse(text, source: "s.csv", labelColumn: .name("activity"))
+        #expect(byName.labels == [2, 0] && byName.features == [21.5, 0.4, 1013, 19, 0.6, 1009])
+        #expect(byName.sampleShape == .vector(3) && byName.classes == 3)
+        let byIndex = try CSVDataset.parse(text, source: "s.csv", labelColumn: .index(2))
+        #expect(byIndex.features == byName.features && byIndex.labels == byName.labels)
+        let last = try CSVDataset.parse("0.5,0.25,1\n1,0,4\n", source: "l.csv", labelColumn: CSVLabelColumn(parsing: "-1"))
+        #expect(last.labels == [1, 4] && last.features == [0.5, 0.25, 1, 0] && last.classes == 5)
+        #expect { try CSVDataset.parse(text, source: "s.csv", labelColumn: .name("label")) } throws: { "\($0)".contains("no column named \"label\"") }
+        #expect { try CSVDataset.parse("1,2\n3,4\n", source: "n.csv", labelColumn: .name("label")) } throws: { "\($0)".contains("needs a header row") }
+        #expect { try CSVDataset.parse(text, source: "s.csv", labelColumn: .index(4)) } throws: { "\($0)".contains("outside the 4 columns") }
+        #expect { try CSVDataset.parse(text + "1,2,3\n", source: "s.csv", labelColumn: .index(2)) } throws: { "\($0)".contains("line 4: 3 columns, expected 4") }
+        #expect { try CSVDataset.parse("a,b\n1,x\n", source: "h.csv") } throws: { "\($0)".contains("line 2, column \"b\"") }
+    }
+
     @Test(arguments: [
-        ("1,0.5,1\n", "features"),
+        ("1,0.5,1\n", "feature"),
         ("10,0,0,0\n", "label"),
-        ("x,0,0,0\n", "label"),
+        ("1,0,0,0\nx,0,0,0\n", "label"),
         ("1,0,nan,0\n", "finite"),
-        ("1,0,abc,0\n", "finite"),
+        ("1,0,0,0\n1,0,abc,0\n", "finite"),
         ("\n# only comments\n", "no examples"),
     ])
     func rejectsBadLines(text: String, expected: String) {
-        #expect { try CSVDataset.parse(text, source: "d.csv", sampleShape: shape, classes: 10) } throws: { error in
+        #expect { try CSVDataset.parse(text, source: "d.csv", classes: 10, sampleShape: shape) } throws: { error in
             "\(error)".contains("d.csv") && "\(error)".contains(expected)
         }
     }
@@ -211,7 +229,7 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
     }
 
     @Test func csvFeaturesBeyondAMagnitudeAreRefused() {
-        #expect(throws: DataError.self) { try CSVDataset.parse("1,0.5,1e30\n", source: "big.csv", sampleShape: .vector(2), classes: 10) }
-        #expect(throws: Never.self) { try CSVDataset.parse("1,0.5,1e6\n", source: "ok.csv", sampleShape: .vector(2), classes: 10) }
+        #expect(throws: DataError.self) { try CSVDataset.parse("1,0.5,1e30\n", source: "big.csv", classes: 10, sampleShape: .vector(2)) }
+        #expect(throws: Never.self) { try CSVDataset.parse("1,0.5,1e6\n", source: "ok.csv", classes: 10, sampleShape: .vector(2)) }
     }
 }
