@@ -62,4 +62,18 @@ import Testing
         let spec = ModelSpec(input: .vector(4), classes: 10, layers: [.dense(outputs: 3)])
         #expect(throws: ModelError.self) { try Network(spec) }
     }
+
+    /// A compact all-convolutional model: convolutions, average pooling and global average
+    /// pooling in place of the large dense layer, named and parsed like every other layer.
+    @Test func averagePoolingLayersBuildAndParse() throws {
+        let spec = ModelSpec(input: TensorShape(height: 28, width: 28, channels: 1), classes: 10,
+                             layers: try ["conv3x3:16", "relu", "avgpool2", "conv3x3:32", "relu", "globalavgpool", "dense:10"].map(LayerSpec.init(parsing:)))
+        let network = try Network(spec)
+        #expect(network.layers[2].outputShape == TensorShape(height: 14, width: 14, channels: 16))
+        #expect(network.layers[5].outputShape == .vector(32))
+        #expect(network.parameterCount == (9 * 16 + 16) + (9 * 16 * 32 + 32) + (32 * 10 + 10))
+        #expect(try ModelSpec(wireDescription: spec.wireDescription) == spec)
+        #expect(spec.wireDescription == "28x28x1|10|conv3x3:16,relu,avgpool2,conv3x3:32,relu,globalavgpool,dense:10")
+        #expect(throws: ModelError.self) { try Network(ModelSpec(input: .vector(8), classes: 2, layers: [.globalAvgPool, .dense(outputs: 2)])) }
+    }
 }

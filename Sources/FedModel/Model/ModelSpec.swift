@@ -5,6 +5,8 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     case relu
     case conv(kernelSize: Int, channels: Int)
     case maxPool
+    case avgPool
+    case globalAvgPool
     case flatten
 
     /// Parses one layer string; throws ``ModelError`` naming the string when it is not understood.
@@ -17,10 +19,12 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         switch lowered {
         case "relu": self = .relu
         case "maxpool2", "maxpool": self = .maxPool
+        case "avgpool2", "avgpool": self = .avgPool
+        case "globalavgpool": self = .globalAvgPool
         case "flatten": self = .flatten
         default:
             let parts = lowered.split(separator: ":", omittingEmptySubsequences: false)
-            guard parts.count == 2 else { throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2 or flatten)") }
+            guard parts.count == 2 else { throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2, avgpool2, globalavgpool or flatten)") }
             if parts[0] == "dense" {
                 self = .dense(outputs: try positive(parts[1]))
             } else if parts[0].hasPrefix("conv") {
@@ -30,7 +34,7 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
                 guard k % 2 == 1 else { throw ModelError("bad layer \"\(text)\": kernel size must be odd for same padding") }
                 self = .conv(kernelSize: k, channels: try positive(parts[1]))
             } else {
-                throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2 or flatten)")
+                throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2, avgpool2, globalavgpool or flatten)")
             }
         }
     }
@@ -41,6 +45,8 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         case .relu: "relu"
         case .conv(let k, let c): "conv\(k)x\(k):\(c)"
         case .maxPool: "maxpool2"
+        case .avgPool: "avgpool2"
+        case .globalAvgPool: "globalavgpool"
         case .flatten: "flatten"
         }
     }

@@ -43,6 +43,18 @@ public final class Network: Sendable {
                 }
                 layer = MaxPool2D(shape: shape)
                 kind = "pool"
+            case .avgPool:
+                guard shape.height >= 2, shape.width >= 2 else {
+                    throw ModelError("avgpool2 needs at least a 2x2 input, got \(shape)")
+                }
+                layer = AvgPool2D(shape: shape)
+                kind = "pool"
+            case .globalAvgPool:
+                guard shape.height > 1 || shape.width > 1 else {
+                    throw ModelError("globalavgpool needs an image input, got a vector of \(shape.count)")
+                }
+                layer = GlobalAvgPool(shape: shape)
+                kind = "pool"
             case .flatten:
                 layer = Flatten(shape: shape)
                 kind = "flatten"
