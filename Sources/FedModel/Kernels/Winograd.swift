@@ -66,15 +66,15 @@ struct WinogradPlan: Sendable {
     func transformFilter(_ weights: UnsafePointer<Float>, inputs: Int, outputs: Int, into u: UnsafeMutablePointer<Float>) {
         let (k, a) = (kernel, alpha)
         let planes = inputs * outputs
-        withUnsafeTemporaryAllocation(of: SIMD16<Float>.self, capacity: k * k + a * k + a * a) { buffer in
-            let taps = buffer.baseAddress!, half = taps + k * k, full = half + a * k
+        withUnsafeTemporaryAllocation(of: SIMD16<Float>.self, capacity: k * k + a * k) { buffer in
+            let taps = buffer.baseAddress!, half = taps + k * k
             for i in 0..<inputs {
                 var o = 0
                 while o < outputs {
                     for t in 0..<(k * k) {
                         taps[t] = UnsafeRawPointer(weights + (t * planes + i * outputs + o)).loadUnaligned(as: SIMD16<Float>.self)
                     }
-                    // half = G·g (α×k), full = half·Gᵀ (α×α).
+                    // half = G·g (α×k), then U = half·Gᵀ (α×α), written straight to the output.
                     for x in 0..<a {
                         for col in 0..<k {
                             var sum = SIMD16<Float>()
