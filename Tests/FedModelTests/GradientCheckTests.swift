@@ -108,6 +108,8 @@ import Testing
     }
     @Test func avgPool() { check(AvgPool2D(shape: TensorShape(height: 5, width: 4, channels: 3))) }
     @Test func globalAvgPool() { check(GlobalAvgPool(shape: TensorShape(height: 3, width: 5, channels: 4))) }
+    @Test func groupNorm() { check(GroupNorm(shape: TensorShape(height: 3, width: 4, channels: 6), groups: 3), samples: 80) }
+    @Test func layerNormOnAVector() { check(GroupNorm(shape: .vector(12), groups: 1)) }
     @Test func maxPool() { check(MaxPool2D(shape: TensorShape(height: 6, width: 4, channels: 5)), distinctInputs: true) }
     @Test func flatten() { check(Flatten(shape: TensorShape(height: 2, width: 3, channels: 4))) }
 

@@ -76,4 +76,19 @@ import Testing
         #expect(spec.wireDescription == "28x28x1|10|conv3x3:16,relu,avgpool2,conv3x3:32,relu,globalavgpool,dense:10")
         #expect(throws: ModelError.self) { try Network(ModelSpec(input: .vector(8), classes: 2, layers: [.globalAvgPool, .dense(outputs: 2)])) }
     }
+
+    /// Group normalisation: γ starts at 1 and β at 0, one group per `groupnorm:G`, and the groups
+    /// must divide the channels.
+    @Test func groupNormBuildsAndInitialises() throws {
+        let spec = ModelSpec(input: TensorShape(height: 8, width: 8, channels: 1), classes: 3,
+                             layers: try ["conv3x3:16", "groupnorm:4", "relu", "globalavgpool", "dense:3"].map(LayerSpec.init(parsing:)))
+        let network = try Network(spec)
+        let parameters = network.initialParameters(seed: 1)
+        let gamma = try #require(network.layout.tensors.first { $0.name == "norm1.gamma" })
+        let beta = try #require(network.layout.tensors.first { $0.name == "norm1.beta" })
+        #expect(parameters[gamma.range].allSatisfy { $0 == 1 } && parameters[beta.range].allSatisfy { $0 == 0 })
+        #expect(spec.wireDescription == "8x8x1|3|conv3x3:16,groupnorm:4,relu,globalavgpool,dense:3")
+        #expect { try Network(ModelSpec(input: TensorShape(height: 8, width: 8, channels: 1), classes: 3, layers: [.conv(kernelSize: 3, channels: 16), .groupNorm(groups: 5), .globalAvgPool, .dense(outputs: 3)])) }
+            throws: { "\($0)".contains("must divide the 16 channels") }
+    }
 }

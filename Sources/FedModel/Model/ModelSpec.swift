@@ -7,6 +7,7 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     case maxPool
     case avgPool
     case globalAvgPool
+    case groupNorm(groups: Int)
     case flatten
 
     /// Parses one layer string; throws ``ModelError`` naming the string when it is not understood.
@@ -24,9 +25,11 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         case "flatten": self = .flatten
         default:
             let parts = lowered.split(separator: ":", omittingEmptySubsequences: false)
-            guard parts.count == 2 else { throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2, avgpool2, globalavgpool or flatten)") }
+            guard parts.count == 2 else { throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2, avgpool2, globalavgpool, groupnorm:G or flatten)") }
             if parts[0] == "dense" {
                 self = .dense(outputs: try positive(parts[1]))
+            } else if parts[0] == "groupnorm" {
+                self = .groupNorm(groups: try positive(parts[1]))
             } else if parts[0].hasPrefix("conv") {
                 let size = parts[0].dropFirst(4).split(separator: "x", omittingEmptySubsequences: false)
                 guard size.count == 2, size[0] == size[1] else { throw ModelError("bad layer \"\(text)\": only square kernels (convKxK:C)") }
@@ -34,7 +37,7 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
                 guard k % 2 == 1 else { throw ModelError("bad layer \"\(text)\": kernel size must be odd for same padding") }
                 self = .conv(kernelSize: k, channels: try positive(parts[1]))
             } else {
-                throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2, avgpool2, globalavgpool or flatten)")
+                throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2, avgpool2, globalavgpool, groupnorm:G or flatten)")
             }
         }
     }
@@ -47,6 +50,7 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         case .maxPool: "maxpool2"
         case .avgPool: "avgpool2"
         case .globalAvgPool: "globalavgpool"
+        case .groupNorm(let g): "groupnorm:\(g)"
         case .flatten: "flatten"
         }
     }

@@ -55,6 +55,12 @@ public final class Network: Sendable {
                 }
                 layer = GlobalAvgPool(shape: shape)
                 kind = "pool"
+            case .groupNorm(let groups):
+                guard shape.channels % groups == 0 else {
+                    throw ModelError("groupnorm:\(groups): the groups must divide the \(shape.channels) channels")
+                }
+                layer = GroupNorm(shape: shape, groups: groups)
+                kind = "norm"
             case .flatten:
                 layer = Flatten(shape: shape)
                 kind = "flatten"
