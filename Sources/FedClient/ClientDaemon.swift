@@ -53,6 +53,8 @@ public actor ClientDaemon {
     public let configuration: ClientConfiguration
     private let logger: Logger
     private var network: Network?
+    /// The device's data with its targets read as the current model's loss reads them.
+    private var data: DatasetSlice
     private var trainer: LocalTrainer?
     private var model: [Float] = []
     private var versions: [UInt32?] = []
@@ -76,6 +78,7 @@ public actor ClientDaemon {
 
     public init(configuration: ClientConfiguration, logger: Logger? = nil) {
         self.configuration = configuration
+        data = configuration.data
         self.logger = logger ?? Logger(label: "fedclient.\(configuration.clientID)")
     }
 
@@ -262,12 +265,17 @@ public actor ClientDaemon {
         let spec = try ModelSpec(wireDescription: description)
         if let network, network.spec == spec { return }
         let network = try Network(spec)
-        guard configuration.data.dataset.sampleShape.count == spec.input.count else {
-            throw UnrecoverableError(message: "local data has \(configuration.data.dataset.sampleShape.count) features per example, the coordinator's model expects \(spec.input.count)")
+        let source = configuration.data
+        guard source.dataset.sampleShape.count == spec.input.count else {
+            throw UnrecoverableError(message: "local data has \(source.dataset.sampleShape.count) features per example, the coordinator's model expects \(spec.input.count)")
         }
-        guard configuration.data.dataset.classes <= spec.classes else {
-            throw UnrecoverableError(message: "local data has \(configuration.data.dataset.classes) classes, the coordinator's model \(spec.classes)")
+        // The device read its data before it knew the task: read the targets as the model's loss does.
+        let converted: Dataset
+        do { converted = try source.dataset.converted(to: TargetFormat(spec)) } catch let error as DataError {
+            throw UnrecoverableError(message: "local data does not fit the coordinator's task (\(spec.loss), \(spec.classes) outputs): \(error.problem)")
         }
+        if let problem = network.accepts(converted) { throw UnrecoverableError(message: "local data does not fit the coordinator's model: \(problem)") }
+        data = DatasetSlice(dataset: converted, indices: source.indices)
         self.network = network
         trainer = nil
         model = []
@@ -327,7 +335,7 @@ public actor ClientDaemon {
         }
         let frozen = Set(network.layout.tensors.indices).subtracting(trained)
         let summary = trainer.train(
-            parameters: &local, anchor: nil, data: configuration.data, epochs: Int(task.localEpochs),
+            parameters: &local, anchor: nil, data: data, epochs: Int(task.localEpochs),
             batchSize: Int(task.batchSize), sgd: SGD(learningRate: task.learningRate), generator: &generator,
             frozen: frozen)
         var delta = zip(local, model).map { $0 - $1 }

@@ -36,6 +36,9 @@ public struct ConfigurationTable {
 
     public func contains(_ key: String) -> Bool { table[key] != nil }
 
+    /// The top-level keys present.
+    public var keys: Set<String> { Set(table.keys) }
+
     private func wrongType(_ key: String, _ type: String) -> ConfigurationError {
         ConfigurationError(file: source, key: "\"\(key)\"", value: table[key].map { $0.string ?? "\($0)" }, "must be \(type)")
     }

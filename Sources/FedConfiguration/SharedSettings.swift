@@ -11,8 +11,9 @@ public enum SharedKeys {
     ]
     /// The server optimizer and its hyperparameters.
     public static let serverOptimizer: Set<String> = ["server_optimizer", "server_lr", "server_momentum", "server_beta2", "server_tau"]
-    /// The model: a preset or a list of layers, with the task's input shape and class count.
-    public static let model: Set<String> = ["model", "layers", "input", "classes"]
+    /// The model: a preset or a list of layers, with the task's input shape, output size
+    /// (`classes`, or its synonym `outputs`) and loss.
+    public static let model: Set<String> = ["model", "layers", "input", "classes", "outputs", "loss"]
 }
 
 extension AggregationSettings.Rule: ConfigurationChoice {}
@@ -51,11 +52,29 @@ extension ServerOptimizer.Settings {
 }
 
 extension ModelSpec {
-    /// The model a configuration names: `layers` when given, on `input` (`[N]` values or
-    /// `[H, W, C]`; MNIST's 28×28×1 when there is a convolution, else 784 values, when not
-    /// given) with `classes` outputs (10 when not given); otherwise the preset `model`, which is
-    /// MNIST-shaped.
-    public static func configured(model: String, layers: [String], input: [Int]? = nil, classes: Int? = nil) throws -> ModelSpec {
+    /// The model a configuration table describes: `model`, `layers`, `input`, `classes` (or
+    /// `outputs`) and `loss`, or nil when it names none of them.
+    public static func configured(_ table: ConfigurationTable) throws -> ModelSpec? {
+        guard !SharedKeys.model.isDisjoint(with: table.keys) else { return nil }
+        if table.contains("classes"), table.contains("outputs") {
+            throw ConfigurationError(key: "outputs", "give classes or outputs, not both")
+        }
+        var loss: Loss?
+        if let text = try table.string("loss") {
+            guard let parsed = Loss(parsing: text) else {
+                throw ConfigurationError(key: "loss", value: text, "must be softmax (classification), mse (regression) or bce (multi-label)")
+            }
+            loss = parsed
+        }
+        return try configured(
+            model: try table.string("model") ?? "2nn", layers: try table.strings("layers") ?? [],
+            input: try table.ints("input"), classes: try table.int("classes") ?? table.int("outputs"), loss: loss)
+    }
+
+    /// `layers` on `input` (`[N]` or `[H, W, C]`; MNIST's 28×28×1 when there is a convolution,
+    /// else 784 values, when not given) with `classes` outputs (10 when not given) and `loss`
+    /// (softmax cross-entropy when not given); otherwise the preset `model`, which is MNIST-shaped.
+    public static func configured(model: String, layers: [String], input: [Int]? = nil, classes: Int? = nil, loss: Loss? = nil) throws -> ModelSpec {
         if !layers.isEmpty {
             let parsed: [LayerSpec]
             do { parsed = try layers.map(LayerSpec.init(parsing:)) } catch let error as ModelError {
@@ -71,16 +90,18 @@ extension ModelSpec {
             case let dims?:
                 throw ConfigurationError(key: "input", value: "\(dims)", "must be [N] values or [H, W, C], at most 16,777,216 values")
             }
-            if let classes, !(2...256).contains(classes) {
-                throw ConfigurationError(key: "classes", value: "\(classes)", "must be in 2...256")
+            let loss = loss ?? .softmaxCrossEntropy
+            let smallest = loss.usesClassLabels ? 2 : 1
+            if let classes, !(smallest...Dataset.maximumClasses).contains(classes) {
+                throw ConfigurationError(key: "classes", value: "\(classes)", "must be in \(smallest)...\(Dataset.maximumClasses) for loss \(loss)")
             }
-            return ModelSpec(input: shape, classes: classes ?? 10, layers: parsed)
+            return ModelSpec(input: shape, classes: classes ?? 10, layers: parsed, loss: loss)
         }
         guard let spec = ModelSpec.preset(model) else {
             throw ConfigurationError(key: "model", value: model, "must be 2nn or cnn (or give layers)")
         }
-        if input != nil || classes != nil {
-            throw ConfigurationError(key: "model", value: model, "presets are MNIST-shaped (784 values or 28x28x1, 10 classes); give layers for another input or class count")
+        if input != nil || classes != nil || (loss != nil && loss != .softmaxCrossEntropy) {
+            throw ConfigurationError(key: "model", value: model, "presets are MNIST-shaped (784 values or 28x28x1, 10 classes, softmax); give layers for another input, output size or loss")
         }
         return spec
     }

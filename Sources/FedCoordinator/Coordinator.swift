@@ -93,7 +93,8 @@ public actor Coordinator {
         settings.learningRate = configuration.learningRate
         settings.uplink = configuration.uplinkCodec
         settings.seed = configuration.seed
-        settings.targetAccuracy = configuration.targetAccuracy
+        settings.targetMetric = configuration.targetMetric
+        settings.metric = configuration.model.loss.metric
         settings.aggregation = configuration.aggregation
         settings.serverOptimizer = configuration.serverOptimizer
         settings.updateBound = configuration.updateBound
@@ -121,16 +122,14 @@ public actor Coordinator {
             store = nil
         }
         firstRound = (resume?.round ?? 0) + 1
-        var evaluate: (([Float]) -> (accuracy: Double, loss: Double))?
+        var evaluate: (([Float]) -> (metric: Double, loss: Double))?
         if let test {
-            guard test.sampleShape.count == configuration.model.input.count else {
-                throw ModelError("test data has \(test.sampleShape.count) features, the model expects \(configuration.model.input.count)")
-            }
+            if let problem = network.accepts(test) { throw ModelError("test data: \(problem)") }
             let evaluator = Evaluator(network: network, threads: availableCores)
             let slice = test.all
             evaluate = { model in
                 let result = evaluator.evaluate(model, on: slice)
-                return (result.accuracy, result.loss)
+                return (result.value, result.loss)
             }
         }
         var trustedDirections: TrustedDirections?
@@ -368,7 +367,8 @@ public actor Coordinator {
             try store.commit(
                 RoundRow(round: record.round, startedAt: start, endedAt: Date(), selected: record.selected, completed: record.completed,
                          refused: record.refused, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
-                         trainingLoss: record.trainingLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
+                         trainingLoss: record.trainingLoss, testMetric: record.testMetric, testLoss: record.testLoss,
+                         metric: configuration.model.loss.metric.rawValue),
                 checkpoint: Checkpoint(round: record.round, modelVersion: engine.modelVersion, model: engine.global,
                                        optimizerM: engine.optimizer.m, optimizerV: engine.optimizer.v, modelSHA256: RunStore.sha256(engine.global)),
                 participations: record.participations.map { Participation($0, codec: configuration.uplinkCodec.description) },
@@ -379,10 +379,13 @@ public actor Coordinator {
         metrics.rounds.increment()
         metrics.currentRound.set(to: Double(record.round))
         metrics.bytesDown.increment(by: Int64(record.downlinkBytes))
-        if let accuracy = record.testAccuracy { metrics.accuracy.set(to: accuracy) }
+        if let value = record.testMetric {
+            metrics.testMetric.set(to: value)
+            if configuration.model.loss.metric == .accuracy { metrics.accuracy.set(to: value) }
+        }
         logger.info("round complete", metadata: [
             "round": "\(record.round)", "updates": "\(record.completed)/\(record.selected)",
-            "accuracy": "\(record.testAccuracy.map { String(format: "%.4f", $0) } ?? "-")",
+            "\(configuration.model.loss.metric)": "\(record.testMetric.map { String(format: "%.4f", $0) } ?? "-")",
             "seconds": "\(String(format: "%.2f", record.seconds))",
         ])
     }

@@ -5,7 +5,7 @@ import Foundation
 
 extension CoordinatorConfiguration {
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
-        "host", "port", "rounds", "target_accuracy", "min_clients", "clients_per_round",
+        "host", "port", "rounds", "target_accuracy", "target", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "max_tasks_in_flight", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
         "trusted_data", "trusted_examples", "update_bound", "loss_guard", "tls_certificate", "tls_key", "tls_client_ca",
@@ -21,15 +21,12 @@ extension CoordinatorConfiguration {
         var c = CoordinatorConfiguration()
         if let v = try table.string("host") { c.host = v }
         if let v = try table.int("port") { c.port = v }
-        if table.contains("model") || table.contains("layers") || table.contains("input") || table.contains("classes") {
-            do {
-                c.model = try ModelSpec.configured(
-                    model: try table.string("model") ?? "2nn", layers: try table.strings("layers") ?? [],
-                    input: try table.ints("input"), classes: try table.int("classes"))
-            } catch let error as ConfigurationError { throw ConfigurationError("\(source): \(error)") }
-        }
+        do {
+            if let model = try ModelSpec.configured(table) { c.model = model }
+        } catch let error as ConfigurationError { throw ConfigurationError("\(source): \(error)") }
         if let v = try table.int("rounds") { c.rounds = v }
-        if let v = try table.number("target_accuracy") { c.targetAccuracy = v }
+        if table.contains("target"), table.contains("target_accuracy") { throw ConfigurationError(file: source, key: "target", value: nil, "give target or target_accuracy, not both") }
+        if let v = try table.number("target") ?? table.number("target_accuracy") { c.targetMetric = v }
         if let v = try table.int("min_clients") { c.minimumClients = v }
         if let v = try table.int("clients_per_round") { c.clientsPerRound = v }
         if let v = try table.number("over_selection") { c.overSelection = v }
@@ -106,7 +103,10 @@ extension CoordinatorConfiguration {
         guard learningRate > 0, learningRate.isFinite else { throw fail("learning_rate must be positive") }
         guard handshakeTimeout > 0, handshakeTimeout <= 3_600 else { throw fail("handshake_timeout must be in (0, 3600] seconds, got \(handshakeTimeout)") }
         guard (50...3_600_000).contains(heartbeatMilliseconds) else { throw fail("heartbeat_ms must be in 50...3600000, got \(heartbeatMilliseconds)") }
-        guard targetAccuracy >= 0, targetAccuracy <= 1 else { throw fail("target_accuracy must be in [0, 1], got \(targetAccuracy)") }
+        guard targetMetric >= 0, targetMetric.isFinite else { throw fail("target must be a finite number at least 0, got \(targetMetric)") }
+        if model.loss.metric.higherIsBetter, targetMetric > 1 {
+            throw fail("target is an accuracy for this task and must be in [0, 1], got \(targetMetric)")
+        }
         guard metricsPort.map({ (0...65_535).contains($0) }) ?? true else { throw fail("metrics_port must be in 0...65535, got \(metricsPort!)") }
         guard trustedExamples <= 1_000_000 else { throw fail("trusted_examples must be at most 1000000, got \(trustedExamples)") }
         guard maximumConnections >= 1 else { throw fail("max_connections must be at least 1") }

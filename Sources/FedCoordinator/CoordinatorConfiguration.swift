@@ -15,7 +15,7 @@ public struct CoordinatorConfiguration: Sendable {
     /// Rounds to complete.
     public var rounds = 10
     /// Stop early once the test accuracy reaches this (0 = never).
-    public var targetAccuracy = 0.0
+    public var targetMetric = 0.0
     /// Connected, authenticated clients needed before a round starts.
     public var minimumClients = 2
     /// Updates wanted per round.

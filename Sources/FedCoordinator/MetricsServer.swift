@@ -13,6 +13,7 @@ public final class CoordinatorMetrics: Sendable {
     let bytesDown: Counter
     let connected: Gauge
     let accuracy: Gauge
+    let testMetric: Gauge
     let currentRound: Gauge
 
     public init() {
@@ -31,7 +32,8 @@ public final class CoordinatorMetrics: Sendable {
         bytesUp = counter("bytes_up", "total", "Encoded update bytes received")
         bytesDown = counter("bytes_down", "total", "Encoded model bytes sent")
         connected = gauge("connected_clients", "Authenticated clients connected now")
-        accuracy = gauge("test_accuracy", "Test accuracy of the latest global model")
+        accuracy = gauge("test_accuracy", "Test accuracy of the latest global model (classification tasks)")
+        testMetric = gauge("test_metric", "The task's headline test metric (accuracy, RMSE or label accuracy) of the latest global model")
         currentRound = gauge("round", "Last completed round")
     }
 }

@@ -36,8 +36,11 @@ public struct RoundEngine {
         /// The codec clients encode their updates with.
         public var uplink = CodecSpec(codec: .fp32, zlibLevel: nil)
         public var seed: UInt64 = 1
-        /// Stop once the test accuracy reaches this (0 = never).
-        public var targetAccuracy = 0.0
+        /// Stop once the test metric reaches this, in the metric's direction (0 = never).
+        public var targetMetric = 0.0
+        /// The task's headline metric (``Loss/metric``): what `evaluate` returns and which way
+        /// the target is reached.
+        public var metric = Metric.accuracy
         /// Evaluate after every this many rounds (and after the last).
         public var evaluateEvery = 1
         public var aggregation = AggregationSettings()
@@ -163,7 +166,7 @@ public struct RoundEngine {
 
     private let ranges: [Range<Int>]
     private let trusted: TrustedDirections?
-    private let evaluate: (([Float]) -> (accuracy: Double, loss: Double))?
+    private let evaluate: (([Float]) -> (metric: Double, loss: Double))?
     private var referenceNorm: Double?
     private var clients: [String: Client] = [:]
     private var sortedIDs: [String]?
@@ -186,7 +189,7 @@ public struct RoundEngine {
         settings: Settings, network: Network, initial: [Float],
         resume: (round: Int, modelVersion: UInt32, optimizer: ServerOptimizer, ledger: TrustLedger)? = nil,
         trusted: TrustedDirections? = nil,
-        evaluate: (([Float]) -> (accuracy: Double, loss: Double))? = nil
+        evaluate: (([Float]) -> (metric: Double, loss: Double))? = nil
     ) {
         precondition(initial.count == network.parameterCount, "initial model does not match the network")
         self.settings = settings
@@ -416,7 +419,7 @@ public struct RoundEngine {
         }
         var dpGenerator = SeededGenerator(seed: settings.seed, stream: 0xD9, UInt64(round.round))
         let (mean, outcome) = round.aggregator.finish(generator: &dpGenerator)
-        var evaluation: (accuracy: Double, loss: Double)?
+        var evaluation: (metric: Double, loss: Double)?
         if let mean {
             let guarding = settings.updateBound > 0 || settings.lossGuard > 0
             if guarding, settings.lossGuard > 0, previousLoss == nil, let evaluate { previousLoss = evaluate(global).loss }
@@ -454,13 +457,13 @@ public struct RoundEngine {
             late: round.participations.filter { $0.state == .late }.count,
             uplinkBytes: round.uplinkBytes, downlinkBytes: round.downlinkBytes,
             trainingLoss: round.examples > 0 ? round.lossSum / round.examples : 0,
-            testAccuracy: nil, testLoss: nil, seconds: 0, abandonedAttempts: attempt, modelVersion: modelVersion,
+            testMetric: nil, testLoss: nil, seconds: 0, abandonedAttempts: attempt, modelVersion: modelVersion,
             startedAt: round.startedAt, closedAt: time, participations: round.participations,
             notices: round.notices + notices(outcome, aggregated: round.aggregated, round: round.round),
             trust: Dictionary(uniqueKeysWithValues: Set(round.aggregated).compactMap { id in ledger.records[id].map { (id, $0) } }))
         if let evaluate, round.round % max(1, settings.evaluateEvery) == 0 || round.round == settings.rounds {
             let evaluation = evaluation ?? evaluate(global)
-            record.testAccuracy = evaluation.accuracy
+            record.testMetric = evaluation.metric
             record.testLoss = evaluation.loss
             previousLoss = evaluation.loss
         } else if let evaluation {
@@ -469,7 +472,7 @@ public struct RoundEngine {
         attempt = 0
         nextRound = round.round + 1
         if nextRound > settings.rounds { isFinished = true }
-        if settings.targetAccuracy > 0, let accuracy = record.testAccuracy, accuracy >= settings.targetAccuracy { isFinished = true }
+        if settings.targetMetric > 0, let value = record.testMetric, settings.metric.reaches(value, settings.targetMetric) { isFinished = true }
         return .completed(record)
     }
 

@@ -73,7 +73,7 @@ public struct RoundOutcome: Sendable, Equatable {
     public var downlinkBytes: Int
     /// Example-weighted mean of the admitted clients' training losses.
     public var trainingLoss: Double
-    public var testAccuracy: Double?
+    public var testMetric: Double?
     public var testLoss: Double?
     /// Wall-clock seconds (set by the shell that ran the round).
     public var seconds: Double

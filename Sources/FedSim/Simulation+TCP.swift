@@ -21,7 +21,7 @@ extension Simulation {
         coordinator.port = 0
         coordinator.model = network.spec
         coordinator.rounds = c.rounds
-        coordinator.targetAccuracy = c.stopAtTarget ? c.targetAccuracy : 0
+        coordinator.targetMetric = c.stopAtTarget ? c.targetMetric : 0
         coordinator.minimumClients = c.clients
         coordinator.clientsPerRound = c.clientsPerRound
         coordinator.overSelection = 1
@@ -99,7 +99,7 @@ private let RLIMIT_NOFILE_VALUE = RLIMIT_NOFILE
 extension RoundRecord {
     init(round r: CoordinatorRound) {
         self.init(
-            round: r.round, testAccuracy: r.testAccuracy, testLoss: r.testLoss, trainLoss: r.trainingLoss,
+            round: r.round, testMetric: r.testMetric, testLoss: r.testLoss, trainLoss: r.trainingLoss,
             clients: r.completed, uplinkBytes: r.uplinkBytes, downlinkBytes: r.downlinkBytes, seconds: r.seconds,
             selected: r.selected, dropped: r.dropped, late: r.late)
     }

@@ -27,6 +27,9 @@ public final class Simulation {
     private let clientIndex: [String: Int]
     /// Whether simulated arrival times decide which updates count (over-selection, a deadline).
     private let arrivalDecides: Bool
+    /// The latest test evaluation in full (per-class accuracy, RMSE and MAE for the report).
+    private let latest = LatestEvaluation()
+    private var finalEvaluation: Evaluation? { latest.value }
     /// The current global model.
     public var global: [Float] { engine.global }
     public private(set) var records: [RoundRecord] = []
@@ -57,8 +60,9 @@ public final class Simulation {
     public convenience init(configuration: SimulationConfiguration) throws {
         try configuration.validate()
         let directory = URL(fileURLWithPath: configuration.data)
-        let train = try DataDirectory.load(directory, train: true)
-        let test = try DataDirectory.load(directory, train: false)
+        let targets = TargetFormat(try configuration.modelSpec())
+        let train = try DataDirectory.load(directory, train: true, targets: targets)
+        let test = try DataDirectory.load(directory, train: false, targets: targets)
         try self.init(configuration: configuration, train: train, test: test)
     }
 
@@ -67,19 +71,14 @@ public final class Simulation {
         try configuration.validate()
         let spec = try configuration.modelSpec()
         let network = try Network(spec)
-        guard train.sampleShape.count == spec.input.count else {
-            throw ConfigurationError("data \(train.name) has \(train.sampleShape.count) features per example, the model expects \(spec.input.count)")
-        }
-        guard test.sampleShape.count == spec.input.count else {
-            throw ConfigurationError("test data \(test.name) has \(test.sampleShape.count) features per example, the model expects \(spec.input.count)")
-        }
+        if let problem = network.accepts(train) { throw ConfigurationError("training data: \(problem)") }
+        if let problem = network.accepts(test) { throw ConfigurationError("test data: \(problem)") }
         self.configuration = configuration
         self.network = network
         trainData = train
         testData = test
         do {
-            clientIndices = try configuration.partitionValue().split(
-                labels: train.labels, classes: train.classes, clients: configuration.clients, seed: configuration.seed, groups: train.groups)
+            clientIndices = try configuration.partitionValue().split(train, clients: configuration.clients, seed: configuration.seed)
         } catch let error as DataError {
             throw ConfigurationError("partition \(configuration.partition): \(error.problem)")
         }
@@ -97,9 +96,12 @@ public final class Simulation {
         var everyone = Array(0..<configuration.clients)
         everyone.withUnsafeMutableBufferPointer { attackerDraw.shuffle($0) }
         attackers = Set(everyone.prefix(Int((configuration.attackers * Double(configuration.clients)).rounded())))
+        if configuration.attackers > 0, configuration.attack == .labelFlip, !train.hasClassLabels {
+            throw ConfigurationError("attack label_flip needs class labels; \(train.name) has target values")
+        }
         poisonedData = configuration.attackers > 0 && configuration.attack == .labelFlip
             ? try Dataset(name: train.name + " (labels flipped)", sampleShape: train.sampleShape, classes: train.classes,
-                          features: train.features, labels: train.labels.map { UInt8(train.classes - 1) - $0 })
+                          features: train.features, labels: train.labels.map { Int32(train.classes - 1) - $0 })
             : nil
         profiles = (0..<configuration.clients).map { configuration.devices.profile(client: $0, seed: configuration.seed) }
         let evaluator = Evaluator(network: network, threads: configuration.effectiveThreads)
@@ -124,14 +126,17 @@ public final class Simulation {
         settings.learningRate = Float(configuration.learningRate)
         settings.uplink = configuration.codec
         settings.seed = configuration.seed
+        settings.metric = spec.loss.metric
         settings.evaluateEvery = configuration.evaluateEvery
         settings.aggregation = configuration.aggregation
         settings.serverOptimizer = try configuration.serverOptimizerSettings()
         arrivalDecides = devices.overSelection > 1 || devices.roundDeadline > 0
         settings.addInSelectionOrder = arrivalDecides
+        let latest = self.latest
         engine = RoundEngine(settings: settings, network: network, initial: global, trusted: trusted) { model in
             let evaluation = evaluator.evaluate(model, on: testSlice)
-            return (evaluation.accuracy, evaluation.loss)
+            latest.value = evaluation
+            return (evaluation.value, evaluation.loss)
         }
         // Zero-padded, so that the engine's sorted ids are the clients in index order.
         let width = max(6, String(configuration.clients - 1).count)
@@ -282,17 +287,18 @@ public final class Simulation {
         case .rejected: preconditionFailure("fedsim runs without the commit guard")
         }
         var record = RoundRecord(
-            round: round, testAccuracy: outcome.testAccuracy, testLoss: outcome.testLoss,
+            round: round, testMetric: outcome.testMetric, testLoss: outcome.testLoss,
             trainLoss: outcome.trainingLoss, clients: outcome.completed,
             uplinkBytes: outcome.uplinkBytes, downlinkBytes: outcome.downlinkBytes, seconds: 0,
             selected: outcome.selected, dropped: outcome.dropped, late: outcome.late,
-            simulatedSeconds: simulatedSeconds)
+            simulatedSeconds: simulatedSeconds, metric: network.spec.loss.metric)
         record.seconds = Date().timeIntervalSince(startTime)
         if let store {
             try store.commit(
                 RoundRow(round: round, startedAt: startTime, endedAt: Date(), selected: outcome.selected, completed: outcome.completed,
                          refused: outcome.refused, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,
-                         trainingLoss: record.trainLoss, testAccuracy: record.testAccuracy, testLoss: record.testLoss),
+                         trainingLoss: record.trainLoss, testMetric: record.testMetric, testLoss: record.testLoss,
+                         metric: record.metric.rawValue),
                 checkpoint: Checkpoint(round: round, modelVersion: engine.modelVersion, model: engine.global,
                                        optimizerM: engine.optimizer.m, optimizerV: engine.optimizer.v, modelSHA256: RunStore.sha256(engine.global)),
                 participations: outcome.participations.map { Participation($0, codec: c.codec.description) },
@@ -308,8 +314,8 @@ public final class Simulation {
         while records.count < configuration.rounds {
             let record = try runRound()
             progress(record)
-            if configuration.stopAtTarget, configuration.targetAccuracy > 0,
-               let accuracy = record.testAccuracy, accuracy >= configuration.targetAccuracy {
+            if configuration.stopAtTarget, configuration.targetMetric > 0,
+               let value = record.testMetric, network.spec.loss.metric.reaches(value, configuration.targetMetric) {
                 break
             }
         }
@@ -323,20 +329,26 @@ public final class Simulation {
     func reportOverTCP(_ rounds: [RoundRecord]) -> SimulationReport { makeReport(rounds) }
 
     private func makeReport(_ records: [RoundRecord]) -> SimulationReport {
-        let accuracies = records.compactMap(\.testAccuracy)
-        let target = configuration.targetAccuracy > 0 ? configuration.targetAccuracy : nil
+        let metric = network.spec.loss.metric
+        let values = records.compactMap(\.testMetric)
+        let target = configuration.targetMetric > 0 ? configuration.targetMetric : nil
         let total = records.reduce(0) { $0 + $1.seconds }
-        let summary = SimulationSummary(
+        var summary = SimulationSummary(
             roundsRun: records.count,
-            finalAccuracy: records.last?.testAccuracy,
-            bestAccuracy: accuracies.max(),
-            targetAccuracy: target,
-            roundsToTarget: target.flatMap { t in records.first { ($0.testAccuracy ?? 0) >= t }?.round },
+            finalAccuracy: records.last?.testMetric,
+            bestAccuracy: values.isEmpty ? nil : values.dropFirst().reduce(values[0], metric.best),
+            targetMetric: target,
+            roundsToTarget: target.flatMap { t in records.first { $0.testMetric.map { metric.reaches($0, t) } ?? false }?.round },
             totalSeconds: total,
             meanSecondsPerRound: records.isEmpty ? 0 : total / Double(records.count),
             uplinkBytes: records.reduce(0) { $0 + $1.uplinkBytes },
             downlinkBytes: records.reduce(0) { $0 + $1.downlinkBytes },
-            simulatedSeconds: configuration.devices.hasClock ? records.reduce(0) { $0 + ($1.simulatedSeconds ?? 0) } : nil)
+            simulatedSeconds: configuration.devices.hasClock ? records.reduce(0) { $0 + ($1.simulatedSeconds ?? 0) } : nil,
+            metric: metric)
+        if let final = finalEvaluation {
+            summary.perClassAccuracy = final.perClassAccuracy
+            if metric == .rmse { (summary.rmse, summary.mae) = (final.rmse, final.mae) }
+        }
         return SimulationReport(config: configuration.reportValues, rounds: records, summary: summary)
     }
 }
@@ -472,4 +484,9 @@ private func withUnsafeMutableBuffers(
             c.withUnsafeMutableBufferPointer { c in body(a, b, c) }
         }
     }
+}
+
+/// The last evaluation the engine asked for, kept for the report.
+private final class LatestEvaluation: @unchecked Sendable {
+    var value: Evaluation?
 }

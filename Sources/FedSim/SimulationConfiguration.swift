@@ -13,9 +13,11 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var model = "2nn"
     /// Explicit layer list (`["dense:200", "relu", ...]`); overrides `model` when non-empty.
     public var layers: [String] = []
-    /// With `layers`: the input shape (`[N]` or `[H, W, C]`) and class count (nil = MNIST's).
+    /// With `layers`: the input shape (`[N]` or `[H, W, C]`), output size (class count; nil =
+    /// MNIST's) and loss (nil = softmax cross-entropy).
     public var input: [Int]?
     public var classes: Int?
+    public var loss: Loss?
     /// Directory with the four MNIST IDX files. Relative paths are resolved against the
     /// scenario file's directory.
     public var data = "data/mnist"
@@ -46,7 +48,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// Seed for initialisation, partitioning, sampling and shuffling.
     public var seed: UInt64 = 1
     /// Test accuracy whose first crossing is reported as "rounds to target" (0 = none).
-    public var targetAccuracy = 0.0
+    public var targetMetric = 0.0
     /// Stop as soon as the target accuracy is reached.
     public var stopAtTarget = false
     /// Evaluate the global model every this many rounds (the last round always).
@@ -97,7 +99,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
-        "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "stop_at_target",
+        "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "target", "stop_at_target",
         "evaluate_every", "threads", "codec", "downlink", "transport",
         "compute_speed", "uplink_mbps", "downlink_mbps", "availability", "dropout", "over_selection", "round_deadline",
         "trusted_examples", "attackers", "attack", "attack_scale", "attack_noise", "attack_from_round",
@@ -122,7 +124,14 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.string("model") { c.model = v }
         if let v = try table.strings("layers") { c.layers = v }
         if let v = try table.ints("input") { c.input = v }
-        if let v = try table.int("classes") { c.classes = v }
+        if let v = try table.int("classes") ?? table.int("outputs") { c.classes = v }
+        if table.contains("classes"), table.contains("outputs") { throw ConfigurationError(file: table.source, key: "outputs", value: nil, "give classes or outputs, not both") }
+        if let text = try table.string("loss") {
+            guard let v = Loss(parsing: text) else {
+                throw ConfigurationError(file: table.source, key: "loss", value: text, "must be softmax (classification), mse (regression) or bce (multi-label)")
+            }
+            c.loss = v
+        }
         if let v = try table.string("data") { c.data = v }
         if let v = try table.int("clients") { c.clients = v }
         if let v = try table.number("fraction") { c.fraction = v }
@@ -137,7 +146,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.int("shards_per_client") { c.shardsPerClient = v }
         if let v = try table.number("dirichlet_alpha") { c.dirichletAlpha = v }
         if let v = try table.count("seed") { c.seed = v }
-        if let v = try table.number("target_accuracy") { c.targetAccuracy = v }
+        if table.contains("target"), table.contains("target_accuracy") { throw ConfigurationError(file: table.source, key: "target", value: nil, "give target or target_accuracy, not both") }
+        if let v = try table.number("target") ?? table.number("target_accuracy") { c.targetMetric = v }
         if let v = try table.bool("stop_at_target") { c.stopAtTarget = v }
         if let v = try table.int("evaluate_every") { c.evaluateEvery = v }
         if let v = try table.int("threads") { c.threads = v }
@@ -188,7 +198,10 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard proximalMu >= 0, proximalMu.isFinite else { throw fail("proximal_mu must be non-negative, got \(proximalMu)") }
         guard shardsPerClient >= 1 else { throw fail("shards_per_client must be at least 1, got \(shardsPerClient)") }
         guard dirichletAlpha > 0, dirichletAlpha.isFinite else { throw fail("dirichlet_alpha must be positive, got \(dirichletAlpha)") }
-        guard targetAccuracy >= 0, targetAccuracy <= 1 else { throw fail("target_accuracy must be in [0, 1], got \(targetAccuracy)") }
+        guard targetMetric >= 0, targetMetric.isFinite else { throw fail("target must be a finite number at least 0, got \(targetMetric)") }
+        if (loss ?? .softmaxCrossEntropy).metric.higherIsBetter, targetMetric > 1 {
+            throw fail("target is an accuracy for this task and must be in [0, 1], got \(targetMetric)")
+        }
         guard evaluateEvery >= 1 else { throw fail("evaluate_every must be at least 1, got \(evaluateEvery)") }
         guard threads >= 0, threads <= 256 else { throw fail("threads must be in 0...256, got \(threads)") }
         _ = try partitionValue()
@@ -272,7 +285,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// The model architecture: `layers` on `input` with `classes` (MNIST's when not given),
     /// else the preset.
     public func modelSpec() throws -> ModelSpec {
-        try ModelSpec.configured(model: model, layers: layers, input: input, classes: classes)
+        try ModelSpec.configured(model: model, layers: layers, input: input, classes: classes, loss: loss)
     }
 
     /// Clients sampled per round: max(1, round(C·K)).

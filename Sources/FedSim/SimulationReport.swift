@@ -1,10 +1,12 @@
+import FedModel
 import Foundation
 
 /// One round of a simulated run, as written to the JSON report.
 public struct RoundRecord: Codable, Sendable, Equatable {
     public var round: Int
-    /// Test accuracy of the global model after this round (nil when not evaluated).
-    public var testAccuracy: Double?
+    /// The task's headline metric (``metric``: accuracy, or RMSE for regression) of the global
+    /// model after this round (nil when not evaluated).
+    public var testMetric: Double?
     public var testLoss: Double?
     /// Example-weighted mean local training loss of the participants.
     public var trainLoss: Double
@@ -24,10 +26,13 @@ public struct RoundRecord: Codable, Sendable, Equatable {
     public var late = 0
     /// The round's duration on the virtual clock (nil without a device model).
     public var simulatedSeconds: Double?
+    /// Which metric ``testMetric`` is.
+    public var metric = Metric.accuracy
 
     enum CodingKeys: String, CodingKey {
-        case round, clients, seconds, selected, dropped, late
+        case round, clients, seconds, selected, dropped, late, metric
         case simulatedSeconds = "simulated_seconds"
+        case testMetric = "test_metric"
         case testAccuracy = "test_accuracy"
         case testLoss = "test_loss"
         case trainLoss = "train_loss"
@@ -35,11 +40,48 @@ public struct RoundRecord: Codable, Sendable, Equatable {
         case downlinkBytes = "downlink_bytes"
     }
 
-    /// Every key is always present; a round that was not evaluated has `null` accuracy and loss.
+    public init(round: Int, testMetric: Double?, testLoss: Double?, trainLoss: Double, clients: Int, uplinkBytes: Int, downlinkBytes: Int, seconds: Double,
+                selected: Int = 0, dropped: Int = 0, late: Int = 0, simulatedSeconds: Double? = nil, metric: Metric = .accuracy) {
+        self.round = round
+        self.testMetric = testMetric
+        self.testLoss = testLoss
+        self.trainLoss = trainLoss
+        self.clients = clients
+        self.uplinkBytes = uplinkBytes
+        self.downlinkBytes = downlinkBytes
+        self.seconds = seconds
+        self.selected = selected
+        self.dropped = dropped
+        self.late = late
+        self.simulatedSeconds = simulatedSeconds
+        self.metric = metric
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        round = try c.decode(Int.self, forKey: .round)
+        metric = try c.decodeIfPresent(Metric.self, forKey: .metric) ?? .accuracy
+        testMetric = try c.decodeIfPresent(Double.self, forKey: .testMetric) ?? c.decodeIfPresent(Double.self, forKey: .testAccuracy)
+        testLoss = try c.decodeIfPresent(Double.self, forKey: .testLoss)
+        trainLoss = try c.decode(Double.self, forKey: .trainLoss)
+        clients = try c.decode(Int.self, forKey: .clients)
+        uplinkBytes = try c.decode(Int.self, forKey: .uplinkBytes)
+        downlinkBytes = try c.decode(Int.self, forKey: .downlinkBytes)
+        seconds = try c.decode(Double.self, forKey: .seconds)
+        selected = try c.decodeIfPresent(Int.self, forKey: .selected) ?? 0
+        dropped = try c.decodeIfPresent(Int.self, forKey: .dropped) ?? 0
+        late = try c.decodeIfPresent(Int.self, forKey: .late) ?? 0
+        simulatedSeconds = try c.decodeIfPresent(Double.self, forKey: .simulatedSeconds)
+    }
+
+    /// Every key is always present; a round that was not evaluated has `null` metric and loss.
+    /// `test_accuracy` repeats `test_metric` when the metric is accuracy (null otherwise).
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(round, forKey: .round)
-        try c.encode(testAccuracy, forKey: .testAccuracy)
+        try c.encode(metric, forKey: .metric)
+        try c.encode(testMetric, forKey: .testMetric)
+        try c.encode(metric == .accuracy ? testMetric : nil, forKey: .testAccuracy)
         try c.encode(testLoss, forKey: .testLoss)
         try c.encode(trainLoss, forKey: .trainLoss)
         try c.encode(clients, forKey: .clients)
@@ -56,10 +98,11 @@ public struct RoundRecord: Codable, Sendable, Equatable {
 /// Totals of a run.
 public struct SimulationSummary: Codable, Sendable, Equatable {
     public var roundsRun: Int
+    /// The headline metric's final and best values (``metric``; accuracy for classification).
     public var finalAccuracy: Double?
     public var bestAccuracy: Double?
-    public var targetAccuracy: Double?
-    /// First round whose test accuracy reached the target, if any.
+    public var targetMetric: Double?
+    /// First round whose test metric reached the target, if any.
     public var roundsToTarget: Int?
     public var totalSeconds: Double
     public var meanSecondsPerRound: Double
@@ -67,13 +110,25 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
     public var downlinkBytes: Int
     /// Total duration on the virtual clock (nil without a device model).
     public var simulatedSeconds: Double? = nil
+    /// The task's headline metric.
+    public var metric = Metric.accuracy
+    /// Accuracy per class of the final model (classification; nil for a class without test examples).
+    public var perClassAccuracy: [Double?] = []
+    /// Root mean squared and mean absolute error of the final model (regression).
+    public var rmse: Double?
+    public var mae: Double?
 
     enum CodingKeys: String, CodingKey {
+        case metric, rmse, mae
+        case perClassAccuracy = "per_class_accuracy"
         case simulatedSeconds = "simulated_seconds"
         case roundsRun = "rounds_run"
-        case finalAccuracy = "final_accuracy"
-        case bestAccuracy = "best_accuracy"
-        case targetAccuracy = "target_accuracy"
+        case finalAccuracy = "final_metric"
+        case bestAccuracy = "best_metric"
+        case targetMetric = "target"
+        case finalAccuracyKey = "final_accuracy"
+        case bestAccuracyKey = "best_accuracy"
+        case targetAccuracyKey = "target_accuracy"
         case roundsToTarget = "rounds_to_target"
         case totalSeconds = "total_seconds"
         case meanSecondsPerRound = "mean_seconds_per_round"
@@ -81,13 +136,56 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
         case downlinkBytes = "downlink_bytes"
     }
 
+    public init(roundsRun: Int, finalAccuracy: Double?, bestAccuracy: Double?, targetMetric: Double?, roundsToTarget: Int?,
+                totalSeconds: Double, meanSecondsPerRound: Double, uplinkBytes: Int, downlinkBytes: Int, simulatedSeconds: Double? = nil,
+                metric: Metric = .accuracy) {
+        self.roundsRun = roundsRun
+        self.finalAccuracy = finalAccuracy
+        self.bestAccuracy = bestAccuracy
+        self.targetMetric = targetMetric
+        self.roundsToTarget = roundsToTarget
+        self.totalSeconds = totalSeconds
+        self.meanSecondsPerRound = meanSecondsPerRound
+        self.uplinkBytes = uplinkBytes
+        self.downlinkBytes = downlinkBytes
+        self.simulatedSeconds = simulatedSeconds
+        self.metric = metric
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        roundsRun = try c.decode(Int.self, forKey: .roundsRun)
+        metric = try c.decodeIfPresent(Metric.self, forKey: .metric) ?? .accuracy
+        finalAccuracy = try c.decodeIfPresent(Double.self, forKey: .finalAccuracy) ?? c.decodeIfPresent(Double.self, forKey: .finalAccuracyKey)
+        bestAccuracy = try c.decodeIfPresent(Double.self, forKey: .bestAccuracy) ?? c.decodeIfPresent(Double.self, forKey: .bestAccuracyKey)
+        targetMetric = try c.decodeIfPresent(Double.self, forKey: .targetMetric) ?? c.decodeIfPresent(Double.self, forKey: .targetAccuracyKey)
+        roundsToTarget = try c.decodeIfPresent(Int.self, forKey: .roundsToTarget)
+        totalSeconds = try c.decode(Double.self, forKey: .totalSeconds)
+        meanSecondsPerRound = try c.decode(Double.self, forKey: .meanSecondsPerRound)
+        uplinkBytes = try c.decode(Int.self, forKey: .uplinkBytes)
+        downlinkBytes = try c.decode(Int.self, forKey: .downlinkBytes)
+        simulatedSeconds = try c.decodeIfPresent(Double.self, forKey: .simulatedSeconds)
+        perClassAccuracy = try c.decodeIfPresent([Double?].self, forKey: .perClassAccuracy) ?? []
+        rmse = try c.decodeIfPresent(Double.self, forKey: .rmse)
+        mae = try c.decodeIfPresent(Double.self, forKey: .mae)
+    }
+
     /// Every key is always present (`null` when there is no value, e.g. a target not reached).
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(roundsRun, forKey: .roundsRun)
+        try c.encode(metric, forKey: .metric)
         try c.encode(finalAccuracy, forKey: .finalAccuracy)
         try c.encode(bestAccuracy, forKey: .bestAccuracy)
-        try c.encode(targetAccuracy, forKey: .targetAccuracy)
+        try c.encode(targetMetric, forKey: .targetMetric)
+        // The accuracy names of earlier reports, for accuracy runs.
+        let isAccuracy = metric == .accuracy
+        try c.encode(isAccuracy ? finalAccuracy : nil, forKey: .finalAccuracyKey)
+        try c.encode(isAccuracy ? bestAccuracy : nil, forKey: .bestAccuracyKey)
+        try c.encode(isAccuracy ? targetMetric : nil, forKey: .targetAccuracyKey)
+        if !perClassAccuracy.isEmpty { try c.encode(perClassAccuracy, forKey: .perClassAccuracy) }
+        try c.encodeIfPresent(rmse, forKey: .rmse)
+        try c.encodeIfPresent(mae, forKey: .mae)
         try c.encode(roundsToTarget, forKey: .roundsToTarget)
         try c.encode(totalSeconds, forKey: .totalSeconds)
         try c.encode(meanSecondsPerRound, forKey: .meanSecondsPerRound)
@@ -150,7 +248,9 @@ extension SimulationConfiguration {
             "weight_decay": .double(weightDecay), "proximal_mu": .double(proximalMu),
             "partition": .string(partition.rawValue), "shards_per_client": .int(shardsPerClient),
             "dirichlet_alpha": .double(dirichletAlpha), "seed": .int(Int(seed)),
-            "target_accuracy": .double(targetAccuracy), "stop_at_target": .bool(stopAtTarget),
+            "target": .double(targetMetric), "stop_at_target": .bool(stopAtTarget),
+            "input": .string(input.map { $0.map(String.init).joined(separator: "x") } ?? ""),
+            "classes": .int(classes ?? 0), "loss": .string((loss ?? .softmaxCrossEntropy).rawValue),
             "evaluate_every": .int(evaluateEvery), "threads": .int(effectiveThreads),
             "clients_per_round": .int(clientsPerRound),
             "codec": .string(codec.description), "downlink": .string(downlink.description),

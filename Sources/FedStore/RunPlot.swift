@@ -76,10 +76,11 @@ public enum RunPlot {
                 lx += 30 + Double(s.name.count) * 7
             }
         }
+        let metric = "test " + (rounds.first?.metric ?? "accuracy").replacingOccurrences(of: "_", with: " ")
         panel(top: top1, height: height1, series: [
-            ("test accuracy", rounds.map(\.testAccuracy), "#1f77b4", 0),
+            (metric, rounds.map(\.testMetric), "#1f77b4", 0),
             ("test loss", rounds.map(\.testLoss), "#d62728", 1),
-        ], axisTitles: ["test accuracy", "test loss"])
+        ], axisTitles: [metric, "test loss"])
         panel(top: top2, height: height2, series: [
             ("bytes up", rounds.map { Double($0.uplinkBytes) }, "#2ca02c", 0),
             ("bytes down", rounds.map { Double($0.downlinkBytes) }, "#9467bd", 0),

@@ -34,11 +34,15 @@ public struct RoundRow: Sendable, Equatable {
     public var uplinkBytes: Int
     public var downlinkBytes: Int
     public var trainingLoss: Double
-    public var testAccuracy: Double?
+    /// The task's headline metric after the round (``metric``: `accuracy`, `rmse` or
+    /// `label_accuracy`), nil when the round was not evaluated.
+    public var testMetric: Double?
     public var testLoss: Double?
+    public var metric: String
 
     public init(round: Int, startedAt: Date, endedAt: Date, selected: Int, completed: Int, refused: Int,
-                uplinkBytes: Int, downlinkBytes: Int, trainingLoss: Double, testAccuracy: Double?, testLoss: Double?) {
+                uplinkBytes: Int, downlinkBytes: Int, trainingLoss: Double, testMetric: Double?, testLoss: Double?, metric: String = "accuracy") {
+        self.metric = metric
         self.round = round
         self.startedAt = startedAt
         self.endedAt = endedAt
@@ -48,7 +52,7 @@ public struct RoundRow: Sendable, Equatable {
         self.uplinkBytes = uplinkBytes
         self.downlinkBytes = downlinkBytes
         self.trainingLoss = trainingLoss
-        self.testAccuracy = testAccuracy
+        self.testMetric = testMetric
         self.testLoss = testLoss
     }
 }
@@ -95,7 +99,7 @@ public struct RetentionPolicy: Sendable, Equatable {
 /// committed round intact.
 public final class RunStore: Sendable {
     /// The newest schema this build knows.
-    public static let schemaVersion = 3
+    public static let schemaVersion = 4
     private let queue: DatabaseQueue
     public let path: String
 
@@ -235,6 +239,16 @@ public final class RunStore: Sendable {
                 PRAGMA user_version = 3;
                 """)
         }
+        migrator.registerMigration("v4") { db in
+            // Tasks other than classification: the headline metric by name (test_accuracy is
+            // kept for accuracy runs and earlier readers; it is NULL for other metrics).
+            try db.execute(sql: """
+                ALTER TABLE rounds ADD COLUMN test_metric REAL;
+                ALTER TABLE rounds ADD COLUMN metric TEXT NOT NULL DEFAULT 'accuracy';
+                UPDATE rounds SET test_metric = test_accuracy;
+                PRAGMA user_version = 4;
+                """)
+        }
         return migrator
     }
 
@@ -310,11 +324,12 @@ public final class RunStore: Sendable {
                 }
                 try db.execute(sql: """
                     INSERT INTO rounds (number, state, started_at, ended_at, selected, completed, dropped, refused, bytes_up, bytes_down,
-                                        training_loss, test_accuracy, test_loss, model_sha256)
-                    VALUES (?, 'committed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                        training_loss, test_accuracy, test_loss, model_sha256, test_metric, metric)
+                    VALUES (?, 'committed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """, arguments: [row.round, row.startedAt.timeIntervalSince1970, row.endedAt.timeIntervalSince1970,
                                      row.selected, row.completed, max(0, row.selected - row.completed), row.refused, row.uplinkBytes, row.downlinkBytes,
-                                     row.trainingLoss, row.testAccuracy, row.testLoss, checkpoint.modelSHA256])
+                                     row.trainingLoss, row.metric == "accuracy" ? row.testMetric : nil, row.testLoss, checkpoint.modelSHA256,
+                                     row.testMetric, row.metric])
                 try db.execute(sql: """
                     INSERT INTO checkpoints (round, model_version, model, model_sha256, optimizer_m, optimizer_v)
                     VALUES (?, ?, ?, ?, ?, ?)
@@ -392,7 +407,7 @@ public final class RunStore: Sendable {
                     endedAt: Date(timeIntervalSince1970: row["ended_at"]), selected: row["selected"],
                     completed: row["completed"], refused: row["refused"], uplinkBytes: row["bytes_up"],
                     downlinkBytes: row["bytes_down"], trainingLoss: row["training_loss"],
-                    testAccuracy: row["test_accuracy"], testLoss: row["test_loss"])
+                    testMetric: row["test_metric"], testLoss: row["test_loss"], metric: row["metric"])
             }
         }
     }

@@ -86,14 +86,14 @@ struct FedClientCommand: AsyncParsableCommand {
 
     private func loadData(_ url: URL, examples: String?, labelColumn: String?) throws -> DatasetSlice {
         if url.pathExtension.lowercased() == "csv" {
-            return try CSVDataset.load(contentsOf: url, labelColumn: CSVLabelColumn(parsing: labelColumn ?? "0")).all
+            return try CSVDataset.load(contentsOf: url, labelColumn: CSVLabelColumn(parsing: labelColumn ?? "0"), targets: nil).all
         }
         guard let examples else { return try DataDirectory.loadDevice(url).all }
         let bounds = examples.components(separatedBy: "..<")
         guard bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds[1]), low >= 0, low < high else {
             fail("examples must be LOW..<HIGH, got \"\(examples)\"")
         }
-        if FileManager.default.fileExists(atPath: url.appendingPathComponent("x.npy").path) {
+        if ["x.npy", "train_x.npy"].contains(where: { FileManager.default.fileExists(atPath: url.appendingPathComponent($0).path) }) {
             let all = try DataDirectory.loadDevice(url)
             guard high <= all.count else { fail("examples \(low)..<\(high) outside the data's 0..<\(all.count)") }
             return DatasetSlice(dataset: all, indices: (low..<high).map { Int32($0) })

@@ -19,7 +19,7 @@ extension FedCoord {
         @Option(help: "Round whose model to export (default: the last committed round).") var round: Int?
         @Option(help: "Output file.") var out: String
         @Option(help: "Codec spec for the weights: fp32, fp16, q8, ... (no top-k or error feedback).") var codec = "fp32"
-        @Option(help: "MNIST directory for the accuracy check.") var testData = "Simulations/data/mnist"
+        @Option(help: "Test data directory for the accuracy check (test_x.npy/test_y.npy or IDX files).") var testData = "Simulations/data/mnist"
 
         func run() throws {
             do {
@@ -45,14 +45,20 @@ extension FedCoord {
                 try file.write(to: URL(fileURLWithPath: out), options: .atomic)
                 var decoded = checkpoint.model
                 try codec.decode(shards, into: &decoded)
-                let test = try DataDirectory.load(URL(fileURLWithPath: testData), train: false)
+                let test = try DataDirectory.load(URL(fileURLWithPath: testData), train: false, targets: TargetFormat(spec))
+                if let problem = network.accepts(test) { throw DataError(testData, problem) }
                 let evaluator = Evaluator(network: network, threads: availableCores)
                 let reference = evaluator.evaluate(checkpoint.model, on: test.all)
                 let exported = evaluator.evaluate(decoded, on: test.all)
                 print(String(format: "fedcoord: exported round %d as %@ to %@ (%d bytes, float32 is %d)",
                              wanted, codecSpec.description, out, file.count, checkpoint.model.count * 4))
-                print(String(format: "test accuracy: float32 %.4f, exported %.4f (%+.2f points)",
-                             reference.accuracy, exported.accuracy, (exported.accuracy - reference.accuracy) * 100))
+                if spec.loss.metric == .rmse {
+                    print(String(format: "test RMSE: float32 %.4f, exported %.4f (%+.2f%%)",
+                                 reference.rmse, exported.rmse, (exported.rmse / max(reference.rmse, 1e-12) - 1) * 100))
+                } else {
+                    print(String(format: "test %@: float32 %.4f, exported %.4f (%+.2f points)", spec.loss.metric.rawValue,
+                                 reference.accuracy, exported.accuracy, (exported.accuracy - reference.accuracy) * 100))
+                }
             } catch let error as StoreError {
                 fail(error.description)
             } catch let error as CodecError {

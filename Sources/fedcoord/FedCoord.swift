@@ -58,8 +58,9 @@ extension FedCoord {
                 if let db { configuration.databasePath = db }
                 if let metricsPort { configuration.metricsPort = metricsPort }
                 try configuration.validate()
-                test = try testData.map { try DataDirectory.load($0, train: false) }
-                trusted = try configuration.trustedDataPath.map { try DataDirectory.load(URL(fileURLWithPath: $0), train: true) }
+                let targets = TargetFormat(configuration.model)
+                test = try testData.map { try DataDirectory.load($0, train: false, targets: targets) }
+                trusted = try configuration.trustedDataPath.map { try DataDirectory.load(URL(fileURLWithPath: $0), train: true, targets: targets) }
             } catch let error as ConfigurationError {
                 fail(error.description)
             } catch let error as DataError {
@@ -81,10 +82,11 @@ extension FedCoord {
                 fail("\(error)")
             }
             let listenHost = configuration.host
+            let metric = configuration.model.loss.metric.rawValue
             let progress: @Sendable (CoordinatorRound) -> Void = { r in
-                let accuracy = r.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
-                print(String(format: "round %4d  accuracy %@  updates %d/%d  refused %d  up %d B  down %d B  %.2fs",
-                             r.round, accuracy, r.completed, r.selected, r.refused, r.uplinkBytes, r.downlinkBytes, r.seconds))
+                let value = r.testMetric.map { String(format: "%.4f", $0) } ?? "-"
+                print(String(format: "round %4d  \(metric) %@  updates %d/%d  refused %d  up %d B  down %d B  %.2fs",
+                             r.round, value, r.completed, r.selected, r.refused, r.uplinkBytes, r.downlinkBytes, r.seconds))
                 fflush(nil)
             }
             let history: [CoordinatorRound]
@@ -109,7 +111,7 @@ extension FedCoord {
                 fail("cannot serve on \(configuration.host):\(configuration.port): \(error)")
             }
             let stopped = await coordinator.isStopping
-            print("fedcoord: \(stopped ? "stopped" : "done"): \(history.count) rounds, final accuracy \(history.last?.testAccuracy.map { String(format: "%.4f", $0) } ?? "-")")
+            print("fedcoord: \(stopped ? "stopped" : "done"): \(history.count) rounds, final \(metric) \(history.last?.testMetric.map { String(format: "%.4f", $0) } ?? "-")")
         }
 
         private func fail(_ message: String) -> Never {

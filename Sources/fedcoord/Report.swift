@@ -33,25 +33,27 @@ extension FedCoord {
                 }
             }
             func value(_ x: Double?) -> String { x.map { String(format: "%.4f", $0) } ?? "" }
+            let metric = rounds.first?.metric ?? "accuracy"
             if json {
                 let objects: [[String: Any]] = rounds.map { r in
                     ["round": r.round, "selected": r.selected, "completed": r.completed, "refused": r.refused,
                      "uplink_bytes": r.uplinkBytes, "downlink_bytes": r.downlinkBytes, "training_loss": r.trainingLoss,
-                     "test_accuracy": r.testAccuracy as Any? ?? NSNull(), "test_loss": r.testLoss as Any? ?? NSNull(),
+                     "metric": r.metric, "test_metric": r.testMetric as Any? ?? NSNull(),
+                     "test_accuracy": (r.metric == "accuracy" ? r.testMetric : nil) as Any? ?? NSNull(), "test_loss": r.testLoss as Any? ?? NSNull(),
                      "seconds": r.endedAt.timeIntervalSince(r.startedAt)]
                 }
                 let data = try JSONSerialization.data(withJSONObject: ["rounds": objects], options: [.prettyPrinted, .sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else if csv {
-                print("round,selected,completed,refused,uplink_bytes,downlink_bytes,training_loss,test_accuracy,test_loss,seconds")
+                print("round,selected,completed,refused,uplink_bytes,downlink_bytes,training_loss,test_\(metric),test_loss,seconds")
                 for r in rounds {
-                    print("\(r.round),\(r.selected),\(r.completed),\(r.refused),\(r.uplinkBytes),\(r.downlinkBytes),\(value(r.trainingLoss)),\(value(r.testAccuracy)),\(value(r.testLoss)),\(String(format: "%.3f", r.endedAt.timeIntervalSince(r.startedAt)))")
+                    print("\(r.round),\(r.selected),\(r.completed),\(r.refused),\(r.uplinkBytes),\(r.downlinkBytes),\(value(r.trainingLoss)),\(value(r.testMetric)),\(value(r.testLoss)),\(String(format: "%.3f", r.endedAt.timeIntervalSince(r.startedAt)))")
                 }
             } else {
-                print("round  updates  refused  accuracy  test loss  train loss   up bytes  down bytes  seconds")
+                print("round  updates  refused  " + metric.prefix(8).padding(toLength: 8, withPad: " ", startingAt: 0) + "  test loss  train loss   up bytes  down bytes  seconds")
                 for r in rounds {
                     print(String(format: "%5d  %3d/%-3d  %7d  %8@  %9@  %10.4f  %9d  %10d  %7.2f",
-                                 r.round, r.completed, r.selected, r.refused, value(r.testAccuracy), value(r.testLoss),
+                                 r.round, r.completed, r.selected, r.refused, value(r.testMetric), value(r.testLoss),
                                  r.trainingLoss, r.uplinkBytes, r.downlinkBytes, r.endedAt.timeIntervalSince(r.startedAt)))
                 }
                 print("\(rounds.count) committed rounds in \(db)")

@@ -32,8 +32,8 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("alpha"), help: "Dirichlet concentration for --partition dirichlet.") var dirichletAlpha: Double?
     @Option(help: "Model preset: 2nn or cnn.") var model: String?
     @Option(help: "Random seed.") var seed: UInt64?
-    @Option(help: "Target test accuracy (0-1) for the rounds-to-target figure.") var target: Double?
-    @Flag(name: .customLong("stop-at-target"), help: "Stop once the target accuracy is reached.") var stopAtTarget = false
+    @Option(help: "Target of the task's test metric for the rounds-to-target figure: accuracy in 0-1 (reached at or above), or RMSE for an mse task (reached at or below).") var target: Double?
+    @Flag(name: .customLong("stop-at-target"), help: "Stop once the target is reached.") var stopAtTarget = false
     @Option(help: "Worker threads (0 = one per core).") var threads: Int?
     @Option(help: "Update codec: fp32, fp16, q8, q4, q2, sign, optionally topk:F+ before and +ef, +sr, +gN, +zN, +raw after (e.g. topk:0.01+q8+ef).") var codec: String?
     @Option(help: "Codec for the global model sent to clients: fp32, fp16 or q8 (+raw for no zlib).") var downlink: String?
@@ -52,7 +52,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(help: "Fraction of malicious clients.") var attackers: Double?
     @Option(help: "What they do: sign_flip, scale, noise or label_flip.") var attack: String?
     @Option(name: .customLong("attack-from-round"), help: "First round the attackers attack (honest before it).") var attackFromRound: Int?
-    @Option(help: "Directory with the MNIST IDX files (overrides the scenario's data).") var data: String?
+    @Option(help: "Data directory: train_x.npy/train_y.npy/test_x.npy/test_y.npy, or the four IDX files (overrides the scenario's data).") var data: String?
     @Option(help: "Write the JSON report to this file.") var report: String?
     @Option(help: "Record the run in this SQLite file (the fedcoord schema; read it with fedcoord report). In-memory transport only.") var db: String?
     @Option(help: "Write an SVG plot of accuracy, loss and bytes per round to this file.") var plot: String?
@@ -100,7 +100,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let dirichletAlpha { c.dirichletAlpha = dirichletAlpha }
         if let model { c.model = model; c.layers = [] }
         if let seed { c.seed = seed }
-        if let target { c.targetAccuracy = target }
+        if let target { c.targetMetric = target }
         if stopAtTarget { c.stopAtTarget = true }
         if let threads { c.threads = threads }
         if let codec { c.codec = try CodecSpec.configured(codec, key: "--codec") }
@@ -172,14 +172,19 @@ struct FedSimCommand: AsyncParsableCommand {
         let s = result.summary
         let final = s.finalAccuracy.map { String(format: "%.4f", $0) } ?? "-"
         let best = s.bestAccuracy.map { String(format: "%.4f", $0) } ?? "-"
-        var line = "fedsim: done: \(s.roundsRun) rounds, final accuracy \(final), best \(best)"
-        if let target = s.targetAccuracy {
-            line += ", rounds to \(String(format: "%.2f", target * 100))%: \(s.roundsToTarget.map(String.init) ?? "not reached")"
+        var line = "fedsim: done: \(s.roundsRun) rounds, final \(s.metric) \(final), best \(best)"
+        if s.metric == .rmse, let mae = s.mae { line += String(format: " (MAE %.4f)", mae) }
+        if let target = s.targetMetric {
+            let goal = s.metric == .rmse ? "RMSE \(target)" : "\(String(format: "%.2f", target * 100))%"
+            line += ", rounds to \(goal): \(s.roundsToTarget.map(String.init) ?? "not reached")"
         }
         line += String(format: ", %.2fs per round, %.1fs total", s.meanSecondsPerRound, s.totalSeconds)
         line += ", uplink \(s.uplinkBytes) bytes, downlink \(s.downlinkBytes) bytes"
         if let simulated = s.simulatedSeconds { line += String(format: ", %.1f simulated seconds", simulated) }
         print(line)
+        if !quiet, s.perClassAccuracy.count > 1, s.perClassAccuracy.count <= 100 {
+            print("fedsim: accuracy per class: " + s.perClassAccuracy.enumerated().map { c, a in "\(c) " + (a.map { String(format: "%.3f", $0) } ?? "-") }.joined(separator: ", "))
+        }
         if let report {
             do {
                 try result.jsonData().write(to: URL(fileURLWithPath: report))
@@ -192,7 +197,7 @@ struct FedSimCommand: AsyncParsableCommand {
             let rows = result.rounds.map { r in
                 RoundRow(round: r.round, startedAt: Date(), endedAt: Date(), selected: r.selected, completed: r.clients, refused: 0,
                          uplinkBytes: r.uplinkBytes, downlinkBytes: r.downlinkBytes, trainingLoss: r.trainLoss,
-                         testAccuracy: r.testAccuracy, testLoss: r.testLoss)
+                         testMetric: r.testMetric, testLoss: r.testLoss, metric: r.metric.rawValue)
             }
             do {
                 try Data(RunPlot.svg(rounds: rows, title: "fedsim \(c.name): \(c.codec), \(c.serverOptimizer)").utf8).write(to: URL(fileURLWithPath: plot))

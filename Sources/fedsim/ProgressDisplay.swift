@@ -1,5 +1,6 @@
 import ArgumentParser
 import FedSim
+import FedModel
 import Foundation
 
 /// How `fedsim` shows progress.
@@ -32,7 +33,7 @@ final class ProgressDisplay: @unchecked Sendable {
     func show(_ record: RoundRecord) {
         lock.lock()
         defer { lock.unlock() }
-        if let accuracy = record.testAccuracy { best = max(best ?? accuracy, accuracy) }
+        if let value = record.testMetric { best = best.map { record.metric.best($0, value) } ?? value }
         switch style {
         case .lines: printLine(record)
         case .bar: drawBar(record)
@@ -49,11 +50,11 @@ final class ProgressDisplay: @unchecked Sendable {
     }
 
     private func printLine(_ record: RoundRecord) {
-        let accuracy = record.testAccuracy.map { String(format: "%.4f", $0) } ?? "-"
+        let value = record.testMetric.map { String(format: "%.4f", $0) } ?? "-"
         let loss = record.testLoss.map { String(format: "%.4f", $0) } ?? "-"
         var line = String(
-            format: "round %4d/%d  accuracy %@  loss %@  train_loss %.4f  clients %d  %.2fs",
-            record.round, rounds, accuracy, loss, record.trainLoss, record.clients, record.seconds)
+            format: "round %4d/%d  %@ %@  loss %@  train_loss %.4f  clients %d  %.2fs",
+            record.round, rounds, record.metric.rawValue, value, loss, record.trainLoss, record.clients, record.seconds)
         if record.selected > record.clients || record.dropped > 0 || record.late > 0 {
             line += "  selected \(record.selected) dropped \(record.dropped) late \(record.late)"
         }
@@ -69,7 +70,7 @@ final class ProgressDisplay: @unchecked Sendable {
         let perRound = elapsed / Double(record.round)
         let left = perRound * Double(max(0, rounds - record.round))
         var line = "round \(record.round)/\(rounds) [" + String(repeating: "#", count: done) + String(repeating: ".", count: width - done) + "]"
-        if let accuracy = record.testAccuracy { line += String(format: " acc %.4f", accuracy) }
+        if let value = record.testMetric { line += String(format: " %@ %.4f", record.metric == .accuracy ? "acc" : record.metric.rawValue, value) }
         if let best { line += String(format: " (best %.4f)", best) }
         line += String(format: " %.2fs/round ETA %@", perRound, Self.duration(left))
         FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))

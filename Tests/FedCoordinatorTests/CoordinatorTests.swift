@@ -77,7 +77,7 @@ func configuration(clients: Int, perRound: Int, rounds: Int) -> CoordinatorConfi
         for task in clientTasks { await task.value }
 
         #expect(history.count == 3)
-        let accuracies = history.compactMap(\.testAccuracy)
+        let accuracies = history.compactMap(\.testMetric)
         #expect(accuracies.count == 3 && accuracies.last! > accuracies.first!, "accuracy per round: \(accuracies)")
         #expect(accuracies.last! > 0.7)
         #expect(history.allSatisfy { $0.selected == 10 && $0.completed == 10 && $0.refused == 0 })

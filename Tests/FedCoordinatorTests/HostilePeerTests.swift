@@ -171,7 +171,7 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
         for task in clientTasks { await task.value }
         #expect(history.count == 2, "the run completes despite the bad peers")
         #expect(history.allSatisfy { $0.completed == 6 && $0.selected == 8 }, "\(history.map { ($0.selected, $0.completed) })")
-        #expect(history.compactMap(\.testAccuracy).last! > 0.6)
+        #expect(history.compactMap(\.testMetric).last! > 0.6)
         var sawStale = false
         while let message = try await straggler.reader.next() {
             if case .error(let code, _) = message, code == ProtocolError.Code.staleRound.rawValue { sawStale = true }
@@ -296,7 +296,7 @@ import FedStore
         #expect(second.history.map(\.round) == [3, 4])
         let rounds = try RunStore(path: path).rounds()
         #expect(rounds.map(\.round) == [1, 2, 3, 4], "no committed round lost or duplicated")
-        #expect(rounds.last!.testAccuracy! > rounds.first!.testAccuracy!)
+        #expect(rounds.last!.testMetric! > rounds.first!.testMetric!)
         let participants = try RunStore(path: path).participations(round: 3)
         #expect(participants.map(\.client).sorted() == ["device-0", "device-1"] && participants.allSatisfy { $0.state == "accepted" && $0.examples == 3000 })
         #expect(participants.allSatisfy { ($0.durationSeconds ?? -1) > 0 }, "task-to-update durations are recorded")

@@ -67,7 +67,7 @@ import Testing
         #expect(roundsDuringChurn >= 2, "only \(roundsDuringChurn) rounds during the churn")
         #expect(rounds.count >= roundsDuringChurn)
         #expect(rounds.allSatisfy { $0.completed == 4 })
-        #expect(rounds.last!.testAccuracy! > rounds.first!.testAccuracy!)
+        #expect(rounds.last!.testMetric! > rounds.first!.testMetric!)
         // The hung-up handshakes are all cleaned up (only the four daemons were left, and they
         // have been dismissed).
         for _ in 0..<100 where deployment.coordinator.connectionCount > 0 { try await Task.sleep(nanoseconds: 20_000_000) }

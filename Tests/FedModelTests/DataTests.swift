@@ -136,7 +136,7 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
     let shape = TensorShape.vector(3)
 
     @Test func parsesLabelsAndFeatures() throws {
-        let data = try CSVDataset.parse("# comment\n2,0.5,1,0\n\n0, 0.25 ,0,1\n", source: "d.csv", classes: 10, sampleShape: shape)
+        let data = try CSVDataset.parse("# comment\n2,0.5,1,0\n\n0, 0.25 ,0,1\n", source: "d.csv", targets: .classes(10), sampleShape: shape)
         #expect(data.labels == [2, 0])
         #expect(data.features == [0.5, 1, 0, 0.25, 0, 1])
     }
@@ -168,14 +168,14 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
         ("\n# only comments\n", "no examples"),
     ])
     func rejectsBadLines(text: String, expected: String) {
-        #expect { try CSVDataset.parse(text, source: "d.csv", classes: 10, sampleShape: shape) } throws: { error in
+        #expect { try CSVDataset.parse(text, source: "d.csv", targets: .classes(10), sampleShape: shape) } throws: { error in
             "\(error)".contains("d.csv") && "\(error)".contains(expected)
         }
     }
 }
 
 @Suite struct PartitionTests {
-    let labels: [UInt8] = (0..<6000).map { UInt8($0 % 10) }
+    let labels: [Int32] = (0..<6000).map { Int32($0 % 10) }
 
     func checkDisjointCover(_ parts: [[Int32]], total: Int) {
         let all = parts.flatMap { $0 }
@@ -229,7 +229,7 @@ func idx(magic: [UInt8], dimensions: [Int], payload: [UInt8]) -> [UInt8] {
     }
 
     @Test func csvFeaturesBeyondAMagnitudeAreRefused() {
-        #expect(throws: DataError.self) { try CSVDataset.parse("1,0.5,1e30\n", source: "big.csv", classes: 10, sampleShape: .vector(2)) }
-        #expect(throws: Never.self) { try CSVDataset.parse("1,0.5,1e6\n", source: "ok.csv", classes: 10, sampleShape: .vector(2)) }
+        #expect(throws: DataError.self) { try CSVDataset.parse("1,0.5,1e30\n", source: "big.csv", targets: .classes(10), sampleShape: .vector(2)) }
+        #expect(throws: Never.self) { try CSVDataset.parse("1,0.5,1e6\n", source: "ok.csv", targets: .classes(10), sampleShape: .vector(2)) }
     }
 }

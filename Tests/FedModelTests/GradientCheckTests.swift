@@ -117,7 +117,7 @@ import Testing
         let batch = 4, classes = 7
         var g = SeededGenerator(seed: 3)
         var logits = (0..<(batch * classes)).map { _ in g.nextUniform(-3, 3) }
-        let labels: [UInt8] = [0, 6, 3, 3]
+        let labels: [Int32] = [0, 6, 3, 3]
         func meanLoss() -> Double {
             logits.withUnsafeBufferPointer { z in labels.withUnsafeBufferPointer { y in
                 SoftmaxCrossEntropy.evaluate(logits: z.baseAddress!, labels: y.baseAddress!, batch: batch, classes: classes, gradient: nil).lossSum / Double(batch)
@@ -150,7 +150,7 @@ import Testing
         var parameters = network.initialParameters(seed: 4)
         var g = SeededGenerator(seed: 11)
         let inputs = (0..<(4 * 72)).map { _ in g.nextUniform(0, 1) }
-        let labels: [UInt8] = [0, 1, 2, 1]
+        let labels: [Int32] = [0, 1, 2, 1]
         func load() {
             workspace.input.update(from: inputs, count: inputs.count)
             workspace.labels.update(from: labels, count: labels.count)

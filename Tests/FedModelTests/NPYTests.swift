@@ -50,7 +50,7 @@ func littleEndianBytes<T: FixedWidthInteger>(_ values: [T]) -> [UInt8] {
         #expect(data.sampleShape == TensorShape(height: 2, width: 2, channels: 1) && data.count == 3 && data.labels == [2, 0, 1])
         #expect(data.features[5] == Float(100.0 / 255))
         // A label the model cannot have, and labels that do not match the features.
-        #expect { try NPYDataset.load(features: dir.appendingPathComponent("x.npy"), labels: dir.appendingPathComponent("y.npy"), classes: 2) }
+        #expect { try NPYDataset.load(features: dir.appendingPathComponent("x.npy"), labels: dir.appendingPathComponent("y.npy"), targets: .classes(2)) }
             throws: { "\($0)".contains("label 2 is outside 0..<2") }
         try Data(npy(descr: "<i4", shape: [2], payload: littleEndianBytes([Int32(0), 1]))).write(to: dir.appendingPathComponent("y.npy"))
         #expect { try DataDirectory.loadDevice(dir) } throws: { "\($0)".contains("must have shape [3]") }

@@ -9,11 +9,11 @@ struct StageProfileTests {
             .conv(kernelSize: 3, channels: 4), .relu, .maxPool, .flatten, .dense(outputs: 3),
         ]))
         var features: [Float] = []
-        var labels: [UInt8] = []
+        var labels: [Int32] = []
         var generator = SeededGenerator(seed: 4)
         for i in 0..<40 {
             features += (0..<64).map { _ in generator.nextUniform(0, 1) }
-            labels.append(UInt8(i % 3))
+            labels.append(Int32(i % 3))
         }
         let data = try Dataset(name: "tiny", sampleShape: network.inputShape, classes: 3, features: features, labels: labels)
         let slice = DatasetSlice(dataset: data, indices: Array(0..<40))

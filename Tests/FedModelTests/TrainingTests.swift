@@ -64,7 +64,7 @@ import Testing
         #expect(network.layers[0].fusesUpdate)
         var generator = SeededGenerator(seed: 5)
         let features = (0..<(36 * 1100)).map { _ in generator.nextUniform(0, 1) }
-        let data = try Dataset(name: "wide", sampleShape: .vector(1100), classes: 10, features: features, labels: (0..<36).map { UInt8($0 % 10) })
+        let data = try Dataset(name: "wide", sampleShape: .vector(1100), classes: 10, features: features, labels: (0..<36).map { Int32($0 % 10) })
         let start = network.initialParameters(seed: 1)
         let anchor = start.map { $0 * 0.5 }
         let settings: [(SGD, Set<Int>)] = [
@@ -83,7 +83,7 @@ import Testing
                 order.withUnsafeMutableBufferPointer { draws.shuffle($0) }
                 for first in stride(from: 0, to: order.count, by: 8) {
                     let batch = min(8, order.count - first)
-                    order.withUnsafeBufferPointer { data.gather(UnsafeBufferPointer(rebasing: $0[first..<(first + batch)]), features: workspace.input, labels: workspace.labels) }
+                    order.withUnsafeBufferPointer { data.gather(UnsafeBufferPointer(rebasing: $0[first..<(first + batch)]), into: workspace) }
                     _ = expected.withUnsafeBufferPointer { workspace.lossAndGradient(parameters: $0.baseAddress!, batch: batch) }
                     for tensor in network.layout.tensors where !frozen.contains(tensor.index) {
                         expected.withUnsafeMutableBufferPointer { w in velocity.withUnsafeMutableBufferPointer { v in anchor.withUnsafeBufferPointer { a in

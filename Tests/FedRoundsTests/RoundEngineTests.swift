@@ -280,7 +280,7 @@ struct RoundEngineTests {
         #expect(engine.isFinished && !engine.canBeginRound)
 
         var settings = RoundEngine.Settings(rounds: 10, clientsPerRound: 1)
-        settings.targetAccuracy = 0.5
+        settings.targetMetric = 0.5
         var target = RoundEngine(settings: settings, network: Self.network, initial: Self.network.initialParameters(seed: 1)) { _ in (0.6, 1) }
         target.clientJoined("c0", at: 0)
         let (id, task) = Self.tasks(target.beginRound(at: 0))[0]
@@ -360,7 +360,7 @@ struct RoundEngineTests {
     @Test func theTrustRuleNeedsDirectionsAndRecordsItsLedger() throws {
         // With the trust rule every aggregated client gets a ledger record, committed with the round.
         let data = try Dataset(name: "toy", sampleShape: .vector(4), classes: 2,
-                               features: (0..<40).map { Float($0 % 7) / 7 }, labels: (0..<10).map { UInt8($0 % 2) })
+                               features: (0..<40).map { Float($0 % 7) / 7 }, labels: (0..<10).map { Int32($0 % 2) })
         let trusted = try TrustedDirections(network: Self.network, data: data.all)
         var settings = RoundEngine.Settings(rounds: 2, clientsPerRound: 3)
         settings.aggregation = AggregationSettings(rule: .trust)

@@ -80,7 +80,7 @@ struct FedSimProcess {
         let store = try RunStore(path: db)
         let rounds = try store.rounds()
         #expect(rounds.map(\.round) == [1, 2, 3])
-        #expect(rounds.allSatisfy { $0.completed == 4 && $0.testAccuracy != nil })
+        #expect(rounds.allSatisfy { $0.completed == 4 && $0.testMetric != nil })
         #expect(try store.participations(round: 2).count == 4)
         #expect(try store.participations(round: 2).allSatisfy { $0.codec == "q8" && $0.bytes > 0 })
         #expect(try store.lastCheckpoint()?.round == 3)

@@ -84,7 +84,7 @@ import Testing
         let report = try simulation.run()
         #expect(report.rounds.reduce(0) { $0 + $1.dropped } > 0)
         for round in report.rounds { #expect(round.clients == round.selected - round.dropped) }
-        #expect(report.rounds.last!.testAccuracy! > 0.5)
+        #expect(report.rounds.last!.testMetric! > 0.5)
     }
 
     @Test func virtualClockResultsDoNotDependOnThreads() throws {

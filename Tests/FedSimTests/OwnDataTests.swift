@@ -96,12 +96,71 @@ import Testing
             throws: { "\($0)".contains("the data has 12 users") && "\($0)".contains("set clients = 12") }
     }
 
+    /// The bundled regression scenario (diabetes, mse): the report names RMSE, its target is
+    /// reached downwards, and the model beats predicting the mean (79.5) by a wide margin.
+    @Test func regressionScenarioReportsRMSE() throws {
+        var configuration = try SimulationConfiguration.load(contentsOf: repositoryRoot.appendingPathComponent("Simulations/diabetes-mlp.toml"))
+        configuration.rounds = 30
+        let report = try Simulation(configuration: configuration).run()
+        let rmse = try #require(report.summary.finalAccuracy)
+        #expect(report.summary.metric == .rmse && report.rounds.allSatisfy { $0.metric == .rmse })
+        #expect(rmse < 60 && report.summary.rmse == rmse && (report.summary.mae ?? 99) < rmse, "RMSE \(rmse)")
+        #expect(report.summary.bestAccuracy == report.rounds.compactMap(\.testMetric).min())
+        let firstBelow = report.rounds.first { ($0.testMetric ?? .infinity) <= 60 }?.round
+        #expect(report.summary.roundsToTarget == firstBelow && firstBelow != nil)
+        let json = try JSONSerialization.jsonObject(with: report.jsonData()) as! [String: Any]
+        let summary = json["summary"] as! [String: Any]
+        #expect(summary["metric"] as? String == "rmse" && summary["final_accuracy"] is NSNull && summary["final_metric"] as? Double == rmse)
+        // Label flipping and label-sorted partitions need class labels.
+        configuration.partition = .shards
+        #expect { try Simulation(configuration: configuration) } throws: { "\($0)".contains("use iid or natural") }
+    }
+
+    /// A multi-label task (bce): each example carries three independent tags, tag j on when
+    /// feature j is positive; trained from NumPy files with multi-hot targets [N, 3].
+    @Test func multiLabelTaskTrainsWithBinaryCrossEntropy() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fedbce-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let script = """
+            import numpy as np, sys
+            d = sys.argv[1]
+            rng = np.random.default_rng(11)
+            for split, n in (("train", 2000), ("test", 500)):
+                x = rng.normal(size=(n, 6)).astype(np.float32)
+                np.save(f"{d}/{split}_x.npy", x)
+                np.save(f"{d}/{split}_y.npy", (x[:, :3] > 0).astype(np.uint8))
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script, dir.path]
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
+        let configuration = try SimulationConfiguration.parse("""
+            data = "\(dir.path)"
+            input = [6]
+            outputs = 3
+            loss = "bce"
+            layers = ["dense:16", "relu", "dense:3"]
+            clients = 10
+            fraction = 0.5
+            learning_rate = 0.5
+            rounds = 10
+            target = 0.9
+            """, source: "tags.toml")
+        #expect(try configuration.modelSpec().wireDescription == "6|3|dense:16,relu,dense:3|bce")
+        let report = try Simulation(configuration: configuration).run()
+        let accuracy = try #require(report.summary.finalAccuracy)
+        #expect(report.summary.metric == .labelAccuracy && accuracy > 0.9, "label accuracy \(accuracy)")
+    }
+
     @Test func theModelMustFitTheTask() throws {
         #expect { try SimulationConfiguration.parse("model = \"2nn\"\nclasses = 3", source: "s.toml").modelSpec() }
             throws: { "\($0)".contains("presets are MNIST-shaped") }
         #expect { try SimulationConfiguration.parse("layers = [\"dense:3\"]\ninput = [2, 3]", source: "s.toml").modelSpec() }
             throws: { "\($0)".contains("must be [N] values or [H, W, C]") }
         #expect { try SimulationConfiguration.parse("layers = [\"dense:3\"]\nclasses = 1", source: "s.toml").modelSpec() }
-            throws: { "\($0)".contains("2...256") }
+            throws: { "\($0)".contains("must be in 2...1048576 for loss softmax") }
     }
 }

@@ -37,7 +37,7 @@ enum SmallMNIST {
     @Test func federatedAveragingImprovesTheModel() throws {
         let simulation = try Simulation(configuration: configuration { $0.rounds = 8 }, train: SmallMNIST.train, test: SmallMNIST.test)
         let report = try simulation.run()
-        let accuracies = report.rounds.compactMap(\.testAccuracy)
+        let accuracies = report.rounds.compactMap(\.testMetric)
         #expect(report.rounds.count == 8)
         #expect(accuracies.count == 8)
         #expect(accuracies.last! > accuracies.first!, "accuracy per round: \(accuracies)")
@@ -86,7 +86,7 @@ enum SmallMNIST {
     }
 
     @Test func stopsAtTarget() throws {
-        let c = configuration { $0.rounds = 50; $0.targetAccuracy = 0.5; $0.stopAtTarget = true }
+        let c = configuration { $0.rounds = 50; $0.targetMetric = 0.5; $0.stopAtTarget = true }
         let report = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
         #expect(report.rounds.count < 50)
         #expect(report.summary.roundsToTarget == report.rounds.count)
@@ -128,7 +128,7 @@ enum SmallMNIST {
         }
         let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
         let report = try simulation.run()
-        let accuracies = report.rounds.compactMap(\.testAccuracy)
+        let accuracies = report.rounds.compactMap(\.testMetric)
         #expect(accuracies.last! > 0.7, "\(name): \(accuracies)")
         #expect(simulation.serverOptimizer.settings.kind.rawValue == name)
         #expect(!simulation.serverOptimizer.m.isEmpty)
@@ -161,7 +161,7 @@ enum SmallMNIST {
         let viaTCP = try await tcp.runOverTCP()
         #expect(viaTCP.rounds.count == 3)
         for (a, b) in zip(viaMemory.rounds, viaTCP.rounds) {
-            #expect(abs(a.testAccuracy! - b.testAccuracy!) < 0.01, "round \(a.round): memory \(a.testAccuracy!) tcp \(b.testAccuracy!)")
+            #expect(abs(a.testMetric! - b.testMetric!) < 0.01, "round \(a.round): memory \(a.testMetric!) tcp \(b.testMetric!)")
             #expect(a.clients == b.clients)
             #expect(a.selected == b.selected && a.dropped == b.dropped && a.late == b.late, "round \(a.round): the TCP report keeps selected, dropped and late")
         }
@@ -178,7 +178,7 @@ enum SmallMNIST {
         let report = try await Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).runOverTCP()
         #expect(report.rounds.count == 3)
         #expect(report.rounds.allSatisfy { $0.clients == 15 })
-        #expect(report.rounds.last!.testAccuracy! > report.rounds.first!.testAccuracy!)
+        #expect(report.rounds.last!.testMetric! > report.rounds.first!.testMetric!)
     }
 
     @Test func moreShardsThanDataIsAConfigurationError() {

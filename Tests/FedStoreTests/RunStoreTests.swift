@@ -8,7 +8,7 @@ func temporaryDatabase() -> String {
 
 func row(_ round: Int) -> RoundRow {
     RoundRow(round: round, startedAt: Date(), endedAt: Date(), selected: 10, completed: 9, refused: 1,
-             uplinkBytes: 1000, downlinkBytes: 2000, trainingLoss: 0.5, testAccuracy: 0.9, testLoss: 0.3)
+             uplinkBytes: 1000, downlinkBytes: 2000, trainingLoss: 0.5, testMetric: 0.9, testLoss: 0.3)
 }
 
 func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
@@ -31,6 +31,24 @@ func checkpoint(_ round: Int, _ model: [Float]) -> Checkpoint {
         let last = try #require(try reopened.lastCheckpoint())
         #expect(last.round == 2 && last.model == [4, 5, 6] && last.optimizerM == [1, 2] && last.optimizerV == [3])
         #expect(try reopened.rounds().map(\.round) == [1, 2])
+    }
+
+    /// The headline metric is stored by name; `test_accuracy` holds only accuracies (NULL for
+    /// an RMSE), so an earlier reader never mistakes an error for an accuracy.
+    @Test func theMetricIsRecordedByName() throws {
+        let path = temporaryDatabase()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try RunStore(path: path)
+        var regression = row(1)
+        regression.testMetric = 52.5
+        regression.metric = "rmse"
+        try store.commit(regression, checkpoint: checkpoint(1, [1]))
+        try store.commit(row(2), checkpoint: checkpoint(2, [2]))
+        let rows = try store.rounds()
+        #expect(rows.map(\.metric) == ["rmse", "accuracy"] && rows.map(\.testMetric) == [52.5, 0.9])
+        let queue = try DatabaseQueue(path: path)
+        let accuracies = try queue.read { try Double?.fetchAll($0, sql: "SELECT test_accuracy FROM rounds ORDER BY number") }
+        #expect(accuracies == [nil, 0.9])
     }
 
     @Test func aRoundIsCommittedOnlyOnce() throws {
@@ -174,7 +192,7 @@ enum RunStoreTestAccess {
         let rounds = (1...12).map { r in
             RoundRow(round: r, startedAt: Date(), endedAt: Date(), selected: 10, completed: 10, refused: 0,
                      uplinkBytes: 1000 * r, downlinkBytes: 8000, trainingLoss: 1 / Double(r),
-                     testAccuracy: 0.8 + Double(r) / 100, testLoss: 1 / Double(r))
+                     testMetric: 0.8 + Double(r) / 100, testLoss: 1 / Double(r))
         }
         let svg = RunPlot.svg(rounds: rounds, title: "run <1>")
         #expect(svg.hasPrefix("<svg") && svg.hasSuffix("</svg>\n"))
@@ -184,7 +202,7 @@ enum RunStoreTestAccess {
         }
         // Rounds without evaluation leave gaps rather than crashing the chart.
         var sparse = rounds
-        sparse[3].testAccuracy = nil
+        sparse[3].testMetric = nil
         #expect(RunPlot.svg(rounds: sparse, title: "x").contains("<polyline"))
         #expect(RunPlot.svg(rounds: [], title: "empty").hasSuffix("</svg>\n"))
     }

@@ -33,22 +33,29 @@ public enum CSVDataset {
     public static let maximumMagnitude: Float = 1e9
 
     /// Reads `url`; see ``parse(_:source:labelColumn:classes:sampleShape:)``.
-    public static func load(contentsOf url: URL, labelColumn: CSVLabelColumn = .index(0), classes: Int? = nil, sampleShape: TensorShape? = nil) throws -> Dataset {
+    public static func load(contentsOf url: URL, labelColumn: CSVLabelColumn = .index(0), targets: TargetFormat? = .classes(nil), sampleShape: TensorShape? = nil) throws -> Dataset {
         let text: String
         do {
             text = try String(contentsOf: url, encoding: .utf8)
         } catch {
             throw DataError(url.path, FileManager.default.fileExists(atPath: url.path) ? "cannot read file as UTF-8 text" : "no such file")
         }
-        return try parse(text, source: url.path, labelColumn: labelColumn, classes: classes, sampleShape: sampleShape)
+        return try parse(text, source: url.path, labelColumn: labelColumn, targets: targets, sampleShape: sampleShape)
     }
 
     /// Features become a vector of the other columns (or `sampleShape`, when given, which must
-    /// have as many values); the class count is `classes`, or one more than the largest label.
-    /// Errors name the line and column.
-    public static func parse(_ text: String, source: String, labelColumn: CSVLabelColumn = .index(0), classes: Int? = nil, sampleShape: TensorShape? = nil) throws -> Dataset {
+    /// have as many values). The label column holds a class index (the class count is the
+    /// model's, or one more than the largest label) or, for value targets, the one target value
+    /// (a model with several outputs reads its targets from `.npy`). `targets` nil reads a label
+    /// column of whole numbers from 0 as class labels and any other as values. Errors name the
+    /// line and column.
+    public static func parse(_ text: String, source: String, labelColumn: CSVLabelColumn = .index(0), targets: TargetFormat? = .classes(nil), sampleShape: TensorShape? = nil) throws -> Dataset {
+        let format = targets ?? .values(width: nil, unitInterval: false)
+        if case .values(let width?, _) = format, width != 1 {
+            throw DataError(source, "a CSV file has one target column, the model has \(width) outputs; give the targets as y.npy of shape [N, \(width)]")
+        }
         var features: [Float] = []
-        var labels: [UInt8] = []
+        var labels: [Double] = []
         var columns: Int?
         var label = 0
         var names: [String]?
@@ -85,10 +92,19 @@ public enum CSVDataset {
             guard fields.count == columns else {
                 throw DataError(source, "line \(lineNumber): \(fields.count) columns, expected \(columns!)")
             }
-            guard let value = Int(fields[label]), value >= 0, value < (classes ?? 256) else {
-                throw DataError(source, "line \(lineNumber): label \"\(fields[label])\" is not an integer in 0..<\(classes ?? 256)")
+            switch format {
+            case .classes(let classes):
+                let limit = classes ?? Dataset.maximumClasses
+                guard let value = Int(fields[label]), value >= 0, value < limit else {
+                    throw DataError(source, "line \(lineNumber): label \"\(fields[label])\" is not an integer in 0..<\(limit)")
+                }
+                labels.append(Double(value))
+            case .values(_, let unitInterval):
+                guard let value = Double(fields[label]), value.isFinite, abs(value) <= 1e9, !unitInterval || (0...1).contains(value) else {
+                    throw DataError(source, "line \(lineNumber): target \"\(fields[label])\" is not \(unitInterval ? "in [0, 1]" : "a finite number of at most 1e9")")
+                }
+                labels.append(value)
             }
-            labels.append(UInt8(value))
             for (column, field) in fields.enumerated() where column != label {
                 let name = names.map { "\"\($0[column])\"" } ?? "\(column)"
                 guard let value = Float(field), value.isFinite else {
@@ -104,6 +120,9 @@ public enum CSVDataset {
         }
         guard !labels.isEmpty, let columns else { throw DataError(source, "no examples") }
         let shape = sampleShape ?? .vector(columns - 1)
-        return try Dataset(name: source, sampleShape: shape, classes: classes ?? max(2, Int(labels.max()!) + 1), features: features, labels: labels)
+        if targets == nil, labels.allSatisfy({ $0 >= 0 && $0.rounded() == $0 && $0 < Double(Dataset.maximumClasses) }) {
+            return try TargetFormat.classes(nil).dataset(name: source, source: source, sampleShape: shape, features: features, targets: labels, width: 1)
+        }
+        return try format.dataset(name: source, source: source, sampleShape: shape, features: features, targets: labels, width: 1)
     }
 }

@@ -42,7 +42,7 @@ public enum MNIST {
         let values = shape.count
         let imageStart = images.bytes.startIndex, labelStart = labels.bytes.startIndex
         let features = images.bytes[(imageStart + range.lowerBound * values)..<(imageStart + range.upperBound * values)].map { Float($0) * scale }
-        let kept = Array(labels.bytes[(labelStart + range.lowerBound)..<(labelStart + range.upperBound)])
+        let kept = labels.bytes[(labelStart + range.lowerBound)..<(labelStart + range.upperBound)].map { Int32($0) }
         let classes = max(10, Int(labels.bytes.max() ?? 0) + 1)
         return try Dataset(name: imageURL.lastPathComponent, sampleShape: shape, classes: classes, features: features, labels: kept)
     }

@@ -124,15 +124,19 @@ public enum NPY {
     }
 }
 
-/// A labelled dataset from two `.npy` files: features of shape [N, D] (a vector per example),
-/// [N, H, W] (one channel) or [N, H, W, C], and integer class labels of shape [N].
-/// Unsigned-byte features are images and are scaled to [0, 1]; float features are taken as
-/// they are and must be finite. Errors name the file and the first bad example.
+/// A dataset from two `.npy` files: features of shape [N, D] (a vector per example),
+/// [N, H, W] (one channel) or [N, H, W, C], and targets: integer class labels of shape [N], or
+/// (for value targets) floats of shape [N] or [N, K]. Unsigned-byte features are images and are
+/// scaled to [0, 1]; float features are taken as they are and must be finite. Errors name the
+/// file and the first bad example.
 public enum NPYDataset {
     /// `ids`: an optional file of integer user or device ids `[N]` (for the natural partition).
-    public static func load(features featureURL: URL, labels labelURL: URL, ids idURL: URL? = nil, classes: Int? = nil) throws -> Dataset {
+    /// `targets` nil reads integer targets of shape [N] as class labels and any others as values
+    /// (a device that reads its data before it learns the task).
+    public static func load(features featureURL: URL, labels labelURL: URL, ids idURL: URL? = nil, targets: TargetFormat? = .classes(nil)) throws -> Dataset {
         let x = try NPY.read(contentsOf: featureURL)
         let y = try NPY.read(contentsOf: labelURL)
+        let targets = targets ?? (y.kind != .float && y.shape.count == 1 ? .classes(nil) : .values(width: nil, unitInterval: false))
         var groups: [Int32]?
         if let idURL {
             let ids = try NPY.read(contentsOf: idURL)
@@ -150,10 +154,20 @@ public enum NPYDataset {
         guard (2...4).contains(x.shape.count), x.shape[0] > 0 else {
             throw DataError(source, "features must have shape [N, D], [N, H, W] or [N, H, W, C] with N > 0, got \(x.shape)")
         }
-        guard y.shape == [x.shape[0]] else {
-            throw DataError(labelURL.path, "labels must have shape [\(x.shape[0])] to match \(featureURL.lastPathComponent), got \(y.shape)")
+        let targetWidth: Int
+        switch targets {
+        case .classes:
+            guard y.shape == [x.shape[0]] else {
+                throw DataError(labelURL.path, "labels must have shape [\(x.shape[0])] to match \(featureURL.lastPathComponent), got \(y.shape)")
+            }
+            guard y.kind != .float else { throw DataError(labelURL.path, "labels must be integers (class indices), got floats") }
+            targetWidth = 1
+        case .values:
+            guard y.shape.first == x.shape[0], y.shape.count <= 2 else {
+                throw DataError(labelURL.path, "targets must have shape [\(x.shape[0])] or [\(x.shape[0]), K] to match \(featureURL.lastPathComponent), got \(y.shape)")
+            }
+            targetWidth = y.shape.count == 2 ? y.shape[1] : 1
         }
-        guard y.kind != .float else { throw DataError(labelURL.path, "labels must be integers (class indices), got floats") }
         let shape: TensorShape = switch x.shape.count {
         case 2: .vector(x.shape[1])
         case 3: TensorShape(height: x.shape[1], width: x.shape[2], channels: 1)
@@ -168,18 +182,9 @@ public enum NPYDataset {
             }
             features[i] = scaled
         }
-        var labels = [UInt8](repeating: 0, count: y.values.count)
-        for (i, value) in y.values.enumerated() {
-            guard value >= 0, value < 256 else {
-                throw DataError(labelURL.path, "example \(i): label \(Int(value)) is outside 0..<256")
-            }
-            labels[i] = UInt8(value)
-        }
-        let widest = Int(labels.max() ?? 0) + 1
-        if let classes, widest > classes {
-            throw DataError(labelURL.path, "label \(widest - 1) is outside 0..<\(classes), the model's classes")
-        }
-        return try Dataset(name: featureURL.lastPathComponent, sampleShape: shape, classes: classes ?? max(2, widest), features: features, labels: labels, groups: groups)
+        return try targets.dataset(
+            name: featureURL.lastPathComponent, source: labelURL.path, sampleShape: shape, features: features,
+            targets: y.values, width: targetWidth, groups: groups)
     }
 }
 
@@ -188,20 +193,28 @@ public enum NPYDataset {
 public enum DataDirectory {
     /// A simulation's split: `train_x.npy` and `train_y.npy` (or `test_…`), with the users in
     /// `train_ids.npy` when it is there, else the IDX files.
-    public static func load(_ directory: URL, train: Bool) throws -> Dataset {
+    public static func load(_ directory: URL, train: Bool, targets: TargetFormat = .classes(nil)) throws -> Dataset {
         let prefix = train ? "train" : "test"
         let x = directory.appendingPathComponent("\(prefix)_x.npy"), y = directory.appendingPathComponent("\(prefix)_y.npy")
         let ids = directory.appendingPathComponent("\(prefix)_ids.npy")
         if FileManager.default.fileExists(atPath: x.path) {
-            return try NPYDataset.load(features: x, labels: y, ids: FileManager.default.fileExists(atPath: ids.path) ? ids : nil)
+            return try NPYDataset.load(features: x, labels: y, ids: FileManager.default.fileExists(atPath: ids.path) ? ids : nil, targets: targets)
+        }
+        guard case .classes = targets else {
+            throw DataError(directory.path, "no \(prefix)_x.npy and \(prefix)_y.npy; IDX files hold class labels, the model needs \(targets)")
         }
         return try MNIST.load(directory: directory, train: train)
     }
 
     /// A device's data: `x.npy` and `y.npy`, else the training split as in ``load(_:train:)``.
-    public static func loadDevice(_ directory: URL) throws -> Dataset {
+    /// `targets` nil infers them (see ``NPYDataset/load(features:labels:ids:targets:)``).
+    public static func loadDevice(_ directory: URL, targets: TargetFormat? = nil) throws -> Dataset {
         let x = directory.appendingPathComponent("x.npy"), y = directory.appendingPathComponent("y.npy")
-        if FileManager.default.fileExists(atPath: x.path) { return try NPYDataset.load(features: x, labels: y) }
-        return try load(directory, train: true)
+        if FileManager.default.fileExists(atPath: x.path) { return try NPYDataset.load(features: x, labels: y, targets: targets) }
+        let prefixed = directory.appendingPathComponent("train_x.npy")
+        if FileManager.default.fileExists(atPath: prefixed.path) {
+            return try NPYDataset.load(features: prefixed, labels: directory.appendingPathComponent("train_y.npy"), targets: targets)
+        }
+        return try load(directory, train: true, targets: targets ?? .classes(nil))
     }
 }

@@ -20,12 +20,28 @@ public enum Partition: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Splits `dataset`'s examples among `clients`, returning each client's indices. Splits by
+    /// label (``shards``, ``dirichlet``) need class labels.
+    public func split(_ dataset: Dataset, clients: Int, seed: UInt64) throws -> [[Int32]] {
+        if !dataset.hasClassLabels {
+            switch self {
+            case .shards, .dirichlet:
+                throw DataError("partition", "\(self) splits by class label and \(dataset.name) has target values; use iid or natural")
+            case .iid, .natural:
+                break
+            }
+        }
+        return try split(labels: dataset.labels, classes: dataset.classes, clients: clients, seed: seed, groups: dataset.groups, count: dataset.count)
+    }
+
     /// Splits the examples of `labels` among `clients`, returning each client's indices.
-    /// `groups` (a user id per example) is needed by ``natural`` only.
-    public func split(labels: [UInt8], classes: Int, clients: Int, seed: UInt64, groups: [Int32]? = nil) throws -> [[Int32]] {
+    /// `groups` (a user id per example) is needed by ``natural`` only; `count` stands in for
+    /// `labels.count` when there are no labels (value targets, ``iid`` and ``natural`` only).
+    public func split(labels: [Int32], classes: Int, clients: Int, seed: UInt64, groups: [Int32]? = nil, count: Int? = nil) throws -> [[Int32]] {
+        let count = count ?? labels.count
         guard clients > 0 else { throw DataError("partition", "need at least one client") }
-        guard labels.count >= clients else {
-            throw DataError("partition", "\(clients) clients but only \(labels.count) examples")
+        guard count >= clients else {
+            throw DataError("partition", "\(clients) clients but only \(count) examples")
         }
         var generator = SeededGenerator(seed: seed, stream: 0x9A27)
         switch self {
@@ -38,7 +54,7 @@ public enum Partition: Hashable, Sendable, CustomStringConvertible {
             }
             return byGroup.keys.sorted().map { byGroup[$0]! }
         case .iid:
-            var order = (0..<Int32(labels.count)).map { $0 }
+            var order = (0..<Int32(count)).map { $0 }
             order.withUnsafeMutableBufferPointer { generator.shuffle($0) }
             return equalChunks(order, count: clients)
         case .shards(let perClient):

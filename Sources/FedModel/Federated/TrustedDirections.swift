@@ -1,4 +1,5 @@
-/// The server's own descent directions on a small dataset it trusts, one per class: what the
+/// The server's own descent directions on a small dataset it trusts, one per class (for value
+/// targets, which have no classes, one per half of the examples): what the
 /// trust rule of ``UpdateAggregator`` measures client updates against (after FLTrust's "root
 /// data", Cao et al. 2021). A direction is the delta of one pass of SGD over the trusted
 /// examples of one class (in batches of up to 256; one step for a class of up to 256 examples),
@@ -12,15 +13,19 @@ public final class TrustedDirections {
     private var parameters: [Float]
 
     public init(network: Network, data: DatasetSlice) throws {
-        var byClass = [[Int32]](repeating: [], count: data.dataset.classes)
-        for index in data.indices { byClass[Int(data.dataset.labels[Int(index)])].append(index) }
+        var byClass: [[Int32]]
+        if data.dataset.hasClassLabels {
+            byClass = [[Int32]](repeating: [], count: data.dataset.classes)
+            for index in data.indices { byClass[Int(data.dataset.labels[Int(index)])].append(index) }
+        } else {
+            let half = data.indices.count / 2
+            byClass = [Array(data.indices[..<half]), Array(data.indices[half...])]
+        }
         byClass.removeAll { $0.isEmpty }
         guard byClass.count >= 2 else {
             throw DataError(data.dataset.name, "the trusted data must hold examples of at least two classes, it has \(byClass.count)")
         }
-        guard data.dataset.sampleShape.count == network.inputShape.count else {
-            throw DataError(data.dataset.name, "trusted data has \(data.dataset.sampleShape.count) features per example, the model expects \(network.inputShape.count)")
-        }
+        if let problem = network.accepts(data.dataset) { throw DataError(data.dataset.name, "trusted data: \(problem)") }
         self.data = data
         self.byClass = byClass
         batchSize = min(256, byClass.map(\.count).max() ?? 1)
@@ -37,15 +42,7 @@ public final class TrustedDirections {
         var generator = SeededGenerator(seed: seed, stream: 0x7A57)
         var all = Array(0..<Int32(dataset.count))
         all.withUnsafeMutableBufferPointer { generator.shuffle($0) }
-        let chosen = all.prefix(count).map(Int.init)
-        let width = dataset.sampleShape.count
-        var features = [Float]()
-        features.reserveCapacity(chosen.count * width)
-        for i in chosen { features.append(contentsOf: dataset.features[(i * width)..<((i + 1) * width)]) }
-        let copy = try Dataset(
-            name: dataset.name + " (trusted sample)", sampleShape: dataset.sampleShape, classes: dataset.classes,
-            features: features, labels: chosen.map { dataset.labels[$0] })
-        return copy.all
+        return try dataset.subset(all.prefix(count).map(Int.init), name: dataset.name + " (trusted sample)").all
     }
 
     /// One direction per class from `global`, trained with plain SGD at `learningRate`.

@@ -3,10 +3,11 @@
 public enum SoftmaxCrossEntropy {
     /// Loss summed over the batch and the number of correct argmax predictions. When
     /// `gradient` is given it receives ∂(mean loss)/∂logits, i.e. scaled by 1/batch.
+    /// `perClass`, when given, counts examples (`[2c]`) and correct ones (`[2c + 1]`) per class.
     public static func evaluate(
-        logits: UnsafePointer<Float>, labels: UnsafePointer<UInt8>, batch: Int, classes: Int,
-        gradient: UnsafeMutablePointer<Float>?
-    ) -> (lossSum: Double, correct: Int) {
+        logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch: Int, classes: Int,
+        gradient: UnsafeMutablePointer<Float>?, perClass: UnsafeMutablePointer<Int>? = nil
+    ) -> LossTally {
         var lossSum = 0.0
         var correct = 0
         let scale = 1 / Float(batch)
@@ -22,6 +23,10 @@ public enum SoftmaxCrossEntropy {
             for j in 0..<classes { sum += _expf(z[j] - maxValue) }
             let label = Int(labels[b])
             if argmax == label { correct += 1 }
+            if let perClass {
+                perClass[2 * label] += 1
+                if argmax == label { perClass[2 * label + 1] += 1 }
+            }
             let logSum = _logf(sum)
             lossSum += Double(logSum - (z[label] - maxValue))
             if let gradient {
@@ -33,6 +38,9 @@ public enum SoftmaxCrossEntropy {
                 g[label] -= scale
             }
         }
-        return (lossSum, correct)
+        var tally = LossTally()
+        tally.lossSum = lossSum
+        tally.correct = Double(correct)
+        return tally
     }
 }

@@ -56,18 +56,25 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// A model architecture: input shape, class count and layers. The final layer's output
-/// size must equal the class count (logits for softmax cross-entropy).
+/// A task and the model that learns it: input shape, output size, loss and layers. The final
+/// layer's output size must equal ``classes``: the class count (logits for softmax
+/// cross-entropy), or the number of target values (mse) or labels (bce).
 public struct ModelSpec: Hashable, Sendable {
     public var input: TensorShape
+    /// The output size: classes, target values or labels, as the loss reads them.
     public var classes: Int
     public var layers: [LayerSpec]
+    public var loss: Loss
 
-    public init(input: TensorShape, classes: Int, layers: [LayerSpec]) {
+    public init(input: TensorShape, classes: Int, layers: [LayerSpec], loss: Loss = .softmaxCrossEntropy) {
         self.input = input
         self.classes = classes
         self.layers = layers
+        self.loss = loss
     }
+
+    /// The output size (the same as ``classes``).
+    public var outputs: Int { classes }
 
     /// McMahan et al. 2017's "2NN": 784-200-200-10 with ReLU, 199,210 parameters.
     public static let mnist2NN = ModelSpec(
@@ -103,17 +110,26 @@ public struct ModelError: Error, CustomStringConvertible, Equatable {
 import Foundation
 
 extension ModelSpec {
-    /// The architecture as one line, `HxWxC|classes|layer,layer,...` (a vector input is just
-    /// its length), as the coordinator sends it to clients: `784|10|dense:200,relu,dense:10`.
+    /// The task as one line, `HxWxC|outputs|layer,layer,...` (a vector input is just its
+    /// length), as the coordinator sends it to clients: `784|10|dense:200,relu,dense:10`. A loss
+    /// other than softmax cross-entropy is a fourth field: `10|1|dense:16,relu,dense:1|mse`.
     public var wireDescription: String {
         let input = input.height == 1 && input.width == 1 ? "\(input.channels)" : "\(input.height)x\(input.width)x\(input.channels)"
-        return "\(input)|\(classes)|" + layers.map(\.description).joined(separator: ",")
+        let text = "\(input)|\(classes)|" + layers.map(\.description).joined(separator: ",")
+        return loss == .softmaxCrossEntropy ? text : text + "|\(loss)"
     }
 
     /// Parses ``wireDescription``.
     public init(wireDescription text: String) throws {
         let parts = text.split(separator: "|", omittingEmptySubsequences: false)
-        guard parts.count == 3 else { throw ModelError("model description \"\(text)\" is not input|classes|layers") }
+        guard parts.count == 3 || parts.count == 4 else { throw ModelError("model description \"\(text)\" is not input|outputs|layers[|loss]") }
+        var loss = Loss.softmaxCrossEntropy
+        if parts.count == 4 {
+            guard let named = Loss(parsing: String(parts[3])), parts[3] != "softmax" else {
+                throw ModelError("unknown loss \"\(parts[3])\" in model description (mse or bce; softmax is written by leaving the field out)")
+            }
+            loss = named
+        }
         let dims = parts[0].split(separator: "x").map { Int($0) }
         let shape: TensorShape
         if dims.count == 1, let n = dims[0], n > 0 {
@@ -123,8 +139,10 @@ extension ModelSpec {
         } else {
             throw ModelError("bad input shape \"\(parts[0])\" in model description")
         }
-        guard let classes = Int(parts[1]), classes >= 2 else { throw ModelError("bad class count \"\(parts[1])\" in model description") }
+        guard let classes = Int(parts[1]), classes >= (loss.usesClassLabels ? 2 : 1), classes <= Dataset.maximumClasses else {
+            throw ModelError("bad output count \"\(parts[1])\" in model description")
+        }
         let layers = try parts[2].split(separator: ",").map { try LayerSpec(parsing: String($0)) }
-        self.init(input: shape, classes: classes, layers: layers)
+        self.init(input: shape, classes: classes, layers: layers, loss: loss)
     }
 }

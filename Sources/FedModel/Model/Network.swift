@@ -14,7 +14,9 @@ public final class Network: Sendable {
 
     public init(_ spec: ModelSpec) throws {
         guard spec.input.count > 0 else { throw ModelError("model input shape must be non-empty") }
-        guard spec.classes >= 2 else { throw ModelError("model needs at least 2 classes, got \(spec.classes)") }
+        guard spec.classes >= (spec.loss.usesClassLabels ? 2 : 1) else {
+            throw ModelError(spec.loss.usesClassLabels ? "model needs at least 2 classes, got \(spec.classes)" : "model needs at least 1 output, got \(spec.classes)")
+        }
         guard !spec.layers.isEmpty else { throw ModelError("model has no layers") }
         var layers: [any Layer] = []
         var layout = ParameterLayout()
@@ -74,12 +76,27 @@ public final class Network: Sendable {
             shape = layer.outputShape
         }
         guard shape.count == spec.classes else {
-            throw ModelError("the last layer gives \(shape.count) outputs but the model has \(spec.classes) classes")
+            throw ModelError("the last layer gives \(shape.count) outputs but the model has \(spec.classes) \(spec.loss.usesClassLabels ? "classes" : "outputs")")
         }
         self.spec = spec
         self.layers = layers
         self.layout = layout
         self.parameterOffsets = offsets
+    }
+
+    /// Why `data` cannot train or test this model (its features or targets do not fit), or nil.
+    public func accepts(_ data: Dataset) -> String? {
+        if data.sampleShape.count != inputShape.count {
+            return "\(data.name) has \(data.sampleShape.count) values per example (\(data.sampleShape)); the model's input is \(inputShape.count) (\(inputShape))"
+        }
+        if spec.loss.usesClassLabels {
+            guard data.hasClassLabels else { return "\(data.name) has target values, the model's loss (softmax) needs class labels" }
+            guard data.classes <= classes else { return "\(data.name) has \(data.classes) classes, the model \(classes)" }
+        } else {
+            guard !data.hasClassLabels else { return "\(data.name) has class labels, the model's loss (\(spec.loss)) needs \(classes) target values per example" }
+            guard data.classes == classes else { return "\(data.name) has \(data.classes) target values per example, the model \(classes)" }
+        }
+        return nil
     }
 
     /// Fresh parameters, initialised layer by layer from `seed`.

@@ -16,8 +16,10 @@ public final class Workspace {
     private let gradientA: UnsafeMutablePointer<Float>
     private let gradientB: UnsafeMutablePointer<Float>
     private let scratch: [UnsafeMutableRawPointer]
-    /// Labels of the current batch.
-    public let labels: UnsafeMutablePointer<UInt8>
+    /// Class labels of the current batch (softmax loss).
+    public let labels: UnsafeMutablePointer<Int32>
+    /// Target values of the current batch, `batch × outputs` (mse and bce losses).
+    public let targets: UnsafeMutablePointer<Float>
     /// ∂(mean loss)/∂parameters after ``lossAndGradient(parameters:batch:)``, laid out like the parameters.
     public let parameterGradient: UnsafeMutablePointer<Float>
     /// When set, every layer's forward and backward pass, the loss, and the optimiser steps
@@ -38,9 +40,10 @@ public final class Workspace {
         }
         let gradientBytes = aligned64(capacity * largest * floats)
         let scratchSizes = network.layers.map { aligned64($0.scratchBytes(batch: capacity)) }
-        let labelBytes = aligned64(capacity)
+        let labelBytes = aligned64(capacity * MemoryLayout<Int32>.stride)
+        let targetBytes = aligned64(network.spec.loss.usesClassLabels ? floats : capacity * network.classes * floats)
         let parameterBytes = aligned64(network.parameterCount * floats)
-        let total = sizes.reduce(0, +) + 2 * gradientBytes + scratchSizes.reduce(0, +) + labelBytes + parameterBytes
+        let total = sizes.reduce(0, +) + 2 * gradientBytes + scratchSizes.reduce(0, +) + labelBytes + targetBytes + parameterBytes
         memory = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
         memory.initializeMemory(as: UInt8.self, repeating: 0, count: total)
         var cursor = memory
@@ -60,8 +63,10 @@ public final class Workspace {
             cursor += size
         }
         self.scratch = scratch
-        labels = cursor.bindMemory(to: UInt8.self, capacity: capacity)
+        labels = cursor.bindMemory(to: Int32.self, capacity: capacity)
         cursor += labelBytes
+        targets = cursor.bindMemory(to: Float.self, capacity: targetBytes / floats)
+        cursor += targetBytes
         parameterGradient = cursor.bindMemory(to: Float.self, capacity: network.parameterCount)
     }
 
@@ -70,7 +75,7 @@ public final class Workspace {
     /// Where to write the input batch (`batch × inputShape.count` floats).
     public var input: UnsafeMutablePointer<Float> { activations[0] }
 
-    /// Runs the layers over the batch in ``input``; returns the logits (`batch × classes`).
+    /// Runs the layers over the batch in ``input``; returns the outputs (`batch × classes`).
     @discardableResult
     public func forward(parameters: UnsafePointer<Float>, batch: Int) -> UnsafePointer<Float> {
         precondition(batch > 0 && batch <= capacity, "batch \(batch) outside 1...\(capacity)")
@@ -92,15 +97,16 @@ public final class Workspace {
             input: UnsafePointer(activations[i]), output: activations[i + 1], scratch: scratch[i], threads: threads)
     }
 
-    /// Loss and accuracy of the batch in ``input``/``labels`` without gradients.
-    public func loss(parameters: UnsafePointer<Float>, batch: Int) -> (lossSum: Double, correct: Int) {
-        let logits = forward(parameters: parameters, batch: batch)
-        return SoftmaxCrossEntropy.evaluate(
-            logits: logits, labels: labels, batch: batch, classes: network.classes, gradient: nil)
+    /// The loss's scores of the batch in ``input`` against ``labels`` or ``targets``, without
+    /// gradients. `perClass`: see ``Loss/evaluate(outputs:labels:values:batch:width:gradient:perClass:)``.
+    public func loss(parameters: UnsafePointer<Float>, batch: Int, perClass: UnsafeMutablePointer<Int>? = nil) -> LossTally {
+        let outputs = forward(parameters: parameters, batch: batch)
+        return network.spec.loss.evaluate(
+            outputs: outputs, labels: labels, values: targets, batch: batch, width: network.classes, gradient: nil, perClass: perClass)
     }
 
     /// Forward and backward pass: fills ``parameterGradient`` with ∂(mean loss)/∂parameters.
-    public func lossAndGradient(parameters: UnsafePointer<Float>, batch: Int) -> (lossSum: Double, correct: Int) {
+    public func lossAndGradient(parameters: UnsafePointer<Float>, batch: Int) -> LossTally {
         pass(parameters: parameters, batch: batch, update: nil)
     }
 
@@ -113,14 +119,14 @@ public final class Workspace {
     public func trainingStep(
         parameters: UnsafePointer<Float>, batch: Int,
         update: (_ layer: Int, _ offset: Int, _ gradient: UnsafePointer<Float>, _ count: Int) -> Void
-    ) -> (lossSum: Double, correct: Int) {
+    ) -> LossTally {
         withoutActuallyEscaping(update) { pass(parameters: parameters, batch: batch, update: $0) }
     }
 
     private func pass(
         parameters: UnsafePointer<Float>, batch: Int,
         update: ((Int, Int, UnsafePointer<Float>, Int) -> Void)?
-    ) -> (lossSum: Double, correct: Int) {
+    ) -> LossTally {
         let logits = forward(parameters: parameters, batch: batch)
         var upstream = gradientA
         var downstream = gradientB
@@ -132,8 +138,8 @@ public final class Workspace {
             profile[keyPath: stage][i] += now - clock
             clock = now
         }
-        let result = SoftmaxCrossEntropy.evaluate(
-            logits: logits, labels: labels, batch: batch, classes: network.classes, gradient: upstream)
+        let result = network.spec.loss.evaluate(
+            outputs: logits, labels: labels, values: targets, batch: batch, width: network.classes, gradient: upstream)
         lap(\.loss, 0)
         for i in network.layers.indices.reversed() {
             let layer = network.layers[i]
@@ -175,7 +181,7 @@ public final class StageProfile {
     /// The optimiser's steps run right after each layer's backward pass (inside it for layers
     /// that fuse the step, ``Layer/fusesUpdate``, whose steps count as backward time).
     public var update: [UInt64]
-    /// Softmax cross-entropy and its gradient (one entry).
+    /// The loss and its gradient (one entry).
     public var loss: [UInt64] = [0]
     public var batches = 0
     public var examples = 0

@@ -36,7 +36,7 @@ public final class LocalTrainer {
     ) -> TrainingSummary {
         precondition(parameters.count == network.parameterCount, "parameter vector does not match the model")
         precondition(batchSize > 0 && batchSize <= workspace.capacity, "batch size \(batchSize) outside 1...\(workspace.capacity)")
-        precondition(data.dataset.sampleShape.count == network.inputShape.count, "data does not match the model input")
+        precondition(network.accepts(data.dataset) == nil, "data does not match the model")
         if sgd.momentum > 0 {
             if velocity.count != parameters.count { velocity = [Float](repeating: 0, count: parameters.count) }
             else { velocity.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } }
@@ -66,9 +66,7 @@ public final class LocalTrainer {
                             var start = 0
                             while start < order.count {
                                 let batch = min(batchSize, order.count - start)
-                                data.dataset.gather(
-                                    UnsafeBufferPointer(rebasing: order[start..<(start + batch)]),
-                                    features: workspace.input, labels: workspace.labels)
+                                data.dataset.gather(UnsafeBufferPointer(rebasing: order[start..<(start + batch)]), into: workspace)
                                 let result = workspace.trainingStep(parameters: w.baseAddress!, batch: batch) { layer, offset, gradient, count in
                                     // The piece of the layer handed over, clipped to each tensor the optimiser steps.
                                     let first = layerStarts[layer] + offset, end = first + count
