@@ -262,9 +262,17 @@ public actor ClientDaemon {
 
     /// Builds the network the coordinator named (once; a different model resets the cache).
     private func prepare(model description: String) throws {
-        let spec = try ModelSpec(wireDescription: description)
-        if let network, network.spec == spec { return }
-        let network = try Network(spec)
+        // A model this build cannot read or build (an unknown layer or loss) is not fixed by
+        // reconnecting: stop with one line.
+        let spec: ModelSpec
+        let network: Network
+        do {
+            spec = try ModelSpec(wireDescription: description)
+            if let current = self.network, current.spec == spec { return }
+            network = try Network(spec)
+        } catch let error as ModelError {
+            throw UnrecoverableError(message: "cannot train the coordinator's model \"\(description)\": \(error)")
+        }
         let source = configuration.data
         guard source.dataset.sampleShape.count == spec.input.count else {
             throw UnrecoverableError(message: "local data has \(source.dataset.sampleShape.count) features per example, the coordinator's model expects \(spec.input.count)")

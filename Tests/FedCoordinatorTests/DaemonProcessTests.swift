@@ -146,6 +146,37 @@ import Testing
         }
     }
 
+    /// A device whose data cannot serve the coordinator's task (class labels, a multi-label
+    /// model with three outputs) stops at once with one line, instead of reconnecting forever.
+    @Test func aClientWhoseDataDoesNotFitTheTaskStopsWithOneLine() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedfit-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let config = directory.appendingPathComponent("coordinator.toml")
+        try """
+            port = 0
+            rounds = 2
+            layers = ["dense:3"]
+            input = [784]
+            outputs = 3
+            loss = "bce"
+            [clients]
+            a = "\(testPublicKey("fa"))"
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let coordinatorLog = directory.appendingPathComponent("coordinator.log")
+        let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: coordinatorLog)
+        defer { if coordinator.isRunning { coordinator.terminate() } }
+        let listening = try await port(of: coordinatorLog)
+        let clientLog = directory.appendingPathComponent("a.log")
+        let client = try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", "a", "--secret", testSecret("fa"),
+                                             "--data", "Simulations/data/mnist", "--examples", "0..<100"], output: clientLog)
+        try await waitForExit(client, seconds: 10)
+        if client.isRunning { client.terminate() }
+        let text = try String(contentsOf: clientLog, encoding: .utf8)
+        #expect(client.terminationStatus == 1, "\(text)")
+        #expect(text.contains("local data does not fit the coordinator's task (bce, 3 outputs)") && text.contains("1 target values per example, the model has 3 outputs"), "\(text)")
+    }
+
     /// A coordinator configuration for the signal tests, with `extra` keys, and the two
     /// clients' secrets registered in its database.
     func signalSetUp(_ directory: URL, _ extra: String) throws -> (config: URL, database: URL) {
