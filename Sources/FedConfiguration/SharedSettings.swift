@@ -80,7 +80,12 @@ extension ModelSpec {
             do { parsed = try layers.map(LayerSpec.init(parsing:)) } catch let error as ModelError {
                 throw ConfigurationError("layers: \(error.description)")
             }
-            let convolution = parsed.contains { if case .conv = $0 { true } else { false } }
+            let convolution = parsed.contains {
+                switch $0 {
+                case .conv, .depthwise: true
+                default: false
+                }
+            }
             let shape: TensorShape
             switch input {
             case nil: shape = convolution ? TensorShape(height: 28, width: 28, channels: 1) : .vector(784)

@@ -12,6 +12,8 @@ import Testing
         var parameters: [Float]
         let weights: [Float]  // r
         let scratch: UnsafeMutableRawPointer
+        /// A training pass with a fixed step seed (dropout's mask is the same in every pass).
+        var training = false
 
         init(_ layer: any Layer, batch: Int, seed: UInt64) {
             self.layer = layer
@@ -26,7 +28,7 @@ import Testing
         func loss() -> Double {
             var output = [Float](repeating: 0, count: batch * layer.outputShape.count)
             input.withUnsafeBufferPointer { x in parameters.withUnsafeBufferPointer { p in output.withUnsafeMutableBufferPointer { y in
-                layer.forward(ForwardBuffers(batch: batch, parameters: p.baseAddress!, input: x.baseAddress!, output: y.baseAddress!, scratch: scratch, threads: 1))
+                layer.forward(ForwardBuffers(batch: batch, parameters: p.baseAddress!, input: x.baseAddress!, output: y.baseAddress!, scratch: scratch, threads: 1, training: training, seed: 42))
             }}}
             return zip(output, weights).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         }
@@ -37,7 +39,7 @@ import Testing
             var dp = [Float](repeating: 0, count: parameters.count)
             input.withUnsafeBufferPointer { x in parameters.withUnsafeBufferPointer { p in output.withUnsafeMutableBufferPointer { y in
                 weights.withUnsafeBufferPointer { r in dx.withUnsafeMutableBufferPointer { dx in dp.withUnsafeMutableBufferPointer { dp in
-                    let f = ForwardBuffers(batch: batch, parameters: p.baseAddress!, input: x.baseAddress!, output: y.baseAddress!, scratch: scratch, threads: 1)
+                    let f = ForwardBuffers(batch: batch, parameters: p.baseAddress!, input: x.baseAddress!, output: y.baseAddress!, scratch: scratch, threads: 1, training: training, seed: 42)
                     layer.forward(f)
                     layer.backward(BackwardBuffers(forward: f, outputGradient: r.baseAddress!, inputGradient: dx.baseAddress!, parameterGradient: dp.baseAddress!))
                 }}}
@@ -48,8 +50,9 @@ import Testing
 
     /// `distinctInputs` spaces the inputs ≥ 0.05 apart, so no perturbation of ±ε can
     /// change which input a max-pool window picks (the function is not differentiable there).
-    func check(_ layer: any Layer, batch: Int = 3, seed: UInt64 = 1, samples: Int = 60, distinctInputs: Bool = false) {
+    func check(_ layer: any Layer, batch: Int = 3, seed: UInt64 = 1, samples: Int = 60, distinctInputs: Bool = false, training: Bool = false) {
         var probe = Probe(layer, batch: batch, seed: seed)
+        probe.training = training
         if distinctInputs {
             var order = (0..<probe.input.count).map { Float($0) * 0.05 - 1 }
             var g = SeededGenerator(seed: seed + 7)
@@ -111,6 +114,19 @@ import Testing
     @Test func groupNorm() { check(GroupNorm(shape: TensorShape(height: 3, width: 4, channels: 6), groups: 3), samples: 80) }
     @Test func layerNormOnAVector() { check(GroupNorm(shape: .vector(12), groups: 1)) }
     @Test func maxPool() { check(MaxPool2D(shape: TensorShape(height: 6, width: 4, channels: 5)), distinctInputs: true) }
+    @Test func stridedConvolution() {
+        check(Conv2D(input: TensorShape(height: 7, width: 6, channels: 3), kernelSize: 3, outputChannels: 4, stride: 2))
+        check(Conv2D(input: TensorShape(height: 5, width: 5, channels: 2), kernelSize: 5, outputChannels: 3, stride: 3))
+    }
+    @Test func depthwiseConvolution() {
+        check(DepthwiseConv2D(input: TensorShape(height: 5, width: 6, channels: 5), kernelSize: 3))
+        check(DepthwiseConv2D(input: TensorShape(height: 7, width: 7, channels: 4), kernelSize: 3, stride: 2))
+        check(DepthwiseConv2D(input: TensorShape(height: 6, width: 5, channels: 3), kernelSize: 5, stride: 2), batch: 1)
+    }
+    @Test func dropoutInTrainingAndEvaluation() {
+        check(Dropout(shape: .vector(40), rate: 0.3), training: true)
+        check(Dropout(shape: .vector(40), rate: 0.3), training: false)
+    }
     @Test func flatten() { check(Flatten(shape: TensorShape(height: 2, width: 3, channels: 4))) }
 
     @Test func softmaxCrossEntropy() {

@@ -1,6 +1,7 @@
-/// 2-D convolution, stride 1, "same" zero padding (odd kernel size k, padding k/2), NHWC.
+/// 2-D convolution, stride s (1 unless asked), "same" zero padding (odd kernel size k, padding
+/// k/2), NHWC; the output is ⌊(H − 1)/s⌋ + 1 by ⌊(W − 1)/s⌋ + 1.
 ///
-/// y[b, y, x, o] = bias[o] + Σ_{ky, kx, i} x[b, y+ky−p, x+kx−p, i] · W[ky, kx, i, o],
+/// y[b, y, x, o] = bias[o] + Σ_{ky, kx, i} x[b, y·s+ky−p, x·s+kx−p, i] · W[ky, kx, i, o],
 /// with W stored `[k, k, in, out]`. Computed as im2col + ``gemm``: the patches of a batch
 /// form a `(batch·h·w) × (k·k·in)` matrix that multiplies W seen as `(k·k·in) × out`.
 /// Initialised like PyTorch's `nn.Conv2d`: uniform in ±1/√(k·k·in).
@@ -13,33 +14,39 @@ public struct Conv2D: Layer {
     public let inputShape: TensorShape
     public let kernelSize: Int
     public let outputChannels: Int
+    public let stride: Int
     /// The Winograd plan when this layer uses it.
     let winograd: WinogradPlan?
     /// Whether the forward pass and ∂x use Winograd's F(2×2, k×k).
     public var usesWinograd: Bool { winograd != nil }
 
     /// `winograd: false` forces im2col products everywhere (the reference the tests compare with).
-    public init(input: TensorShape, kernelSize: Int, outputChannels: Int, winograd: Bool = true) {
+    public init(input: TensorShape, kernelSize: Int, outputChannels: Int, stride: Int = 1, winograd: Bool = true) {
         precondition(kernelSize > 0 && kernelSize % 2 == 1, "Conv2D kernel size must be odd")
         precondition(outputChannels > 0, "Conv2D needs output channels")
+        precondition(stride >= 1, "Conv2D stride must be positive")
         inputShape = input
         self.kernelSize = kernelSize
         self.outputChannels = outputChannels
-        let fits = WinogradPlan.kernels.contains(kernelSize) && input.channels % 16 == 0 && outputChannels % 16 == 0
+        self.stride = stride
+        let fits = stride == 1 && WinogradPlan.kernels.contains(kernelSize) && input.channels % 16 == 0 && outputChannels % 16 == 0
         self.winograd = winograd && fits ? WinogradPlan(kernel: kernelSize) : nil
     }
 
     public var outputShape: TensorShape {
-        TensorShape(height: inputShape.height, width: inputShape.width, channels: outputChannels)
+        TensorShape(height: (inputShape.height - 1) / stride + 1, width: (inputShape.width - 1) / stride + 1, channels: outputChannels)
     }
     public var parameterShapes: [(name: String, shape: [Int])] {
         [("weight", [kernelSize, kernelSize, inputShape.channels, outputChannels]), ("bias", [outputChannels])]
     }
-    public var description: String { "Conv2D(\(kernelSize)x\(kernelSize), \(inputShape.channels)→\(outputChannels))" }
+    public var description: String {
+        "Conv2D(\(kernelSize)x\(kernelSize)\(stride > 1 ? ", stride \(stride)" : ""), \(inputShape.channels)→\(outputChannels))"
+    }
 
     /// Values in one im2col row: k·k·in.
     var patchSize: Int { kernelSize * kernelSize * inputShape.channels }
-    var positions: Int { inputShape.height * inputShape.width }
+    /// Output positions per image (rows of one image's im2col matrix).
+    var positions: Int { outputShape.height * outputShape.width }
 
     public func scratchBytes(batch: Int) -> Int {
         let columns = aligned64(columnRows(batch: batch) * patchSize * MemoryLayout<Float>.stride)
@@ -180,11 +187,14 @@ public struct Conv2D: Layer {
     func im2col(_ input: UnsafePointer<Float>, batch: Int, into columns: UnsafeMutablePointer<Float>) {
         let (h, w, c) = (inputShape.height, inputShape.width, inputShape.channels)
         let k = kernelSize, pad = kernelSize / 2
+        let (oh, ow) = (outputShape.height, outputShape.width)
         var row = columns
         for b in 0..<batch {
             let image = input + b * h * w * c
-            for y in 0..<h {
-                for x in 0..<w {
+            for oy in 0..<oh {
+                let y = oy * stride
+                for ox in 0..<ow {
+                    let x = ox * stride
                     // The kernel columns that fall inside the image: kx in first..<last.
                     let first = max(0, pad - x), last = min(k, w + pad - x)
                     var dst = row
@@ -217,12 +227,15 @@ public struct Conv2D: Layer {
     func col2im(_ columns: UnsafePointer<Float>, batch: Int, into gradient: UnsafeMutablePointer<Float>) {
         let (h, w, c) = (inputShape.height, inputShape.width, inputShape.channels)
         let k = kernelSize, pad = kernelSize / 2
+        let (oh, ow) = (outputShape.height, outputShape.width)
         gradient.update(repeating: 0, count: batch * h * w * c)
         var row = columns
         for b in 0..<batch {
             let image = gradient + b * h * w * c
-            for y in 0..<h {
-                for x in 0..<w {
+            for oy in 0..<oh {
+                let y = oy * stride
+                for ox in 0..<ow {
+                    let x = ox * stride
                     var src = row
                     for ky in 0..<k {
                         let iy = y + ky - pad

@@ -9,6 +9,23 @@ public struct ForwardBuffers {
     public var scratch: UnsafeMutableRawPointer
     /// Cores the layer may use for this pass (1 = stay on the calling thread).
     public var threads: Int
+    /// Whether this is a training pass (dropout draws its masks) or an evaluation (dropout
+    /// passes values through).
+    public var training: Bool
+    /// The training step's random seed (dropout's masks); the same seed gives the same masks.
+    public var seed: UInt64
+
+    public init(batch: Int, parameters: UnsafePointer<Float>, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
+                scratch: UnsafeMutableRawPointer, threads: Int, training: Bool = false, seed: UInt64 = 0) {
+        self.batch = batch
+        self.parameters = parameters
+        self.input = input
+        self.output = output
+        self.scratch = scratch
+        self.threads = threads
+        self.training = training
+        self.seed = seed
+    }
 }
 
 /// What a layer reads and writes in one backward pass.

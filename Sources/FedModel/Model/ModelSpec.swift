@@ -1,9 +1,14 @@
 /// One layer of a model description, as written in configuration files:
-/// `dense:200`, `relu`, `conv5x5:32`, `maxpool2`, `flatten`.
+/// `dense:200`, `relu`, `conv5x5:32`, `conv3x3:32:s2`, `dwconv3x3`, `dwconv3x3:s2`, `maxpool2`,
+/// `dropout:0.25`, `flatten`.
 public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     case dense(outputs: Int)
     case relu
-    case conv(kernelSize: Int, channels: Int)
+    case conv(kernelSize: Int, channels: Int, stride: Int = 1)
+    /// Depthwise convolution, one filter per channel (``DepthwiseConv2D``).
+    case depthwise(kernelSize: Int, stride: Int = 1)
+    /// Inverted dropout at this rate in training (``Dropout``).
+    case dropout(rate: Double)
     case maxPool
     case avgPool
     case globalAvgPool
@@ -14,9 +19,25 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     public init(parsing text: String) throws {
         let lowered = text.lowercased().trimmingCharacters(in: .whitespaces)
         func positive(_ s: Substring) throws -> Int {
-            guard let value = Int(s), value > 0 else { throw ModelError("bad layer \"\(text)\": \"\(s)\" is not a positive integer") }
+            guard let value = Int(s), value > 0, value <= 1 << 24 else { throw ModelError("bad layer \"\(text)\": \"\(s)\" is not a positive integer") }
             return value
         }
+        /// `KxK` after a prefix: an odd square kernel size.
+        func kernel(_ s: Substring) throws -> Int {
+            let size = s.split(separator: "x", omittingEmptySubsequences: false)
+            guard size.count == 2, size[0] == size[1] else { throw ModelError("bad layer \"\(text)\": only square kernels (KxK)") }
+            let k = try positive(size[0])
+            guard k % 2 == 1 else { throw ModelError("bad layer \"\(text)\": kernel size must be odd for same padding") }
+            return k
+        }
+        /// `sN`: a stride.
+        func stride(_ s: Substring) throws -> Int {
+            guard s.hasPrefix("s"), let value = Int(s.dropFirst()), (1...16).contains(value) else {
+                throw ModelError("bad layer \"\(text)\": \"\(s)\" is not a stride (s1 to s16)")
+            }
+            return value
+        }
+        let expected = "expected dense:N, relu, convKxK:C[:sS], dwconvKxK[:sS], maxpool2, avgpool2, globalavgpool, groupnorm:G, dropout:P or flatten"
         switch lowered {
         case "relu": self = .relu
         case "maxpool2", "maxpool": self = .maxPool
@@ -25,19 +46,27 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         case "flatten": self = .flatten
         default:
             let parts = lowered.split(separator: ":", omittingEmptySubsequences: false)
-            guard parts.count == 2 else { throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2, avgpool2, globalavgpool, groupnorm:G or flatten)") }
-            if parts[0] == "dense" {
+            if parts[0].hasPrefix("dwconv") {
+                guard parts.count <= 2 else { throw ModelError("bad layer \"\(text)\": dwconvKxK or dwconvKxK:sS") }
+                self = .depthwise(kernelSize: try kernel(parts[0].dropFirst(6)), stride: parts.count == 2 ? try stride(parts[1]) : 1)
+                return
+            }
+            if parts[0].hasPrefix("conv"), parts.count == 3 {
+                self = .conv(kernelSize: try kernel(parts[0].dropFirst(4)), channels: try positive(parts[1]), stride: try stride(parts[2]))
+                return
+            }
+            guard parts.count == 2 else { throw ModelError("unknown layer \"\(text)\" (\(expected))") }
+            if parts[0] == "dropout" {
+                guard let rate = Double(parts[1]), rate >= 0, rate < 1 else { throw ModelError("bad layer \"\(text)\": the dropout rate must be in [0, 1)") }
+                self = .dropout(rate: rate)
+            } else if parts[0] == "dense" {
                 self = .dense(outputs: try positive(parts[1]))
             } else if parts[0] == "groupnorm" {
                 self = .groupNorm(groups: try positive(parts[1]))
             } else if parts[0].hasPrefix("conv") {
-                let size = parts[0].dropFirst(4).split(separator: "x", omittingEmptySubsequences: false)
-                guard size.count == 2, size[0] == size[1] else { throw ModelError("bad layer \"\(text)\": only square kernels (convKxK:C)") }
-                let k = try positive(size[0])
-                guard k % 2 == 1 else { throw ModelError("bad layer \"\(text)\": kernel size must be odd for same padding") }
-                self = .conv(kernelSize: k, channels: try positive(parts[1]))
+                self = .conv(kernelSize: try kernel(parts[0].dropFirst(4)), channels: try positive(parts[1]))
             } else {
-                throw ModelError("unknown layer \"\(text)\" (expected dense:N, relu, convKxK:C, maxpool2, avgpool2, globalavgpool, groupnorm:G or flatten)")
+                throw ModelError("unknown layer \"\(text)\" (\(expected))")
             }
         }
     }
@@ -46,7 +75,9 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         switch self {
         case .dense(let n): "dense:\(n)"
         case .relu: "relu"
-        case .conv(let k, let c): "conv\(k)x\(k):\(c)"
+        case .conv(let k, let c, let s): "conv\(k)x\(k):\(c)" + (s == 1 ? "" : ":s\(s)")
+        case .depthwise(let k, let s): "dwconv\(k)x\(k)" + (s == 1 ? "" : ":s\(s)")
+        case .dropout(let rate): "dropout:\(rate)"
         case .maxPool: "maxpool2"
         case .avgPool: "avgpool2"
         case .globalAvgPool: "globalavgpool"

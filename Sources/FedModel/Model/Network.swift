@@ -11,6 +11,8 @@ public final class Network: Sendable {
     public var parameterCount: Int { layout.parameterCount }
     public var classes: Int { spec.classes }
     public var inputShape: TensorShape { spec.input }
+    /// Whether a training step makes random choices (dropout), so the trainer seeds each step.
+    public var drawsPerStep: Bool { spec.layers.contains { if case .dropout(let rate) = $0 { rate > 0 } else { false } } }
 
     public init(_ spec: ModelSpec) throws {
         guard spec.input.count > 0 else { throw ModelError("model input shape must be non-empty") }
@@ -33,12 +35,21 @@ public final class Network: Sendable {
             case .relu:
                 layer = ReLU(shape: shape)
                 kind = "relu"
-            case .conv(let k, let channels):
+            case .conv(let k, let channels, let stride):
                 guard shape.height > 1 || shape.width > 1 else {
                     throw ModelError("\(layerSpec) needs an image input, got a vector of \(shape.count)")
                 }
-                layer = Conv2D(input: shape, kernelSize: k, outputChannels: channels)
+                layer = Conv2D(input: shape, kernelSize: k, outputChannels: channels, stride: stride)
                 kind = "conv"
+            case .depthwise(let k, let stride):
+                guard shape.height > 1 || shape.width > 1 else {
+                    throw ModelError("\(layerSpec) needs an image input, got a vector of \(shape.count)")
+                }
+                layer = DepthwiseConv2D(input: shape, kernelSize: k, stride: stride)
+                kind = "dwconv"
+            case .dropout(let rate):
+                layer = Dropout(shape: shape, rate: rate)
+                kind = "dropout"
             case .maxPool:
                 guard shape.height >= 2, shape.width >= 2 else {
                     throw ModelError("maxpool2 needs at least a 2x2 input, got \(shape)")

@@ -75,26 +75,32 @@ public final class Workspace {
     /// Where to write the input batch (`batch × inputShape.count` floats).
     public var input: UnsafeMutablePointer<Float> { activations[0] }
 
+    /// The seed of the next training step's random choices (dropout masks); the trainer sets
+    /// it before each step from its seeded generator.
+    public var stepSeed: UInt64 = 0
+
     /// Runs the layers over the batch in ``input``; returns the outputs (`batch × classes`).
+    /// `training` turns on what only training does (dropout).
     @discardableResult
-    public func forward(parameters: UnsafePointer<Float>, batch: Int) -> UnsafePointer<Float> {
+    public func forward(parameters: UnsafePointer<Float>, batch: Int, training: Bool = false) -> UnsafePointer<Float> {
         precondition(batch > 0 && batch <= capacity, "batch \(batch) outside 1...\(capacity)")
         for (i, layer) in network.layers.enumerated() {
             if let profile {
                 let start = DispatchTime.now().uptimeNanoseconds
-                layer.forward(buffers(layer: i, parameters: parameters, batch: batch))
+                layer.forward(buffers(layer: i, parameters: parameters, batch: batch, training: training))
                 profile.forward[i] += DispatchTime.now().uptimeNanoseconds - start
             } else {
-                layer.forward(buffers(layer: i, parameters: parameters, batch: batch))
+                layer.forward(buffers(layer: i, parameters: parameters, batch: batch, training: training))
             }
         }
         return UnsafePointer(activations[network.layers.count])
     }
 
-    private func buffers(layer i: Int, parameters: UnsafePointer<Float>, batch: Int) -> ForwardBuffers {
+    private func buffers(layer i: Int, parameters: UnsafePointer<Float>, batch: Int, training: Bool) -> ForwardBuffers {
         ForwardBuffers(
             batch: batch, parameters: parameters + network.parameterOffsets[i],
-            input: UnsafePointer(activations[i]), output: activations[i + 1], scratch: scratch[i], threads: threads)
+            input: UnsafePointer(activations[i]), output: activations[i + 1], scratch: scratch[i], threads: threads,
+            training: training, seed: stepSeed &+ UInt64(i) &* 0x9E37_79B9_7F4A_7C15)
     }
 
     /// The loss's scores of the batch in ``input`` against ``labels`` or ``targets``, without
@@ -127,7 +133,7 @@ public final class Workspace {
         parameters: UnsafePointer<Float>, batch: Int,
         update: ((Int, Int, UnsafePointer<Float>, Int) -> Void)?
     ) -> LossTally {
-        let logits = forward(parameters: parameters, batch: batch)
+        let logits = forward(parameters: parameters, batch: batch, training: true)
         var upstream = gradientA
         var downstream = gradientB
         var clock = profile == nil ? 0 : DispatchTime.now().uptimeNanoseconds
@@ -145,7 +151,7 @@ public final class Workspace {
             let layer = network.layers[i]
             let offset = network.parameterOffsets[i]
             let buffers = BackwardBuffers(
-                forward: buffers(layer: i, parameters: parameters, batch: batch),
+                forward: buffers(layer: i, parameters: parameters, batch: batch, training: true),
                 outputGradient: UnsafePointer(upstream),
                 inputGradient: i == 0 ? nil : downstream,
                 parameterGradient: parameterGradient + offset)

@@ -56,6 +56,7 @@ public final class LocalTrainer {
         }
         let layerStarts = network.parameterOffsets
         let useVelocity = sgd.momentum > 0
+        let drawsPerStep = network.drawsPerStep
         parameters.withUnsafeMutableBufferPointer { w in
             velocity.withUnsafeMutableBufferPointer { v in
                 order.withUnsafeMutableBufferPointer { order in
@@ -67,6 +68,8 @@ public final class LocalTrainer {
                             while start < order.count {
                                 let batch = min(batchSize, order.count - start)
                                 data.dataset.gather(UnsafeBufferPointer(rebasing: order[start..<(start + batch)]), into: workspace)
+                                // Only models with dropout draw, so others keep their generator's sequence.
+                                if drawsPerStep { workspace.stepSeed = generator.next() }
                                 let result = workspace.trainingStep(parameters: w.baseAddress!, batch: batch) { layer, offset, gradient, count in
                                     // The piece of the layer handed over, clipped to each tensor the optimiser steps.
                                     let first = layerStarts[layer] + offset, end = first + count
