@@ -14,8 +14,13 @@ public struct ClientConfiguration: Sendable {
     public var port = 7420
     public var clientID: String
     public var secret: String
-    /// The device's own examples; they never leave the process.
-    public var data: DatasetSlice
+    /// The device's own examples; they never leave the process. Nil only with an external
+    /// ``trainer`` that reads the device's data itself.
+    public var data: DatasetSlice?
+    /// Hands training to the device's own program instead of training here (nil = built in).
+    public var trainer: ExternalTrainer?
+    /// The data's path, handed to an external trainer in its task file.
+    public var dataPath: String?
     /// Seed of local shuffling and stochastic rounding (with the round and ``seedStream``).
     public var seed: UInt64 = 1
     /// Separates this client's random streams from others' (fedsim passes the client index).
@@ -39,10 +44,12 @@ public struct ClientConfiguration: Sendable {
     /// Protocol versions offered in HELLO; the coordinator picks the highest it speaks.
     public var protocolVersions: [UInt8] = Array(Frame.supportedVersions)
 
-    public init(clientID: String, secret: String, data: DatasetSlice) {
+    public init(clientID: String, secret: String, data: DatasetSlice?, trainer: ExternalTrainer? = nil) {
+        precondition(data != nil || trainer != nil, "a client trains on its data or through an external trainer")
         self.clientID = clientID
         self.secret = secret
         self.data = data
+        self.trainer = trainer
     }
 }
 
@@ -54,7 +61,7 @@ public actor ClientDaemon {
     private let logger: Logger
     private var network: Network?
     /// The device's data with its targets read as the current model's loss reads them.
-    private var data: DatasetSlice
+    private var data: DatasetSlice?
     private var trainer: LocalTrainer?
     private var model: [Float] = []
     private var versions: [UInt32?] = []
@@ -62,6 +69,8 @@ public actor ClientDaemon {
     private var residual: ErrorFeedback?
     /// Rounds this client trained and uploaded.
     public private(set) var completedRounds: [Int] = []
+    /// Rounds its external trainer could not deliver (declined to the coordinator on version 3).
+    public private(set) var declinedRounds: [Int] = []
     /// The coordinator's GOODBYE reason, once it said goodbye.
     public private(set) var goodbyeReason: String?
     /// Why the daemon gave up: an error that waiting and reconnecting cannot fix (its data
@@ -158,7 +167,7 @@ public actor ClientDaemon {
             try await writer.send(.hello(Hello(
                 clientID: configuration.clientID, protocolVersions: offered,
                 codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: configuration.memoryBudget,
-                exampleCount: UInt32(configuration.data.count))))
+                exampleCount: UInt32(configuration.data?.count ?? 0))))
             switch try await reader.next() {
             case .challenge(let nonce, let chosen)?:
                 guard offered.contains(chosen) else {
@@ -194,7 +203,19 @@ public actor ClientDaemon {
                 case .modelShard(let shard):
                     try receive(shard)
                 case .trainingTask(let task):
-                    let update = try await train(task)
+                    let update: Update
+                    do {
+                        update = try await train(task)
+                    } catch let failure as ExternalTrainer.Failure {
+                        // Nothing to deliver this round; the client keeps serving.
+                        logger.warning("cannot deliver this round", metadata: ["round": "\(task.round)", "reason": "\(failure.reason)", "error": "\(failure.message)"])
+                        declinedRounds.append(Int(task.round))
+                        if (version ?? 1) >= 3 {
+                            try await writer.send(.decline(Decline(round: task.round, reason: failure.reason, message: String(failure.message.prefix(1000)))))
+                        }
+                        if !configuration.retainModel { releaseModel() }
+                        continue
+                    }
                     let size = update.shards.reduce(18) { $0 + 6 + $1.encoded.count }
                     guard size <= maximumMessage else {
                         logger.error("update not sent", metadata: ["round": "\(task.round)", "error": "\(size) bytes exceed the coordinator's message limit of \(maximumMessage)"])
@@ -273,7 +294,11 @@ public actor ClientDaemon {
         } catch let error as ModelError {
             throw UnrecoverableError(message: "cannot train the coordinator's model \"\(description)\": \(error)")
         }
-        let source = configuration.data
+        guard let source = configuration.data else {
+            // An external trainer reads the data itself.
+            resetModel(for: network)
+            return
+        }
         guard source.dataset.sampleShape.count == spec.input.count else {
             throw UnrecoverableError(message: "local data has \(source.dataset.sampleShape.count) features per example, the coordinator's model expects \(spec.input.count)")
         }
@@ -284,6 +309,10 @@ public actor ClientDaemon {
         }
         if let problem = network.accepts(converted) { throw UnrecoverableError(message: "local data does not fit the coordinator's model: \(problem)") }
         data = DatasetSlice(dataset: converted, indices: source.indices)
+        resetModel(for: network)
+    }
+
+    private func resetModel(for network: Network) {
         self.network = network
         trainer = nil
         model = []
@@ -331,21 +360,29 @@ public actor ClientDaemon {
         guard task.batchSize > 0, task.localEpochs > 0, task.batchSize <= 1024 else {
             throw ProtocolError(.malformedMessage, "task with batch \(task.batchSize) and \(task.localEpochs) epochs")
         }
-        // Buffers sized for the batch the task asks for, kept while it stays the same.
-        let batch = Int(task.batchSize)
-        let trainer = self.trainer.flatMap { $0.workspace.capacity == batch ? $0 : nil } ?? LocalTrainer(network: network, batchCapacity: batch)
-        self.trainer = trainer
-        var local = model
-        var generator = SeededGenerator(seed: configuration.seed, stream: 0xC11E, UInt64(task.round), configuration.seedStream)
         let trained = Set(task.shards.map(Int.init))
         guard trained.allSatisfy({ $0 < network.layout.tensors.count }) else {
             throw ProtocolError(.malformedMessage, "task names a shard outside the model")
         }
-        let frozen = Set(network.layout.tensors.indices).subtracting(trained)
-        let summary = trainer.train(
-            parameters: &local, anchor: nil, data: data, epochs: Int(task.localEpochs),
-            batchSize: Int(task.batchSize), sgd: SGD(learningRate: task.learningRate), generator: &generator,
-            frozen: frozen)
+        var local = model
+        let examples: Int, meanLoss: Double
+        if let external = configuration.trainer {
+            let result = try await external.run(model: model, network: network, task: task, trained: trained, dataPath: configuration.dataPath)
+            (local, examples, meanLoss) = (result.parameters, result.examples, result.loss)
+        } else {
+            guard let data else { throw UnrecoverableError(message: "no data to train on") }
+            // Buffers sized for the batch the task asks for, kept while it stays the same.
+            let batch = Int(task.batchSize)
+            let trainer = self.trainer.flatMap { $0.workspace.capacity == batch ? $0 : nil } ?? LocalTrainer(network: network, batchCapacity: batch)
+            self.trainer = trainer
+            var generator = SeededGenerator(seed: configuration.seed, stream: 0xC11E, UInt64(task.round), configuration.seedStream)
+            let frozen = Set(network.layout.tensors.indices).subtracting(trained)
+            let summary = trainer.train(
+                parameters: &local, anchor: nil, data: data, epochs: Int(task.localEpochs),
+                batchSize: Int(task.batchSize), sgd: SGD(learningRate: task.learningRate), generator: &generator,
+                frozen: frozen)
+            (examples, meanLoss) = (data.count, summary.meanLoss)
+        }
         var delta = zip(local, model).map { $0 - $1 }
         if spec.errorFeedback, residual == nil { residual = try loadResidual(count: network.parameterCount) }
         if spec.errorFeedback { residual?.compensate(&delta) }
@@ -362,8 +399,8 @@ public actor ClientDaemon {
         completedRounds.append(Int(task.round))
         if !configuration.retainModel { releaseModel() }
         return Update(
-            round: task.round, modelVersion: task.modelVersion, exampleCount: UInt32(configuration.data.count),
-            trainingLoss: Float(summary.meanLoss),
+            round: task.round, modelVersion: task.modelVersion, exampleCount: UInt32(examples),
+            trainingLoss: Float(meanLoss),
             shards: task.shards.map { ShardDelta(index: $0, encoded: encoded[Int($0)]) })
     }
 

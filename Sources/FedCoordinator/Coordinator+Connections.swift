@@ -45,16 +45,15 @@ extension Coordinator {
                         limits: Limits(maximumFramePayload: UInt32(configuration.maximumFramePayload), maximumMessage: UInt32(configuration.maximumMessage)))))
                     if let error = try await serve(reader: reader, writer: writer, outbox: stream, continuation: continuation, from: id, session: session, version: version) {
                         failure = error   // its ERROR has been written
+                        recordRefusal(error, client: registered?.id ?? error.clientID, peer: peer)
                     }
                 } catch let error as ProtocolError {
                     failure = error
+                    // Recorded before the ERROR goes out, so whoever reads it finds the event.
+                    recordRefusal(error, client: registered?.id ?? error.clientID, peer: peer)
                     try? await handshakeWriter.speaking(reader.version ?? 1).send(.error(code: error.code.wireCode(version: reader.version ?? 1), message: error.message))
                 }
-                if let failure {
-                    let client = registered?.id ?? failure.clientID
-                    logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(client ?? "-")", "error": "\(failure)"])
-                    metrics.refused.increment()
-                    try? store?.recordEvent(kind: "refusal", client: client, message: "\(peer): \(failure)")
+                if failure != nil {
                     handshakeWriter.finish()
                     await Self.lingeringClose(connection.channel)
                 }
@@ -63,6 +62,12 @@ extension Coordinator {
             logger.info("connection ended", metadata: ["peer": "\(peer)", "client": "\(registered?.id ?? "-")", "reason": "\(error)"])
         }
         if let registered { await unregister(registered.id, session: registered.session) }
+    }
+
+    private nonisolated func recordRefusal(_ failure: ProtocolError, client: String?, peer: String) {
+        logger.warning("refusing connection", metadata: ["peer": "\(peer)", "client": "\(client ?? "-")", "error": "\(failure)"])
+        metrics.refused.increment()
+        try? store?.recordEvent(kind: "refusal", client: client, message: "\(peer): \(failure)")
     }
 
     /// After a final ERROR and the writer's half-close (FIN after the ERROR): waits, at most
@@ -234,6 +239,20 @@ extension Coordinator {
                 trainingLoss: Double(update.trainingLoss), shards: update.shards.map { Int($0.index) },
                 body: .encoded(update.shards.map(\.encoded)), bytes: update.shards.reduce(0) { $0 + $1.encoded.count })
             perform(engine.updateArrived(incoming, from: id, at: now()))
+            if tasksInFlight.remove(id) != nil { sendQueuedTasks() }
+            wake()
+        case .decline(let decline):
+            // The client will not deliver this round's update: stop waiting for it.
+            guard awaitingUpdate.contains(id), Int(decline.round) == engine.roundInProgress else {
+                logger.info("declined a round it is not training", metadata: ["client": "\(id)", "round": "\(decline.round)"])
+                return
+            }
+            awaitingUpdate.remove(id)
+            logger.warning("client declined the round", metadata: [
+                "client": "\(id)", "round": "\(decline.round)", "reason": "\(decline.reason)", "message": "\(decline.message)",
+            ])
+            try? store?.recordEvent(kind: "declined", client: id, message: "round \(decline.round): \(decline.reason): \(decline.message)")
+            engine.clientDropped(id, at: now())
             if tasksInFlight.remove(id) != nil { sendQueuedTasks() }
             wake()
         case .heartbeat:

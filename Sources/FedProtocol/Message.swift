@@ -4,6 +4,8 @@ import NIOCore
 public enum MessageType: UInt8, Sendable, CaseIterable {
     case hello = 1, challenge = 2, authenticate = 3, welcome = 4, modelShard = 5
     case trainingTask = 6, update = 7, acknowledgement = 8, error = 9, heartbeat = 10, goodbye = 11
+    /// Version 3: a client will not deliver a round's update.
+    case decline = 12
 }
 
 /// HELLO, client → coordinator, first message of a connection.
@@ -49,6 +51,32 @@ public struct Welcome: Equatable, Sendable {
         self.heartbeatMilliseconds = heartbeatMilliseconds
         self.model = model
         self.limits = limits
+    }
+}
+
+/// DECLINE, client → coordinator (version 3): the client cannot deliver its update for this
+/// round (its external trainer failed, ran out of time or returned unusable shards), so the
+/// coordinator need not wait for it. The connection stays open and the client stays selectable.
+public struct Decline: Equatable, Sendable {
+    public enum Reason: UInt16, Sendable, CaseIterable {
+        /// The training program exited with an error, or could not be started.
+        case trainerFailed = 1
+        /// The training program did not finish within the task's time.
+        case trainerTimedOut = 2
+        /// The training program's output was unusable: missing or wrongly shaped shards,
+        /// non-finite values, a malformed result file.
+        case invalidOutput = 3
+        /// Anything else that stops this round's training on the device.
+        case cannotTrain = 4
+    }
+    public var round: UInt32
+    /// A ``Reason`` code; an unknown code is read as ``Reason/cannotTrain``.
+    public var reason: Reason
+    public var message: String
+    public init(round: UInt32, reason: Reason, message: String) {
+        self.round = round
+        self.reason = reason
+        self.message = message
     }
 }
 
@@ -154,6 +182,8 @@ public enum Message: Equatable, Sendable {
     case error(code: UInt16, message: String)
     case heartbeat(timestamp: UInt64)
     case goodbye(Goodbye)
+    /// Version 3 only.
+    case decline(Decline)
 
     public var type: MessageType {
         switch self {
@@ -168,6 +198,7 @@ public enum Message: Equatable, Sendable {
         case .error: .error
         case .heartbeat: .heartbeat
         case .goodbye: .goodbye
+        case .decline: .decline
         }
     }
 
@@ -233,14 +264,18 @@ public enum Message: Equatable, Sendable {
         case .goodbye(let goodbye):
             if version >= 2 { buffer.writeInteger(goodbye.code.rawValue) }
             buffer.writeString16(goodbye.reason)
+        case .decline(let decline):
+            buffer.writeInteger(decline.round, endianness: .little)
+            buffer.writeInteger(decline.reason.rawValue, endianness: .little)
+            buffer.writeString16(decline.message)
         }
     }
 
     /// Parses a whole payload of a connection speaking `version`; every byte must be
     /// accounted for.
     public static func decode(type rawType: UInt8, payload: ByteBuffer, version: UInt8 = Frame.currentVersion) throws -> Message {
-        guard let type = MessageType(rawValue: rawType) else {
-            throw ProtocolError(.unknownMessageType, "message type \(rawType)")
+        guard let type = MessageType(rawValue: rawType), type != .decline || version >= 3 else {
+            throw ProtocolError(.unknownMessageType, "message type \(rawType)\(rawType == MessageType.decline.rawValue ? " (DECLINE needs protocol version 3)" : "")")
         }
         var b = payload
         let message: Message
@@ -305,6 +340,10 @@ public enum Message: Equatable, Sendable {
             } else {
                 message = .goodbye(Goodbye(.finished, reason: try b.readString16(field: "reason")))
             }
+        case .decline:
+            let round = try b.readU32("round")
+            let reason = Decline.Reason(rawValue: try b.readU16("reason")) ?? .cannotTrain
+            message = .decline(Decline(round: round, reason: reason, message: try b.readString16(field: "message")))
         }
         guard b.readableBytes == 0 else {
             throw ProtocolError(.malformedMessage, "\(b.readableBytes) bytes after the end of a \(type) message")

@@ -21,6 +21,7 @@ struct FedBench: ParsableCommand {
     @Option(help: "Timed epochs of 600 examples for the 2NN (the CNN runs a fifth as many, at least 1).") var epochs = 20
     @Option(help: "Cores to use for the multi-core figures (0 = all).") var threads = 0
     @Flag(help: "Instead, time the matrix products of one CNN and 2NN training step (GFLOP/s, one core).") var kernels = false
+    @Flag(help: "Instead, time each kind of layer's forward and backward pass on a batch of 10 (examples/s, on --threads cores); Benchmarks/layer_throughput.sh runs PyTorch on the same shapes beside it.") var layers = false
     @Flag(help: "Instead, time encoding and decoding of real 2NN and CNN deltas per codec (MB/s of float32, one core).") var codecs = false
     @Flag(help: "Instead, profile one epoch of training by stage (each layer's forward and backward pass, the loss, the SGD steps), one client on one core (or on --threads cores), with GFLOP/s against the matrix kernel's one-core peak measured in the same run.") var profile = false
 
@@ -45,6 +46,10 @@ struct FedBench: ParsableCommand {
         }
         if kernels {
             measureKernels()
+            return
+        }
+        if layers {
+            try measureLayers(threads: threads > 0 ? threads : availableCores)
             return
         }
         let models: [(String, ModelSpec)]

@@ -56,6 +56,8 @@ enum FrameVectorCases {
             ("GOODBYE, version 2: finished", 2, .goodbye(Goodbye(.finished, reason: "training finished"))),
             ("GOODBYE, version 2: going away", 2, .goodbye(Goodbye(.goingAway, reason: "the coordinator is stopping; reconnect later"))),
             ("GOODBYE, version 1: no code (always the end of the run)", 1, .goodbye(Goodbye(.finished, reason: "training finished"))),
+            ("CHALLENGE choosing version 3", 3, .challenge(nonce: nonce, version: 3)),
+            ("DECLINE, version 3: the external trainer ran out of time in round 3", 3, .decline(Decline(round: 3, reason: .trainerTimedOut, message: "\"python3 train.py\" ran past its 60.0 s limit and was stopped"))),
         ]
         var valid = messages.map { name, version, message in
             FrameVector(name: name, version: Int(version), bytes: hex(frames(message, version: version)), message: "\(message)", frameLimit: nil)
@@ -68,13 +70,16 @@ enum FrameVectorCases {
         let invalid: [(String, UInt8, [UInt8], ProtocolError.Code)] = [
             ("not FEDL at all", 2, Array("GET / HTTP/1.1\r\n".utf8), .badMagic),
             ("bad magic", 2, [0x46, 0x45, 0x44, 0x58] + good.dropFirst(4), .badMagic),
-            ("frame version 3", 2, raw(version: 3, type: 10, payload: heartbeat), .unsupportedVersion),
+            ("frame version 3 on a version-2 connection", 2, raw(version: 3, type: 10, payload: heartbeat), .unsupportedVersion),
+            ("frame version 4", 3, raw(version: 4, type: 10, payload: heartbeat), .unsupportedVersion),
             ("frame version 0", 2, raw(version: 0, type: 10, payload: heartbeat), .unsupportedVersion),
             ("a version-1 frame on a version-2 connection", 2, raw(version: 1, type: 10, payload: heartbeat), .unsupportedVersion),
             ("payload length over the 1 MiB default limit (refused from the header alone)", 2, Array(raw(type: 10, payload: [], length: (1 << 20) + 1)), .frameTooLarge),
             ("CRC-32 mismatch", 2, raw(type: 10, payload: heartbeat, crc: 0x1234_5678), .badChecksum),
             ("message type 0", 2, raw(type: 0, payload: heartbeat), .unknownMessageType),
-            ("message type 12", 2, raw(type: 12, payload: heartbeat), .unknownMessageType),
+            ("message type 12 (DECLINE) on a version-2 connection", 2, raw(type: 12, payload: heartbeat), .unknownMessageType),
+            ("message type 13", 3, raw(version: 3, type: 13, payload: heartbeat), .unknownMessageType),
+            ("DECLINE one byte short", 3, raw(version: 3, type: 12, payload: [3, 0, 0, 0, 2, 0, 1, 0]), .malformedMessage),
             ("HEARTBEAT one byte short", 2, raw(type: 10, payload: Array(heartbeat.dropLast())), .malformedMessage),
             ("HEARTBEAT with a byte after its layout", 2, raw(type: 10, payload: heartbeat + [0]), .malformedMessage),
             ("GOODBYE whose reason is not UTF-8", 2, raw(type: 11, payload: [1, 2, 0, 0xC3, 0x28]), .malformedMessage),

@@ -17,7 +17,7 @@ import decode_shard  # noqa: E402
 
 MAX_FRAME, MAX_MESSAGE = 1 << 20, 64 << 20
 NAMES = {1: "HELLO", 2: "CHALLENGE", 3: "AUTHENTICATE", 4: "WELCOME", 5: "MODEL_SHARD", 6: "TRAINING_TASK",
-         7: "UPDATE", 8: "ACKNOWLEDGEMENT", 9: "ERROR", 10: "HEARTBEAT", 11: "GOODBYE"}
+         7: "UPDATE", 8: "ACKNOWLEDGEMENT", 9: "ERROR", 10: "HEARTBEAT", 11: "GOODBYE", 12: "DECLINE"}
 
 
 class Refused(Exception):
@@ -92,6 +92,8 @@ def parse(kind, payload, version):
         if version >= 2:
             f += [("B", r.u8())]
         f += [("s", r.str_())]
+    elif kind == 12 and version >= 3:
+        f += [("I", r.u32()), ("H", r.u16()), ("s", r.str_())]
     else:
         raise Refused(5, f"message type {kind}")
     if r.at != len(payload):
@@ -128,7 +130,7 @@ def read(data, version, frame_limit=MAX_FRAME):
         if len(data) - at < 16:
             raise Refused(6, "frame cut short")
         v, kind, flags, length, crc = struct.unpack_from("<BBHII", data, at + 4)
-        if v not in (1, 2) or v != version:
+        if v not in (1, 2, 3) or v != version:
             raise Refused(2, f"frame version {v}")
         if flags & ~1:
             raise Refused(16 if version >= 2 else 6, "unknown flag bits")

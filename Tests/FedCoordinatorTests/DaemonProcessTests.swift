@@ -177,6 +177,103 @@ import Testing
         #expect(text.contains("local data does not fit the coordinator's task (bce, 3 outputs)") && text.contains("1 target values per example, the model has 3 outputs"), "\(text)")
     }
 
+    /// External training code (Configs/numpy_trainer.py, NumPy) as a first-class client over
+    /// real processes, beside three whose trainers fail in each way: exit with an error, return
+    /// NaN, and run past the task's time. Those decline the round (protocol version 3), the
+    /// coordinator stops waiting for them, and they keep serving until the run ends; the good
+    /// one's updates train the diabetes regression. A trainer that can never run stops its
+    /// client at start with one line.
+    @Test func externalTrainersTrainOrDeclineAndKeepServing() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedext-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // The device's data: the diabetes training patients, as x.npy and y.npy.
+        let device = directory.appendingPathComponent("device")
+        try FileManager.default.createDirectory(at: device, withIntermediateDirectories: true)
+        for (from, to) in [("train_x.npy", "x.npy"), ("train_y.npy", "y.npy")] {
+            try FileManager.default.copyItem(at: repositoryRoot.appendingPathComponent("Simulations/data/diabetes/\(from)"), to: device.appendingPathComponent(to))
+        }
+        let database = directory.appendingPathComponent("run.sqlite").path
+        let config = directory.appendingPathComponent("coordinator.toml")
+        try """
+            port = 0
+            rounds = 4
+            layers = ["dense:16", "relu", "dense:1"]
+            input = [10]
+            outputs = 1
+            loss = "mse"
+            min_clients = 4
+            clients_per_round = 4
+            over_selection = 1.0
+            round_deadline = 3.0
+            learning_rate = 0.001
+            test_data = "\(repositoryRoot.path)/Simulations/data/diabetes"
+            database = "\(database)"
+            [clients]
+            good = "\(testPublicKey("xg"))"
+            fails = "\(testPublicKey("xf"))"
+            nan = "\(testPublicKey("xn"))"
+            slow = "\(testPublicKey("xs"))"
+            """.write(to: config, atomically: true, encoding: .utf8)
+        let nanTrainer = directory.appendingPathComponent("nan.py")
+        try """
+            import json, os, numpy as np
+            t = json.load(open(os.environ["FEDL_TASK"]))
+            for s in t["shards"]:
+                np.save(os.path.join(t["output_dir"], s["name"] + ".npy"), np.full(s["shape"], np.nan, dtype=np.float32))
+            json.dump({"examples": 10, "loss": 1.0}, open(t["result"], "w"))
+            """.write(to: nanTrainer, atomically: true, encoding: .utf8)
+        let coordinatorLog = directory.appendingPathComponent("coordinator.log")
+        let coordinator = try start("fedcoord", ["serve", "--config", config.path], output: coordinatorLog)
+        defer { if coordinator.isRunning { coordinator.terminate() } }
+        let listening = try await port(of: coordinatorLog)
+        let trainers = [("good", "xg", "python3 Configs/numpy_trainer.py"), ("fails", "xf", "false"),
+                        ("nan", "xn", "python3 \(nanTrainer.path)"), ("slow", "xs", "sleep 30")]
+        let clients = try trainers.map { id, secret, command in
+            try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", id, "--secret", testSecret(secret),
+                                    "--data", device.path, "--trainer", command,
+                                    "--trainer-dir", directory.appendingPathComponent("work-\(id)").path],
+                      output: directory.appendingPathComponent("\(id).log"))
+        }
+        defer { for c in clients where c.isRunning { c.terminate() } }
+        try await waitForExit(coordinator, seconds: 60)
+        let log = try String(contentsOf: coordinatorLog, encoding: .utf8)
+        #expect(coordinator.terminationStatus == 0 && log.contains("fedcoord: done: 4 rounds"), "coordinator log:\n\(log)")
+        #expect(log.contains("client declined the round") && log.contains("reason=trainerFailed") && log.contains("reason=invalidOutput"), "\(log)")
+        let rows = try RunStore(path: database).rounds()
+        #expect(rows.count == 4 && rows.allSatisfy { $0.completed == 1 }, "\(rows.map(\.completed))")
+        // The good client's updates train the model: the initial one predicts about 0 (RMSE
+        // about 165); after each round it beats predicting the mean (79.5).
+        #expect(rows.allSatisfy { ($0.testMetric ?? 999) < 79.5 }, "\(rows.map(\.testMetric))")
+        for (client, (id, _, _)) in zip(clients, trainers) {
+            try await waitForExit(client, seconds: 40)
+            let clientLog = try String(contentsOf: directory.appendingPathComponent("\(id).log"), encoding: .utf8)
+            #expect(!client.isRunning && client.terminationStatus == 0, "client \(id):\n\(clientLog)")
+            switch id {
+            case "good":
+                #expect(clientLog.contains("finished after 4 rounds"), "\(clientLog)")
+            case "slow":
+                // Its declines come at the deadline, so it is left out of the round after each
+                // (a client that missed a deadline waits a round): at least one, at most four.
+                #expect(clientLog.contains("cannot deliver this round") && clientLog.contains("finished after 0 rounds ("), "client \(id):\n\(clientLog)")
+            default:
+                #expect(clientLog.contains("cannot deliver this round") && clientLog.contains("finished after 0 rounds (4 declined)"), "client \(id):\n\(clientLog)")
+            }
+        }
+        let slowLog = try String(contentsOf: directory.appendingPathComponent("slow.log"), encoding: .utf8)
+        #expect(slowLog.contains("reason=trainerTimedOut"), "\(slowLog)")
+        let nanLog = try String(contentsOf: directory.appendingPathComponent("nan.log"), encoding: .utf8)
+        #expect(nanLog.contains("holds nan"), "\(nanLog)")
+
+        // A trainer that can never run: one line at start.
+        let missingLog = directory.appendingPathComponent("missing.log")
+        let missing = try start("fedclient", ["--coordinator", "127.0.0.1:\(listening)", "--id", "good", "--secret", testSecret("xg"),
+                                              "--trainer", "/nonexistent/train.sh"], output: missingLog)
+        try await waitForExit(missing, seconds: 10)
+        let missingText = try String(contentsOf: missingLog, encoding: .utf8)
+        #expect(missing.terminationStatus == 1 && missingText == "fedclient: error: trainer: /nonexistent/train.sh is not an executable file\n", "\(missingText)")
+    }
+
     /// A coordinator configuration for the signal tests, with `extra` keys, and the two
     /// clients' secrets registered in its database.
     func signalSetUp(_ directory: URL, _ extra: String) throws -> (config: URL, database: URL) {

@@ -56,11 +56,11 @@ import Testing
         defer { deployment.run.cancel() }
         // An eavesdropper records a genuine signature and replays it on its own connection.
         let genuine = try await FramedPeer.connect(port: deployment.port)
-        try await genuine.writer.send(.hello(Hello(clientID: "dev-a", protocolVersions: [2], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 10)))
+        try await genuine.writer.send(.hello(Hello(clientID: "dev-a", protocolVersions: [Frame.currentVersion], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 10)))
         guard case .challenge(let nonce, _)? = try await genuine.reader.next() else { Issue.record("no challenge"); return }
         let recorded = try Authentication.sign(secret: testSecret("key-a"), nonce: nonce, clientID: "dev-a")
         let replayer = try await FramedPeer.connect(port: deployment.port)
-        try await replayer.writer.send(.hello(Hello(clientID: "dev-a", protocolVersions: [2], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 10)))
+        try await replayer.writer.send(.hello(Hello(clientID: "dev-a", protocolVersions: [Frame.currentVersion], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 10)))
         guard case .challenge? = try await replayer.reader.next() else { Issue.record("no challenge"); return }
         try await replayer.writer.send(.authenticate(signature: recorded))
         guard case .error(let code, _)? = try await replayer.reader.next() else { Issue.record("the replay was accepted"); return }

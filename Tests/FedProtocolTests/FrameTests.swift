@@ -127,7 +127,7 @@ let sampleMessages: [Message] = [
     @Test func wrongVersionOversizeAndBadChecksum() {
         let good = bytes(of: MessageFramer().frames(for: .heartbeat(timestamp: 1)))
         var version = good
-        version.setInteger(UInt8(3), at: 4)
+        version.setInteger(Frame.currentVersion + 1, at: 4)
         #expect(decodeError(version) == .unsupportedVersion)
         version.setInteger(UInt8(0), at: 4)
         #expect(decodeError(version) == .unsupportedVersion)
@@ -213,7 +213,7 @@ let sampleMessages: [Message] = [
             0x02, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0xa5, 0x53, 0x54, 0xd3,
             0x00, 0x00, 0x80, 0xbe, 0xc1, 0xc0, 0x40, 0x3b, 0xff, 0x00,
         ]
-        let frames = MessageFramer().frames(for: .update(Update(round: 1, modelVersion: 0, exampleCount: 600, trainingLoss: 0.5, shards: [ShardDelta(index: 1, encoded: shard)])))
+        let frames = MessageFramer(version: 2).frames(for: .update(Update(round: 1, modelVersion: 0, exampleCount: 600, trainingLoss: 0.5, shards: [ShardDelta(index: 1, encoded: shard)])))
         let hex = bytes(of: frames).readableBytesView.map { String(format: "%02x", $0) }.joined(separator: " ")
         #expect(hex == "46 45 44 4c 02 07 00 00 42 00 00 00 2d c2 16 7f 01 00 00 00 00 00 00 00 58 02 00 00 00 00 00 3f 01 00 01 00 2a 00 00 00 46 43 01 02 00 00 00 00 00 01 00 00 02 00 00 00 02 00 00 00 0a 00 00 00 0a 00 00 00 a5 53 54 d3 00 00 80 be c1 c0 40 3b ff 00")
     }

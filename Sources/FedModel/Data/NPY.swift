@@ -33,6 +33,20 @@ public enum NPY {
         return try parse([UInt8](data), source: source)
     }
 
+    /// `values` as a little-endian float32 `.npy` file (format 1.0) of `shape`.
+    public static func float32File(_ values: UnsafeBufferPointer<Float>, shape: [Int]) -> Data {
+        precondition(shape.reduce(1, *) == values.count, "shape \(shape) does not hold \(values.count) values")
+        let dims = shape.count == 1 ? "\(shape[0])," : shape.map(String.init).joined(separator: ", ")
+        var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(dims)), }"
+        // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
+        let unpadded = 10 + header.utf8.count + 1
+        header += String(repeating: " ", count: (64 - unpadded % 64) % 64) + "\n"
+        var data = Data([0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59, 1, 0, UInt8(header.utf8.count & 0xFF), UInt8(header.utf8.count >> 8)])
+        data.append(contentsOf: Swift.Array(header.utf8))
+        data.append(UnsafeBufferPointer(start: UnsafeRawPointer(values.baseAddress!).assumingMemoryBound(to: UInt8.self), count: values.count * 4))
+        return data
+    }
+
     public static func parse(_ bytes: [UInt8], source: String) throws -> Array {
         let magic: [UInt8] = [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59]  // \x93NUMPY
         guard bytes.count >= 10, Swift.Array(bytes[0..<6]) == magic else { throw DataError(source, "not a .npy file (no \\x93NUMPY magic)") }

@@ -37,6 +37,13 @@ public struct BackwardBuffers {
     public var inputGradient: UnsafeMutablePointer<Float>?
     /// ∂loss/∂parameters for this layer's slice, overwritten (not accumulated).
     public var parameterGradient: UnsafeMutablePointer<Float>
+
+    public init(forward: ForwardBuffers, outputGradient: UnsafePointer<Float>, inputGradient: UnsafeMutablePointer<Float>?, parameterGradient: UnsafeMutablePointer<Float>) {
+        self.forward = forward
+        self.outputGradient = outputGradient
+        self.inputGradient = inputGradient
+        self.parameterGradient = parameterGradient
+    }
 }
 
 /// A differentiable layer. Layers are immutable descriptions; all state of a pass lives in
