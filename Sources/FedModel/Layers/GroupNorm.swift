@@ -39,34 +39,56 @@ public struct GroupNorm: Layer {
         return (normalised, inverse)
     }
 
+    /// Every loop runs over whole NHWC rows (all channels of one position), so it vectorises;
+    /// sums are kept per channel, in binary64 for the statistics, and gathered into groups.
     public func forward(_ f: ForwardBuffers) {
         let (positions, c) = (inputShape.height * inputShape.width, inputShape.channels)
         let width = c / groups
         let count = Double(positions * width)
         let (normalised, inverse) = buffers(f.scratch, batch: f.batch)
         let gamma = f.parameters, beta = f.parameters + c
-        for b in 0..<f.batch {
-            let x = f.input + b * inputShape.count
-            for g in 0..<groups {
-                // Mean and variance in binary64, two passes.
-                var sum = 0.0
-                for p in 0..<positions { for ch in (g * width)..<((g + 1) * width) { sum += Double(x[p * c + ch]) } }
-                let mean = sum / count
-                var squares = 0.0
-                for p in 0..<positions {
-                    for ch in (g * width)..<((g + 1) * width) {
-                        let d = Double(x[p * c + ch]) - mean
-                        squares += d * d
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * c) { sums in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * c) { perChannel in
+                let sum = sums.baseAddress!, squares = sum + c
+                let mean = perChannel.baseAddress!, scale = mean + c
+                for b in 0..<f.batch {
+                    let x = f.input + b * inputShape.count
+                    sum.update(repeating: 0, count: 2 * c)
+                    for p in 0..<positions {
+                        let row = x + p * c
+                        for ch in 0..<c { sum[ch] += Double(row[ch]) }
                     }
-                }
-                let scale = Float(1 / (squares / count + Double(Self.epsilon)).squareRoot())
-                inverse[b * groups + g] = scale
-                for p in 0..<positions {
-                    for ch in (g * width)..<((g + 1) * width) {
-                        let i = b * inputShape.count + p * c + ch
-                        let hat = (x[p * c + ch] - Float(mean)) * scale
-                        normalised[i] = hat
-                        f.output[i] = gamma[ch] * hat + beta[ch]
+                    // Each group's mean, spread back over its channels, then the squared deviations.
+                    for g in 0..<groups {
+                        var total = 0.0
+                        for ch in (g * width)..<((g + 1) * width) { total += sum[ch] }
+                        for ch in (g * width)..<((g + 1) * width) { sum[ch] = total / count }
+                    }
+                    for p in 0..<positions {
+                        let row = x + p * c
+                        for ch in 0..<c {
+                            let d = Double(row[ch]) - sum[ch]
+                            squares[ch] += d * d
+                        }
+                    }
+                    for g in 0..<groups {
+                        var total = 0.0
+                        for ch in (g * width)..<((g + 1) * width) { total += squares[ch] }
+                        let inverseDeviation = Float(1 / (total / count + Double(Self.epsilon)).squareRoot())
+                        inverse[b * groups + g] = inverseDeviation
+                        for ch in (g * width)..<((g + 1) * width) {
+                            mean[ch] = Float(sum[ch])
+                            scale[ch] = inverseDeviation
+                        }
+                    }
+                    for p in 0..<positions {
+                        let i = b * inputShape.count + p * c
+                        let row = x + p * c, hats = normalised + i, out = f.output + i
+                        for ch in 0..<c {
+                            let hat = (row[ch] - mean[ch]) * scale[ch]
+                            hats[ch] = hat
+                            out[ch] = gamma[ch] * hat + beta[ch]
+                        }
                     }
                 }
             }
@@ -82,28 +104,41 @@ public struct GroupNorm: Layer {
         let gamma = f.parameters
         let dGamma = g.parameterGradient, dBeta = g.parameterGradient + c
         dGamma.update(repeating: 0, count: 2 * c)
-        for b in 0..<f.batch {
-            for group in 0..<groups {
-                // ∂x = (1/σ̂)·(∂x̂ − mean(∂x̂) − x̂·mean(∂x̂·x̂)), ∂x̂ = ∂y·γ, over the group's values.
-                var meanGradient: Float = 0, meanProduct: Float = 0
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 5 * c) { buffer in
+            let sumGradient = buffer.baseAddress!, sumProduct = sumGradient + c
+            let meanGradient = sumProduct + c, meanProduct = meanGradient + c, scale = meanProduct + c
+            for b in 0..<f.batch {
+                sumGradient.update(repeating: 0, count: 2 * c)
+                // ∂x = (1/σ̂)·(∂x̂ − mean(∂x̂) − x̂·mean(∂x̂·x̂)), ∂x̂ = ∂y·γ, over each group's values.
                 for p in 0..<positions {
-                    for ch in (group * width)..<((group + 1) * width) {
-                        let i = b * inputShape.count + p * c + ch
-                        let dy = g.outputGradient[i], hat = normalised[i]
-                        dGamma[ch] += dy * hat
-                        dBeta[ch] += dy
-                        meanGradient += dy * gamma[ch]
-                        meanProduct += dy * gamma[ch] * hat
+                    let i = b * inputShape.count + p * c
+                    let dy = g.outputGradient + i, hats = UnsafePointer(normalised + i)
+                    for ch in 0..<c {
+                        let product = dy[ch] * hats[ch]
+                        dGamma[ch] += product
+                        dBeta[ch] += dy[ch]
+                        sumGradient[ch] += dy[ch]
+                        sumProduct[ch] += product
                     }
                 }
                 guard let dx = g.inputGradient else { continue }
-                meanGradient /= count
-                meanProduct /= count
-                let scale = inverse[b * groups + group]
-                for p in 0..<positions {
+                for group in 0..<groups {
+                    var gradient: Float = 0, product: Float = 0
                     for ch in (group * width)..<((group + 1) * width) {
-                        let i = b * inputShape.count + p * c + ch
-                        dx[i] = scale * (g.outputGradient[i] * gamma[ch] - meanGradient - normalised[i] * meanProduct)
+                        gradient += sumGradient[ch] * gamma[ch]
+                        product += sumProduct[ch] * gamma[ch]
+                    }
+                    for ch in (group * width)..<((group + 1) * width) {
+                        meanGradient[ch] = gradient / count
+                        meanProduct[ch] = product / count
+                        scale[ch] = inverse[b * groups + group]
+                    }
+                }
+                for p in 0..<positions {
+                    let i = b * inputShape.count + p * c
+                    let dy = g.outputGradient + i, hats = UnsafePointer(normalised + i), out = dx + i
+                    for ch in 0..<c {
+                        out[ch] = scale[ch] * (dy[ch] * gamma[ch] - meanGradient[ch] - hats[ch] * meanProduct[ch])
                     }
                 }
             }
