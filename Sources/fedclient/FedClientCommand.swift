@@ -120,7 +120,7 @@ struct FedClientCommand: AsyncParsableCommand {
         guard bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds[1]), low >= 0, low < high else {
             fail("examples must be LOW..<HIGH, got \"\(examples)\"")
         }
-        if ["x.npy", "train_x.npy"].contains(where: { FileManager.default.fileExists(atPath: url.appendingPathComponent($0).path) }) {
+        if ["x.npy", "data.npz", "train_x.npy"].contains(where: { FileManager.default.fileExists(atPath: url.appendingPathComponent($0).path) }) {
             let all = try DataDirectory.loadDevice(url)
             guard high <= all.count else { fail("examples \(low)..<\(high) outside the data's 0..<\(all.count)") }
             return DatasetSlice(dataset: all, indices: (low..<high).map { Int32($0) })

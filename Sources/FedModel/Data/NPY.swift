@@ -148,23 +148,37 @@ public enum NPYDataset {
     /// `targets` nil reads integer targets of shape [N] as class labels and any others as values
     /// (a device that reads its data before it learns the task).
     public static func load(features featureURL: URL, labels labelURL: URL, ids idURL: URL? = nil, targets: TargetFormat? = .classes(nil)) throws -> Dataset {
-        let x = try NPY.read(contentsOf: featureURL)
-        let y = try NPY.read(contentsOf: labelURL)
+        try make(
+            x: NPY.read(contentsOf: featureURL), y: NPY.read(contentsOf: labelURL), ids: idURL.map { try NPY.read(contentsOf: $0) },
+            names: (featureURL.path, labelURL.path, idURL?.path ?? ""), targets: targets)
+    }
+
+    /// The same from one `.npz` archive holding `x`, `y` and optionally `ids`.
+    public static func load(archive url: URL, targets: TargetFormat? = .classes(nil)) throws -> Dataset {
+        let members = try NPZ.read(contentsOf: url)
+        guard let x = members["x"], let y = members["y"] else {
+            throw DataError(url.path, "a data archive holds arrays x and y (np.savez(file, x=..., y=...)), this one \(members.keys.sorted())")
+        }
+        return try make(x: x, y: y, ids: members["ids"], names: ("\(url.path): x", "\(url.path): y", "\(url.path): ids"), targets: targets)
+    }
+
+    static func make(x: NPY.Array, y: NPY.Array, ids: NPY.Array?, names: (features: String, labels: String, ids: String), targets: TargetFormat?) throws -> Dataset {
         let targets = targets ?? (y.kind != .float && y.shape.count == 1 ? .classes(nil) : .values(width: nil, unitInterval: false))
         var groups: [Int32]?
-        if let idURL {
-            let ids = try NPY.read(contentsOf: idURL)
+        if let ids {
             guard ids.shape == [y.shape.first ?? 0], ids.kind != .float else {
-                throw DataError(idURL.path, "user ids must be integers of shape [\(y.shape.first ?? 0)] to match the labels, got \(ids.kind == .float ? "floats" : "shape \(ids.shape)")")
+                throw DataError(names.ids, "user ids must be integers of shape [\(y.shape.first ?? 0)] to match the labels, got \(ids.kind == .float ? "floats" : "shape \(ids.shape)")")
             }
             groups = try ids.values.enumerated().map { i, value in
                 guard value >= Double(Int32.min), value <= Double(Int32.max) else {
-                    throw DataError(idURL.path, "example \(i): user id \(Int64(value)) does not fit 32 bits")
+                    throw DataError(names.ids, "example \(i): user id \(Int64(value)) does not fit 32 bits")
                 }
                 return Int32(value)
             }
         }
-        let source = featureURL.path
+        let source = names.features
+        let featureName = URL(fileURLWithPath: names.features).lastPathComponent
+        let labelPath = names.labels
         guard (2...4).contains(x.shape.count), x.shape[0] > 0 else {
             throw DataError(source, "features must have shape [N, D], [N, H, W] or [N, H, W, C] with N > 0, got \(x.shape)")
         }
@@ -172,13 +186,13 @@ public enum NPYDataset {
         switch targets {
         case .classes:
             guard y.shape == [x.shape[0]] else {
-                throw DataError(labelURL.path, "labels must have shape [\(x.shape[0])] to match \(featureURL.lastPathComponent), got \(y.shape)")
+                throw DataError(labelPath, "labels must have shape [\(x.shape[0])] to match \(featureName), got \(y.shape)")
             }
-            guard y.kind != .float else { throw DataError(labelURL.path, "labels must be integers (class indices), got floats") }
+            guard y.kind != .float else { throw DataError(labelPath, "labels must be integers (class indices), got floats") }
             targetWidth = 1
         case .values:
             guard y.shape.first == x.shape[0], y.shape.count <= 2 else {
-                throw DataError(labelURL.path, "targets must have shape [\(x.shape[0])] or [\(x.shape[0]), K] to match \(featureURL.lastPathComponent), got \(y.shape)")
+                throw DataError(labelPath, "targets must have shape [\(x.shape[0])] or [\(x.shape[0]), K] to match \(featureName), got \(y.shape)")
             }
             targetWidth = y.shape.count == 2 ? y.shape[1] : 1
         }
@@ -197,34 +211,41 @@ public enum NPYDataset {
             features[i] = scaled
         }
         return try targets.dataset(
-            name: featureURL.lastPathComponent, source: labelURL.path, sampleShape: shape, features: features,
+            name: featureName, source: labelPath, sampleShape: shape, features: features,
             targets: y.values, width: targetWidth, groups: groups)
     }
 }
 
-/// Where fedsim and fedclient find data in a directory: NumPy files when present, otherwise
-/// MNIST's four IDX files.
+/// Where fedsim and fedclient find data in a directory: NumPy files, a NumPy archive, CIFAR's
+/// binary batches, LEAF's JSON, or else MNIST's four IDX files.
 public enum DataDirectory {
     /// A simulation's split: `train_x.npy` and `train_y.npy` (or `test_…`), with the users in
-    /// `train_ids.npy` when it is there, else the IDX files.
+    /// `train_ids.npy` when it is there; or `train.npz` (arrays x, y, ids); or CIFAR-10/100
+    /// binary batches; or LEAF's `train/` and `test/` JSON (users as groups); else the IDX files.
     public static func load(_ directory: URL, train: Bool, targets: TargetFormat = .classes(nil)) throws -> Dataset {
         let prefix = train ? "train" : "test"
         let x = directory.appendingPathComponent("\(prefix)_x.npy"), y = directory.appendingPathComponent("\(prefix)_y.npy")
         let ids = directory.appendingPathComponent("\(prefix)_ids.npy")
+        let archive = directory.appendingPathComponent("\(prefix).npz")
         if FileManager.default.fileExists(atPath: x.path) {
             return try NPYDataset.load(features: x, labels: y, ids: FileManager.default.fileExists(atPath: ids.path) ? ids : nil, targets: targets)
         }
+        if FileManager.default.fileExists(atPath: archive.path) { return try NPYDataset.load(archive: archive, targets: targets) }
+        if LEAF.isPresent(in: directory) { return try LEAF.load(directory: directory, train: train, targets: targets) }
         guard case .classes = targets else {
-            throw DataError(directory.path, "no \(prefix)_x.npy and \(prefix)_y.npy; IDX files hold class labels, the model needs \(targets)")
+            throw DataError(directory.path, "no \(prefix)_x.npy and \(prefix)_y.npy (or \(prefix).npz); CIFAR and IDX files hold class labels, the model needs \(targets)")
         }
+        if CIFAR.isPresent(in: directory) { return try CIFAR.load(directory: directory, train: train) }
         return try MNIST.load(directory: directory, train: train)
     }
 
-    /// A device's data: `x.npy` and `y.npy`, else the training split as in ``load(_:train:)``.
-    /// `targets` nil infers them (see ``NPYDataset/load(features:labels:ids:targets:)``).
+    /// A device's data: `x.npy` and `y.npy`, or `data.npz`, else the training split as in
+    /// ``load(_:train:targets:)``. `targets` nil infers them (see ``NPYDataset``).
     public static func loadDevice(_ directory: URL, targets: TargetFormat? = nil) throws -> Dataset {
         let x = directory.appendingPathComponent("x.npy"), y = directory.appendingPathComponent("y.npy")
         if FileManager.default.fileExists(atPath: x.path) { return try NPYDataset.load(features: x, labels: y, targets: targets) }
+        let archive = directory.appendingPathComponent("data.npz")
+        if FileManager.default.fileExists(atPath: archive.path) { return try NPYDataset.load(archive: archive, targets: targets) }
         let prefixed = directory.appendingPathComponent("train_x.npy")
         if FileManager.default.fileExists(atPath: prefixed.path) {
             return try NPYDataset.load(features: prefixed, labels: directory.appendingPathComponent("train_y.npy"), targets: targets)
