@@ -45,6 +45,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var shardsPerClient = 2
     /// Concentration for the `dirichlet` partition.
     public var dirichletAlpha = 0.5
+    /// Labels each client holds with `partition = "labels"`.
+    public var labelsPerClient = 2
     /// Seed for initialisation, partitioning, sampling and shuffling.
     public var seed: UInt64 = 1
     /// Test accuracy whose first crossing is reported as "rounds to target" (0 = none).
@@ -99,7 +101,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
-        "shards_per_client", "dirichlet_alpha", "seed", "target_accuracy", "target", "stop_at_target",
+        "shards_per_client", "dirichlet_alpha", "labels_per_client", "seed", "target_accuracy", "target", "stop_at_target",
         "evaluate_every", "threads", "codec", "downlink", "transport",
         "compute_speed", "uplink_mbps", "downlink_mbps", "availability", "dropout", "over_selection", "round_deadline",
         "trusted_examples", "attackers", "attack", "attack_scale", "attack_noise", "attack_from_round",
@@ -145,6 +147,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.choice("partition", as: PartitionKind.self) { c.partition = v }
         if let v = try table.int("shards_per_client") { c.shardsPerClient = v }
         if let v = try table.number("dirichlet_alpha") { c.dirichletAlpha = v }
+        if let v = try table.int("labels_per_client") { c.labelsPerClient = v }
         if let v = try table.count("seed") { c.seed = v }
         if table.contains("target"), table.contains("target_accuracy") { throw ConfigurationError(file: table.source, key: "target", value: nil, "give target or target_accuracy, not both") }
         if let v = try table.number("target") ?? table.number("target_accuracy") { c.targetMetric = v }
@@ -198,6 +201,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard proximalMu >= 0, proximalMu.isFinite else { throw fail("proximal_mu must be non-negative, got \(proximalMu)") }
         guard shardsPerClient >= 1 else { throw fail("shards_per_client must be at least 1, got \(shardsPerClient)") }
         guard dirichletAlpha > 0, dirichletAlpha.isFinite else { throw fail("dirichlet_alpha must be positive, got \(dirichletAlpha)") }
+        guard labelsPerClient >= 1 else { throw fail("labels_per_client must be at least 1, got \(labelsPerClient)") }
         guard targetMetric >= 0, targetMetric.isFinite else { throw fail("target must be a finite number at least 0, got \(targetMetric)") }
         if (loss ?? .softmaxCrossEntropy).metric.higherIsBetter, targetMetric > 1 {
             throw fail("target is an accuracy for this task and must be in [0, 1], got \(targetMetric)")
@@ -278,6 +282,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         case .iid: .iid
         case .shards: .shards(perClient: shardsPerClient)
         case .dirichlet: .dirichlet(alpha: dirichletAlpha)
+        case .labels: .labels(perClient: labelsPerClient)
         case .natural: .natural
         }
     }
@@ -305,6 +310,8 @@ public enum PartitionKind: String, ConfigurationChoice, Sendable {
     case dirichlet
     /// The data's own split: one client per user id (`train_ids.npy`); `clients` must be their number.
     case natural
+    /// Each client holds `labels_per_client` labels (NIID-Bench's quantity-based label skew, "#C = k").
+    case labels
 
     public static var aliases: [String: PartitionKind] { ["noniid": .shards, "non_iid": .shards, "pathological": .shards] }
 }

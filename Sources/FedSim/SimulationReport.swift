@@ -247,7 +247,7 @@ extension SimulationConfiguration {
             "learning_rate": .double(learningRate), "momentum": .double(momentum),
             "weight_decay": .double(weightDecay), "proximal_mu": .double(proximalMu),
             "partition": .string(partition.rawValue), "shards_per_client": .int(shardsPerClient),
-            "dirichlet_alpha": .double(dirichletAlpha), "seed": .int(Int(seed)),
+            "dirichlet_alpha": .double(dirichletAlpha), "labels_per_client": .int(labelsPerClient), "seed": .int(Int(seed)),
             "target": .double(targetMetric), "stop_at_target": .bool(stopAtTarget),
             "input": .string(input.map { $0.map(String.init).joined(separator: "x") } ?? ""),
             "classes": .int(classes ?? 0), "loss": .string((loss ?? .softmaxCrossEntropy).rawValue),

@@ -30,6 +30,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("mu"), help: "FedProx proximal coefficient (0 = FedAvg).") var proximalMu: Double?
     @Option(help: "Data split: iid, shards (McMahan's non-IID), dirichlet, or natural (one client per user id in train_ids.npy).") var partition: String?
     @Option(name: .customLong("alpha"), help: "Dirichlet concentration for --partition dirichlet.") var dirichletAlpha: Double?
+    @Option(name: .customLong("labels-per-client"), help: "Labels each client holds for --partition labels (NIID-Bench's #C = k).") var labelsPerClient: Int?
     @Option(help: "Model preset: 2nn or cnn.") var model: String?
     @Option(help: "Random seed.") var seed: UInt64?
     @Option(help: "Target of the task's test metric for the rounds-to-target figure: accuracy in 0-1 (reached at or above), or RMSE for an mse task (reached at or below).") var target: Double?
@@ -98,6 +99,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let proximalMu { c.proximalMu = proximalMu }
         if let partition { c.partition = try PartitionKind.parse(partition, key: "--partition") }
         if let dirichletAlpha { c.dirichletAlpha = dirichletAlpha }
+        if let labelsPerClient { c.labelsPerClient = labelsPerClient }
         if let model { c.model = model; c.layers = [] }
         if let seed { c.seed = seed }
         if let target { c.targetMetric = target }

@@ -116,3 +116,20 @@ import Testing
         #expect { try DataDirectory.load(dir, train: true) } throws: { "\($0)".contains("need a token model") && "\($0)".contains("all_data_2.json") }
     }
 }
+
+@Suite struct LabelPartitionTests {
+    /// NIID-Bench's "#C = k": each client holds exactly k labels (client i among them label
+    /// i mod 10), every example goes to exactly one client, and a label's examples are shared
+    /// equally by its holders.
+    @Test func eachClientHoldsKLabels() throws {
+        let labels: [Int32] = (0..<6000).map { Int32($0 % 10) }
+        for k in [1, 2, 3] {
+            let parts = try Partition.labels(perClient: k).split(labels: labels, classes: 10, clients: 10, seed: 4)
+            let held = parts.map { Set($0.map { labels[Int($0)] }) }
+            #expect(held.allSatisfy { $0.count == k } && held.enumerated().allSatisfy { $1.contains(Int32($0 % 10)) })
+            let all = parts.flatMap { $0 }
+            #expect(all.count == 6000 && Set(all).count == 6000)
+        }
+        #expect { try Partition.labels(perClient: 11).split(labels: labels, classes: 10, clients: 10, seed: 4) } throws: { "\($0)".contains("1...10") }
+    }
+}

@@ -7,6 +7,10 @@ public enum Partition: Hashable, Sendable, CustomStringConvertible {
     case shards(perClient: Int)
     /// Label skew: for every class, the clients' shares of it are drawn from Dirichlet(alpha).
     case dirichlet(alpha: Double)
+    /// Quantity-based label skew (NIID-Bench's "#C = k", Li et al. 2021): client i holds label
+    /// i mod classes and k − 1 other labels drawn at random; each label's examples are shuffled
+    /// and cut into equal parts among the clients that hold it.
+    case labels(perClient: Int)
     /// The split the data carries: one client per user or device id, in increasing id order,
     /// each holding that id's examples (as LEAF's FEMNIST or Shakespeare are split).
     case natural
@@ -16,6 +20,7 @@ public enum Partition: Hashable, Sendable, CustomStringConvertible {
         case .iid: "iid"
         case .shards(let k): "shards(\(k) per client)"
         case .dirichlet(let alpha): "dirichlet(alpha=\(alpha))"
+        case .labels(let k): "labels(\(k) per client)"
         case .natural: "natural"
         }
     }
@@ -25,7 +30,7 @@ public enum Partition: Hashable, Sendable, CustomStringConvertible {
     public func split(_ dataset: Dataset, clients: Int, seed: UInt64) throws -> [[Int32]] {
         if !dataset.hasClassLabels {
             switch self {
-            case .shards, .dirichlet:
+            case .shards, .dirichlet, .labels:
                 throw DataError("partition", "\(self) splits by class label and \(dataset.name) has target values; use iid or natural")
             case .iid, .natural:
                 break
@@ -73,6 +78,31 @@ public enum Partition: Hashable, Sendable, CustomStringConvertible {
             return (0..<clients).map { c in
                 (0..<perClient).flatMap { shardList[shardOrder[c * perClient + $0]] }
             }
+        case .labels(let k):
+            guard k >= 1, k <= classes else { throw DataError("partition", "labels per client must be in 1...\(classes), got \(k)") }
+            var holders = [[Int]](repeating: [], count: classes)
+            for c in 0..<clients {
+                var chosen = [c % classes]
+                while chosen.count < k {
+                    let label = Int(generator.next() % UInt64(classes))
+                    if !chosen.contains(label) { chosen.append(label) }
+                }
+                for label in chosen { holders[label].append(c) }
+            }
+            var byLabel = [[Int32]](repeating: [], count: classes)
+            for (i, label) in labels.enumerated() { byLabel[Int(label)].append(Int32(i)) }
+            var result = [[Int32]](repeating: [], count: clients)
+            for label in 0..<classes where !holders[label].isEmpty {
+                var members = byLabel[label]
+                members.withUnsafeMutableBufferPointer { generator.shuffle($0) }
+                for (part, client) in zip(equalChunks(members, count: holders[label].count), holders[label]) {
+                    result[client].append(contentsOf: part)
+                }
+            }
+            if let empty = result.firstIndex(where: \.isEmpty) {
+                throw DataError("partition", "client \(empty) has no examples: its labels have too few to share")
+            }
+            return result
         case .dirichlet(let alpha):
             guard alpha > 0, alpha.isFinite else { throw DataError("partition", "dirichlet alpha must be positive, got \(alpha)") }
             var byLabel = [[Int32]](repeating: [], count: classes)
