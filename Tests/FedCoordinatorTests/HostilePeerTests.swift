@@ -184,7 +184,9 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
     @Test func selectedClientDroppingMidUploadDoesNotStopTheRound() async throws {
         var config = configuration(clients: 5, perRound: 5, rounds: 1)
         config.minimumUpdates = 3
-        config.roundDeadline = 20
+        // Far beyond the round's work even on a loaded machine: a round that ends well before it
+        // ended because the dropped client left.
+        config.roundDeadline = 600
         let deployment = try await Deployment.start(config)
         let shares = try Partition.iid.split(labels: Data6k.train.labels, classes: 10, clients: 4, seed: 3)
         let daemons = (0..<4).map { deployment.client("device-\($0)", secret: "secret-\($0)", indices: shares[$0]) }
@@ -201,15 +203,15 @@ func zeroUpdate(round: UInt32, version: UInt32) throws -> Update {
         let assigned = try #require(task)
         // Half of a real update frame, then the connection goes away.
         var bytes = ByteBuffer()
-        for frame in MessageFramer().frames(for: .update(try zeroUpdate(round: assigned.round, version: assigned.modelVersion))) { frame.write(to: &bytes) }
-        try await dropper.channel.channel.writeAndFlush(NIOAny(Frame(type: MessageType.update.rawValue, flags: 0, payload: bytes.getSlice(at: 16, length: 100)!)))
+        for frame in MessageFramer(version: 2).frames(for: .update(try zeroUpdate(round: assigned.round, version: assigned.modelVersion))) { frame.write(to: &bytes) }
+        try await dropper.channel.channel.writeAndFlush(NIOAny(Frame(version: 2, type: MessageType.update.rawValue, flags: 0, payload: bytes.getSlice(at: 16, length: 100)!)))
             .get()
         try await dropper.channel.channel.close()
         let history = try await deployment.run.value
         for t in tasks { await t.value }
         #expect(history.count == 1)
         #expect(history[0].completed == 4 && history[0].selected == 5, "round 1: \(history[0])")
-        #expect(history[0].seconds < 15, "the round ended when the dropped client left, not at the deadline")
+        #expect(history[0].seconds < 300, "the round ended when the dropped client left, not at the deadline")
     }
 
     @Test func clientsReconnectToARestartedCoordinator() async throws {
