@@ -55,6 +55,17 @@ def epoch(model, optimizer, loss_fn, x, y, batch):
         optimizer.step()
 
 
+class LastState(nn.Module):
+    """A one-layer GRU over a batch-first sequence, giving its last hidden state (fedbench's gru:H)."""
+
+    def __init__(self, features, hidden):
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, batch_first=True)
+
+    def forward(self, x):
+        return self.gru(x)[1][0]
+
+
 def layer_cases():
     """(name, input shape NCHW without the batch, module): fedbench --layers' cases."""
     return [
@@ -72,6 +83,8 @@ def layer_cases():
         ("groupnorm8-32", (32, 14, 14), nn.GroupNorm(8, 32)),
         ("relu-32", (32, 28, 28), nn.ReLU()),
         ("dropout0.25-32", (32, 14, 14), nn.Dropout(0.25)),
+        ("embedding80x64-T20", (20,), nn.Embedding(80, 64)),
+        ("gru64x128-T20", (20, 64), LastState(64, 128)),
     ]
 
 
@@ -80,12 +93,16 @@ def time_layers():
     three timed runs of at least 0.2 s each."""
     for name, shape, module in layer_cases():
         module.train()
-        x = torch.rand((10,) + shape, requires_grad=True)
+        if isinstance(module, nn.Embedding):
+            x = torch.randint(0, module.num_embeddings, (10,) + shape)
+        else:
+            x = torch.rand((10,) + shape, requires_grad=True)
         with torch.no_grad():
             upstream = torch.rand_like(module(x))
 
         def step():
-            x.grad = None
+            if x.is_floating_point():
+                x.grad = None
             module.zero_grad(set_to_none=True)
             module(x).backward(upstream)
 

@@ -25,6 +25,8 @@ struct LayerCase {
         LayerCase(name: "groupnorm8-32", input: TensorShape(height: 14, width: 14, channels: 32), layer: .groupNorm(groups: 8)),
         LayerCase(name: "relu-32", input: TensorShape(height: 28, width: 28, channels: 32), layer: .relu),
         LayerCase(name: "dropout0.25-32", input: TensorShape(height: 14, width: 14, channels: 32), layer: .dropout(rate: 0.25)),
+        LayerCase(name: "embedding80x64-T20", input: .vector(20), layer: .embedding(vocabulary: 80, dimension: 64)),
+        LayerCase(name: "gru64x128-T20", input: TensorShape(height: 20, width: 1, channels: 64), layer: .gru(hidden: 128)),
     ]
 
     /// The layer as the model builder makes it (a network of this layer alone, classes = its outputs).
@@ -43,7 +45,10 @@ extension FedBench {
             let layer = try item.build()
             let batch = 10
             var generator = SeededGenerator(seed: 1)
-            let input = (0..<(batch * layer.inputShape.count)).map { _ in generator.nextUniform(-1, 1) }
+            // Token ids for an embedding, values in ±1 otherwise.
+            let input = (0..<(batch * layer.inputShape.count)).map { _ in
+                layer is Embedding ? Float(Int(generator.next() % 80)) : generator.nextUniform(-1, 1)
+            }
             let parameters = (0..<max(1, layer.parameterCount)).map { _ in generator.nextUniform(-0.1, 0.1) }
             let upstream = (0..<(batch * layer.outputShape.count)).map { _ in generator.nextUniform(-1, 1) }
             var output = [Float](repeating: 0, count: upstream.count)

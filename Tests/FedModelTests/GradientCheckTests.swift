@@ -127,6 +127,38 @@ import Testing
         check(Dropout(shape: .vector(40), rate: 0.3), training: true)
         check(Dropout(shape: .vector(40), rate: 0.3), training: false)
     }
+    @Test func gruOverASequence() {
+        check(GRU(input: TensorShape(height: 5, width: 1, channels: 3), hidden: 4), samples: 80)
+        check(GRU(input: TensorShape(height: 2, width: 3, channels: 2), hidden: 3), batch: 1)
+    }
+    /// Token ids are not differentiable, so the embedding is checked through a whole network:
+    /// every parameter of embedding → GRU → dense against finite differences of the mean loss.
+    @Test func embeddingAndGRUInANetwork() throws {
+        let network = try Network(ModelSpec(input: .vector(6), classes: 5, layers: [.embedding(vocabulary: 7, dimension: 3), .gru(hidden: 4), .dense(outputs: 5)]))
+        let workspace = Workspace(network: network, capacity: 3)
+        var parameters = network.initialParameters(seed: 8)
+        let tokens: [Float] = [0, 3, 6, 2, 2, 1, 5, 4, 3, 2, 1, 0, 6, 6, 0, 3, 1, 4]
+        let labels: [Int32] = [4, 0, 2]
+        func load() {
+            workspace.input.update(from: tokens, count: tokens.count)
+            workspace.labels.update(from: labels, count: labels.count)
+        }
+        load()
+        _ = parameters.withUnsafeBufferPointer { workspace.lossAndGradient(parameters: $0.baseAddress!, batch: 3) }
+        let analytic = Array(UnsafeBufferPointer(start: workspace.parameterGradient, count: network.parameterCount))
+        for i in 0..<network.parameterCount {
+            let saved = parameters[i]
+            parameters[i] = saved + 1e-2
+            load()
+            let plus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 3).lossSum } / 3
+            parameters[i] = saved - 1e-2
+            load()
+            let minus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 3).lossSum } / 3
+            parameters[i] = saved
+            let numeric = (plus - minus) / 2e-2
+            #expect(abs(numeric - Double(analytic[i])) <= 2e-3 + 1e-2 * abs(numeric), "parameter \(i) (\(network.layout.tensors.first { $0.range.contains(i) }!.name)): analytic \(analytic[i]) numeric \(numeric)")
+        }
+    }
     @Test func flatten() { check(Flatten(shape: TensorShape(height: 2, width: 3, channels: 4))) }
 
     @Test func softmaxCrossEntropy() {

@@ -9,6 +9,10 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     case depthwise(kernelSize: Int, stride: Int = 1)
     /// Inverted dropout at this rate in training (``Dropout``).
     case dropout(rate: Double)
+    /// Token ids to vectors (``Embedding``): `embedding:V:D`.
+    case embedding(vocabulary: Int, dimension: Int)
+    /// A gated recurrent unit over the steps of its input, giving the last state (``GRU``): `gru:H`.
+    case gru(hidden: Int)
     case maxPool
     case avgPool
     case globalAvgPool
@@ -37,7 +41,7 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
             }
             return value
         }
-        let expected = "expected dense:N, relu, convKxK:C[:sS], dwconvKxK[:sS], maxpool2, avgpool2, globalavgpool, groupnorm:G, dropout:P or flatten"
+        let expected = "expected dense:N, relu, convKxK:C[:sS], dwconvKxK[:sS], maxpool2, avgpool2, globalavgpool, groupnorm:G, dropout:P, embedding:V:D, gru:H or flatten"
         switch lowered {
         case "relu": self = .relu
         case "maxpool2", "maxpool": self = .maxPool
@@ -51,6 +55,11 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
                 self = .depthwise(kernelSize: try kernel(parts[0].dropFirst(6)), stride: parts.count == 2 ? try stride(parts[1]) : 1)
                 return
             }
+            if parts[0] == "embedding" {
+                guard parts.count == 3 else { throw ModelError("bad layer \"\(text)\": embedding:V:D (vocabulary, dimension)") }
+                self = .embedding(vocabulary: try positive(parts[1]), dimension: try positive(parts[2]))
+                return
+            }
             if parts[0].hasPrefix("conv"), parts.count == 3 {
                 self = .conv(kernelSize: try kernel(parts[0].dropFirst(4)), channels: try positive(parts[1]), stride: try stride(parts[2]))
                 return
@@ -59,6 +68,8 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
             if parts[0] == "dropout" {
                 guard let rate = Double(parts[1]), rate >= 0, rate < 1 else { throw ModelError("bad layer \"\(text)\": the dropout rate must be in [0, 1)") }
                 self = .dropout(rate: rate)
+            } else if parts[0] == "gru" {
+                self = .gru(hidden: try positive(parts[1]))
             } else if parts[0] == "dense" {
                 self = .dense(outputs: try positive(parts[1]))
             } else if parts[0] == "groupnorm" {
@@ -78,6 +89,8 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         case .conv(let k, let c, let s): "conv\(k)x\(k):\(c)" + (s == 1 ? "" : ":s\(s)")
         case .depthwise(let k, let s): "dwconv\(k)x\(k)" + (s == 1 ? "" : ":s\(s)")
         case .dropout(let rate): "dropout:\(rate)"
+        case .embedding(let v, let d): "embedding:\(v):\(d)"
+        case .gru(let h): "gru:\(h)"
         case .maxPool: "maxpool2"
         case .avgPool: "avgpool2"
         case .globalAvgPool: "globalavgpool"

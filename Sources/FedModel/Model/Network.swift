@@ -50,6 +50,13 @@ public final class Network: Sendable {
             case .dropout(let rate):
                 layer = Dropout(shape: shape, rate: rate)
                 kind = "dropout"
+            case .embedding(let vocabulary, let dimension):
+                guard layers.isEmpty else { throw ModelError("\(layerSpec) reads token ids, so it must be the first layer") }
+                layer = Embedding(input: shape, vocabulary: vocabulary, dimension: dimension)
+                kind = "embedding"
+            case .gru(let hidden):
+                layer = GRU(input: shape, hidden: hidden)
+                kind = "gru"
             case .maxPool:
                 guard shape.height >= 2, shape.width >= 2 else {
                     throw ModelError("maxpool2 needs at least a 2x2 input, got \(shape)")
@@ -99,6 +106,10 @@ public final class Network: Sendable {
     public func accepts(_ data: Dataset) -> String? {
         if data.sampleShape.count != inputShape.count {
             return "\(data.name) has \(data.sampleShape.count) values per example (\(data.sampleShape)); the model's input is \(inputShape.count) (\(inputShape))"
+        }
+        if let embedding = layers.first as? Embedding,
+           let bad = data.features.firstIndex(where: { $0 < 0 || $0 >= Float(embedding.vocabulary) || $0.rounded() != $0 }) {
+            return "\(data.name): example \(bad / inputShape.count), position \(bad % inputShape.count): \(data.features[bad]) is not a token id in 0..<\(embedding.vocabulary)"
         }
         if spec.loss.usesClassLabels {
             guard data.hasClassLabels else { return "\(data.name) has target values, the model's loss (softmax) needs class labels" }
