@@ -134,7 +134,7 @@ extension CoordinatorConfiguration {
         guard lossGuard == 0 || (lossGuard >= 1 && lossGuard.isFinite) else { throw fail("loss_guard must be 0 (off) or a finite number of at least 1, got \(lossGuard)") }
         guard trustedExamples >= 2 else { throw fail("trusted_examples must be at least 2, got \(trustedExamples)") }
         guard !aggregation.needsTrustedDirections || trustedDataPath != nil else {
-            throw fail("aggregator trust needs trusted_data: a directory with MNIST-format training files the server trusts")
+            throw fail("aggregator trust needs trusted_data: a data directory the server trusts (train_x.npy/train_y.npy, train.npz, CIFAR, LEAF or IDX files)")
         }
         guard !clientKeys.isEmpty || databasePath != nil else {
             throw fail("no clients registered: set database and run `fedcoord clients add ID`, or add a [clients] table of id = \"fedpk1:...\"")

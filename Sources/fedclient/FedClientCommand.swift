@@ -27,10 +27,10 @@ struct FedClientCommand: AsyncParsableCommand {
     @Option(help: "Client configuration (TOML); Configs/client.toml documents every key.")
     var config: String?
     @Option(help: "Coordinator address HOST:PORT.") var coordinator: String?
-    @Option(help: "Private data: a directory with x.npy and y.npy (NumPy), one in MNIST's IDX layout, or a CSV file.") var data: String?
+    @Option(help: "Private data: a directory with x.npy and y.npy or data.npz (NumPy), CIFAR or LEAF files, one in the IDX layout (MNIST's), or a CSV file.") var data: String?
     @Option(help: "This client's registered id.") var id: String?
     @Option(help: "This client's secret (prefer the configuration file).") var secret: String?
-    @Option(help: "The range of examples this device holds, e.g. 0..<600 (MNIST or NumPy data).") var examples: String?
+    @Option(help: "The range of examples this device holds, e.g. 0..<600 (directory data).") var examples: String?
     @Option(name: .customLong("label-column"), help: "With CSV data, the label's column: a header name or a position from 0 (-1 = last; default 0).") var labelColumn: String?
     @Option(help: "File that keeps the error-feedback residual across restarts.") var stateFile: String?
     @Option(help: "Hand training to this command (run by /bin/sh -c, FEDL_TASK names the task file), e.g. \"python3 train.py\".") var trainer: String?

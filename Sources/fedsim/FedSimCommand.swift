@@ -9,7 +9,7 @@ import Foundation
 struct FedSimCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fedsim",
-        abstract: "Simulate federated averaging with many clients in one process (MNIST, Fashion-MNIST or your own NumPy data).",
+        abstract: "Simulate federated averaging with many clients in one process (your own NumPy, CIFAR or LEAF data, or MNIST and Fashion-MNIST).",
         discussion: """
             Loads a scenario (TOML), applies the command-line overrides, and runs the rounds,
             printing one line per round (round, test accuracy, test loss, seconds) and a summary.
@@ -185,7 +185,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let simulated = s.simulatedSeconds { line += String(format: ", %.1f simulated seconds", simulated) }
         print(line)
         if !quiet, s.perClassAccuracy.count > 1, s.perClassAccuracy.count <= 100 {
-            print("fedsim: accuracy per class: " + s.perClassAccuracy.enumerated().map { c, a in "\(c) " + (a.map { String(format: "%.3f", $0) } ?? "-") }.joined(separator: ", "))
+            print("fedsim: accuracy per \(s.metric == .labelAccuracy ? "label" : "class"): " + s.perClassAccuracy.enumerated().map { c, a in "\(c) " + (a.map { String(format: "%.3f", $0) } ?? "-") }.joined(separator: ", "))
         }
         if let report {
             do {

@@ -109,11 +109,36 @@ import Testing
         #expect(train.count == 5 && train.labels == [61, 3, 10, 0, 1] && train.groups == [0, 0, 1, 2, 2] && train.classes == 62)
         #expect(try Partition.natural.split(train, clients: 3, seed: 1) == [[0, 1], [2], [3, 4]])
         #expect(try DataDirectory.load(dir, train: false, targets: .classes(62)).labels == [5])
-        // Shakespeare's text examples are refused with the reason.
+        // Sent140's tweets (word-level text) are refused with the reason.
         try """
-            {"users": ["THE_TEMPEST_ARIEL"], "num_samples": [1], "user_data": {"THE_TEMPEST_ARIEL": {"x": ["Full fathom five thy father lies"], "y": ["s"]}}}
+            {"users": ["tweeter"], "num_samples": [1], "user_data": {"tweeter": {"x": [["1467810369", "Mon Apr 06", "NO_QUERY", "tweeter", "is upset"]], "y": [0]}}}
             """.write(to: dir.appendingPathComponent("train/all_data_2.json"), atomically: true, encoding: .utf8)
-        #expect { try DataDirectory.load(dir, train: true) } throws: { "\($0)".contains("need a token model") && "\($0)".contains("all_data_2.json") }
+        #expect { try DataDirectory.load(dir, train: true) } throws: { "\($0)".contains("word-level text") && "\($0)".contains("all_data_2.json") }
+    }
+
+    /// Shakespeare's layout: 80 characters of a role's lines and the next character, as token
+    /// ids in LEAF's alphabet; each role a user.
+    @Test func leafShakespeareLoadsAsTokenIDs() throws {
+        let dir = try directory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for split in ["train", "test"] {
+            try FileManager.default.createDirectory(at: dir.appendingPathComponent(split), withIntermediateDirectories: true)
+            try """
+                {"users": ["THE_TEMPEST_ARIEL", "THE_TEMPEST_PROSPERO"], "num_samples": [1, 1],
+                 "user_data": {"THE_TEMPEST_ARIEL": {"x": ["Full fathom five"], "y": [" "]},
+                               "THE_TEMPEST_PROSPERO": {"x": ["We are such stuf"], "y": ["f"]}}}
+                """.write(to: dir.appendingPathComponent("\(split)/all_data_\(split).json"), atomically: true, encoding: .utf8)
+        }
+        let data = try DataDirectory.load(dir, train: true, targets: .classes(80))
+        let id = { (c: Character) in Float(LEAF.letters.firstIndex(of: c)!) }
+        #expect(data.sampleShape == .vector(16) && data.groups == [0, 1] && data.classes == 80)
+        #expect(Array(data.features[0..<4]) == "Full".map(id) && data.labels == [Int32(id(" ")), Int32(id("f"))])
+        let network = try Network(ModelSpec(input: .vector(16), classes: 80, layers: [.embedding(vocabulary: 80, dimension: 8), .gru(hidden: 16), .dense(outputs: 80)]))
+        #expect(network.accepts(data) == nil)
+        try """
+            {"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": ["café"], "y": ["s"]}}}
+            """.write(to: dir.appendingPathComponent("train/all_data_x.json"), atomically: true, encoding: .utf8)
+        #expect { try DataDirectory.load(dir, train: true) } throws: { "\($0)".contains("\"é\" is not in LEAF's 80-letter alphabet") }
     }
 }
 

@@ -90,6 +90,9 @@ import Testing
         let data = try Dataset(name: "tags", sampleShape: .vector(1), features: [0, 0, 0], values: [1, 0, 1, 1, 0, 0], width: 2, unitInterval: true)
         let result = Evaluator(network: network, threads: 1).evaluate(parameters, on: data.all)
         #expect(abs(result.accuracy - 4.0 / 6) < 1e-9 && result.metric == .labelAccuracy)
+        // Label 0 (always on) is right for the two examples whose target is 1; label 1 (always off) for all three.
+        let perLabel: [Double] = result.perClassAccuracy.compactMap { $0 }
+        #expect(perLabel.count == 2 && perLabel.allSatisfy { abs($0 - 2.0 / 3) < 1e-9 })
 
         let classifier = try Network(ModelSpec(input: .vector(1), classes: 3, layers: [.dense(outputs: 3)]))
         var biased = [Float](repeating: 0, count: classifier.parameterCount)

@@ -4,10 +4,15 @@ import Foundation
 /// write them: `train/*.json` and `test/*.json`, each `{"users": [...], "num_samples": [...],
 /// "user_data": {user: {"x": [...], "y": [...]}}}`. Every user's examples carry that user as
 /// their group, so the `natural` partition gives each user its own client (users numbered in
-/// the order the files list them, files in name order). Numeric examples load (FEMNIST: 784
-/// values in [0, 1], 62 classes); text ones (Shakespeare, Sent140) need a token model, which
-/// this version does not have, and are refused with a clear error.
+/// the order the files list them, files in name order). Numeric examples load as they are
+/// (FEMNIST: 784 values in [0, 1], 62 classes). Character examples (Shakespeare: 80 characters
+/// of a play, and the next character) load as token ids in LEAF's own 80-letter alphabet
+/// (``letters``), for `embedding:80:D` models with 80 classes; a character outside it is an
+/// error naming the example. Word-level text (Sent140's tweets) is refused: it needs a
+/// vocabulary this reader does not build.
 public enum LEAF {
+    /// LEAF's `ALL_LETTERS` for Shakespeare: a character's id is its position here.
+    public static let letters = Array("\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}")
     public static func isPresent(in directory: URL) -> Bool {
         !files(in: directory.appendingPathComponent("train")).isEmpty
     }
@@ -40,18 +45,34 @@ public enum LEAF {
                 let group = userIndex[user] ?? Int32(userIndex.count)
                 userIndex[user] = group
                 for (i, (x, y)) in zip(xs, ys).enumerated() {
-                    guard let row = x as? [Any] else {
-                        throw DataError(url.path, "user \(user), example \(i): text or nested examples (Shakespeare, Sent140) need a token model, which this version cannot train; numeric ones (FEMNIST) load")
+                    func token(_ character: Character) throws -> Float {
+                        guard let id = letters.firstIndex(of: character) else {
+                            throw DataError(url.path, "user \(user), example \(i): \"\(character)\" is not in LEAF's 80-letter alphabet")
+                        }
+                        return Float(id)
                     }
-                    let numbers = try row.map { value -> Float in
-                        guard let number = value as? NSNumber, number.floatValue.isFinite else { throw DataError(url.path, "user \(user), example \(i): \(value) is not a finite number") }
-                        return number.floatValue
+                    let numbers: [Float]
+                    if let text = x as? String {
+                        numbers = try text.map(token)
+                    } else if let row = x as? [Any], row.allSatisfy({ $0 is NSNumber }) {
+                        numbers = try row.map { value -> Float in
+                            let number = (value as! NSNumber).floatValue
+                            guard number.isFinite else { throw DataError(url.path, "user \(user), example \(i): \(value) is not a finite number") }
+                            return number
+                        }
+                    } else {
+                        throw DataError(url.path, "user \(user), example \(i): word-level text (Sent140) needs a vocabulary this reader does not build; numeric (FEMNIST) and character (Shakespeare) examples load")
                     }
                     if width == nil { width = numbers.count }
                     guard numbers.count == width else { throw DataError(url.path, "user \(user), example \(i): \(numbers.count) values, earlier examples have \(width!)") }
                     features.append(contentsOf: numbers)
-                    guard let target = y as? NSNumber else { throw DataError(url.path, "user \(user), example \(i): label \(y) is not a number") }
-                    values.append(target.doubleValue)
+                    if let character = (y as? String).flatMap({ $0.count == 1 ? $0.first : nil }) {
+                        values.append(Double(try token(character)))
+                    } else if let target = y as? NSNumber {
+                        values.append(target.doubleValue)
+                    } else {
+                        throw DataError(url.path, "user \(user), example \(i): label \(y) is neither a number nor one character")
+                    }
                     groups.append(group)
                 }
             }

@@ -11,7 +11,8 @@ public struct Evaluation: Sendable, Hashable, Codable {
     /// The headline metric's name and value (``Loss/metric``).
     public var metric: Metric
     public var examples: Int
-    /// Accuracy of each class, nil for a class without test examples (softmax only; empty otherwise).
+    /// Accuracy of each class (softmax; nil for a class without test examples) or of each label
+    /// (bce); empty for mse.
     public var perClassAccuracy: [Double?]
 
     /// The value of the headline metric.
@@ -49,8 +50,8 @@ public final class Evaluator: @unchecked Sendable {
         let loss = network.spec.loss
         let classes = network.classes
         var partial = [LossTally](repeating: LossTally(), count: threads)
-        // Examples and correct ones per class, per thread (softmax only).
-        let countsWidth = loss.usesClassLabels ? 2 * classes : 0
+        // Examples and correct ones per class (softmax) or per label (bce), per thread.
+        let countsWidth = loss == .meanSquaredError ? 0 : 2 * classes
         var perClass = [Int](repeating: 0, count: threads * countsWidth)
         partial.withUnsafeMutableBufferPointer { partial in
             let results = partial

@@ -40,8 +40,9 @@ public enum Loss: String, Sendable, Hashable, CaseIterable, CustomStringConverti
 
     /// Scores a batch of `batch × outputs` model outputs against the batch's targets (class
     /// indices in `labels` or `batch × outputs` floats in `values`, as the loss uses). When
-    /// `gradient` is given it receives ∂(mean loss)/∂outputs. `perClass`, when given for the
-    /// softmax loss, counts examples (`[2c]`) and correct ones (`[2c + 1]`) of each class c.
+    /// `gradient` is given it receives ∂(mean loss)/∂outputs. `perClass`, when given, counts
+    /// examples (`[2c]`) and correct ones (`[2c + 1]`) of each class c (softmax), or decisions
+    /// and right ones of each label c (bce).
     public func evaluate(
         outputs: UnsafePointer<Float>, labels: UnsafePointer<Int32>, values: UnsafePointer<Float>,
         batch: Int, width: Int, gradient: UnsafeMutablePointer<Float>?, perClass: UnsafeMutablePointer<Int>? = nil
@@ -53,7 +54,7 @@ public enum Loss: String, Sendable, Hashable, CaseIterable, CustomStringConverti
         case .meanSquaredError:
             Self.meanSquaredError(outputs: outputs, targets: values, batch: batch, width: width, gradient: gradient)
         case .binaryCrossEntropy:
-            Self.binaryCrossEntropy(logits: outputs, targets: values, batch: batch, width: width, gradient: gradient)
+            Self.binaryCrossEntropy(logits: outputs, targets: values, batch: batch, width: width, gradient: gradient, perLabel: perClass)
         }
     }
 
@@ -85,7 +86,8 @@ public enum Loss: String, Sendable, Hashable, CaseIterable, CustomStringConverti
     /// stable form of −t·log σ(z) − (1 − t)·log(1 − σ(z))); ∂/∂z = (σ(z) − t) / (batch · width),
     /// as PyTorch's `BCEWithLogitsLoss`.
     static func binaryCrossEntropy(
-        logits: UnsafePointer<Float>, targets: UnsafePointer<Float>, batch: Int, width: Int, gradient: UnsafeMutablePointer<Float>?
+        logits: UnsafePointer<Float>, targets: UnsafePointer<Float>, batch: Int, width: Int, gradient: UnsafeMutablePointer<Float>?,
+        perLabel: UnsafeMutablePointer<Int>? = nil
     ) -> LossTally {
         var tally = LossTally()
         let scale = 1 / Float(batch * width)
@@ -96,7 +98,12 @@ public enum Loss: String, Sendable, Hashable, CaseIterable, CustomStringConverti
                 let i = b * width + j
                 let z = logits[i], t = targets[i]
                 loss += max(z, 0) - z * t + log1pf(expf(-abs(z)))
-                if (z > 0) == (t > 0.5) { correct += 1 }
+                let right = (z > 0) == (t > 0.5)
+                if right { correct += 1 }
+                if let perLabel {
+                    perLabel[2 * j] += 1
+                    if right { perLabel[2 * j + 1] += 1 }
+                }
                 if let gradient {
                     let sigmoid = z >= 0 ? 1 / (1 + expf(-z)) : expf(z) / (1 + expf(z))
                     gradient[i] = (sigmoid - t) * scale
