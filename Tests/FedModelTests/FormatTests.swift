@@ -12,19 +12,10 @@ import Testing
         return url
     }
 
-    func python(_ script: String, _ directory: URL) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, directory.path]
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
-    }
-
     @Test func numPyArchivesStoredAndCompressed() throws {
         let dir = try directory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        try python("""
+        try runPython("""
             import numpy as np, sys
             d = sys.argv[1]
             x = np.arange(24, dtype=np.float32).reshape(6, 4) / 10
@@ -32,7 +23,7 @@ import Testing
             np.savez_compressed(f"{d}/test.npz", x=x[:3], y=np.array([2, 1, 0]))
             np.savez_compressed(f"{d}/data.npz", x=x, y=x[:, :2].astype(np.float64))
             np.savez(f"{d}/wrong.npz", features=x)
-            """, dir)
+            """, in: dir)
         let train = try DataDirectory.load(dir, train: true)
         #expect(train.count == 6 && train.sampleShape == .vector(4) && train.labels == [0, 1, 2, 0, 1, 2] && train.groups == [5, 5, 7, 7, 9, 9])
         #expect(train.features[5] == Float(5) / 10)
@@ -55,7 +46,7 @@ import Testing
         let dir = try directory()
         defer { try? FileManager.default.removeItem(at: dir) }
         // CIFAR-10's layout: five training batches and a test batch of records <label><R><G><B>.
-        try python("""
+        try runPython("""
             import numpy as np, sys
             d = sys.argv[1]
             rng = np.random.default_rng(1)
@@ -67,7 +58,7 @@ import Testing
                 open(f"{d}/{name}", "wb").write(b"".join(records))
             image = np.zeros((3, 32, 32), dtype=np.uint8); image[0, 0, 1] = 255; image[2, 31, 31] = 51
             open(f"{d}/test_batch.bin", "ab").write(bytes([7]) + image.tobytes())
-            """, dir)
+            """, in: dir)
         let train = try DataDirectory.load(dir, train: true)
         #expect(train.count == 10 && train.sampleShape == TensorShape(height: 32, width: 32, channels: 3) && train.classes == 10)
         let test = try DataDirectory.load(dir, train: false)

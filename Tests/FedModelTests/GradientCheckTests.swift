@@ -135,28 +135,11 @@ import Testing
     /// every parameter of embedding → GRU → dense against finite differences of the mean loss.
     @Test func embeddingAndGRUInANetwork() throws {
         let network = try Network(ModelSpec(input: .vector(6), classes: 5, layers: [.embedding(vocabulary: 7, dimension: 3), .gru(hidden: 4), .dense(outputs: 5)]))
-        let workspace = Workspace(network: network, capacity: 3)
-        var parameters = network.initialParameters(seed: 8)
         let tokens: [Float] = [0, 3, 6, 2, 2, 1, 5, 4, 3, 2, 1, 0, 6, 6, 0, 3, 1, 4]
         let labels: [Int32] = [4, 0, 2]
-        func load() {
+        checkNetworkGradient(network, batch: 3) { workspace in
             workspace.input.update(from: tokens, count: tokens.count)
             workspace.labels.update(from: labels, count: labels.count)
-        }
-        load()
-        _ = parameters.withUnsafeBufferPointer { workspace.lossAndGradient(parameters: $0.baseAddress!, batch: 3) }
-        let analytic = Array(UnsafeBufferPointer(start: workspace.parameterGradient, count: network.parameterCount))
-        for i in 0..<network.parameterCount {
-            let saved = parameters[i]
-            parameters[i] = saved + 1e-2
-            load()
-            let plus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 3).lossSum } / 3
-            parameters[i] = saved - 1e-2
-            load()
-            let minus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 3).lossSum } / 3
-            parameters[i] = saved
-            let numeric = (plus - minus) / 2e-2
-            #expect(abs(numeric - Double(analytic[i])) <= 2e-3 + 1e-2 * abs(numeric), "parameter \(i) (\(network.layout.tensors.first { $0.range.contains(i) }!.name)): analytic \(analytic[i]) numeric \(numeric)")
         }
     }
     @Test func flatten() { check(Flatten(shape: TensorShape(height: 2, width: 3, channels: 4))) }
@@ -193,31 +176,40 @@ import Testing
         let spec = ModelSpec(
             input: TensorShape(height: 6, width: 6, channels: 2), classes: 3,
             layers: [.conv(kernelSize: 3, channels: 4), .relu, .maxPool, .flatten, .dense(outputs: 5), .relu, .dense(outputs: 3)])
-        let network = try Network(spec)
-        let workspace = Workspace(network: network, capacity: 4)
-        var parameters = network.initialParameters(seed: 4)
         var g = SeededGenerator(seed: 11)
         let inputs = (0..<(4 * 72)).map { _ in g.nextUniform(0, 1) }
         let labels: [Int32] = [0, 1, 2, 1]
-        func load() {
+        try checkNetworkGradient(Network(spec), batch: 4, samples: 80) { workspace in
             workspace.input.update(from: inputs, count: inputs.count)
             workspace.labels.update(from: labels, count: labels.count)
         }
-        load()
-        _ = parameters.withUnsafeBufferPointer { workspace.lossAndGradient(parameters: $0.baseAddress!, batch: 4) }
-        let analytic = Array(UnsafeBufferPointer(start: workspace.parameterGradient, count: network.parameterCount))
-        for _ in 0..<80 {
-            let i = Int(g.next() % UInt64(network.parameterCount))
-            let saved = parameters[i]
-            parameters[i] = saved + 1e-2
-            load()
-            let plus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 4).lossSum } / 4
-            parameters[i] = saved - 1e-2
-            load()
-            let minus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 4).lossSum } / 4
-            parameters[i] = saved
-            let numeric = (plus - minus) / 2e-2
-            #expect(abs(numeric - Double(analytic[i])) <= 2e-3 + 1e-2 * abs(numeric), "parameter \(i): analytic \(analytic[i]) numeric \(numeric)")
-        }
+    }
+}
+
+/// A whole network's parameter gradient, as the trainer computes it
+/// (``Workspace/lossAndGradient``), against central differences of the mean loss: every
+/// parameter, or `samples` drawn at random. `load` writes the batch (inputs and targets).
+func checkNetworkGradient(_ network: Network, batch: Int, samples: Int? = nil, seed: UInt64 = 4, load: (Workspace) -> Void) {
+    let workspace = Workspace(network: network, capacity: batch)
+    var parameters = network.initialParameters(seed: seed)
+    load(workspace)
+    _ = parameters.withUnsafeBufferPointer { workspace.lossAndGradient(parameters: $0.baseAddress!, batch: batch) }
+    let analytic = Array(UnsafeBufferPointer(start: workspace.parameterGradient, count: network.parameterCount))
+    var g = SeededGenerator(seed: seed &+ 7)
+    let indices = samples.map { n in (0..<n).map { _ in Int(g.next() % UInt64(network.parameterCount)) } } ?? Array(0..<network.parameterCount)
+    func meanLoss() -> Double {
+        load(workspace)
+        return parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: batch).lossSum } / Double(batch)
+    }
+    for i in indices {
+        let saved = parameters[i]
+        parameters[i] = saved + 1e-2
+        let plus = meanLoss()
+        parameters[i] = saved - 1e-2
+        let minus = meanLoss()
+        parameters[i] = saved
+        let numeric = (plus - minus) / 2e-2
+        let tensor = network.layout.tensors.first { $0.range.contains(i) }!.name
+        #expect(abs(numeric - Double(analytic[i])) <= 2e-3 + 1e-2 * abs(numeric), "parameter \(i) (\(tensor)): analytic \(analytic[i]) numeric \(numeric)")
     }
 }

@@ -40,29 +40,12 @@ import Testing
     @Test(arguments: [Loss.meanSquaredError, .binaryCrossEntropy])
     func wholeNetworkGradient(loss: Loss) throws {
         let network = try Network(ModelSpec(input: .vector(5), classes: 3, layers: [.dense(outputs: 6), .relu, .dense(outputs: 3)], loss: loss))
-        let workspace = Workspace(network: network, capacity: 4)
-        var parameters = network.initialParameters(seed: 2)
         var g = SeededGenerator(seed: 13)
         let inputs = (0..<20).map { _ in g.nextUniform(-1, 1) }
         let targets: [Float] = (0..<12).map { loss == .binaryCrossEntropy ? Float($0 % 3 == 0 ? 1 : 0) : g.nextUniform(-1, 1) }
-        func load() {
+        checkNetworkGradient(network, batch: 4, seed: 2) { workspace in
             workspace.input.update(from: inputs, count: inputs.count)
             workspace.targets.update(from: targets, count: targets.count)
-        }
-        load()
-        _ = parameters.withUnsafeBufferPointer { workspace.lossAndGradient(parameters: $0.baseAddress!, batch: 4) }
-        let analytic = Array(UnsafeBufferPointer(start: workspace.parameterGradient, count: network.parameterCount))
-        for i in 0..<network.parameterCount {
-            let saved = parameters[i]
-            parameters[i] = saved + 1e-2
-            load()
-            let plus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 4).lossSum } / 4
-            parameters[i] = saved - 1e-2
-            load()
-            let minus = parameters.withUnsafeBufferPointer { workspace.loss(parameters: $0.baseAddress!, batch: 4).lossSum } / 4
-            parameters[i] = saved
-            let numeric = (plus - minus) / 2e-2
-            #expect(abs(numeric - Double(analytic[i])) <= 2e-3 + 1e-2 * abs(numeric), "\(loss) parameter \(i): analytic \(analytic[i]) numeric \(numeric)")
         }
     }
 
@@ -138,12 +121,7 @@ import Testing
             np.save(f"{d}/y.npy", np.array([[0.5, 1], [1.5, 2], [2.5, 3]], dtype=np.float64))
             np.save(f"{d}/tags.npy", np.array([[0, 1], [1, 1], [1, 2]], dtype=np.int64))
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, dir.path]
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
+        try runPython(script, in: dir)
         let inferred = try DataDirectory.loadDevice(dir)
         #expect(!inferred.hasClassLabels && inferred.classes == 2 && inferred.values == [0.5, 1, 1.5, 2, 2.5, 3])
         #expect { try NPYDataset.load(features: dir.appendingPathComponent("x.npy"), labels: dir.appendingPathComponent("y.npy"), targets: .values(width: 3, unitInterval: false)) }

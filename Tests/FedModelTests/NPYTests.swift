@@ -72,14 +72,19 @@ func littleEndianBytes<T: FixedWidthInteger>(_ values: [T]) -> [UInt8] {
                 np.save(f"{d}/{split}_x.npy", rng.random((n, 6), dtype=np.float32))
                 np.save(f"{d}/{split}_y.npy", rng.integers(0, 3, n))
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, dir.path]
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
+        try runPython(script, in: dir)
         let train = try DataDirectory.load(dir, train: true), test = try DataDirectory.load(dir, train: false)
         #expect(train.count == 40 && test.count == 10 && train.sampleShape == .vector(6) && train.classes == 3)
         #expect(train.features.allSatisfy { $0 >= 0 && $0 < 1 })
     }
+}
+
+/// Runs a Python script (with NumPy) that writes files into `directory` (its one argument).
+func runPython(_ script: String, in directory: URL) throws {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", "-c", script, directory.path]
+    try process.run()
+    process.waitUntilExit()
+    #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
 }

@@ -21,12 +21,7 @@ import Testing
                 np.save(f"{d}/{split}_x.npy", x)
                 np.save(f"{d}/{split}_y.npy", np.argmax(x[:, :3], axis=1).astype(np.int64))
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, dir.path]
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
+        try runPython(script, in: dir)
         let scenario = """
             name = "sensors"
             data = "\(dir.path)"
@@ -131,12 +126,7 @@ import Testing
                 np.save(f"{d}/{split}_x.npy", x)
                 np.save(f"{d}/{split}_y.npy", (x[:, :3] > 0).astype(np.uint8))
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, dir.path]
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
+        try runPython(script, in: dir)
         let configuration = try SimulationConfiguration.parse("""
             data = "\(dir.path)"
             input = [6]
@@ -174,12 +164,7 @@ import Testing
                 np.save(f"{d}/{split}_x.npy", np.stack([ids[s:s + 8] for s in starts]).astype(np.int32))
                 np.save(f"{d}/{split}_y.npy", ids[starts + 8].astype(np.int64))
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, dir.path]
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
+        try runPython(script, in: dir)
         let configuration = try SimulationConfiguration.parse("""
             data = "\(dir.path)"
             input = [8]
@@ -208,4 +193,14 @@ import Testing
         #expect { try SimulationConfiguration.parse("layers = [\"dense:3\"]\nclasses = 1", source: "s.toml").modelSpec() }
             throws: { "\($0)".contains("must be in 2...1048576 for loss softmax") }
     }
+}
+
+/// Runs a Python script (with NumPy) that writes files into `directory` (its one argument).
+func runPython(_ script: String, in directory: URL) throws {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", "-c", script, directory.path]
+    try process.run()
+    process.waitUntilExit()
+    #expect(process.terminationStatus == 0, "python3 with NumPy writes the files")
 }
