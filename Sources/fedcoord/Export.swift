@@ -12,13 +12,15 @@ extension FedCoord {
                 File format: the line "FEDMODEL 1", the model description line (Protocol.md, section 6),
                 then for each shard in layout order a u32 little-endian length and the encoded shard
                 (Protocol.md, section 8). The accuracy of the exported model is printed next to the
-                float32 model's, so the cost of shipping a quantized model is visible.
+                float32 model's, so the cost of shipping a smaller model is visible. A top-k codec
+                (topk:0.1+q8) prunes: it keeps each shard's largest-magnitude fraction (per-layer
+                magnitude pruning, after training) and codes the rest as zeros, sparsely.
                 """)
 
         @Option(help: "The run database.") var db: String
         @Option(help: "Round whose model to export (default: the last committed round).") var round: Int?
         @Option(help: "Output file.") var out: String
-        @Option(help: "Codec spec for the weights: fp32, fp16, q8, ... (no top-k or error feedback).") var codec = "fp32"
+        @Option(help: "Codec spec for the weights: fp32, fp16, q8, q4, ..., or topk:F+q8 to keep each shard's largest fraction F (pruning); no error feedback.") var codec = "fp32"
         @Option(help: "Test data directory for the accuracy check (test_x.npy/test_y.npy or IDX files).") var testData = "Simulations/data/mnist"
 
         func run() throws {
@@ -32,7 +34,7 @@ extension FedCoord {
                     throw StoreError("\(db): no checkpoint for round \(wanted) (kept: \(try store.checkpointRounds().map(String.init).joined(separator: ", ")))")
                 }
                 let codecSpec = try CodecSpec(parsing: codec)
-                guard codecSpec.topK == nil, !codecSpec.errorFeedback else { throw StoreError("export codecs cannot use top-k or error feedback, got \(codec)") }
+                guard !codecSpec.errorFeedback else { throw StoreError("export codecs cannot use error feedback, got \(codec)") }
                 let codec = UpdateCodec(spec: codecSpec, shardRanges: network.layout.tensors.map(\.range))
                 var generator = SeededGenerator(seed: 1)
                 let shards = try codec.encode(checkpoint.model, generator: &generator)
@@ -50,8 +52,10 @@ extension FedCoord {
                 let evaluator = Evaluator(network: network, threads: availableCores)
                 let reference = evaluator.evaluate(checkpoint.model, on: test.all)
                 let exported = evaluator.evaluate(decoded, on: test.all)
-                print(String(format: "fedcoord: exported round %d as %@ to %@ (%d bytes, float32 is %d)",
-                             wanted, codecSpec.description, out, file.count, checkpoint.model.count * 4))
+                let kept = decoded.filter { $0 != 0 }.count
+                print(String(format: "fedcoord: exported round %d as %@ to %@ (%d bytes, float32 is %d: %.1fx smaller; %d of %d weights nonzero)",
+                             wanted, codecSpec.description, out, file.count, checkpoint.model.count * 4,
+                             Double(checkpoint.model.count * 4) / Double(file.count), kept, decoded.count))
                 if spec.loss.metric == .rmse {
                     print(String(format: "test RMSE: float32 %.4f, exported %.4f (%+.2f%%)",
                                  reference.rmse, exported.rmse, (exported.rmse / max(reference.rmse, 1e-12) - 1) * 100))

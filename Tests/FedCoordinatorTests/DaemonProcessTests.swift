@@ -490,6 +490,13 @@ import Testing
         #expect(exportText.contains("exported round 8 as q8") && exportText.contains("test accuracy: float32"), "\(exportText)")
         let bytes = try Data(contentsOf: modelFile)
         #expect(bytes.starts(with: Data("FEDMODEL 1\n".utf8)) && bytes.count < 199_210 * 4 / 3)
+        // Pruned at export: each shard's largest quarter kept, 4-bit, coded sparsely.
+        let prunedLog = directory.appendingPathComponent("pruned.log")
+        let pruned = try start("fedcoord", ["export", "--db", database, "--out", modelFile.path, "--codec", "topk:0.25+q4"], output: prunedLog)
+        pruned.waitUntilExit()
+        let prunedText = try String(contentsOf: prunedLog, encoding: .utf8)
+        #expect(pruned.terminationStatus == 0 && prunedText.contains("49803 of 199210 weights nonzero"), "\(prunedText)")
+        #expect(try Data(contentsOf: modelFile).count < 199_210 * 4 / 12, "at least 12 times smaller than float32")
         for client in clients {
             for _ in 0..<100 where client.isRunning { try await Task.sleep(nanoseconds: 50_000_000) }
             #expect(client.terminationStatus == 0)
