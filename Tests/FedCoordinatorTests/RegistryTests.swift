@@ -98,4 +98,12 @@ import Testing
         }
         #expect(lines.contains { $0.hasPrefix("[clients]") })
     }
+
+    /// The own-task example the README walks through: a regression over TCP.
+    @Test func ownTaskExampleLoads() throws {
+        let (configuration, testData) = try CoordinatorConfiguration.load(contentsOf: repositoryRoot.appendingPathComponent("Configs/own-task-coordinator.toml"))
+        try configuration.validate()
+        #expect(configuration.model.wireDescription == "10|1|dense:32,relu,dense:1|mse" && configuration.targetMetric == 55)
+        #expect(FileManager.default.fileExists(atPath: try #require(testData).appendingPathComponent("test_x.npy").path))
+    }
 }
