@@ -61,8 +61,8 @@ public final class Simulation {
         try configuration.validate()
         let directory = URL(fileURLWithPath: configuration.data)
         let targets = TargetFormat(try configuration.modelSpec())
-        let train = try DataDirectory.load(directory, train: true, targets: targets)
-        let test = try DataDirectory.load(directory, train: false, targets: targets)
+        let train = try DataDirectory.load(directory, train: true, targets: targets, columns: configuration.csvColumns)
+        let test = try DataDirectory.load(directory, train: false, targets: targets, columns: configuration.csvColumns)
         try self.init(configuration: configuration, train: train, test: test)
     }
 

@@ -47,6 +47,10 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var dirichletAlpha = 0.5
     /// Labels each client holds with `partition = "labels"`.
     public var labelsPerClient = 2
+    /// With `train.csv` and `test.csv` data: the target's column and the user's (for the
+    /// natural partition), by header name or position from 0 (−1 = last).
+    public var labelColumn = "0"
+    public var userColumn: String?
     /// Seed for initialisation, partitioning, sampling and shuffling.
     public var seed: UInt64 = 1
     /// Test accuracy whose first crossing is reported as "rounds to target" (0 = none).
@@ -101,7 +105,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
-        "shards_per_client", "dirichlet_alpha", "labels_per_client", "seed", "target_accuracy", "target", "stop_at_target",
+        "shards_per_client", "dirichlet_alpha", "labels_per_client", "label_column", "user_column", "seed", "target_accuracy", "target", "stop_at_target",
         "evaluate_every", "threads", "codec", "downlink", "transport",
         "compute_speed", "uplink_mbps", "downlink_mbps", "availability", "dropout", "over_selection", "round_deadline",
         "trusted_examples", "attackers", "attack", "attack_scale", "attack_noise", "attack_from_round",
@@ -148,6 +152,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.int("shards_per_client") { c.shardsPerClient = v }
         if let v = try table.number("dirichlet_alpha") { c.dirichletAlpha = v }
         if let v = try table.int("labels_per_client") { c.labelsPerClient = v }
+        if let v = try table.numberOrString("label_column") { c.labelColumn = v }
+        if let v = try table.numberOrString("user_column") { c.userColumn = v }
         if let v = try table.count("seed") { c.seed = v }
         if table.contains("target"), table.contains("target_accuracy") { throw ConfigurationError(file: table.source, key: "target", value: nil, "give target or target_accuracy, not both") }
         if let v = try table.number("target") ?? table.number("target_accuracy") { c.targetMetric = v }
@@ -285,6 +291,11 @@ public struct SimulationConfiguration: Sendable, Equatable {
         case .labels: .labels(perClient: labelsPerClient)
         case .natural: .natural
         }
+    }
+
+    /// Which CSV columns are the target and the user.
+    public var csvColumns: CSVColumns {
+        CSVColumns(label: CSVLabelColumn(parsing: labelColumn), user: userColumn.map(CSVLabelColumn.init(parsing:)))
     }
 
     /// The model architecture: `layers` on `input` with `classes` (MNIST's when not given),

@@ -185,6 +185,41 @@ import Testing
         #expect { try Simulation(configuration: bad) } throws: { "\($0)".contains("is not a token id in 0..<20") }
     }
 
+    /// A simulation split as CSV (`train.csv`, `test.csv`) with a device column: the natural
+    /// partition gives every device its own client, the device column is not a feature, and the
+    /// target column is named by the header.
+    @Test func csvSplitsWithADeviceColumn() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fedcsv-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var generator = SeededGenerator(seed: 3)
+        for (split, rows) in [("train", 600), ("test", 200)] {
+            var text = "device,a,b,activity\n"
+            for row in 0..<rows {
+                let a = generator.nextUniform(-1, 1), b = generator.nextUniform(-1, 1)
+                text += "sensor-\(row % 6),\(a),\(b),\(a > b ? 1 : 0)\n"
+            }
+            try text.write(to: dir.appendingPathComponent("\(split).csv"), atomically: true, encoding: .utf8)
+        }
+        let configuration = try SimulationConfiguration.parse("""
+            data = "\(dir.path)"
+            input = [2]
+            classes = 2
+            layers = ["dense:16", "relu", "dense:2"]
+            label_column = "activity"
+            user_column = "device"
+            partition = "natural"
+            clients = 6
+            fraction = 1.0
+            rounds = 10
+            """, source: "csv.toml")
+        let simulation = try Simulation(configuration: configuration)
+        #expect(simulation.trainData.sampleShape == .vector(2) && simulation.clientIndices.map(\.count) == [100, 100, 100, 100, 100, 100])
+        #expect(simulation.clientIndices[1].allSatisfy { $0 % 6 == 1 }, "client 1 holds sensor-1's rows")
+        let accuracy = try #require(try simulation.run().summary.finalAccuracy)
+        #expect(accuracy > 0.9, "accuracy \(accuracy)")
+    }
+
     @Test func theModelMustFitTheTask() throws {
         #expect { try SimulationConfiguration.parse("model = \"2nn\"\nclasses = 3", source: "s.toml").modelSpec() }
             throws: { "\($0)".contains("presets are MNIST-shaped") }

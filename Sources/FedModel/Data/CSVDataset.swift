@@ -20,6 +20,16 @@ public enum CSVLabelColumn: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Which columns of a CSV file are the target and, optionally, the user or device id.
+public struct CSVColumns: Sendable, Equatable {
+    public var label: CSVLabelColumn
+    public var user: CSVLabelColumn?
+    public init(label: CSVLabelColumn = .index(0), user: CSVLabelColumn? = nil) {
+        self.label = label
+        self.user = user
+    }
+}
+
 /// A device's own data as CSV: one example per line, comma-separated; one column is the class
 /// label (an integer from 0; the first column unless told otherwise, by position or by name),
 /// every other column a feature value. An optional header row names the columns (a first row
@@ -33,14 +43,14 @@ public enum CSVDataset {
     public static let maximumMagnitude: Float = 1e9
 
     /// Reads `url`; see ``parse(_:source:labelColumn:classes:sampleShape:)``.
-    public static func load(contentsOf url: URL, labelColumn: CSVLabelColumn = .index(0), targets: TargetFormat? = .classes(nil), sampleShape: TensorShape? = nil) throws -> Dataset {
+    public static func load(contentsOf url: URL, labelColumn: CSVLabelColumn = .index(0), userColumn: CSVLabelColumn? = nil, targets: TargetFormat? = .classes(nil), sampleShape: TensorShape? = nil) throws -> Dataset {
         let text: String
         do {
             text = try String(contentsOf: url, encoding: .utf8)
         } catch {
             throw DataError(url.path, FileManager.default.fileExists(atPath: url.path) ? "cannot read file as UTF-8 text" : "no such file")
         }
-        return try parse(text, source: url.path, labelColumn: labelColumn, targets: targets, sampleShape: sampleShape)
+        return try parse(text, source: url.path, labelColumn: labelColumn, userColumn: userColumn, targets: targets, sampleShape: sampleShape)
     }
 
     /// Features become a vector of the other columns (or `sampleShape`, when given, which must
@@ -49,7 +59,12 @@ public enum CSVDataset {
     /// (a model with several outputs reads its targets from `.npy`). `targets` nil reads a label
     /// column of whole numbers from 0 as class labels and any other as values. Errors name the
     /// line and column.
-    public static func parse(_ text: String, source: String, labelColumn: CSVLabelColumn = .index(0), targets: TargetFormat? = .classes(nil), sampleShape: TensorShape? = nil) throws -> Dataset {
+    ///
+    /// `userColumn`, when given, names the column of the user or device each row came from
+    /// (any text; users are numbered in order of first appearance): it is not a feature, and it
+    /// becomes the example's group, for the natural partition.
+    public static func parse(_ text: String, source: String, labelColumn: CSVLabelColumn = .index(0), userColumn: CSVLabelColumn? = nil,
+                             targets: TargetFormat? = .classes(nil), sampleShape: TensorShape? = nil) throws -> Dataset {
         let format = targets ?? .values(width: nil, unitInterval: false)
         if case .values(let width?, _) = format, width != 1 {
             throw DataError(source, "a CSV file has one target column, the model has \(width) outputs; give the targets as y.npy of shape [N, \(width)]")
@@ -58,6 +73,9 @@ public enum CSVDataset {
         var labels: [Double] = []
         var columns: Int?
         var label = 0
+        var user: Int?
+        var groups: [Int32] = []
+        var userIndex: [String: Int32] = [:]
         var names: [String]?
         var lineNumber = 0
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
@@ -70,22 +88,29 @@ public enum CSVDataset {
                 columns = fields.count
                 let isHeader = fields.contains { Float($0) == nil }
                 if isHeader { names = fields }
-                switch labelColumn {
-                case .index(let i):
-                    let resolved = i < 0 ? fields.count + i : i
-                    guard resolved >= 0, resolved < fields.count else {
-                        throw DataError(source, "label column \(i) is outside the \(fields.count) columns")
+                func resolve(_ column: CSVLabelColumn, _ what: String) throws -> Int {
+                    switch column {
+                    case .index(let i):
+                        let resolved = i < 0 ? fields.count + i : i
+                        guard resolved >= 0, resolved < fields.count else {
+                            throw DataError(source, "\(what) column \(i) is outside the \(fields.count) columns")
+                        }
+                        return resolved
+                    case .name(let name):
+                        guard let names else { throw DataError(source, "\(what) column \"\(name)\" needs a header row naming the columns") }
+                        guard let found = names.firstIndex(of: name) else {
+                            throw DataError(source, "no column named \"\(name)\" (the header has \(names.joined(separator: ", ")))")
+                        }
+                        return found
                     }
-                    label = resolved
-                case .name(let name):
-                    guard let names else { throw DataError(source, "label column \"\(name)\" needs a header row naming the columns") }
-                    guard let found = names.firstIndex(of: name) else {
-                        throw DataError(source, "no column named \"\(name)\" (the header has \(names.joined(separator: ", ")))")
-                    }
-                    label = found
                 }
-                if let sampleShape, sampleShape.count != fields.count - 1 {
-                    throw DataError(source, "\(fields.count - 1) feature columns, the model expects \(sampleShape.count) values")
+                label = try resolve(labelColumn, "label")
+                user = try userColumn.map { try resolve($0, "user") }
+                if user == label { throw DataError(source, "the user column is the label column") }
+                let featureCount = fields.count - 1 - (user == nil ? 0 : 1)
+                guard featureCount >= 1 else { throw DataError(source, "no feature columns besides the label and the user") }
+                if let sampleShape, sampleShape.count != featureCount {
+                    throw DataError(source, "\(featureCount) feature columns, the model expects \(sampleShape.count) values")
                 }
                 if isHeader { continue }
             }
@@ -105,7 +130,12 @@ public enum CSVDataset {
                 }
                 labels.append(value)
             }
-            for (column, field) in fields.enumerated() where column != label {
+            if let user {
+                let id = userIndex[fields[user]] ?? Int32(userIndex.count)
+                userIndex[fields[user]] = id
+                groups.append(id)
+            }
+            for (column, field) in fields.enumerated() where column != label && column != user {
                 let name = names.map { "\"\($0[column])\"" } ?? "\(column)"
                 guard let value = Float(field), value.isFinite else {
                     throw DataError(source, "line \(lineNumber), column \(name): \"\(field)\" is not a finite number")
@@ -119,10 +149,11 @@ public enum CSVDataset {
             }
         }
         guard !labels.isEmpty, let columns else { throw DataError(source, "no examples") }
-        let shape = sampleShape ?? .vector(columns - 1)
+        let shape = sampleShape ?? .vector(columns - 1 - (user == nil ? 0 : 1))
+        let groupIDs = user == nil ? nil : groups
         if targets == nil, labels.allSatisfy({ $0 >= 0 && $0.rounded() == $0 && $0 < Double(Dataset.maximumClasses) }) {
-            return try TargetFormat.classes(nil).dataset(name: source, source: source, sampleShape: shape, features: features, targets: labels, width: 1)
+            return try TargetFormat.classes(nil).dataset(name: source, source: source, sampleShape: shape, features: features, targets: labels, width: 1, groups: groupIDs)
         }
-        return try format.dataset(name: source, source: source, sampleShape: shape, features: features, targets: labels, width: 1)
+        return try format.dataset(name: source, source: source, sampleShape: shape, features: features, targets: labels, width: 1, groups: groupIDs)
     }
 }

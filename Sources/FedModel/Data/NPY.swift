@@ -221,8 +221,9 @@ public enum NPYDataset {
 public enum DataDirectory {
     /// A simulation's split: `train_x.npy` and `train_y.npy` (or `test_…`), with the users in
     /// `train_ids.npy` when it is there; or `train.npz` (arrays x, y, ids); or CIFAR-10/100
-    /// binary batches; or LEAF's `train/` and `test/` JSON (users as groups); else the IDX files.
-    public static func load(_ directory: URL, train: Bool, targets: TargetFormat = .classes(nil)) throws -> Dataset {
+    /// binary batches; or LEAF's `train/` and `test/` JSON (users as groups); or `train.csv` and
+    /// `test.csv` (`columns` says which is the target and which the user); else the IDX files.
+    public static func load(_ directory: URL, train: Bool, targets: TargetFormat = .classes(nil), columns: CSVColumns = CSVColumns()) throws -> Dataset {
         let prefix = train ? "train" : "test"
         let x = directory.appendingPathComponent("\(prefix)_x.npy"), y = directory.appendingPathComponent("\(prefix)_y.npy")
         let ids = directory.appendingPathComponent("\(prefix)_ids.npy")
@@ -232,6 +233,10 @@ public enum DataDirectory {
         }
         if FileManager.default.fileExists(atPath: archive.path) { return try NPYDataset.load(archive: archive, targets: targets) }
         if LEAF.isPresent(in: directory) { return try LEAF.load(directory: directory, train: train, targets: targets) }
+        let csv = directory.appendingPathComponent("\(prefix).csv")
+        if FileManager.default.fileExists(atPath: csv.path) {
+            return try CSVDataset.load(contentsOf: csv, labelColumn: columns.label, userColumn: columns.user, targets: targets)
+        }
         guard case .classes = targets else {
             throw DataError(directory.path, "no \(prefix)_x.npy and \(prefix)_y.npy (or \(prefix).npz); CIFAR and IDX files hold class labels, the model needs \(targets)")
         }
