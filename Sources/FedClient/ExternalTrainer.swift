@@ -64,6 +64,13 @@ public struct ExternalTrainer: Sendable {
         }
     }
 
+    /// The time a run may take: 90% of the task's deadline (the rest is for the upload, or for
+    /// the DECLINE to arrive while the coordinator still waits), or ``timeout`` when the task
+    /// has no deadline, whichever is shorter.
+    func limit(for task: TrainingTask) -> Double {
+        task.deadlineMilliseconds > 0 ? min(0.9 * Double(task.deadlineMilliseconds) / 1000, timeout) : timeout
+    }
+
     /// Runs one task: writes the model and the task, runs the program (cancelled with the
     /// calling task: the program is terminated), and reads its shards back into a copy of
     /// `model` (shards it was not asked to train keep their values).
@@ -82,12 +89,12 @@ public struct ExternalTrainer: Sendable {
                         .write(to: modelDirectory.appendingPathComponent("\(tensor.name).npy"))
                 }
             }
-            let seconds = task.deadlineMilliseconds > 0 ? Double(task.deadlineMilliseconds) / 1000 : timeout
+            let seconds = limit(for: task)
             let spec = network.spec
             let description: [String: Any] = [
                 "round": Int(task.round), "model_version": Int(task.modelVersion),
                 "epochs": Int(task.localEpochs), "batch_size": Int(task.batchSize), "learning_rate": Double(task.learningRate),
-                "deadline_seconds": min(seconds, timeout),
+                "deadline_seconds": seconds,
                 "train": tensors.filter { trained.contains($0.index) }.map(\.name),
                 "shards": tensors.map { ["name": $0.name, "shape": $0.shape] },
                 "model": spec.wireDescription, "loss": spec.loss.rawValue, "outputs": spec.classes,
@@ -99,8 +106,7 @@ public struct ExternalTrainer: Sendable {
         } catch {
             throw Failure(reason: .cannotTrain, message: "cannot write the task into \(directory.path): \(error.localizedDescription)")
         }
-        let limit = min(task.deadlineMilliseconds > 0 ? Double(task.deadlineMilliseconds) / 1000 : timeout, timeout)
-        try await execute(taskFile: taskFile, limit: limit)
+        try await execute(taskFile: taskFile, limit: limit(for: task))
         var parameters = model
         for tensor in tensors where trained.contains(tensor.index) {
             let file = outDirectory.appendingPathComponent("\(tensor.name).npy")
