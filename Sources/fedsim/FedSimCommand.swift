@@ -28,7 +28,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("lr"), help: "Client learning rate.") var learningRate: Double?
     @Option(help: "Client SGD momentum.") var momentum: Double?
     @Option(name: .customLong("mu"), help: "FedProx proximal coefficient (0 = FedAvg).") var proximalMu: Double?
-    @Option(help: "Data split: iid, shards (McMahan's non-IID), dirichlet, or natural (one client per user id in train_ids.npy).") var partition: String?
+    @Option(help: "Data split: iid, shards (McMahan's non-IID), dirichlet, labels (--labels-per-client each), or natural (one client per user id: train_ids.npy, LEAF users or a CSV user_column).") var partition: String?
     @Option(name: .customLong("alpha"), help: "Dirichlet concentration for --partition dirichlet.") var dirichletAlpha: Double?
     @Option(name: .customLong("labels-per-client"), help: "Labels each client holds for --partition labels (NIID-Bench's #C = k).") var labelsPerClient: Int?
     @Option(help: "Model preset: 2nn or cnn.") var model: String?
