@@ -153,7 +153,7 @@ let package = Package(
         .executableTarget(
             name: "fedsim",
             dependencies: [
-                "FedSim", "FedStore", "FedCodec",
+                "FedSim", "FedStore", "FedCodec", "FedCoordinator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -65,6 +65,8 @@ public actor ClientDaemon {
     private var trainer: LocalTrainer?
     private var model: [Float] = []
     private var versions: [UInt32?] = []
+    /// Per shard, the positions a pruned (sparse) model shard kept, or nil for a whole shard.
+    private var masks: [[UInt32]?] = []
     /// Error-feedback residual: loaded or created on the first task that uses `+ef`.
     private var residual: ErrorFeedback?
     /// Rounds this client trained and uploaded.
@@ -317,6 +319,7 @@ public actor ClientDaemon {
         trainer = nil
         model = []
         versions = Array(repeating: nil, count: network.layout.tensors.count)
+        masks = Array(repeating: nil, count: network.layout.tensors.count)
         residual = nil
     }
 
@@ -334,10 +337,14 @@ public actor ClientDaemon {
         guard index < network.layout.tensors.count else { throw ProtocolError(.malformedMessage, "shard index \(index) out of range") }
         let range = network.layout.tensors[index].range
         if model.isEmpty { model = [Float](repeating: 0, count: network.parameterCount) }
+        if masks.count != network.layout.tensors.count { masks = Array(repeating: nil, count: network.layout.tensors.count) }
         do {
+            var kept: [UInt32]?
             try model.withUnsafeMutableBufferPointer { all in
-                try shard.encoded.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[range])) }
+                try shard.encoded.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[range]), keptPositions: &kept) }
             }
+            // A sparse model shard is pruned: only the positions it lists are trained.
+            masks[index] = kept
         } catch let error as CodecError {
             versions[index] = nil
             throw ProtocolError(.malformedMessage, "model shard \(index): \(error)")
@@ -365,6 +372,7 @@ public actor ClientDaemon {
             throw ProtocolError(.malformedMessage, "task names a shard outside the model")
         }
         var local = model
+        let mask = PruningMask(kept: masks.count == network.layout.tensors.count ? masks : Array(repeating: nil, count: network.layout.tensors.count))
         let examples: Int, meanLoss: Double
         if let external = configuration.trainer {
             let result = try await external.run(model: model, network: network, task: task, trained: trained, dataPath: configuration.dataPath)
@@ -380,15 +388,18 @@ public actor ClientDaemon {
             let summary = trainer.train(
                 parameters: &local, anchor: nil, data: data, epochs: Int(task.localEpochs),
                 batchSize: Int(task.batchSize), sgd: SGD(learningRate: task.learningRate), generator: &generator,
-                frozen: frozen)
+                frozen: frozen, keep: mask.multipliers(layout: network.layout))
             (examples, meanLoss) = (data.count, summary.meanLoss)
         }
         var delta = zip(local, model).map { $0 - $1 }
         if spec.errorFeedback, residual == nil { residual = try loadResidual(count: network.parameterCount) }
         if spec.errorFeedback { residual?.compensate(&delta) }
+        // Pruned weights stay zero (an external trainer may have moved them): their delta is
+        // not sent, and the update travels sparse over the mask.
+        if mask.isPruning { mask.apply(to: &delta, layout: network.layout) }
         var codecGenerator = SeededGenerator(seed: configuration.seed, stream: 0xC0DE, UInt64(task.round), configuration.seedStream)
         let codec = UpdateCodec(spec: spec, shardRanges: network.layout.tensors.map(\.range))
-        let encoded = try codec.encode(delta, generator: &codecGenerator)
+        let encoded = try codec.encode(delta, masks: mask.isPruning ? mask.kept : nil, generator: &codecGenerator)
         if spec.errorFeedback, var feedback = residual {
             var decoded = delta
             try codec.decode(encoded, into: &decoded)

@@ -165,14 +165,18 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
     /// must use its task's codec), or nil when it does: the same value codec; sparse exactly
     /// when the spec has top-k, with at most ⌈F·n⌉ values; the spec's group size for the
     /// grouped codecs; the stochastic flag only with `sr`; no zlib with `raw`.
-    public func nonconformance(of header: ShardCodec.Header) -> String? {
+    ///
+    /// `maskKeeps` is the number of positions a pruned shard keeps: its update may be sparse
+    /// over them (or dense: the receiver drops what falls outside the mask).
+    public func nonconformance(of header: ShardCodec.Header, maskKeeps: Int? = nil) -> String? {
         guard header.codec == codec else { return "encoded with \(header.codec), the task asked for \(self)" }
         if let topK {
             guard header.sparse else { return "dense, the task asked for top-k (\(self))" }
-            let allowed = Self.keptCount(of: header.elementCount, fraction: topK)
-            guard header.keptCount <= allowed else { return "keeps \(header.keptCount) values, the task's top-k allows \(allowed)" }
+            let allowed = min(Self.keptCount(of: header.elementCount, fraction: topK), maskKeeps ?? Int.max)
+            guard header.keptCount <= allowed else { return "keeps \(header.keptCount) values, the task's top-k\(maskKeeps == nil ? "" : " and pruning mask") allow\(maskKeeps == nil ? "s" : "") \(allowed)" }
         } else if header.sparse {
-            return "sparse, the task asked for a dense \(self)"
+            guard let maskKeeps else { return "sparse, the task asked for a dense \(self)" }
+            guard header.keptCount <= maskKeeps else { return "keeps \(header.keptCount) values, the pruning mask keeps \(maskKeeps)" }
         }
         if codec.bits != nil, header.groupSize != groupSize {
             return "group size \(header.groupSize), the task asked for \(groupSize)"

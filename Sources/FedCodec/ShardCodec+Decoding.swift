@@ -28,18 +28,27 @@ extension ShardCodec {
     /// Decodes into `output`, whose count is the expected element count. Positions a sparse
     /// shard does not carry are set to zero.
     public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>) throws {
+        var ignored: [UInt32]?
+        try decode(bytes, into: output, keptPositions: &ignored)
+    }
+
+    /// Decodes into `output` and sets `keptPositions` to the positions a sparse shard carries
+    /// (ascending), or nil for a dense one: a sparse model shard's positions are its pruning
+    /// mask.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>, keptPositions: inout [UInt32]?) throws {
         let header = try parseHeader(bytes, expectedCount: output.count)
         let stored = UnsafeRawBufferPointer(rebasing: bytes[headerSize...])
         if header.zlib {
             let inflated = try zlibDecompress(stored, expectedLength: header.bodyLength)
-            try inflated.withUnsafeBytes { try decodeBody($0, header: header, into: output) }
+            keptPositions = try inflated.withUnsafeBytes { try decodeBody($0, header: header, into: output) }
         } else {
             // Decoded in place: an uncompressed body is not copied first.
-            try decodeBody(stored, header: header, into: output)
+            keptPositions = try decodeBody(stored, header: header, into: output)
         }
     }
 
-    private static func decodeBody(_ body: UnsafeRawBufferPointer, header: Header, into output: UnsafeMutableBufferPointer<Float>) throws {
+    @discardableResult
+    private static func decodeBody(_ body: UnsafeRawBufferPointer, header: Header, into output: UnsafeMutableBufferPointer<Float>) throws -> [UInt32]? {
         guard crc32Checksum(body) == header.checksum else {
             throw CodecError(.badChecksum, "body checksum 0x\(String(crc32Checksum(body), radix: 16)) does not match the header's 0x\(String(header.checksum, radix: 16))")
         }
@@ -74,8 +83,10 @@ extension ShardCodec {
             try kept.withUnsafeMutableBufferPointer { try readValues(values, header: header, into: $0) }
             output.update(repeating: 0)
             for (value, index) in zip(kept, indices) { output[Int(index)] = value }
+            return indices
         } else {
             try readValues(values, header: header, into: output)
+            return nil
         }
     }
 

@@ -31,8 +31,12 @@ public enum ShardCodec {
 
     /// Encodes `values`. Throws ``CodecError`` (`nonFinite`) for NaN, infinities, or values
     /// outside float16's range with `fp16`: a client never sends what it cannot represent.
+    ///
+    /// `keeping` (ascending positions, a pruning mask) makes the shard sparse over exactly those
+    /// positions, whatever their values; with top-k as well, the largest ⌈F·n⌉ of them are
+    /// sent. A mask that keeps every position is dense.
     public static func encode<G: RandomNumberGenerator>(
-        _ values: UnsafeBufferPointer<Float>, spec: CodecSpec, generator: inout G
+        _ values: UnsafeBufferPointer<Float>, spec: CodecSpec, keeping: [UInt32]? = nil, generator: inout G
     ) throws -> [UInt8] {
         let n = values.count
         guard n <= Int(UInt32.max / 8) else { throw CodecError(.badHeader, "shard of \(n) values is too large") }
@@ -44,9 +48,22 @@ public enum ShardCodec {
         var out = [UInt8](repeating: 0, count: headerSize)
         var indexEncoding = IndexEncoding.none
         var keptStorage: [Float] = []
-        if let fraction = spec.topK, n > 0 {
-            let k = CodecSpec.keptCount(of: n, fraction: fraction)
-            let indices = topKIndices(values, k: k)
+        let mask = keeping.flatMap { $0.count < n && !$0.isEmpty ? $0 : nil }
+        if mask != nil || spec.topK != nil, n > 0 {
+            var indices: [UInt32]
+            if let mask {
+                guard mask.last! < UInt32(n), zip(mask, mask.dropFirst()).allSatisfy({ $0 < $1 }) else {
+                    throw CodecError(.badIndex, "mask positions are not ascending within 0..<\(n)")
+                }
+                indices = mask
+                if let fraction = spec.topK, CodecSpec.keptCount(of: n, fraction: fraction) < mask.count {
+                    let masked = mask.map { values[Int($0)] }
+                    let chosen = masked.withUnsafeBufferPointer { topKIndices($0, k: CodecSpec.keptCount(of: n, fraction: fraction)) }
+                    indices = chosen.map { mask[Int($0)] }
+                }
+            } else {
+                indices = topKIndices(values, k: CodecSpec.keptCount(of: n, fraction: spec.topK!))
+            }
             keptStorage = indices.map { values[Int($0)] }
             let varints = encodeDeltaVarints(indices)
             let bitmapLength = (n + 7) / 8

@@ -11,12 +11,14 @@ public struct UpdateCodec: Sendable {
         count = shardRanges.last?.upperBound ?? 0
     }
 
-    /// One encoded byte string per shard.
-    public func encode<G: RandomNumberGenerator>(_ vector: [Float], generator: inout G) throws -> [[UInt8]] {
+    /// One encoded byte string per shard. `masks` (a pruning mask's kept positions per shard,
+    /// nil for a whole shard) makes masked shards sparse over their kept positions.
+    public func encode<G: RandomNumberGenerator>(_ vector: [Float], masks: [[UInt32]?]? = nil, generator: inout G) throws -> [[UInt8]] {
         precondition(vector.count == count, "vector does not match the layout")
+        precondition(masks == nil || masks!.count == shardRanges.count, "masks do not match the layout")
         return try vector.withUnsafeBufferPointer { all in
-            try shardRanges.map { range in
-                try ShardCodec.encode(UnsafeBufferPointer(rebasing: all[range]), spec: spec, generator: &generator)
+            try shardRanges.enumerated().map { index, range in
+                try ShardCodec.encode(UnsafeBufferPointer(rebasing: all[range]), spec: spec, keeping: masks?[index], generator: &generator)
             }
         }
     }

@@ -14,6 +14,38 @@ public enum SharedKeys {
     /// The model: a preset or a list of layers, with the task's input shape, output size
     /// (`classes`, or its synonym `outputs`) and loss.
     public static let model: Set<String> = ["model", "layers", "input", "classes", "outputs", "loss"]
+    /// Federated magnitude pruning on Zhu and Gupta's schedule.
+    public static let pruning: Set<String> = ["prune_sparsity", "prune_initial_sparsity", "prune_start", "prune_end", "prune_every", "prune_scope"]
+}
+
+extension PruningSchedule.Scope: ConfigurationChoice {}
+
+extension PruningSchedule {
+    /// The schedule the `prune_` keys of `table` describe, or nil when they are absent.
+    /// `prune_sparsity` is required with any of them; `prune_end` 0 (the default) means half
+    /// the run's rounds (``resolved(rounds:)``).
+    public static func configured(_ table: ConfigurationTable) throws -> PruningSchedule? {
+        guard !SharedKeys.pruning.isDisjoint(with: table.keys) else { return nil }
+        guard let sparsity = try table.number("prune_sparsity") else {
+            throw ConfigurationError(file: table.source, key: "prune_sparsity", value: nil, "is required with the other prune_ keys (the final fraction of weights pruned, e.g. 0.9)")
+        }
+        var schedule = PruningSchedule(sparsity: sparsity, endRound: 0)
+        if let v = try table.number("prune_initial_sparsity") { schedule.initialSparsity = v }
+        if let v = try table.int("prune_start") { schedule.startRound = v }
+        if let v = try table.int("prune_end") { schedule.endRound = v }
+        if let v = try table.int("prune_every") { schedule.every = v }
+        if let v = try table.choice("prune_scope", as: Scope.self) { schedule.scope = v }
+        return schedule
+    }
+
+    /// This schedule with an unset end (0) put at half of `rounds` (not before the start), and
+    /// checked against the run; errors name the key.
+    public func resolved(rounds: Int) throws -> PruningSchedule {
+        var schedule = self
+        if schedule.endRound == 0 { schedule.endRound = max(schedule.startRound, rounds / 2) }
+        do { try schedule.validate(rounds: rounds) } catch let error as ModelError { throw ConfigurationError(error.description) }
+        return schedule
+    }
 }
 
 extension AggregationSettings.Rule: ConfigurationChoice {}

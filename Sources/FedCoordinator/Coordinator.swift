@@ -100,6 +100,7 @@ public actor Coordinator {
         settings.updateBound = configuration.updateBound
         settings.lossGuard = configuration.lossGuard
         settings.skipClientsThatMissedADeadline = true
+        settings.pruning = try configuration.pruning?.resolved(rounds: configuration.rounds)
 
         var initial = network.initialParameters(seed: configuration.seed)
         var resume: (round: Int, modelVersion: UInt32, optimizer: ServerOptimizer, ledger: TrustLedger)?
@@ -383,11 +384,13 @@ public actor Coordinator {
             metrics.testMetric.set(to: value)
             if configuration.model.loss.metric == .accuracy { metrics.accuracy.set(to: value) }
         }
-        logger.info("round complete", metadata: [
+        var metadata: Logger.Metadata = [
             "round": "\(record.round)", "updates": "\(record.completed)/\(record.selected)",
             "\(configuration.model.loss.metric)": "\(record.testMetric.map { String(format: "%.4f", $0) } ?? "-")",
             "seconds": "\(String(format: "%.2f", record.seconds))",
-        ])
+        ]
+        if let sparsity = record.sparsity { metadata["sparsity"] = "\(String(format: "%.3f", sparsity))" }
+        logger.info("round complete", metadata: metadata)
     }
 
     /// Queues the round's tasks and sends as many as may be in flight.
@@ -442,7 +445,9 @@ public actor Coordinator {
     private func downloadShards() throws -> (version: UInt32, shards: [[UInt8]], digests: [[UInt8]]) {
         if let cache = downloadCache, cache.version == engine.modelVersion { return cache }
         var generator = SeededGenerator(seed: configuration.seed, stream: 0xD0, UInt64(engine.modelVersion))
-        let shards = try downlink.encode(engine.global, generator: &generator)
+        // A pruned shard goes out sparse over its mask: the positions it lists are the weights
+        // the client trains (Protocol.md, section 8.4).
+        let shards = try downlink.encode(engine.global, masks: engine.mask?.kept, generator: &generator)
         var decoded = engine.global
         try downlink.decode(shards, into: &decoded)
         let digests = network.layout.tensors.map { tensor in

@@ -4,7 +4,7 @@ import FedModel
 import Foundation
 
 extension CoordinatorConfiguration {
-    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
+    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union([
         "host", "port", "rounds", "target_accuracy", "target", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "max_tasks_in_flight", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
@@ -49,6 +49,7 @@ extension CoordinatorConfiguration {
         }
         if let v = try table.number("handshake_timeout") { c.handshakeTimeout = v }
         try c.aggregation.read(table)
+        c.pruning = try PruningSchedule.configured(table)
         if let v = try table.number("update_bound") { c.updateBound = v }
         if let v = try table.number("loss_guard") { c.lossGuard = v }
         if let v = try table.int("trusted_examples") { c.trustedExamples = v }
@@ -133,6 +134,9 @@ extension CoordinatorConfiguration {
         guard updateBound == 0 || (updateBound >= 1 && updateBound.isFinite) else { throw fail("update_bound must be 0 (off) or a finite number of at least 1, got \(updateBound)") }
         guard lossGuard == 0 || (lossGuard >= 1 && lossGuard.isFinite) else { throw fail("loss_guard must be 0 (off) or a finite number of at least 1, got \(lossGuard)") }
         guard trustedExamples >= 2 else { throw fail("trusted_examples must be at least 2, got \(trustedExamples)") }
+        if let pruning {
+            do { _ = try pruning.resolved(rounds: rounds) } catch let error as ConfigurationError { throw fail(error.description) }
+        }
         guard !aggregation.needsTrustedDirections || trustedDataPath != nil else {
             throw fail("aggregator trust needs trusted_data: a data directory the server trusts (train_x.npy/train_y.npy, train.npz, CIFAR, LEAF or IDX files)")
         }

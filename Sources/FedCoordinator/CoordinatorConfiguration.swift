@@ -41,6 +41,9 @@ public struct CoordinatorConfiguration: Sendable {
     public var serverOptimizer = ServerOptimizer.Settings()
     /// FedAvg or a robust rule, the norm bound and central differential privacy.
     public var aggregation = AggregationSettings()
+    /// Federated magnitude pruning (nil = none; the `prune_` keys): masked shards go out
+    /// sparse and updates count only on the kept weights. An end of 0 means half the rounds.
+    public var pruning: PruningSchedule?
     /// Default bound on one update: its L2 norm is scaled down to this multiple of the median
     /// norm of the updates accepted in recent rounds (0 = off).
     public var updateBound = 3.0

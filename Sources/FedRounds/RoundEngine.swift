@@ -64,6 +64,9 @@ public struct RoundEngine {
         /// model), or in selection order once the round closes (held encoded until then: what a
         /// simulation on a virtual clock needs to stay bit-for-bit reproducible).
         public var addInSelectionOrder = false
+        /// Federated magnitude pruning (nil = none): the engine prunes the global model on this
+        /// schedule, and ``RoundEngine/mask`` says what the shells send sparse.
+        public var pruning: PruningSchedule?
 
         public init(rounds: Int, clientsPerRound: Int, selectionSize: Int? = nil) {
             self.rounds = rounds
@@ -163,6 +166,9 @@ public struct RoundEngine {
     public private(set) var nextRound: Int
     /// True once the last round is committed or the target reached.
     public private(set) var isFinished = false
+    /// With pruning, the weights the global model keeps (its other weights are zero): shells
+    /// send masked shards sparse over it, and updates count only there.
+    public private(set) var mask: PruningMask?
 
     private let ranges: [Range<Int>]
     private let trusted: TrustedDirections?
@@ -204,6 +210,11 @@ public struct RoundEngine {
         self.trusted = trusted
         self.evaluate = evaluate
         scratch = [Float](repeating: 0, count: network.parameterCount)
+        // A resumed pruned model carries its mask in its zeros.
+        if settings.pruning != nil {
+            let implied = PruningMask(zerosOf: initial, layout: network.layout)
+            if implied.isPruning { mask = implied }
+        }
     }
 
     // MARK: Clients
@@ -446,6 +457,13 @@ public struct RoundEngine {
                     return .rejected(round: round.round, reason: problem)
                 }
             }
+            if let schedule = settings.pruning {
+                if let sparsity = schedule.step(afterRound: round.round) {
+                    mask = PruningMask(pruning: global, layout: layout, to: sparsity, scope: schedule.scope, previous: mask)
+                }
+                // Also after rounds without a step: server momentum may have moved pruned weights.
+                if let mask, mask.isPruning { mask.apply(to: &global, layout: layout) }
+            }
             modelVersion += 1
         }
         if let reference = outcome.referenceNorm { referenceNorm = reference }
@@ -461,6 +479,7 @@ public struct RoundEngine {
             startedAt: round.startedAt, closedAt: time, participations: round.participations,
             notices: round.notices + notices(outcome, aggregated: round.aggregated, round: round.round),
             trust: Dictionary(uniqueKeysWithValues: Set(round.aggregated).compactMap { id in ledger.records[id].map { (id, $0) } }))
+        if settings.pruning != nil { record.sparsity = mask?.sparsity(layout: layout) ?? 0 }
         if let evaluate, round.round % max(1, settings.evaluateEvery) == 0 || round.round == settings.rounds {
             let evaluation = evaluation ?? evaluate(global)
             record.testMetric = evaluation.metric
@@ -519,7 +538,7 @@ public struct RoundEngine {
                 } catch {
                     throw Refusal(.badUpdate, "shard \(index): \(error)")
                 }
-                if let problem = settings.uplink.nonconformance(of: header) {
+                if let problem = settings.uplink.nonconformance(of: header, maskKeeps: mask?.kept[index]?.count) {
                     throw Refusal(.badUpdate, "shard \(index) is \(problem)")
                 }
             }
@@ -554,6 +573,8 @@ public struct RoundEngine {
         case .encoded: delta = scratch
         case .decoded(let decoded): delta = decoded
         }
+        // Pruned weights stay zero: whatever an update says about them is dropped.
+        if let mask, mask.isPruning { mask.apply(to: &delta, layout: layout) }
         let norm = UpdateAggregator.norm(delta, shards: update.shards, ranges: ranges)
         round.norms.append(norm)
         if settings.updateBound > 0, let reference = Self.median(recentNorms), reference > 0, norm > settings.updateBound * reference {

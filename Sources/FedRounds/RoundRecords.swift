@@ -88,6 +88,8 @@ public struct RoundOutcome: Sendable, Equatable {
     public var notices: [AggregationNotice]
     /// Trust records of the clients aggregated this round (trust rule), to commit with it.
     public var trust: [String: TrustLedger.Record]
+    /// With pruning, the fraction of the prunable weights the model after the round has pruned.
+    public var sparsity: Double? = nil
 }
 
 /// How a round closed.

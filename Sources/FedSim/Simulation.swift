@@ -130,6 +130,7 @@ public final class Simulation {
         settings.evaluateEvery = configuration.evaluateEvery
         settings.aggregation = configuration.aggregation
         settings.serverOptimizer = try configuration.serverOptimizerSettings()
+        settings.pruning = try configuration.pruning?.resolved(rounds: configuration.rounds)
         arrivalDecides = devices.overSelection > 1 || devices.roundDeadline > 0
         settings.addInSelectionOrder = arrivalDecides
         let latest = self.latest
@@ -195,7 +196,9 @@ public final class Simulation {
         // The model every participant starts from: the global model as the downlink codec
         // delivers it. The server keeps its own exact copy and applies deltas to that.
         var downlinkGenerator = SeededGenerator(seed: c.seed, stream: 0xD0, UInt64(round))
-        let downloaded = try downlink.encode(engine.global, generator: &downlinkGenerator)
+        let mask = engine.mask
+        let downloaded = try downlink.encode(engine.global, masks: mask?.kept, generator: &downlinkGenerator)
+        let keep = mask?.multipliers(layout: network.layout)
         var received = engine.global
         if !downlink.spec.isLossless { try downlink.decode(downloaded, into: &received) }
         let downloadBytes = downloaded.reduce(0) { $0 + $1.count }
@@ -230,7 +233,7 @@ public final class Simulation {
                     let summary = trainers[worker].train(
                         parameters: &locals[worker], anchor: anchor,
                         data: DatasetSlice(dataset: malicious ? (poisoned ?? data) : data, indices: indices[client]),
-                        epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator)
+                        epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator, keep: keep)
                     outcome.loss = summary.meanLoss
                     var encoded: [[UInt8]] = []
                     if summary.meanLoss.isFinite {
@@ -243,7 +246,7 @@ public final class Simulation {
                             let feedback = uplink.spec.errorFeedback ? residuals.take(client, count: parameterCount) : nil
                             feedback?.compensate(&sent[worker])
                             var codecGenerator = SeededGenerator(seed: c.seed, stream: 0xC0DE, UInt64(round), UInt64(client))
-                            encoded = try uplink.encode(sent[worker], generator: &codecGenerator)
+                            encoded = try uplink.encode(sent[worker], masks: mask?.kept, generator: &codecGenerator)
                             outcome.uplinkBytes = encoded.reduce(0) { $0 + $1.count }
                             try uplink.decode(encoded, into: &decoded[worker])
                             if var feedback {
@@ -292,6 +295,7 @@ public final class Simulation {
             uplinkBytes: outcome.uplinkBytes, downlinkBytes: outcome.downlinkBytes, seconds: 0,
             selected: outcome.selected, dropped: outcome.dropped, late: outcome.late,
             simulatedSeconds: simulatedSeconds, metric: network.spec.loss.metric)
+        record.sparsity = outcome.sparsity
         record.seconds = Date().timeIntervalSince(startTime)
         if let store {
             try store.commit(

@@ -99,10 +99,13 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// The first round in which the attackers attack; before it they train honestly (a
     /// "sleeper" that earns trust first).
     public var attackFromRound = 1
+    /// Federated magnitude pruning (nil = none): the `prune_` keys; an end of 0 means half
+    /// the rounds.
+    public var pruning: PruningSchedule?
 
     public init() {}
 
-    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union([
+    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union([
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
         "shards_per_client", "dirichlet_alpha", "labels_per_client", "label_column", "user_column", "seed", "target_accuracy", "target", "stop_at_target",
@@ -190,6 +193,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.number("attack_scale") { c.attackScale = v }
         if let v = try table.number("attack_noise") { c.attackNoise = v }
         if let v = try table.int("attack_from_round") { c.attackFromRound = v }
+        c.pruning = try PruningSchedule.configured(table)
         return c
     }
 
@@ -226,6 +230,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         do { try aggregation.validate() } catch let error as ModelError { throw ConfigurationError(error.description) }
         guard trustedExamples >= 2 else { throw ConfigurationError("trusted_examples must be at least 2, got \(trustedExamples)") }
         guard attackers >= 0, attackers < 1 else { throw ConfigurationError("attackers must be in [0, 1), got \(attackers)") }
+        if let pruning { _ = try pruning.resolved(rounds: rounds) }
         guard attackFromRound >= 1 else { throw ConfigurationError("attack_from_round must be at least 1, got \(attackFromRound)") }
         guard attackScale.isFinite, attackNoise >= 0, attackNoise.isFinite else { throw ConfigurationError("attack_scale and attack_noise must be finite (attack_noise non-negative)") }
         switch transport {

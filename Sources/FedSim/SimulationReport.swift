@@ -28,9 +28,11 @@ public struct RoundRecord: Codable, Sendable, Equatable {
     public var simulatedSeconds: Double?
     /// Which metric ``testMetric`` is.
     public var metric = Metric.accuracy
+    /// With pruning, the fraction of the prunable weights the model after this round has pruned.
+    public var sparsity: Double?
 
     enum CodingKeys: String, CodingKey {
-        case round, clients, seconds, selected, dropped, late, metric
+        case round, clients, seconds, selected, dropped, late, metric, sparsity
         case simulatedSeconds = "simulated_seconds"
         case testMetric = "test_metric"
         case testAccuracy = "test_accuracy"
@@ -72,6 +74,7 @@ public struct RoundRecord: Codable, Sendable, Equatable {
         dropped = try c.decodeIfPresent(Int.self, forKey: .dropped) ?? 0
         late = try c.decodeIfPresent(Int.self, forKey: .late) ?? 0
         simulatedSeconds = try c.decodeIfPresent(Double.self, forKey: .simulatedSeconds)
+        sparsity = try c.decodeIfPresent(Double.self, forKey: .sparsity)
     }
 
     /// Every key is always present; a round that was not evaluated has `null` metric and loss.
@@ -92,6 +95,7 @@ public struct RoundRecord: Codable, Sendable, Equatable {
         try c.encode(dropped, forKey: .dropped)
         try c.encode(late, forKey: .late)
         try c.encode(simulatedSeconds, forKey: .simulatedSeconds)
+        try c.encode(sparsity, forKey: .sparsity)
     }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FedCodec
+import FedCoordinator
 import FedModel
 import FedStore
 import Foundation
@@ -12,9 +13,10 @@ extension FedCoord {
                 File format: the line "FEDMODEL 1", the model description line (Protocol.md, section 6),
                 then for each shard in layout order a u32 little-endian length and the encoded shard
                 (Protocol.md, section 8). The accuracy of the exported model is printed next to the
-                float32 model's, so the cost of shipping a smaller model is visible. A top-k codec
-                (topk:0.1+q8) prunes: it keeps each shard's largest-magnitude fraction (per-layer
-                magnitude pruning, after training) and codes the rest as zeros, sparsely.
+                float32 model's, so the cost of shipping a smaller model is visible. A model trained
+                with pruning (prune_sparsity) is written sparse over its kept weights. A top-k codec
+                (topk:0.1+q8) prunes at export: it keeps each shard's largest-magnitude fraction
+                (per-layer magnitude pruning, after training) and codes the rest as zeros, sparsely.
                 """)
 
         @Option(help: "The run database.") var db: String
@@ -34,35 +36,11 @@ extension FedCoord {
                     throw StoreError("\(db): no checkpoint for round \(wanted) (kept: \(try store.checkpointRounds().map(String.init).joined(separator: ", ")))")
                 }
                 let codecSpec = try CodecSpec(parsing: codec)
-                guard !codecSpec.errorFeedback else { throw StoreError("export codecs cannot use error feedback, got \(codec)") }
-                let codec = UpdateCodec(spec: codecSpec, shardRanges: network.layout.tensors.map(\.range))
-                var generator = SeededGenerator(seed: 1)
-                let shards = try codec.encode(checkpoint.model, generator: &generator)
-                var file = Data("FEDMODEL 1\n\(description)\n".utf8)
-                for shard in shards {
-                    var length = UInt32(shard.count).littleEndian
-                    file.append(Data(bytes: &length, count: 4))
-                    file.append(contentsOf: shard)
-                }
-                try file.write(to: URL(fileURLWithPath: out), options: .atomic)
-                var decoded = checkpoint.model
-                try codec.decode(shards, into: &decoded)
                 let test = try DataDirectory.load(URL(fileURLWithPath: testData), train: false, targets: TargetFormat(spec))
-                if let problem = network.accepts(test) { throw DataError(testData, problem) }
-                let evaluator = Evaluator(network: network, threads: availableCores)
-                let reference = evaluator.evaluate(checkpoint.model, on: test.all)
-                let exported = evaluator.evaluate(decoded, on: test.all)
-                let kept = decoded.filter { $0 != 0 }.count
-                print(String(format: "fedcoord: exported round %d as %@ to %@ (%d bytes, float32 is %d: %.1fx smaller; %d of %d weights nonzero)",
-                             wanted, codecSpec.description, out, file.count, checkpoint.model.count * 4,
-                             Double(checkpoint.model.count * 4) / Double(file.count), kept, decoded.count))
-                if spec.loss.metric == .rmse {
-                    print(String(format: "test RMSE: float32 %.4f, exported %.4f (%+.2f%%)",
-                                 reference.rmse, exported.rmse, (exported.rmse / max(reference.rmse, 1e-12) - 1) * 100))
-                } else {
-                    print(String(format: "test %@: float32 %.4f, exported %.4f (%+.2f points)", spec.loss.metric.rawValue,
-                                 reference.accuracy, exported.accuracy, (exported.accuracy - reference.accuracy) * 100))
-                }
+                let result = try ModelExport.write(model: checkpoint.model, network: network, codec: codecSpec, to: URL(fileURLWithPath: out), test: test)
+                let lines = ModelExport.describe(result, codec: codecSpec, path: out, what: "round \(wanted)")
+                print("fedcoord: " + lines[0])
+                for line in lines.dropFirst() { print(line) }
             } catch let error as StoreError {
                 fail(error.description)
             } catch let error as CodecError {

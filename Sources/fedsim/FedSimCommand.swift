@@ -1,5 +1,6 @@
 import ArgumentParser
 import FedCodec
+import FedCoordinator
 import FedModel
 import FedSim
 import FedStore
@@ -53,9 +54,12 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(help: "Fraction of malicious clients.") var attackers: Double?
     @Option(help: "What they do: sign_flip, scale, noise or label_flip.") var attack: String?
     @Option(name: .customLong("attack-from-round"), help: "First round the attackers attack (honest before it).") var attackFromRound: Int?
+    @Option(help: "Federated magnitude pruning to this final sparsity in [0, 1) (e.g. 0.9), on Zhu and Gupta's schedule: prune_start, prune_end (default: half the rounds), prune_every, prune_scope in the scenario.") var prune: Double?
     @Option(help: "Data directory: train_x.npy/train_y.npy/test_x.npy/test_y.npy, or the four IDX files (overrides the scenario's data).") var data: String?
     @Option(help: "Write the JSON report to this file.") var report: String?
     @Option(help: "Record the run in this SQLite file (the fedcoord schema; read it with fedcoord report). In-memory transport only.") var db: String?
+    @Option(help: "Write the final global model to this file (fedcoord export's format; in-memory transport only), with --export-codec, and print its size and test metric beside the float32 model's.") var export: String?
+    @Option(name: .customLong("export-codec"), help: "Codec of the exported weights: fp32, fp16, q8, q4, ... or topk:F+q8 to prune at export (default q8). A pruned model is written sparse.") var exportCodec = "q8"
     @Option(help: "Write an SVG plot of accuracy, loss and bytes per round to this file.") var plot: String?
     @Option(help: "Progress display: auto (a live bar on a terminal, one line per round otherwise), bar, lines or none.")
     var progress: ProgressStyle = .auto
@@ -123,6 +127,9 @@ struct FedSimCommand: AsyncParsableCommand {
         if let attackers { c.attackers = attackers }
         if let attack { c.attack = try Attack.parse(attack, key: "--attack") }
         if let data { c.data = data }
+        if let prune {
+            if c.pruning == nil { c.pruning = PruningSchedule(sparsity: prune, endRound: 0) } else { c.pruning!.sparsity = prune }
+        }
         try c.validate()
         return c
     }
@@ -140,6 +147,16 @@ struct FedSimCommand: AsyncParsableCommand {
             let directory = URL(fileURLWithPath: plot).deletingLastPathComponent().path
             guard FileManager.default.isWritableFile(atPath: directory.isEmpty ? "." : directory) else {
                 throw ConfigurationError("cannot write the plot to \(plot): directory \(directory) is not writable or does not exist")
+            }
+        }
+        var exportSpec: CodecSpec?
+        if let export {
+            guard c.transport == .memory else { throw ConfigurationError("--export writes the in-memory transport's model; with --transport tcp use fedcoord serve --db and fedcoord export") }
+            exportSpec = try CodecSpec.configured(exportCodec, key: "--export-codec")
+            guard !exportSpec!.errorFeedback else { throw ConfigurationError("--export-codec: \"\(exportCodec)\" may not use error feedback") }
+            let directory = URL(fileURLWithPath: export).deletingLastPathComponent().path
+            guard FileManager.default.isWritableFile(atPath: directory.isEmpty ? "." : directory) else {
+                throw ConfigurationError("cannot write the model to \(export): directory \(directory) is not writable or does not exist")
             }
         }
         let loadStart = Date()
@@ -182,10 +199,23 @@ struct FedSimCommand: AsyncParsableCommand {
         }
         line += String(format: ", %.2fs per round, %.1fs total", s.meanSecondsPerRound, s.totalSeconds)
         line += ", uplink \(s.uplinkBytes) bytes, downlink \(s.downlinkBytes) bytes"
+        if let sparsity = result.rounds.last?.sparsity { line += String(format: ", sparsity %.3f", sparsity) }
         if let simulated = s.simulatedSeconds { line += String(format: ", %.1f simulated seconds", simulated) }
         print(line)
         if !quiet, s.perClassAccuracy.count > 1, s.perClassAccuracy.count <= 100 {
             print("fedsim: accuracy per \(s.metric == .labelAccuracy ? "label" : "class"): " + s.perClassAccuracy.enumerated().map { c, a in "\(c) " + (a.map { String(format: "%.3f", $0) } ?? "-") }.joined(separator: ", "))
+        }
+        if let export, let exportSpec {
+            let written: ModelExport.Result
+            do {
+                written = try ModelExport.write(model: simulation.global, network: simulation.network, codec: exportSpec,
+                                                to: URL(fileURLWithPath: export), test: simulation.testData, threads: c.effectiveThreads)
+            } catch let error as CodecError {
+                throw ConfigurationError("--export: \(error.message)")
+            } catch let error as CocoaError {
+                throw ConfigurationError("cannot write the model to \(export): \(error.localizedDescription)")
+            }
+            for line in ModelExport.describe(written, codec: exportSpec, path: export, what: "the final model") { print("fedsim: " + line) }
         }
         if let report {
             do {

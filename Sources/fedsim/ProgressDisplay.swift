@@ -55,6 +55,7 @@ final class ProgressDisplay: @unchecked Sendable {
         var line = String(
             format: "round %4d/%d  %@ %@  loss %@  train_loss %.4f  clients %d  %.2fs",
             record.round, rounds, record.metric.rawValue, value, loss, record.trainLoss, record.clients, record.seconds)
+        if let sparsity = record.sparsity { line += String(format: "  sparsity %.3f", sparsity) }
         if record.selected > record.clients || record.dropped > 0 || record.late > 0 {
             line += "  selected \(record.selected) dropped \(record.dropped) late \(record.late)"
         }

@@ -399,4 +399,57 @@ struct RoundEngineTests {
         #expect(ClientSelection.shardsToTrain(layout: layout, memoryBudget: model + 12 * 42_410) == [1, 2, 3, 4, 5])
         #expect(ClientSelection.shardsToTrain(layout: layout, memoryBudget: model * 10) == [0, 1, 2, 3, 4, 5])
     }
+
+    @Test func pruningZeroesTheModelOnScheduleAndUpdatesCountOnlyOnKeptWeights() throws {
+        var engine = Self.engine(clients: 2, perRound: 2, rounds: 3) {
+            $0.pruning = PruningSchedule(sparsity: 0.5, startRound: 1, endRound: 2)
+        }
+        func runRound(_ round: Int, masked: Bool) throws -> RoundOutcome {
+            let tasks = Self.tasks(engine.beginRound(at: Double(round)))
+            for (id, task) in tasks {
+                var update = Self.update(for: task, value: 0.5)
+                if masked, let mask = engine.mask {
+                    // Sparse over the mask, as a client that read the mask sends it.
+                    var generator = SeededGenerator(seed: 1)
+                    let all = try UpdateCodec(spec: CodecSpec(codec: .fp32, zlibLevel: nil), shardRanges: Self.network.layout.tensors.map(\.range))
+                        .encode([Float](repeating: 0.5, count: Self.network.parameterCount), masks: mask.kept, generator: &generator)
+                    update.body = .encoded(task.shards.map { all[Int($0)] })
+                }
+                #expect(engine.updateArrived(update, from: id, at: Double(round)) == [.acknowledge(client: id, round: round)])
+            }
+            guard case .completed(let record) = try engine.closeRound(at: Double(round)) else { throw Refusal(.badUpdate, "round \(round) not completed") }
+            return record
+        }
+        #expect(try runRound(1, masked: false).sparsity == 0, "the first step is at the initial sparsity, 0")
+        #expect(engine.mask?.isPruning != true)
+        let second = try runRound(2, masked: false)
+        let mask = try #require(engine.mask)
+        #expect(abs(second.sparsity! - 0.5) < 0.05)
+        let pruned = PruningMask(zerosOf: engine.global, layout: Self.network.layout)
+        #expect(pruned == mask, "the pruned weights are exactly zero")
+        // A dense update (an old client) touches pruned weights: they stay zero.
+        _ = try runRound(3, masked: false)
+        #expect(PruningMask(zerosOf: engine.global, layout: Self.network.layout) == mask)
+
+        // A sparse update keeping more than the mask is refused.
+        var again = Self.engine(clients: 1, perRound: 1, rounds: 3) { $0.pruning = PruningSchedule(sparsity: 0.5, startRound: 1, endRound: 1) }
+        let (id, task) = Self.tasks(again.beginRound(at: 0))[0]
+        _ = again.updateArrived(Self.update(for: task), from: id, at: 0)
+        _ = try again.closeRound(at: 0)
+        let (id2, task2) = Self.tasks(again.beginRound(at: 1))[0]
+        let tooMany = Self.update(for: task2, codec: try CodecSpec(parsing: "topk:1+fp32+raw"))
+        #expect(Self.refusal(again.updateArrived(tooMany, from: id2, at: 1)) == .badUpdate)
+    }
+
+    @Test func aResumedPrunedModelKeepsItsMask() throws {
+        var model = Self.network.initialParameters(seed: 1)
+        let mask = PruningMask(pruning: model, layout: Self.network.layout, to: 0.5, scope: .layer)
+        mask.apply(to: &model, layout: Self.network.layout)
+        var settings = RoundEngine.Settings(rounds: 5, clientsPerRound: 1)
+        settings.pruning = PruningSchedule(sparsity: 0.5, startRound: 1, endRound: 2)
+        let engine = RoundEngine(
+            settings: settings, network: Self.network, initial: model,
+            resume: (round: 3, modelVersion: 3, optimizer: ServerOptimizer(settings: .init(), parameterCount: model.count), ledger: TrustLedger()))
+        #expect(engine.mask == mask)
+    }
 }

@@ -29,12 +29,16 @@ public final class LocalTrainer {
     ///
     /// `frozen` lists parameter tensors (shard indices) that keep their values: their gradients
     /// flow through as usual, but the optimiser does not step them.
+    ///
+    /// `keep` (a pruning mask: 1 kept, 0 pruned, one per parameter) restricts training to the
+    /// kept weights: every step multiplies what it updated by it, so pruned weights stay zero.
     public func train(
         parameters: inout [Float], anchor: [Float]?, data: DatasetSlice,
         epochs: Int, batchSize: Int, sgd: SGD, generator: inout SeededGenerator,
-        frozen: Set<Int> = []
+        frozen: Set<Int> = [], keep: [Float]? = nil
     ) -> TrainingSummary {
         precondition(parameters.count == network.parameterCount, "parameter vector does not match the model")
+        precondition(keep == nil || keep!.count == parameters.count, "pruning mask does not match the model")
         precondition(batchSize > 0 && batchSize <= workspace.capacity, "batch size \(batchSize) outside 1...\(workspace.capacity)")
         precondition(network.accepts(data.dataset) == nil, "data does not match the model")
         if sgd.momentum > 0 {
@@ -61,6 +65,7 @@ public final class LocalTrainer {
             velocity.withUnsafeMutableBufferPointer { v in
                 order.withUnsafeMutableBufferPointer { order in
                     let anchorCopy = anchor
+                    keep.withUnsafeOptionalBuffer { keepBase in
                     anchorCopy.withUnsafeOptionalBuffer { anchorBase in
                         for _ in 0..<epochs {
                             generator.shuffle(order)
@@ -84,6 +89,10 @@ public final class LocalTrainer {
                                                 anchor: anchorBase.map { $0 + start },
                                                 velocity: useVelocity ? v.baseAddress! + start : nil,
                                                 count: part.count)
+                                            if let keepBase {
+                                                let weights = w.baseAddress! + start, factors = keepBase + start
+                                                for i in 0..<part.count { weights[i] *= factors[i] }
+                                            }
                                         }
                                     }
                                 }
@@ -93,6 +102,7 @@ public final class LocalTrainer {
                                 start += batch
                             }
                         }
+                    }
                     }
                 }
             }
