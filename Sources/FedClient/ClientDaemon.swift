@@ -399,10 +399,10 @@ public actor ClientDaemon {
         if mask.isPruning { mask.apply(to: &delta, layout: network.layout) }
         var codecGenerator = SeededGenerator(seed: configuration.seed, stream: 0xC0DE, UInt64(task.round), configuration.seedStream)
         let codec = UpdateCodec(spec: spec, shardRanges: network.layout.tensors.map(\.range))
-        let encoded = try codec.encode(delta, masks: mask.isPruning ? mask.kept : nil, generator: &codecGenerator)
+        let encoded = try codec.encode(delta, masks: mask.isPruning ? mask.kept : nil, receiverHoldsMasks: true, generator: &codecGenerator)
         if spec.errorFeedback, var feedback = residual {
             var decoded = delta
-            try codec.decode(encoded, into: &decoded)
+            try codec.decode(encoded, into: &decoded, masks: mask.kept)
             feedback.record(sent: delta, decoded: decoded)
             residual = feedback
             try saveResidual(feedback)

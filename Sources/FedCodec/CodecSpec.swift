@@ -176,6 +176,7 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
             guard header.keptCount <= allowed else { return "keeps \(header.keptCount) values, the task's top-k\(maskKeeps == nil ? "" : " and pruning mask") allow\(maskKeeps == nil ? "s" : "") \(allowed)" }
         } else if header.sparse {
             guard let maskKeeps else { return "sparse, the task asked for a dense \(self)" }
+            if header.isCodedOverMask, header.keptCount != maskKeeps { return "coded over a mask of \(header.keptCount) positions, the pruning mask keeps \(maskKeeps)" }
             guard header.keptCount <= maskKeeps else { return "keeps \(header.keptCount) values, the pruning mask keeps \(maskKeeps)" }
         }
         if codec.bits != nil, header.groupSize != groupSize {

@@ -12,6 +12,8 @@ extension ShardCodec {
         public var storedLength: Int
         public var checksum: UInt32
         var indexEncoding: IndexEncoding
+        /// Sparse over the receiver's pruning mask, positions not written (index encoding 3).
+        public var isCodedOverMask: Bool { indexEncoding == .mask }
     }
 
     /// Decodes an encoded shard whose length must be `expectedCount` (the size of that shard
@@ -27,28 +29,30 @@ extension ShardCodec {
 
     /// Decodes into `output`, whose count is the expected element count. Positions a sparse
     /// shard does not carry are set to zero.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>) throws {
+    /// `mask` is the pruning mask the receiver holds for this shard (ascending kept positions),
+    /// needed to read a shard coded over it (index encoding 3).
+    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>, mask: [UInt32]? = nil) throws {
         var ignored: [UInt32]?
-        try decode(bytes, into: output, keptPositions: &ignored)
+        try decode(bytes, into: output, mask: mask, keptPositions: &ignored)
     }
 
     /// Decodes into `output` and sets `keptPositions` to the positions a sparse shard carries
     /// (ascending), or nil for a dense one: a sparse model shard's positions are its pruning
     /// mask.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>, keptPositions: inout [UInt32]?) throws {
+    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>, mask: [UInt32]? = nil, keptPositions: inout [UInt32]?) throws {
         let header = try parseHeader(bytes, expectedCount: output.count)
         let stored = UnsafeRawBufferPointer(rebasing: bytes[headerSize...])
         if header.zlib {
             let inflated = try zlibDecompress(stored, expectedLength: header.bodyLength)
-            keptPositions = try inflated.withUnsafeBytes { try decodeBody($0, header: header, into: output) }
+            keptPositions = try inflated.withUnsafeBytes { try decodeBody($0, header: header, mask: mask, into: output) }
         } else {
             // Decoded in place: an uncompressed body is not copied first.
-            keptPositions = try decodeBody(stored, header: header, into: output)
+            keptPositions = try decodeBody(stored, header: header, mask: mask, into: output)
         }
     }
 
     @discardableResult
-    private static func decodeBody(_ body: UnsafeRawBufferPointer, header: Header, into output: UnsafeMutableBufferPointer<Float>) throws -> [UInt32]? {
+    private static func decodeBody(_ body: UnsafeRawBufferPointer, header: Header, mask: [UInt32]?, into output: UnsafeMutableBufferPointer<Float>) throws -> [UInt32]? {
         guard crc32Checksum(body) == header.checksum else {
             throw CodecError(.badChecksum, "body checksum 0x\(String(crc32Checksum(body), radix: 16)) does not match the header's 0x\(String(header.checksum, radix: 16))")
         }
@@ -58,8 +62,15 @@ extension ShardCodec {
         case .none: break
         case .varint: indices = try readDeltaVarints(body, count: header.keptCount, limit: header.elementCount, cursor: &cursor)
         case .bitmap: indices = try readBitmap(body, kept: header.keptCount, count: header.elementCount, cursor: &cursor)
+        case .mask:
+            guard let mask else { throw CodecError(.badIndex, "the shard is coded over a pruning mask and this receiver holds none") }
+            guard mask.count == header.keptCount else {
+                throw CodecError(.badIndex, "the shard is coded over a mask of \(header.keptCount) positions; the receiver's mask keeps \(mask.count)")
+            }
+            guard mask.last.map({ Int($0) < header.elementCount }) ?? true else { throw CodecError(.badIndex, "the receiver's mask reaches beyond the shard") }
+            indices = mask
         }
-        if header.sparse {
+        if header.sparse, header.indexEncoding != .mask {
             // One encoding per shard: varints when they are no longer than the bitmap.
             let varintLength = header.indexEncoding == .varint ? cursor : deltaVarintLength(indices)
             let bitmapLength = (header.elementCount + 7) / 8
@@ -126,6 +137,7 @@ extension ShardCodec {
         case .none: indexBound = 0
         case .varint: indexBound = k * 5
         case .bitmap: indexBound = (n + 7) / 8
+        case .mask: indexBound = 0
         }
         let bound = indexBound + valueSectionLength(codec: codec, kept: k, groupSize: groupSize)
         guard bodyLength <= bound else {

@@ -24,7 +24,9 @@ public enum ShardCodec {
     public static let headerSize = 32
     public static let formatVersion: UInt8 = 1
 
-    enum IndexEncoding: UInt8 { case none = 0, varint = 1, bitmap = 2 }
+    /// How a sparse shard names its positions: delta varints, a bitmap, or not at all (`mask`:
+    /// the receiver holds the pruning mask, and the values are those of its kept positions).
+    enum IndexEncoding: UInt8 { case none = 0, varint = 1, bitmap = 2, mask = 3 }
     static let flagZlib: UInt8 = 1, flagSparse: UInt8 = 2, flagStochastic: UInt8 = 4
 
     // MARK: Encoding
@@ -34,9 +36,11 @@ public enum ShardCodec {
     ///
     /// `keeping` (ascending positions, a pruning mask) makes the shard sparse over exactly those
     /// positions, whatever their values; with top-k as well, the largest ⌈F·n⌉ of them are
-    /// sent. A mask that keeps every position is dense.
+    /// sent. A mask that keeps every position is dense. When the receiver holds the mask
+    /// (`receiverHoldsMask`: an update for a pruned model), the positions are not written at
+    /// all (index encoding 3) unless top-k chose among them.
     public static func encode<G: RandomNumberGenerator>(
-        _ values: UnsafeBufferPointer<Float>, spec: CodecSpec, keeping: [UInt32]? = nil, generator: inout G
+        _ values: UnsafeBufferPointer<Float>, spec: CodecSpec, keeping: [UInt32]? = nil, receiverHoldsMask: Bool = false, generator: inout G
     ) throws -> [UInt8] {
         let n = values.count
         guard n <= Int(UInt32.max / 8) else { throw CodecError(.badHeader, "shard of \(n) values is too large") }
@@ -65,9 +69,11 @@ public enum ShardCodec {
                 indices = topKIndices(values, k: CodecSpec.keptCount(of: n, fraction: spec.topK!))
             }
             keptStorage = indices.map { values[Int($0)] }
-            let varints = encodeDeltaVarints(indices)
+            let varints = receiverHoldsMask && mask != nil && indices.count == mask!.count ? [] : encodeDeltaVarints(indices)
             let bitmapLength = (n + 7) / 8
-            if varints.count <= bitmapLength {
+            if varints.isEmpty {
+                indexEncoding = .mask
+            } else if varints.count <= bitmapLength {
                 indexEncoding = .varint
                 out += varints
             } else {

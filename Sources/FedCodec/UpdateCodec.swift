@@ -12,28 +12,30 @@ public struct UpdateCodec: Sendable {
     }
 
     /// One encoded byte string per shard. `masks` (a pruning mask's kept positions per shard,
-    /// nil for a whole shard) makes masked shards sparse over their kept positions.
-    public func encode<G: RandomNumberGenerator>(_ vector: [Float], masks: [[UInt32]?]? = nil, generator: inout G) throws -> [[UInt8]] {
+    /// nil for a whole shard) makes masked shards sparse over their kept positions; when the
+    /// receiver holds the masks (an update), the positions are not written.
+    public func encode<G: RandomNumberGenerator>(_ vector: [Float], masks: [[UInt32]?]? = nil, receiverHoldsMasks: Bool = false, generator: inout G) throws -> [[UInt8]] {
         precondition(vector.count == count, "vector does not match the layout")
         precondition(masks == nil || masks!.count == shardRanges.count, "masks do not match the layout")
         return try vector.withUnsafeBufferPointer { all in
             try shardRanges.enumerated().map { index, range in
-                try ShardCodec.encode(UnsafeBufferPointer(rebasing: all[range]), spec: spec, keeping: masks?[index], generator: &generator)
+                try ShardCodec.encode(UnsafeBufferPointer(rebasing: all[range]), spec: spec, keeping: masks?[index],
+                                      receiverHoldsMask: receiverHoldsMasks, generator: &generator)
             }
         }
     }
 
     /// Decodes every shard into `vector` (which must have the layout's size). Each shard is
     /// checked against its own expected length; on error `vector` may be partly written.
-    public func decode(_ shards: [[UInt8]], into vector: inout [Float]) throws {
+    public func decode(_ shards: [[UInt8]], into vector: inout [Float], masks: [[UInt32]?]? = nil) throws {
         precondition(vector.count == count, "vector does not match the layout")
         guard shards.count == shardRanges.count else {
             throw CodecError(.wrongElementCount, "\(shards.count) encoded shards, the model has \(shardRanges.count)")
         }
         try vector.withUnsafeMutableBufferPointer { all in
-            for (bytes, range) in zip(shards, shardRanges) {
+            for (index, (bytes, range)) in zip(shards, shardRanges).enumerated() {
                 try bytes.withUnsafeBytes { raw in
-                    try ShardCodec.decode(raw, into: UnsafeMutableBufferPointer(rebasing: all[range]))
+                    try ShardCodec.decode(raw, into: UnsafeMutableBufferPointer(rebasing: all[range]), mask: masks?[index])
                 }
             }
         }

@@ -31,7 +31,9 @@ public struct FuzzDriver {
 
     private var generator: SplitMix64
     private let frameCorpus: [[UInt8]]
-    private let shardCorpus: [(bytes: [UInt8], count: Int)]
+    /// Encoded shards, the count they were encoded for, and the pruning mask the receiver
+    /// holds (for updates over a mask).
+    private let shardCorpus: [(bytes: [UInt8], count: Int, mask: [UInt32]?)]
 
     public init(seed: UInt64) {
         generator = SplitMix64(seed: seed)
@@ -41,12 +43,22 @@ public struct FuzzDriver {
             return Array(buffer.readableBytesView)
         }
         var g = SplitMix64(seed: seed ^ 0x5EED)
-        var corpus: [(bytes: [UInt8], count: Int)] = []
+        var corpus: [(bytes: [UInt8], count: Int, mask: [UInt32]?)] = []
         for spec in ["fp32", "fp32+raw", "fp16", "q8", "q8+g32", "q4+raw", "q2", "sign", "topk:0.1+q8", "topk:0.5+fp16+raw", "topk:0.02+q4"] {
             for count in [0, 1, 7, 64, 300] {
                 let values = (0..<count).map { _ in Float(Int(g.next() % 2001) - 1000) / 1000 }
                 let bytes = try! values.withUnsafeBufferPointer { try ShardCodec.encode($0, spec: CodecSpec(parsing: spec), generator: &g) }
-                corpus.append((bytes, count))
+                corpus.append((bytes, count, nil))
+                // Pruned: a model shard sparse over a mask, and an update over the receiver's mask.
+                guard count > 1 else { continue }
+                let mask = (0..<UInt32(count)).filter { _ in g.next() % 3 == 0 }
+                guard !mask.isEmpty else { continue }
+                for holds in [false, true] {
+                    let masked = try! values.withUnsafeBufferPointer {
+                        try ShardCodec.encode($0, spec: CodecSpec(parsing: spec), keeping: mask, receiverHoldsMask: holds, generator: &g)
+                    }
+                    corpus.append((masked, count, holds ? mask : nil))
+                }
             }
         }
         shardCorpus = corpus
@@ -109,10 +121,16 @@ public struct FuzzDriver {
         // Usually the count the shard was encoded for; sometimes another (a wrong layout).
         let count = generator.next() % 8 == 0 ? Int(generator.next() % 400) : base.count
         report.perTarget["shards", default: 0] += 1
+        // The receiver's mask: the base's, sometimes a random one (or none), as a coordinator
+        // that pruned again or a client that never pruned would hold.
+        var mask = base.mask
+        if generator.next() % 8 == 0 {
+            mask = generator.next() % 2 == 0 ? nil : (0..<UInt32(max(1, count))).filter { _ in generator.next() % 2 == 0 }
+        }
         var output = [Float](repeating: 0, count: count)
         do {
             try input.withUnsafeBytes { raw in
-                try output.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0) }
+                try output.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0, mask: mask) }
             }
             if let bad = output.firstIndex(where: { !$0.isFinite }) {
                 report.findings.append("shard: decoded value \(bad) is \(output[bad]) for input \(hex(input))")

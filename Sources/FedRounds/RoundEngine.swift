@@ -554,7 +554,7 @@ public struct RoundEngine {
             try scratch.withUnsafeMutableBufferPointer { all in
                 for (index, bytes) in zip(update.shards, shards) {
                     do {
-                        try bytes.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[ranges[index]])) }
+                        try bytes.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[ranges[index]]), mask: mask?.kept[index]) }
                     } catch {
                         throw Refusal(.badUpdate, "shard \(index): \(error)")
                     }

@@ -246,9 +246,9 @@ public final class Simulation {
                             let feedback = uplink.spec.errorFeedback ? residuals.take(client, count: parameterCount) : nil
                             feedback?.compensate(&sent[worker])
                             var codecGenerator = SeededGenerator(seed: c.seed, stream: 0xC0DE, UInt64(round), UInt64(client))
-                            encoded = try uplink.encode(sent[worker], masks: mask?.kept, generator: &codecGenerator)
+                            encoded = try uplink.encode(sent[worker], masks: mask?.kept, receiverHoldsMasks: true, generator: &codecGenerator)
                             outcome.uplinkBytes = encoded.reduce(0) { $0 + $1.count }
-                            try uplink.decode(encoded, into: &decoded[worker])
+                            try uplink.decode(encoded, into: &decoded[worker], masks: mask?.kept)
                             if var feedback {
                                 feedback.record(sent: sent[worker], decoded: decoded[worker])
                                 residuals.put(client, feedback)

@@ -52,6 +52,25 @@ enum ShardVectorCases {
         return cases
     }
 
+    /// Pruned shards: a model shard sent sparse over its mask (positions written; a kept weight
+    /// that is zero still travels), and updates over a mask the receiver holds (index encoding
+    /// 3: no positions written).
+    static var masked: [(name: String, spec: String, input: [Float], mask: [Int], receiverHoldsMask: Bool)] {
+        let ten: [Float] = [0.5, 0, -0.25, 3, 0, 0, 1e-3, -7, 0.125, 2]
+        let mask = [1, 3, 6, 8, 9]
+        var noise = SplitMix64(seed: 7)
+        let thousand: [Float] = (0..<1000).map { _ in Float(Double(noise.next() >> 11) * 0x1p-53 - 0.5) * 0.02 }
+        let sparseMask = (0..<1000).filter { $0 % 10 == 3 || $0 % 17 == 0 }
+        return [
+            ("fp32: pruned model shard, its mask as delta varints (a kept zero travels)", "fp32+raw", ten, mask, false),
+            ("q8: pruned model shard of 1,000 values, mask as delta varints", "q8+raw", thousand, sparseMask, false),
+            ("fp32: update over the receiver's mask (index encoding 3)", "fp32+raw", ten, mask, true),
+            ("q8: update over the receiver's mask (index encoding 3)", "q8+raw", thousand, sparseMask, true),
+            ("q4: update over the receiver's mask, group size 64 (index encoding 3)", "q4+g64+raw", thousand, sparseMask, true),
+            ("q8: top-k inside the receiver's mask (positions written, as delta varints)", "topk:0.05+q8+raw", thousand, sparseMask, true),
+        ]
+    }
+
     /// Rewrites a raw (uncompressed) shard's header fields and body, fixing its lengths and
     /// CRC-32 unless told not to.
     static func patched(_ shard: [UInt8], header: [Int: UInt8] = [:], u32: [Int: UInt32] = [:], body: [UInt8]? = nil, fixLengths: Bool = true) -> [UInt8] {
@@ -77,6 +96,18 @@ enum ShardVectorCases {
 
     static func u32(_ value: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) } }
 
+    /// Updates coded over a mask that the receiver cannot read: it holds no mask, or another one.
+    static var invalidOverMask: [(name: String, count: Int, encoded: [UInt8], error: String, mask: [Int]?)] {
+        get throws {
+            let overMask = try encodeShard([0.5, 0, -0.25, 3, 0, 0, 1e-3, -7, 0.125, 2], "fp32+raw", keeping: [1, 3, 6, 8, 9], receiverHoldsMask: true)
+            return [
+                ("update over a mask, decoded by a receiver holding none", 10, overMask, "badIndex", nil),
+                ("update over a mask of 5 positions, the receiver's mask keeps 4", 10, overMask, "badIndex", [1, 3, 6, 8]),
+                ("update over a mask, the receiver's mask reaches beyond the shard", 10, overMask, "badIndex", [1, 3, 6, 8, 10]),
+            ]
+        }
+    }
+
     static var invalid: [(name: String, count: Int, encoded: [UInt8], error: String)] {
         get throws {
             let q8 = try encodeShard([0.5, -0.25, 0.25, -1], "q8+raw")
@@ -93,7 +124,7 @@ enum ShardVectorCases {
                 ("format version 2", 4, patched(q8, header: [2: 2]), "unsupportedVersion"),
                 ("value codec 6", 4, patched(q8, header: [3: 6]), "unknownCodec"),
                 ("unknown flag bit 3", 4, patched(q8, header: [4: 8]), "badHeader"),
-                ("index encoding 3", 4, patched(q8, header: [5: 3]), "badHeader"),
+                ("index encoding 4", 4, patched(q8, header: [4: 2, 5: 4]), "badHeader"),
                 ("reserved byte set", 4, patched(q8, header: [7: 1]), "badHeader"),
                 ("group size 0", 4, patched(q8, u32: [8: 0]), "badHeader"),
                 ("group size 65,537", 4, patched(q8, u32: [8: 65_537]), "badHeader"),

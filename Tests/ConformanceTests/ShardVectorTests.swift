@@ -24,8 +24,19 @@ import Testing
                 encodingPinned: parsed.zlibLevel == nil && parsed.rounding == .nearest,
                 decoded: hex(littleEndian(decoded)), sha256: sha256Hex(decoded)))
         }
+        for (name, spec, input, mask, holds) in ShardVectorCases.masked {
+            let encoded = try encodeShard(input, spec, keeping: mask, receiverHoldsMask: holds)
+            let decoded = try decodeShard(encoded, count: input.count, mask: holds ? mask : nil)
+            vectors.shards.append(ShardVector(
+                name: name, spec: spec, count: input.count, input: hex(littleEndian(input)), encoded: hex(encoded),
+                encodingPinned: true, decoded: hex(littleEndian(decoded)), sha256: sha256Hex(decoded),
+                mask: mask, receiverHoldsMask: holds))
+        }
         for (name, count, encoded, error) in try ShardVectorCases.invalid {
             vectors.invalidShards.append(InvalidShardVector(name: name, count: count, encoded: hex(encoded), error: error))
+        }
+        for (name, count, encoded, error, mask) in try ShardVectorCases.invalidOverMask {
+            vectors.invalidShards.append(InvalidShardVector(name: name, count: count, encoded: hex(encoded), error: error, mask: mask))
         }
         (vectors.frames, vectors.invalidFrames) = try FrameVectorCases.all()
         try vectors.write()
@@ -36,15 +47,16 @@ import Testing
         #expect(vectors.shards.count >= 60)
         for vector in vectors.shards {
             let input = floats(unhex(vector.input))
-            let decoded = try ShardCodec.decode(unhex(vector.encoded), expectedCount: vector.count)
+            let holds = vector.receiverHoldsMask ?? false
+            let decoded = try decodeShard(unhex(vector.encoded), count: vector.count, mask: holds ? vector.mask : nil)
             #expect(hex(littleEndian(decoded)) == vector.decoded, "\(vector.name)")
             #expect(sha256Hex(decoded) == vector.sha256, "\(vector.name)")
-            let encoded = try encodeShard(input, vector.spec)
+            let encoded = try encodeShard(input, vector.spec, keeping: vector.mask, receiverHoldsMask: holds)
             if vector.encodingPinned {
                 #expect(hex(encoded) == vector.encoded, "\(vector.name)")
             } else if !vector.spec.contains("sr") {
                 // zlib's bytes may differ between library versions; what they decode to may not.
-                #expect(hex(littleEndian(try ShardCodec.decode(encoded, expectedCount: vector.count))) == vector.decoded, "\(vector.name)")
+                #expect(hex(littleEndian(try decodeShard(encoded, count: vector.count, mask: holds ? vector.mask : nil))) == vector.decoded, "\(vector.name)")
             }
         }
     }
@@ -55,7 +67,7 @@ import Testing
         for vector in vectors.invalidShards {
             #expect(throws: CodecError.self, "\(vector.name)") {
                 do {
-                    _ = try ShardCodec.decode(unhex(vector.encoded), expectedCount: vector.count)
+                    _ = try decodeShard(unhex(vector.encoded), count: vector.count, mask: vector.mask)
                 } catch let error as CodecError {
                     #expect(error.code.rawValue == vector.error, "\(vector.name): \(error)")
                     throw error
@@ -76,6 +88,9 @@ import Testing
         #expect(vectors.shards.contains { $0.name.contains("ties") })
         #expect(vectors.shards.contains { $0.name.contains("max = min") })
         #expect(vectors.shards.contains { $0.spec.contains("+sr") })
+        #expect(vectors.shards.contains { $0.mask != nil && $0.receiverHoldsMask == false }, "a pruned model shard")
+        #expect(vectors.shards.contains { $0.receiverHoldsMask == true && !$0.spec.hasPrefix("topk") }, "an update over the receiver's mask")
+        #expect(vectors.invalidShards.contains { $0.mask != nil }, "an update over another mask")
     }
 
     @Test(arguments: [("decode_shard.py", "all vectors agree"), ("read_frames.py", "all frame vectors agree")])

@@ -45,6 +45,12 @@ struct ShardVector: Codable {
     var decoded: String
     /// SHA-256 of the decoded bytes: what a MODEL_SHARD of this shard carries.
     var sha256: String
+    /// A pruning mask (ascending kept positions) the encoder was given: the shard is sparse
+    /// over exactly these positions.
+    var mask: [Int]? = nil
+    /// True when the receiver holds `mask` too (an update for a pruned model): the positions
+    /// are not written (index encoding 3) and a decoder must be given the mask.
+    var receiverHoldsMask: Bool? = nil
 }
 
 /// Bytes a decoder must refuse, and the error it must refuse them with.
@@ -53,6 +59,8 @@ struct InvalidShardVector: Codable {
     var count: Int
     var encoded: String
     var error: String
+    /// The pruning mask the decoder holds, when it holds one.
+    var mask: [Int]? = nil
 }
 
 /// A whole frame (or several, for a split message) and the message it carries.
@@ -93,9 +101,20 @@ func floats(_ bytes: [UInt8]) -> [Float] {
 }
 
 /// Encodes with the seed every vector uses (it matters only for `sr`).
-func encodeShard(_ values: [Float], _ spec: String) throws -> [UInt8] {
+func encodeShard(_ values: [Float], _ spec: String, keeping mask: [Int]? = nil, receiverHoldsMask: Bool = false) throws -> [UInt8] {
     var generator = SplitMix64(seed: 1)
-    return try values.withUnsafeBufferPointer { try ShardCodec.encode($0, spec: CodecSpec(parsing: spec), generator: &generator) }
+    return try values.withUnsafeBufferPointer {
+        try ShardCodec.encode($0, spec: CodecSpec(parsing: spec), keeping: mask?.map(UInt32.init), receiverHoldsMask: receiverHoldsMask, generator: &generator)
+    }
+}
+
+/// Decodes as a receiver holding `mask` (if any) does.
+func decodeShard(_ bytes: [UInt8], count: Int, mask: [Int]?) throws -> [Float] {
+    var output = [Float](repeating: 0, count: count)
+    try bytes.withUnsafeBytes { raw in
+        try output.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0, mask: mask?.map(UInt32.init)) }
+    }
+    return output
 }
 
 func sha256Hex(_ values: [Float]) -> String { hex(SHA256.hash(data: littleEndian(values))) }

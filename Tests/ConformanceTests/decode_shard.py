@@ -43,8 +43,9 @@ def varint_length(indices):
     return total
 
 
-def decode(data, n_expected):
-    """Returns the n decoded values as a float32 array, or raises ShardError."""
+def decode(data, n_expected, mask=None):
+    """Returns the n decoded values as a float32 array, or raises ShardError. `mask` is the
+    pruning mask the receiver holds (ascending kept positions), if any."""
     if len(data) < 32:
         raise ShardError("truncated", "shorter than the header")
     if data[0:2] != b"FC":
@@ -57,7 +58,7 @@ def decode(data, n_expected):
     flags, index_encoding = data[4], data[5]
     if flags & ~0b111:
         raise ShardError("badHeader", "unknown flag bits")
-    if index_encoding not in (0, 1, 2):
+    if index_encoding not in (0, 1, 2, 3):
         raise ShardError("badHeader", "index encoding")
     if data[6] or data[7]:
         raise ShardError("badHeader", "reserved bytes")
@@ -73,7 +74,7 @@ def decode(data, n_expected):
         raise ShardError("badHeader", "kept count")
     if not sparse and k != n:
         raise ShardError("badHeader", "dense kept count")
-    index_bound = {0: 0, 1: 5 * k, 2: (n + 7) // 8}[index_encoding]
+    index_bound = {0: 0, 1: 5 * k, 2: (n + 7) // 8, 3: 0}[index_encoding]
     if body_length > index_bound + value_section_length(codec, k, g):
         raise ShardError("bodyTooLarge", "body length")
     present = len(data) - 32
@@ -137,7 +138,15 @@ def decode(data, n_expected):
         if len(indices) != k:
             raise ShardError("badIndex", "bitmap population")
         cursor = length
-    if sparse:
+    elif index_encoding == 3:
+        if mask is None:
+            raise ShardError("badIndex", "coded over a pruning mask the receiver does not hold")
+        if len(mask) != k:
+            raise ShardError("badIndex", "coded over a mask of another size")
+        if mask and mask[-1] >= n:
+            raise ShardError("badIndex", "the receiver's mask reaches beyond the shard")
+        indices = list(mask)
+    if sparse and index_encoding != 3:
         bitmap_length = (n + 7) // 8
         varints = cursor if index_encoding == 1 else varint_length(indices)
         if (index_encoding == 1) != (varints <= bitmap_length):
@@ -209,7 +218,8 @@ def main(path):
     failures = []
     for vector in vectors["shards"]:
         try:
-            values = decode(bytes.fromhex(vector["encoded"]), vector["count"])
+            holds = vector.get("receiver_holds_mask", False)
+            values = decode(bytes.fromhex(vector["encoded"]), vector["count"], vector.get("mask") if holds else None)
         except ShardError as error:
             failures.append(f"{vector['name']}: refused: {error}")
             continue
@@ -220,7 +230,7 @@ def main(path):
             failures.append(f"{vector['name']}: SHA-256 differs")
     for vector in vectors["invalid_shards"]:
         try:
-            decode(bytes.fromhex(vector["encoded"]), vector["count"])
+            decode(bytes.fromhex(vector["encoded"]), vector["count"], vector.get("mask"))
             failures.append(f"{vector['name']}: accepted, expected {vector['error']}")
         except ShardError as error:
             if error.code != vector["error"]:

@@ -117,6 +117,29 @@ struct PruningTests {
         }
     }
 
+    @Test func anUpdateOverAMaskTheReceiverHoldsCarriesNoPositions() throws {
+        let values: [Float] = [0.5, 0, -0.25, 3, 0, 0, 1e-3, -7]
+        let mask: [UInt32] = [1, 3, 6]
+        var generator = SeededGenerator(seed: 1)
+        let fp32 = try CodecSpec(parsing: "fp32+raw")
+        let withPositions = try values.withUnsafeBufferPointer { try ShardCodec.encode($0, spec: fp32, keeping: mask, generator: &generator) }
+        let bytes = try values.withUnsafeBufferPointer { try ShardCodec.encode($0, spec: fp32, keeping: mask, receiverHoldsMask: true, generator: &generator) }
+        #expect(bytes.count == ShardCodec.headerSize + 3 * 4, "the header and three float32 values, no index section")
+        #expect(withPositions.count > bytes.count)
+        let header = try bytes.withUnsafeBytes { try ShardCodec.parseHeader($0, expectedCount: 8) }
+        #expect(header.sparse && header.isCodedOverMask)
+        #expect(fp32.nonconformance(of: header, maskKeeps: 3) == nil)
+        #expect(fp32.nonconformance(of: header, maskKeeps: 4) != nil, "coded over another mask")
+        var decoded = [Float](repeating: 9, count: 8)
+        try bytes.withUnsafeBytes { raw in try decoded.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0, mask: mask) } }
+        #expect(decoded == [0, 0, 0, 3, 0, 0, 1e-3, 0])
+        for wrong in [nil, [1, 3] as [UInt32], [1, 3, 9] as [UInt32]] {
+            #expect(throws: CodecError.self, "mask \(String(describing: wrong))") {
+                try bytes.withUnsafeBytes { raw in try decoded.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0, mask: wrong) } }
+            }
+        }
+    }
+
     @Test func trainingWithAMaskMovesOnlyTheKeptWeights() throws {
         let data = try Dataset(name: "toy", sampleShape: .vector(6), classes: 3,
                                features: (0..<120).map { Float(($0 * 37) % 11) / 11 }, labels: (0..<20).map { Int32($0 % 3) })
