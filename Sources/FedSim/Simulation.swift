@@ -18,6 +18,8 @@ public final class Simulation {
     public let network: Network
     public let trainData: Dataset
     public let testData: Dataset
+    /// Training examples held out of the clients' data for the server (distillation), if any.
+    public let serverData: Dataset?
     /// Each client's example indices into ``trainData``.
     public let clientIndices: [[Int32]]
     /// The server half of every round (the coordinator's engine).
@@ -75,8 +77,27 @@ public final class Simulation {
         if let problem = network.accepts(test) { throw ConfigurationError("test data: \(problem)") }
         self.configuration = configuration
         self.network = network
-        trainData = train
         testData = test
+        // The server's own examples (distillation's transfer set) are held out of the clients' data.
+        let heldOut = configuration.effectiveServerExamples
+        if heldOut > 0 {
+            guard heldOut < train.count else {
+                throw ConfigurationError("server_examples (\(heldOut)) must leave the clients some of the \(train.count) training examples")
+            }
+            var order = Array(0..<train.count)
+            var draw = SeededGenerator(seed: configuration.seed, stream: 0x5E7)
+            order.withUnsafeMutableBufferPointer { draw.shuffle($0) }
+            do {
+                serverData = try train.subset(order[..<heldOut].sorted(), name: train.name + " (server's held-out examples)")
+                trainData = try train.subset(order[heldOut...].sorted(), name: train.name + " (clients)")
+            } catch let error as DataError {
+                throw ConfigurationError("server_examples: \(error.problem)")
+            }
+        } else {
+            serverData = nil
+            trainData = train
+        }
+        let train = trainData
         do {
             clientIndices = try configuration.partitionValue().split(train, clients: configuration.clients, seed: configuration.seed)
         } catch let error as DataError {

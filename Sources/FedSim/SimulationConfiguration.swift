@@ -1,5 +1,6 @@
 import FedCodec
 @_exported import FedConfiguration
+import FedCoordinator
 import FedModel
 import Foundation
 
@@ -102,10 +103,21 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// Federated magnitude pruning (nil = none): the `prune_` keys; an end of 0 means half
     /// the rounds.
     public var pruning: PruningSchedule?
+    /// Students to distil from the final model (comma-separated layer lists, e.g.
+    /// `dense:32,relu,dense:10`), trained on the server's held-out examples.
+    public var distillStudents: [String] = []
+    /// Training examples the server holds out of the clients' data (drawn with the seed) as
+    /// its distillation transfer set; 0 = 5,000 when there are students, none otherwise.
+    public var serverExamples = 0
+    public var distillation = Distillation()
+
+    /// The held-out examples in effect.
+    public var effectiveServerExamples: Int { serverExamples > 0 ? serverExamples : (distillStudents.isEmpty ? 0 : 5000) }
 
     public init() {}
 
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union([
+        "distill", "server_examples", "distill_temperature", "distill_epochs", "distill_lr", "distill_batch",
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
         "shards_per_client", "dirichlet_alpha", "labels_per_client", "label_column", "user_column", "seed", "target_accuracy", "target", "stop_at_target",
@@ -194,6 +206,12 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.number("attack_noise") { c.attackNoise = v }
         if let v = try table.int("attack_from_round") { c.attackFromRound = v }
         c.pruning = try PruningSchedule.configured(table)
+        if let v = try table.strings("distill") { c.distillStudents = v }
+        if let v = try table.int("server_examples") { c.serverExamples = v }
+        if let v = try table.number("distill_temperature") { c.distillation.temperature = Float(v) }
+        if let v = try table.int("distill_epochs") { c.distillation.epochs = v }
+        if let v = try table.number("distill_lr") { c.distillation.learningRate = Float(v) }
+        if let v = try table.int("distill_batch") { c.distillation.batchSize = v }
         return c
     }
 
@@ -231,6 +249,15 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard trustedExamples >= 2 else { throw ConfigurationError("trusted_examples must be at least 2, got \(trustedExamples)") }
         guard attackers >= 0, attackers < 1 else { throw ConfigurationError("attackers must be in [0, 1), got \(attackers)") }
         if let pruning { _ = try pruning.resolved(rounds: rounds) }
+        guard serverExamples >= 0 else { throw fail("server_examples must be at least 0, got \(serverExamples)") }
+        if !distillStudents.isEmpty {
+            do {
+                try distillation.validate()
+                _ = try StudentDistillation.specs(distillStudents, teacher: try modelSpec())
+            } catch let error as ModelError {
+                throw fail("distill: \(error.description)")
+            }
+        }
         guard attackFromRound >= 1 else { throw ConfigurationError("attack_from_round must be at least 1, got \(attackFromRound)") }
         guard attackScale.isFinite, attackNoise >= 0, attackNoise.isFinite else { throw ConfigurationError("attack_scale and attack_noise must be finite (attack_noise non-negative)") }
         switch transport {

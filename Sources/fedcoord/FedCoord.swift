@@ -13,7 +13,7 @@ struct FedCoord: AsyncParsableCommand {
         commandName: "fedcoord",
         abstract: "The federated learning coordinator.",
         version: "0.1.0",
-        subcommands: [Serve.self, Clients.self, Report.self, Export.self],
+        subcommands: [Serve.self, Clients.self, Report.self, Export.self, Distill.self],
         defaultSubcommand: Serve.self)
 }
 

@@ -60,6 +60,10 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(help: "Record the run in this SQLite file (the fedcoord schema; read it with fedcoord report). In-memory transport only.") var db: String?
     @Option(help: "Write the final global model to this file (fedcoord export's format; in-memory transport only), with --export-codec, and print its size and test metric beside the float32 model's.") var export: String?
     @Option(name: .customLong("export-codec"), help: "Codec of the exported weights: fp32, fp16, q8, q4, ... or topk:F+q8 to prune at export (default q8). A pruned model is written sparse.") var exportCodec = "q8"
+    @Option(help: ArgumentHelp("After the run, distil the final model into this smaller student (a comma-separated layer list, e.g. dense:32,relu,dense:10; repeat for several), trained on the server's held-out training examples with the teacher's soft targets, and print its size and accuracy beside the teacher's (memory transport).", valueName: "layers")) var distill: [String] = []
+    @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill).") var serverExamples: Int?
+    @Option(help: "Distillation temperature T (default 4).") var temperature: Double?
+    @Option(name: .customLong("distill-epochs"), help: "Distillation passes over the server's examples (default 20).") var distillEpochs: Int?
     @Option(help: "Write an SVG plot of accuracy, loss and bytes per round to this file.") var plot: String?
     @Option(help: "Progress display: auto (a live bar on a terminal, one line per round otherwise), bar, lines or none.")
     var progress: ProgressStyle = .auto
@@ -127,6 +131,10 @@ struct FedSimCommand: AsyncParsableCommand {
         if let attackers { c.attackers = attackers }
         if let attack { c.attack = try Attack.parse(attack, key: "--attack") }
         if let data { c.data = data }
+        if !distill.isEmpty { c.distillStudents = distill }
+        if let serverExamples { c.serverExamples = serverExamples }
+        if let temperature { c.distillation.temperature = Float(temperature) }
+        if let distillEpochs { c.distillation.epochs = distillEpochs }
         if let prune {
             if c.pruning == nil { c.pruning = PruningSchedule(sparsity: prune, endRound: 0) } else { c.pruning!.sparsity = prune }
         }
@@ -150,6 +158,9 @@ struct FedSimCommand: AsyncParsableCommand {
             }
         }
         var exportSpec: CodecSpec?
+        guard c.distillStudents.isEmpty || c.transport == .memory else {
+            throw ConfigurationError("--distill distils the in-memory transport's model; with --transport tcp use fedcoord distill")
+        }
         if let export {
             guard c.transport == .memory else { throw ConfigurationError("--export writes the in-memory transport's model; with --transport tcp use fedcoord serve --db and fedcoord export") }
             exportSpec = try CodecSpec.configured(exportCodec, key: "--export-codec")
@@ -216,6 +227,24 @@ struct FedSimCommand: AsyncParsableCommand {
                 throw ConfigurationError("cannot write the model to \(export): \(error.localizedDescription)")
             }
             for line in ModelExport.describe(written, codec: exportSpec, path: export, what: "the final model") { print("fedsim: " + line) }
+        }
+        if !c.distillStudents.isEmpty, let server = simulation.serverData {
+            let codec = try exportSpec ?? CodecSpec(parsing: exportCodec)
+            let students = try StudentDistillation.specs(c.distillStudents, teacher: simulation.network.spec)
+            let directory = export.map { URL(fileURLWithPath: $0).deletingLastPathComponent() }
+            let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("fedsim-teacher-\(UUID().uuidString).fedmodel")
+            let teacher = try ModelExport.write(model: simulation.global, network: simulation.network, codec: codec, to: scratch, test: simulation.testData, threads: c.effectiveThreads)
+            try? FileManager.default.removeItem(at: scratch)
+            let epochs = c.distillation.epochs
+            let results = try StudentDistillation.run(
+                teacher: simulation.network, parameters: simulation.global, students: students, transfer: server.all, test: simulation.testData,
+                settings: c.distillation, codec: codec, directory: directory) { student, epoch, loss in
+                if !quiet, epoch == epochs || epoch % 5 == 0 {
+                    FileHandle.standardError.write(Data(String(format: "fedsim: distilling student %d/%d: epoch %d/%d, soft loss %.4f\n", student + 1, students.count, epoch, epochs, loss).utf8))
+                }
+            }
+            print("fedsim: distilled on \(server.count) held-out training examples, T = \(c.distillation.temperature), \(epochs) epochs" + (directory.map { ", students written to \($0.path)/student-N.fedmodel" } ?? ""))
+            for line in StudentDistillation.describe(results, teacher: teacher, codec: codec) { print("fedsim: " + line) }
         }
         if let report {
             do {

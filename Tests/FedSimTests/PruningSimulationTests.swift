@@ -75,3 +75,46 @@ struct PruningSimulationTests {
         #expect { try SimulationConfiguration.parse("prune_sparsity = 0.5\nprune_scope = \"row\"", source: "t.toml") } throws: { "\($0)".contains("prune_scope") }
     }
 }
+
+/// Distillation in fedsim: the server's examples are held out of the clients' data, and the
+/// command teaches and exports students.
+struct DistillationSimulationTests {
+    @Test func theServersExamplesAreHeldOutOfTheClientsData() throws {
+        var c = SimulationConfiguration()
+        c.clients = 10
+        c.rounds = 1
+        c.distillStudents = ["dense:16,relu,dense:10"]
+        c.serverExamples = 1500
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let server = try #require(simulation.serverData)
+        #expect(server.count == 1500 && simulation.trainData.count == 4500)
+        #expect(simulation.clientIndices.joined().count == 4500, "the clients share only the rest")
+        // Held out, not copied: no server example is among the clients' (features compared whole).
+        let width = server.sampleShape.count
+        let clientRows = Set((0..<simulation.trainData.count).map { Array(simulation.trainData.features[($0 * width)..<(($0 + 1) * width)]) })
+        let shared = (0..<server.count).filter { clientRows.contains(Array(server.features[($0 * width)..<(($0 + 1) * width)])) }
+        #expect(shared.count < 5, "\(shared.count) server examples are also clients' (MNIST has a few duplicate images)")
+        var bad = c
+        bad.serverExamples = 6000
+        #expect { try Simulation(configuration: bad, train: SmallMNIST.train, test: SmallMNIST.test) } throws: { "\($0)".contains("server_examples") }
+        bad = c
+        bad.distillStudents = ["dense:16,relu,dense:7"]
+        #expect { try bad.validate() } throws: { "\($0)".contains("distill") }
+    }
+
+    @Test func fedsimDistilsAndExportsStudents() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("distill-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try FedSimProcess.run([
+            "--rounds", "3", "--distill", "dense:16,relu,dense:10", "--distill-epochs", "2", "--server-examples", "3000",
+            "--export", directory.appendingPathComponent("teacher.fedmodel").path, "--progress", "none",
+        ])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("distilled on 3000 held-out training examples"), "\(result.stdout)")
+        let line = try #require(result.stdout.split(separator: "\n").first { $0.contains("student 1 dense:16,relu,dense:10") })
+        #expect(line.contains("12730 parameters"), "\(line)")
+        #expect(FileManager.default.fileExists(atPath: directory.appendingPathComponent("student-1.fedmodel").path))
+        #expect(FileManager.default.fileExists(atPath: directory.appendingPathComponent("teacher.fedmodel").path))
+    }
+}

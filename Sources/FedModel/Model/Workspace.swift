@@ -25,6 +25,10 @@ public final class Workspace {
     /// When set, every layer's forward and backward pass, the loss, and the optimiser steps
     /// run between layers are timed into it (`fedbench --profile`). Nil costs one branch per layer.
     public var profile: StageProfile?
+    /// When set, training steps score the outputs with this instead of the network's loss:
+    /// `(outputs, batch, gradient)` returns the batch's tally and writes ∂(mean loss)/∂outputs
+    /// (knowledge distillation's soft targets).
+    public var lossOverride: ((_ outputs: UnsafePointer<Float>, _ batch: Int, _ gradient: UnsafeMutablePointer<Float>) -> LossTally)?
 
     public init(network: Network, capacity: Int, threads: Int = 1) {
         precondition(capacity > 0, "workspace capacity must be positive")
@@ -144,7 +148,7 @@ public final class Workspace {
             profile[keyPath: stage][i] += now - clock
             clock = now
         }
-        let result = network.spec.loss.evaluate(
+        let result = lossOverride?(logits, batch, upstream) ?? network.spec.loss.evaluate(
             outputs: logits, labels: labels, values: targets, batch: batch, width: network.classes, gradient: upstream)
         lap(\.loss, 0)
         for i in network.layers.indices.reversed() {
