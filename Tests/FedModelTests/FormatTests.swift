@@ -100,11 +100,39 @@ import Testing
         #expect(train.count == 5 && train.labels == [61, 3, 10, 0, 1] && train.groups == [0, 0, 1, 2, 2] && train.classes == 62)
         #expect(try Partition.natural.split(train, clients: 3, seed: 1) == [[0, 1], [2], [3, 4]])
         #expect(try DataDirectory.load(dir, train: false, targets: .classes(62)).labels == [5])
-        // Sent140's tweets (word-level text) are refused with the reason.
+        // Something that is none of LEAF's example kinds is refused with the file and example.
         try """
-            {"users": ["tweeter"], "num_samples": [1], "user_data": {"tweeter": {"x": [["1467810369", "Mon Apr 06", "NO_QUERY", "tweeter", "is upset"]], "y": [0]}}}
+            {"users": ["odd"], "num_samples": [1], "user_data": {"odd": {"x": [{"a": 1}], "y": [0]}}}
             """.write(to: dir.appendingPathComponent("train/all_data_2.json"), atomically: true, encoding: .utf8)
-        #expect { try DataDirectory.load(dir, train: true) } throws: { "\($0)".contains("word-level text") && "\($0)".contains("all_data_2.json") }
+        #expect { try DataDirectory.load(dir, train: true) } throws: { "\($0)".contains("example 0") && "\($0)".contains("all_data_2.json") }
+    }
+
+    /// Sent140's layout: each x is [id, date, query, user, tweet], y the sentiment; the tweet
+    /// becomes word ids from the training split's vocabulary, the same for the test split.
+    @Test func leafSent140LoadsAsWordIDs() throws {
+        let dir = try directory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for split in ["train", "test"] {
+            try FileManager.default.createDirectory(at: dir.appendingPathComponent(split), withIntermediateDirectories: true)
+        }
+        try """
+            {"users": ["amy", "bob"], "num_samples": [2, 1],
+             "user_data": {"amy": {"x": [["1", "Mon Apr 06", "NO_QUERY", "amy", "Good day, good coffee!"], ["2", "Mon", "NO_QUERY", "amy", "bad day"]], "y": [1, 0]},
+                           "bob": {"x": [["3", "Tue", "NO_QUERY", "bob", "so BAD, so sad"]], "y": [0]}}}
+            """.write(to: dir.appendingPathComponent("train/all_data_0.json"), atomically: true, encoding: .utf8)
+        try """
+            {"users": ["cat"], "num_samples": [1], "user_data": {"cat": {"x": [["4", "Wed", "NO_QUERY", "cat", "good tea"]], "y": [1]}}}
+            """.write(to: dir.appendingPathComponent("test/all_data_0.json"), atomically: true, encoding: .utf8)
+        let vocabulary = try LEAF.vocabulary(directory: dir)
+        // good 2, day 2, bad 2, so 2 (by count, then first seen), then coffee, sad.
+        #expect(vocabulary == ["good": 2, "day": 3, "bad": 4, "so": 5, "coffee": 6, "sad": 7])
+        let train = try DataDirectory.load(dir, train: true, targets: .classes(2))
+        #expect(train.sampleShape == .vector(LEAF.sentenceLength) && train.labels == [1, 0, 0] && train.groups == [0, 0, 1])
+        let first = Array(train.features[0..<LEAF.sentenceLength])
+        #expect(first.suffix(4) == [2, 3, 2, 6] && first.dropLast(4).allSatisfy { $0 == 0 }, "left-padded word ids: \(first)")
+        let test = try DataDirectory.load(dir, train: false, targets: .classes(2))
+        #expect(Array(test.features.suffix(2)) == [2, 1], "the training vocabulary, unknown words 1")
+        #expect(LEAF.wordIDs(String(repeating: "good ", count: 40), vocabulary: vocabulary) == [Float](repeating: 2, count: LEAF.sentenceLength), "the last 25 words")
     }
 
     /// Shakespeare's layout: 80 characters of a role's lines and the next character, as token

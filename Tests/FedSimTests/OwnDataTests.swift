@@ -185,6 +185,49 @@ import Testing
         #expect { try Simulation(configuration: bad) } throws: { "\($0)".contains("is not a token id in 0..<20") }
     }
 
+    /// Sentiment from LEAF's Sent140 layout: tweets of users, as word ids from the training
+    /// vocabulary, one client per user (natural partition), an embedding and a GRU.
+    @Test func sent140SentimentWithANaturalPartition() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fedsent-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var generator = SeededGenerator(seed: 9)
+        let filler = "i the day today work home it was and my so just going now got".split(separator: " ")
+        let happy = ["good", "great", "love", "happy", "fun"], sad = ["bad", "awful", "hate", "sad", "tired"]
+        for (split, users) in [("train", 20), ("test", 5)] {
+            try FileManager.default.createDirectory(at: dir.appendingPathComponent(split), withIntermediateDirectories: true)
+            var userData: [String] = []
+            for u in 0..<users {
+                var xs: [String] = [], ys: [String] = []
+                for t in 0..<20 {
+                    let positive = (t + u) % 2 == 0
+                    var words = (0..<6).map { _ in String(filler[Int(generator.next() % UInt64(filler.count))]) }
+                    words.insert((positive ? happy : sad)[Int(generator.next() % 5)], at: Int(generator.next() % 7))
+                    xs.append("[\"\(t)\", \"Mon Apr 06\", \"NO_QUERY\", \"u\(u)\", \"\(words.joined(separator: " "))\"]")
+                    ys.append(positive ? "1" : "0")
+                }
+                userData.append("\"\(split)\(u)\": {\"x\": [\(xs.joined(separator: ", "))], \"y\": [\(ys.joined(separator: ", "))]}")
+            }
+            let names = (0..<users).map { "\"\(split)\($0)\"" }.joined(separator: ", ")
+            try "{\"users\": [\(names)], \"num_samples\": [\((0..<users).map { _ in "20" }.joined(separator: ", "))], \"user_data\": {\(userData.joined(separator: ", "))}}"
+                .write(to: dir.appendingPathComponent("\(split)/all_data_\(split).json"), atomically: true, encoding: .utf8)
+        }
+        let configuration = try SimulationConfiguration.parse("""
+            data = "\(dir.path)"
+            input = [\(LEAF.sentenceLength)]
+            classes = 2
+            layers = ["embedding:\(LEAF.vocabularySize):8", "gru:16", "dense:2"]
+            partition = "natural"
+            clients = 20
+            fraction = 0.5
+            local_epochs = 5
+            learning_rate = 0.5
+            rounds = 20
+            """, source: "sent140.toml")
+        let report = try Simulation(configuration: configuration).run()
+        let accuracy = try #require(report.summary.finalAccuracy)
+        #expect(accuracy > 0.9, "sentiment accuracy \(accuracy) (half the tweets are positive)")
+    }
+
     /// A simulation split as CSV (`train.csv`, `test.csv`) with a device column: the natural
     /// partition gives every device its own client, the device column is not a feature, and the
     /// target column is named by the header.

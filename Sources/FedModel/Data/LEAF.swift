@@ -8,9 +8,51 @@ import Foundation
 /// (FEMNIST: 784 values in [0, 1], 62 classes). Character examples (Shakespeare: 80 characters
 /// of a play, and the next character) load as token ids in LEAF's own 80-letter alphabet
 /// (``letters``), for `embedding:80:D` models with 80 classes; a character outside it is an
-/// error naming the example. Word-level text (Sent140's tweets) is refused: it needs a
-/// vocabulary this reader does not build.
+/// error naming the example. Word-level text (Sent140: each x a list of strings whose last is
+/// the tweet) loads as ``sentenceLength`` word ids from a vocabulary built on the training
+/// split (``vocabulary(directory:)``), for `embedding:10000:D` models with 2 classes.
 public enum LEAF {
+    /// Words a sentence keeps (its last ones), left-padded with id 0 to this length.
+    public static let sentenceLength = 25
+    /// Vocabulary size: id 0 pads, id 1 stands for a word outside the vocabulary, and ids 2
+    /// up to this bound are the training split's most frequent words.
+    public static let vocabularySize = 10_000
+
+    /// Lower-cased words: runs of letters, digits, `'`, `@`, `#` and `_`.
+    public static func words(_ text: String) -> [String] {
+        text.lowercased().split { !($0.isLetter || $0.isNumber || "'@#_".contains($0)) }.map(String.init)
+    }
+
+    /// The word ids of the training split of `directory`: its most frequent words (ties in
+    /// first-seen order), from id 2 on.
+    public static func vocabulary(directory: URL) throws -> [String: Int32] {
+        var counts: [String: Int] = [:], firstSeen: [String: Int] = [:]
+        for url in files(in: directory.appendingPathComponent("train")) {
+            guard let data = try? Data(contentsOf: url), let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let users = object["users"] as? [String], let userData = object["user_data"] as? [String: Any] else { continue }
+            for user in users {
+                guard let xs = (userData[user] as? [String: Any])?["x"] as? [Any] else { continue }
+                for x in xs {
+                    guard let text = (x as? [Any])?.last as? String else { continue }
+                    for word in words(text) {
+                        counts[word, default: 0] += 1
+                        if firstSeen[word] == nil { firstSeen[word] = firstSeen.count }
+                    }
+                }
+            }
+        }
+        let ranked = counts.keys.sorted { counts[$0]! != counts[$1]! ? counts[$0]! > counts[$1]! : firstSeen[$0]! < firstSeen[$1]! }
+        var ids: [String: Int32] = [:]
+        for (i, word) in ranked.prefix(vocabularySize - 2).enumerated() { ids[word] = Int32(i + 2) }
+        return ids
+    }
+
+    /// A sentence as ``sentenceLength`` word ids: its last words, left-padded with 0, unknown words 1.
+    public static func wordIDs(_ text: String, vocabulary: [String: Int32]) -> [Float] {
+        let ids = words(text).suffix(sentenceLength).map { Float(vocabulary[$0] ?? 1) }
+        return [Float](repeating: 0, count: sentenceLength - ids.count) + ids
+    }
+
     /// LEAF's `ALL_LETTERS` for Shakespeare: a character's id is its position here.
     public static let letters = Array("\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}")
     public static func isPresent(in directory: URL) -> Bool {
@@ -32,6 +74,7 @@ public enum LEAF {
         var groups: [Int32] = []
         var width: Int?
         var userIndex: [String: Int32] = [:]
+        var vocabulary: [String: Int32]?
         for url in urls {
             guard let data = try? Data(contentsOf: url),
                   let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
@@ -54,6 +97,10 @@ public enum LEAF {
                     let numbers: [Float]
                     if let text = x as? String {
                         numbers = try text.map(token)
+                    } else if let row = x as? [Any], !row.isEmpty, row.allSatisfy({ $0 is String }) {
+                        // Sent140: [id, date, query, user, text]; the words of the text.
+                        if vocabulary == nil { vocabulary = try Self.vocabulary(directory: directory) }
+                        numbers = wordIDs(row.last as! String, vocabulary: vocabulary!)
                     } else if let row = x as? [Any], row.allSatisfy({ $0 is NSNumber }) {
                         numbers = try row.map { value -> Float in
                             let number = (value as! NSNumber).floatValue
@@ -61,7 +108,7 @@ public enum LEAF {
                             return number
                         }
                     } else {
-                        throw DataError(url.path, "user \(user), example \(i): word-level text (Sent140) needs a vocabulary this reader does not build; numeric (FEMNIST) and character (Shakespeare) examples load")
+                        throw DataError(url.path, "user \(user), example \(i): neither numbers (FEMNIST), a string of characters (Shakespeare) nor a list of strings ending with a sentence (Sent140)")
                     }
                     if width == nil { width = numbers.count }
                     guard numbers.count == width else { throw DataError(url.path, "user \(user), example \(i): \(numbers.count) values, earlier examples have \(width!)") }
