@@ -497,6 +497,14 @@ import Testing
         let prunedText = try String(contentsOf: prunedLog, encoding: .utf8)
         #expect(pruned.terminationStatus == 0 && prunedText.contains("49803 of 199210 weights nonzero"), "\(prunedText)")
         #expect(try Data(contentsOf: modelFile).count < 199_210 * 4 / 12, "at least 12 times smaller than float32")
+        // Distilled into a student on the server's own examples (one epoch), written beside the teacher.
+        let distillLog = directory.appendingPathComponent("distill.log")
+        let distill = try start("fedcoord", ["distill", "--db", database, "--student", "dense:16,relu,dense:10", "--data", "Simulations/data/mnist",
+                                             "--out", directory.path, "--epochs", "1"], output: distillLog)
+        distill.waitUntilExit()
+        let distillText = try String(contentsOf: distillLog, encoding: .utf8)
+        #expect(distill.terminationStatus == 0 && distillText.contains("student 1 dense:16,relu,dense:10: 12730 parameters"), "\(distillText)")
+        #expect(FileManager.default.fileExists(atPath: directory.appendingPathComponent("student-1.fedmodel").path))
         for client in clients {
             for _ in 0..<100 where client.isRunning { try await Task.sleep(nanoseconds: 50_000_000) }
             #expect(client.terminationStatus == 0)
