@@ -103,5 +103,6 @@ extension RoundRecord {
             round: r.round, testMetric: r.testMetric, testLoss: r.testLoss, trainLoss: r.trainingLoss,
             clients: r.completed, uplinkBytes: r.uplinkBytes, downlinkBytes: r.downlinkBytes, seconds: r.seconds,
             selected: r.selected, dropped: r.dropped, late: r.late)
+        sparsity = r.sparsity
     }
 }
