@@ -4,7 +4,8 @@ import json, math, re, statistics, sys
 
 rounds, seeds = int(sys.argv[1]), int(sys.argv[2])
 settings = sys.argv[3:]
-FLOAT32 = 199_210 * 4
+FLOAT32 = 199_210 * 4   # raw float32 bytes of the 2NN's weights (the model's ratio)
+UPDATE32 = 797_032      # an fp32+raw update: the weights and six 32-byte shard headers
 
 
 def runs(scenario, sparsity, codec):
@@ -28,7 +29,7 @@ def median(values):
 
 rows, points = [], {}
 header = ("| scenario | sparsity | uplink codec | model bytes fp32 / q8 / q4 | ratio to float32 (q8, q4) | "
-          f"bytes per update | ratio | accuracy at round {rounds} | q8 / q4 export | rounds to 97% | s per round |")
+          f"bytes per update, mean of the run (ratio) | at round {rounds} (ratio) | accuracy at round {rounds} | q8 / q4 export | rounds to 97% | s per round |")
 print(header)
 print("| --- " * (header.count("|") - 1) + "|")
 for scenario in ("mnist-2nn-iid", "mnist-2nn-noniid"):
@@ -39,6 +40,7 @@ for scenario in ("mnist-2nn-iid", "mnist-2nn-noniid"):
         accuracy = median([r["summary"]["final_accuracy"] for r, _ in results])
         updates = [sum(x["uplink_bytes"] for x in r["rounds"]) / sum(x["clients"] for x in r["rounds"]) for r, _ in results]
         per_update = median(updates)
+        final_update = median([r["rounds"][-1]["uplink_bytes"] / r["rounds"][-1]["clients"] for r, _ in results])
         size = {k: median([e[k][0] for _, e in results]) for k in ("fp32", "q8", "q4")}
         exported = {k: median([e[k][1] for _, e in results]) for k in ("q8", "q4")}
         reached = [r["summary"]["rounds_to_target"] for r, _ in results]
@@ -49,7 +51,8 @@ for scenario in ("mnist-2nn-iid", "mnist-2nn-noniid"):
         rows.append((scenario, float(sparsity), codec, size, exported, accuracy, dense))
         print(f"| {scenario.replace('mnist-2nn-', '')} | {float(sparsity):.0%} | `{codec}` | "
               f"{size['fp32']:,.0f} / {size['q8']:,.0f} / {size['q4']:,.0f} | "
-              f"{FLOAT32 / size['q8']:.1f}x, {FLOAT32 / size['q4']:.1f}x | {per_update:,.0f} | {FLOAT32 / per_update:.1f}x | "
+              f"{FLOAT32 / size['q8']:.1f}x, {FLOAT32 / size['q4']:.1f}x | {per_update:,.0f} ({UPDATE32 / per_update:.0f}x) | "
+              f"{final_update:,.0f} ({UPDATE32 / final_update:.0f}x) | "
               f"{accuracy:.2%} ({accuracy - dense:+.2%}) | {exported['q8']:.2%} / {exported['q4']:.2%} | {to_target} | {seconds:.2f} |")
         for name in ("fp32", "q8", "q4"):
             value = exported.get(name, accuracy)
