@@ -59,7 +59,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(help: "Write the JSON report to this file.") var report: String?
     @Option(help: "Record the run in this SQLite file (the fedcoord schema; read it with fedcoord report). In-memory transport only.") var db: String?
     @Option(help: "Write the final global model to this file (fedcoord export's format; in-memory transport only), with --export-codec, and print its size and test metric beside the float32 model's.") var export: String?
-    @Option(name: .customLong("export-codec"), help: "Codec of the exported weights: fp32, fp16, q8, q4, ... or topk:F+q8 to prune at export (default q8). A pruned model is written sparse.") var exportCodec = "q8"
+    @Option(name: .customLong("export-codec"), help: "Codec of the exported weights: fp32, fp16, q8, q4, ... or topk:F+q8 to prune at export. A pruned model is written sparse.") var exportCodec = "q8"
     @Option(help: ArgumentHelp("After the run, distil the final model into this smaller student (a comma-separated layer list, e.g. dense:32,relu,dense:10; repeat for several), trained on the server's held-out training examples with the teacher's soft targets, and print its size and accuracy beside the teacher's (memory transport).", valueName: "layers")) var distill: [String] = []
     @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill).") var serverExamples: Int?
     @Option(help: "Distillation temperature T (default 4).") var temperature: Double?
