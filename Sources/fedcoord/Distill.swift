@@ -32,15 +32,9 @@ extension FedCoord {
         @Option(help: "Seed of the students' initial weights and shuffling.") var seed: UInt64 = 1
 
         func run() throws {
-            do {
-                let store = try RunStore(path: db)
-                guard let description = try store.runConfiguration() else { throw StoreError("\(db): no run recorded") }
-                let spec = try ModelSpec(wireDescription: description)
-                let network = try Network(spec)
-                let wanted = try round ?? (store.lastCheckpoint()?.round ?? 0)
-                guard let checkpoint = try store.checkpoint(round: wanted) else {
-                    throw StoreError("\(db): no checkpoint for round \(wanted) (kept: \(try store.checkpointRounds().map(String.init).joined(separator: ", ")))")
-                }
+            runReportingErrors {
+                let committed = try CommittedModel(database: db, round: round)
+                let (spec, network, wanted) = (committed.spec, committed.network, committed.round)
                 let codecSpec = try CodecSpec(parsing: codec)
                 let students = try StudentDistillation.specs(student, teacher: spec)
                 let settings = Distillation(temperature: Float(temperature), epochs: epochs, batchSize: batch, learningRate: Float(lr), seed: seed)
@@ -53,10 +47,10 @@ extension FedCoord {
                 if let problem = network.accepts(transfer) { throw DataError(data, problem) }
                 let test = try DataDirectory.load(URL(fileURLWithPath: testData), train: false, targets: TargetFormat(spec))
                 let directory = URL(fileURLWithPath: out)
-                let teacher = try ModelExport.write(model: checkpoint.model, network: network, codec: codecSpec,
+                let teacher = try ModelExport.write(model: committed.parameters, network: network, codec: codecSpec,
                                                     to: directory.appendingPathComponent("teacher.fedmodel"), test: test)
                 let results = try StudentDistillation.run(
-                    teacher: network, parameters: checkpoint.model, students: students, transfer: transfer.all, test: test,
+                    teacher: network, parameters: committed.parameters, students: students, transfer: transfer.all, test: test,
                     settings: settings, codec: codecSpec, directory: directory) { student, epoch, loss in
                     if epoch == epochs || epoch % 5 == 0 {
                         FileHandle.standardError.write(Data(String(format: "fedcoord: distilling student %d/%d: epoch %d/%d, soft loss %.4f\n", student + 1, students.count, epoch, epochs, loss).utf8))
@@ -64,20 +58,7 @@ extension FedCoord {
                 }
                 print("fedcoord: round \(wanted)'s model taught \(students.count) student(s) on \(transfer.count) examples of \(data), T = \(temperature); written to \(directory.path)/teacher.fedmodel and student-N.fedmodel")
                 for line in StudentDistillation.describe(results, teacher: teacher, codec: codecSpec) { print("fedcoord: " + line) }
-            } catch let error as StoreError {
-                fail(error.description)
-            } catch let error as CodecError {
-                fail("codec: \(error.message)")
-            } catch let error as DataError {
-                fail(error.description)
-            } catch let error as ModelError {
-                fail(error.description)
             }
-        }
-
-        private func fail(_ message: String) -> Never {
-            FileHandle.standardError.write(Data("fedcoord: error: \(message)\n".utf8))
-            Foundation.exit(1)
         }
     }
 }

@@ -26,35 +26,15 @@ extension FedCoord {
         @Option(help: "Test data directory for the accuracy check (test_x.npy/test_y.npy or IDX files).") var testData = "Simulations/data/mnist"
 
         func run() throws {
-            do {
-                let store = try RunStore(path: db)
-                guard let description = try store.runConfiguration() else { throw StoreError("\(db): no run recorded") }
-                let spec = try ModelSpec(wireDescription: description)
-                let network = try Network(spec)
-                let wanted = try round ?? (store.lastCheckpoint()?.round ?? 0)
-                guard let checkpoint = try store.checkpoint(round: wanted) else {
-                    throw StoreError("\(db): no checkpoint for round \(wanted) (kept: \(try store.checkpointRounds().map(String.init).joined(separator: ", ")))")
-                }
+            runReportingErrors {
+                let committed = try CommittedModel(database: db, round: round)
                 let codecSpec = try CodecSpec(parsing: codec)
-                let test = try DataDirectory.load(URL(fileURLWithPath: testData), train: false, targets: TargetFormat(spec))
-                let result = try ModelExport.write(model: checkpoint.model, network: network, codec: codecSpec, to: URL(fileURLWithPath: out), test: test)
-                let lines = ModelExport.describe(result, codec: codecSpec, path: out, what: "round \(wanted)")
+                let test = try DataDirectory.load(URL(fileURLWithPath: testData), train: false, targets: TargetFormat(committed.spec))
+                let result = try ModelExport.write(model: committed.parameters, network: committed.network, codec: codecSpec, to: URL(fileURLWithPath: out), test: test)
+                let lines = ModelExport.describe(result, codec: codecSpec, path: out, what: "round \(committed.round)")
                 print("fedcoord: " + lines[0])
                 for line in lines.dropFirst() { print(line) }
-            } catch let error as StoreError {
-                fail(error.description)
-            } catch let error as CodecError {
-                fail("codec: \(error.message)")
-            } catch let error as DataError {
-                fail(error.description)
-            } catch let error as ModelError {
-                fail(error.description)
             }
-        }
-
-        private func fail(_ message: String) -> Never {
-            FileHandle.standardError.write(Data("fedcoord: error: \(message)\n".utf8))
-            Foundation.exit(1)
         }
     }
 }
