@@ -18,6 +18,17 @@ public final class Simulation {
     public let network: Network
     public let trainData: Dataset
     public let testData: Dataset
+    /// With the low-rank reference (`svd_rank`), the bytes one update's rank-R factor pairs
+    /// would take as float32 (the other tensors whole), with a 32-byte header per shard.
+    public var lowRankUpdateBytes: Int? {
+        guard configuration.svdRank > 0 else { return nil }
+        return network.layout.tensors.reduce(0) { total, tensor in
+            guard tensor.shape.count >= 2 else { return total + 32 + 4 * tensor.count }
+            let cols = tensor.shape.last!, rows = tensor.count / cols
+            return total + 32 + 4 * min(tensor.count, (rows + cols) * min(configuration.svdRank, rows, cols))
+        }
+    }
+
     /// Training examples held out of the clients' data for the server (distillation), if any.
     public let serverData: Dataset?
     /// Each client's example indices into ``trainData``.
@@ -238,6 +249,7 @@ public final class Simulation {
         let parameterCount = network.parameterCount
         let profiles = self.profiles
         let clock = devices.hasClock
+        let lowRankTensors = network.layout.tensors.filter { $0.shape.count >= 2 }
         withUnsafeMutableBuffers(&localModels, &sentDeltas, &decodedDeltas) { locals, sent, decoded in
             parallelFor(trainers.count) { worker in
                 while let slot = state.claim() {
@@ -263,6 +275,15 @@ public final class Simulation {
                             if malicious {
                                 var noise = SeededGenerator(seed: c.seed, stream: 0xBAD, UInt64(round), UInt64(client))
                                 attack.apply(to: &sent[worker], scale: Float(c.attackScale), noise: c.attackNoise, generator: &noise)
+                            }
+                            if c.svdRank > 0 {
+                                for tensor in lowRankTensors {
+                                    let cols = tensor.shape.last!
+                                    sent[worker].withUnsafeMutableBufferPointer {
+                                        LowRank.truncate($0.baseAddress! + tensor.offset, rows: tensor.count / cols, cols: cols, rank: c.svdRank,
+                                                         seed: c.seed &+ UInt64(round) &* 0x9E37_79B9 &+ UInt64(client) &* 0x85EB_CA6B &+ UInt64(tensor.index))
+                                    }
+                                }
                             }
                             let feedback = uplink.spec.errorFeedback ? residuals.take(client, count: parameterCount) : nil
                             feedback?.compensate(&sent[worker])

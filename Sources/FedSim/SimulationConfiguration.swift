@@ -110,6 +110,10 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// its distillation transfer set; 0 = 5,000 when there are students, none otherwise.
     public var serverExamples = 0
     public var distillation = Distillation()
+    /// The low-rank reference (0 = off): each client's update to every weight matrix is replaced
+    /// by its rank-R approximation (``LowRank``) before it is encoded; what a low-rank update
+    /// codec would be measured against. The update still travels in `codec`.
+    public var svdRank = 0
 
     /// The held-out examples in effect.
     public var effectiveServerExamples: Int { serverExamples > 0 ? serverExamples : (distillStudents.isEmpty ? 0 : 5000) }
@@ -117,7 +121,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public init() {}
 
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union([
-        "distill", "server_examples", "distill_temperature", "distill_epochs", "distill_lr", "distill_batch",
+        "svd_rank", "distill", "server_examples", "distill_temperature", "distill_epochs", "distill_lr", "distill_batch",
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
         "shards_per_client", "dirichlet_alpha", "labels_per_client", "label_column", "user_column", "seed", "target_accuracy", "target", "stop_at_target",
@@ -206,6 +210,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.number("attack_noise") { c.attackNoise = v }
         if let v = try table.int("attack_from_round") { c.attackFromRound = v }
         c.pruning = try PruningSchedule.configured(table)
+        if let v = try table.int("svd_rank") { c.svdRank = v }
         if let v = try table.strings("distill") { c.distillStudents = v }
         if let v = try table.int("server_examples") { c.serverExamples = v }
         if let v = try table.number("distill_temperature") { c.distillation.temperature = Float(v) }
@@ -249,6 +254,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard trustedExamples >= 2 else { throw ConfigurationError("trusted_examples must be at least 2, got \(trustedExamples)") }
         guard attackers >= 0, attackers < 1 else { throw ConfigurationError("attackers must be in [0, 1), got \(attackers)") }
         if let pruning { _ = try pruning.resolved(rounds: rounds) }
+        guard (0...1024).contains(svdRank) else { throw fail("svd_rank must be in 0...1024 (0 = off), got \(svdRank)") }
         guard serverExamples >= 0 else { throw fail("server_examples must be at least 0, got \(serverExamples)") }
         if !distillStudents.isEmpty {
             do {

@@ -61,6 +61,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(help: "Write the final global model to this file (fedcoord export's format; in-memory transport only), with --export-codec, and print its size and test metric beside the float32 model's.") var export: String?
     @Option(name: .customLong("export-codec"), help: "Codec of the exported weights: fp32, fp16, q8, q4, ... or topk:F+q8 to prune at export. A pruned model is written sparse.") var exportCodec = "q8"
     @Option(help: ArgumentHelp("After the run, distil the final model into this smaller student (a comma-separated layer list, e.g. dense:32,relu,dense:10; repeat for several), trained on the server's held-out training examples with the teacher's soft targets, and print its size and accuracy beside the teacher's (memory transport).", valueName: "layers")) var distill: [String] = []
+    @Option(name: .customLong("svd-rank"), help: "Low-rank reference: replace each client's update to every weight matrix by its rank-R approximation (randomized SVD) before encoding, and print the bytes rank-R factors would take (0 = off).") var svdRank: Int?
     @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill).") var serverExamples: Int?
     @Option(help: "Distillation temperature T (default 4).") var temperature: Double?
     @Option(name: .customLong("distill-epochs"), help: "Distillation passes over the server's examples (default 20).") var distillEpochs: Int?
@@ -133,6 +134,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let data { c.data = data }
         if !distill.isEmpty { c.distillStudents = distill }
         if let serverExamples { c.serverExamples = serverExamples }
+        if let svdRank { c.svdRank = svdRank }
         if let temperature { c.distillation.temperature = Float(temperature) }
         if let distillEpochs { c.distillation.epochs = distillEpochs }
         if let prune {
@@ -211,6 +213,9 @@ struct FedSimCommand: AsyncParsableCommand {
         line += String(format: ", %.2fs per round, %.1fs total", s.meanSecondsPerRound, s.totalSeconds)
         line += ", uplink \(s.uplinkBytes) bytes, downlink \(s.downlinkBytes) bytes"
         if let sparsity = result.rounds.last?.sparsity { line += String(format: ", sparsity %.3f", sparsity) }
+        if let factors = simulation.lowRankUpdateBytes {
+            line += ", rank-\(c.svdRank) factors \(factors) bytes per update (\(String(format: "%.1f", Double(simulation.network.parameterCount * 4 + 32 * simulation.network.layout.tensors.count) / Double(factors)))x less than float32)"
+        }
         if let simulated = s.simulatedSeconds { line += String(format: ", %.1f simulated seconds", simulated) }
         print(line)
         if !quiet, s.perClassAccuracy.count > 1, s.perClassAccuracy.count <= 100 {

@@ -118,3 +118,27 @@ struct DistillationSimulationTests {
         #expect(FileManager.default.fileExists(atPath: directory.appendingPathComponent("teacher.fedmodel").path))
     }
 }
+
+/// The low-rank reference in fedsim: a client's update reaches the server as rank-R matrices.
+struct LowRankSimulationTests {
+    @Test func aClientsUpdateArrivesAtRankR() throws {
+        var c = SimulationConfiguration()
+        c.clients = 20
+        c.fraction = 0.05
+        c.rounds = 1
+        c.svdRank = 1
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let before = simulation.global
+        try simulation.runRound()
+        let tensor = simulation.network.layout.tensors[0]
+        var delta = zip(simulation.global[tensor.range], before[tensor.range]).map { $0 - $1 }
+        let original = delta
+        delta.withUnsafeMutableBufferPointer { _ = LowRank.truncate($0.baseAddress!, rows: 784, cols: 200, rank: 1, seed: 3) }
+        var difference = 0.0, norm = 0.0
+        for (a, b) in zip(original, delta) { difference += Double((a - b) * (a - b)); norm += Double(a * a) }
+        #expect(norm > 0 && (difference / norm).squareRoot() < 1e-3, "the one client's dense1 update is rank 1: relative residual \((difference / norm).squareRoot())")
+        // 2NN, rank 4: (784 + 200)·4, (200 + 200)·4 and (200 + 10)·4 floats, the biases whole, 32-byte headers.
+        c.svdRank = 4
+        #expect(try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).lowRankUpdateBytes == 27_336)
+    }
+}
