@@ -6,7 +6,7 @@ import Testing
     let repository = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    @Test(arguments: ["mnist-2nn-iid", "mnist-2nn-noniid", "mnist-cnn-iid", "mnist-cnn-noniid"])
+    @Test(arguments: ["mnist-2nn-iid", "mnist-2nn-noniid", "mnist-cnn-iid", "mnist-cnn-noniid", "mnist-2nn-iid-pruned", "mnist-2nn-noniid-pruned"])
     func bundledScenariosAreValid(name: String) throws {
         let c = try SimulationConfiguration.load(contentsOf: repository.appendingPathComponent("Simulations/\(name).toml"))
         try c.validate()
