@@ -5,10 +5,13 @@ public struct UpdateCodec: Sendable {
     public let shardRanges: [Range<Int>]
     public let count: Int
 
-    public init(spec: CodecSpec, shardRanges: [Range<Int>]) {
+    /// `count` is the vector's size when the shards do not end it (some of a model's tensors
+    /// are not encoded, such as the frozen ones of a model with adapters).
+    public init(spec: CodecSpec, shardRanges: [Range<Int>], count: Int? = nil) {
+        precondition(count == nil || count! >= (shardRanges.last?.upperBound ?? 0), "shards beyond the vector")
         self.spec = spec
         self.shardRanges = shardRanges
-        count = shardRanges.last?.upperBound ?? 0
+        self.count = count ?? shardRanges.last?.upperBound ?? 0
     }
 
     /// One encoded byte string per shard. `masks` (a pruning mask's kept positions per shard,

@@ -16,6 +16,19 @@ public enum SharedKeys {
     public static let model: Set<String> = ["model", "layers", "input", "classes", "outputs", "loss"]
     /// Federated magnitude pruning on Zhu and Gupta's schedule.
     public static let pruning: Set<String> = ["prune_sparsity", "prune_initial_sparsity", "prune_start", "prune_end", "prune_every", "prune_scope"]
+    /// A model trained elsewhere that the run starts from (fine-tuning, in full or with adapters).
+    public static let transfer: Set<String> = ["base_model"]
+}
+
+extension ModelSpec {
+    /// Why this model cannot be trained with the given options, or nil: low-rank adapters do
+    /// not combine with pruning, and need a base model to adapt.
+    public func transferProblem(baseModel: String?, pruning: Bool) -> String? {
+        guard hasAdapters else { return nil }
+        if pruning { return "low-rank adapters (:loraR layers) and pruning do not combine: the adapters train, the pruned base weights would be frozen" }
+        if baseModel == nil { return "low-rank adapters (:loraR layers) adapt a trained model: set base_model to an exported model or a run database" }
+        return nil
+    }
 }
 
 extension PruningSchedule.Scope: ConfigurationChoice {}

@@ -122,6 +122,13 @@ public actor Coordinator {
         } else {
             store = nil
         }
+        if resume == nil, let path = configuration.baseModelPath {
+            let (parameters, kept) = try BaseModel(path: path).load(into: network, initial: initial)
+            initial = parameters
+            logger.info("starting from a base model", metadata: [
+                "base_model": "\(path)", "trained": "\(network.layout.trainableIndices.count) of \(network.layout.tensors.count) shards",
+                "initialised": "\(kept.isEmpty ? "none" : kept.joined(separator: ", "))"])
+        }
         firstRound = (resume?.round ?? 0) + 1
         var evaluate: (([Float]) -> (metric: Double, loss: Double))?
         if let test {

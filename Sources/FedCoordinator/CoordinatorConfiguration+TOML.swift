@@ -4,7 +4,7 @@ import FedModel
 import Foundation
 
 extension CoordinatorConfiguration {
-    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union([
+    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union([
         "host", "port", "rounds", "target_accuracy", "target", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "max_tasks_in_flight", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
@@ -50,6 +50,7 @@ extension CoordinatorConfiguration {
         if let v = try table.number("handshake_timeout") { c.handshakeTimeout = v }
         try c.aggregation.read(table)
         c.pruning = try PruningSchedule.configured(table)
+        if let v = try table.path("base_model") { c.baseModelPath = v }
         if let v = try table.number("update_bound") { c.updateBound = v }
         if let v = try table.number("loss_guard") { c.lossGuard = v }
         if let v = try table.int("trusted_examples") { c.trustedExamples = v }
@@ -137,6 +138,7 @@ extension CoordinatorConfiguration {
         if let pruning {
             do { _ = try pruning.resolved(rounds: rounds) } catch let error as ConfigurationError { throw fail(error.description) }
         }
+        if let problem = model.transferProblem(baseModel: baseModelPath, pruning: pruning != nil) { throw fail(problem) }
         guard !aggregation.needsTrustedDirections || trustedDataPath != nil else {
             throw fail("aggregator trust needs trusted_data: a data directory the server trusts (train_x.npy/train_y.npy, train.npz, CIFAR, LEAF or IDX files)")
         }

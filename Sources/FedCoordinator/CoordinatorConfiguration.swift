@@ -44,6 +44,10 @@ public struct CoordinatorConfiguration: Sendable {
     /// Federated magnitude pruning (nil = none; the `prune_` keys): masked shards go out
     /// sparse and updates count only on the kept weights. An end of 0 means half the rounds.
     public var pruning: PruningSchedule?
+    /// A model trained elsewhere that the run starts from (`base_model`: an exported model or a
+    /// run database), copied in by tensor name (``BaseModel``). A resumed run starts from its
+    /// checkpoint instead.
+    public var baseModelPath: String?
     /// Default bound on one update: its L2 norm is scaled down to this multiple of the median
     /// norm of the updates accepted in recent rounds (0 = off).
     public var updateBound = 3.0

@@ -20,20 +20,22 @@ public enum ClientSelection {
     /// The shards a client with `memoryBudget` bytes trains (Protocol.md, section 7): holding the
     /// model costs 4 bytes per parameter; training a shard costs 12 bytes per parameter of it
     /// (gradient, local copy, delta). Shards are taken largest first while they fit; a client
-    /// whose budget fits none trains the smallest one. A budget of 0 means no limit.
+    /// whose budget fits none trains the smallest one. A budget of 0 means no limit. Only
+    /// trainable shards are ever chosen (in a model with low-rank adapters, the adapters).
     public static func shardsToTrain(layout: ParameterLayout, memoryBudget: UInt64) -> [UInt16] {
-        let all = layout.tensors.map { UInt16($0.index) }
+        let trainable = layout.tensors.filter(\.trainable)
+        let all = trainable.map { UInt16($0.index) }
         guard memoryBudget > 0 else { return all }
         var remaining = Int64(clamping: memoryBudget) - Int64(layout.parameterCount * 4)
         var chosen: [UInt16] = []
-        for tensor in layout.tensors.sorted(by: { ($0.count, $1.index) > ($1.count, $0.index) }) {
+        for tensor in trainable.sorted(by: { ($0.count, $1.index) > ($1.count, $0.index) }) {
             let cost = Int64(tensor.count * 12)
             if cost <= remaining {
                 chosen.append(UInt16(tensor.index))
                 remaining -= cost
             }
         }
-        if chosen.isEmpty, let smallest = layout.tensors.min(by: { $0.count < $1.count }) {
+        if chosen.isEmpty, let smallest = trainable.min(by: { $0.count < $1.count }) {
             chosen = [UInt16(smallest.index)]
         }
         return chosen.sorted()

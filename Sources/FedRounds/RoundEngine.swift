@@ -520,7 +520,7 @@ public struct RoundEngine {
         guard update.exampleCount > 0 else { throw Refusal(.badUpdate, "update with no examples") }
         guard update.trainingLoss.isFinite else { throw Refusal(.badUpdate, "training loss is \(update.trainingLoss)") }
         guard !update.shards.isEmpty else { throw Refusal(.badUpdate, "update carries no shards") }
-        let assigned = clients[id]?.trainedShards ?? layout.tensors.map { UInt16($0.index) }
+        let assigned = clients[id]?.trainedShards ?? layout.trainableIndices.map(UInt16.init)
         var seen = Set<Int>()
         for index in update.shards {
             guard index >= 0, index < ranges.count, seen.insert(index).inserted else {

@@ -38,6 +38,7 @@ extension Simulation {
         coordinator.serverOptimizer = try c.serverOptimizerSettings()
         coordinator.aggregation = c.aggregation
         coordinator.pruning = try c.pruning?.resolved(rounds: c.rounds)
+        coordinator.baseModelPath = c.baseModel
         coordinator.seed = c.seed
         let ids = (0..<c.clients).map { String(format: "client-%06d", $0) }
         // Each simulated device gets its own key pair, derived from the seed.

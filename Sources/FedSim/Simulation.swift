@@ -22,7 +22,7 @@ public final class Simulation {
     /// would take as float32 (the other tensors whole), with a 32-byte header per shard.
     public var lowRankUpdateBytes: Int? {
         guard configuration.svdRank > 0 else { return nil }
-        return network.layout.tensors.reduce(0) { total, tensor in
+        return network.layout.tensors.filter(\.trainable).reduce(0) { total, tensor in
             guard tensor.shape.count >= 2 else { return total + 32 + 4 * tensor.count }
             let cols = tensor.shape.last!, rows = tensor.count / cols
             return total + 32 + 4 * min(tensor.count, (rows + cols) * min(configuration.svdRank, rows, cols))
@@ -114,15 +114,21 @@ public final class Simulation {
         } catch let error as DataError {
             throw ConfigurationError("partition \(configuration.partition): \(error.problem)")
         }
-        let global = network.initialParameters(seed: configuration.seed)
+        var global = network.initialParameters(seed: configuration.seed)
+        if let path = configuration.baseModel {
+            do { global = try BaseModel(path: path).load(into: network, initial: global).parameters } catch let error as ModelError {
+                throw ConfigurationError(error.description)
+            }
+        }
         let workers = min(configuration.effectiveThreads, configuration.clientsPerRound)
         let batch = configuration.batchSize
         trainers = (0..<workers).map { _ in LocalTrainer(network: network, batchCapacity: batch) }
         localModels = Array(repeating: global, count: workers)
         sentDeltas = Array(repeating: global, count: workers)
-        decodedDeltas = Array(repeating: global, count: workers)
+        decodedDeltas = Array(repeating: [Float](repeating: 0, count: global.count), count: workers)
         let ranges = network.layout.tensors.map(\.range)
-        uplink = UpdateCodec(spec: configuration.codec, shardRanges: ranges)
+        // Only trainable shards travel up (with adapters, only the adapters).
+        uplink = UpdateCodec(spec: configuration.codec, shardRanges: network.layout.tensors.filter(\.trainable).map(\.range), count: global.count)
         downlink = UpdateCodec(spec: configuration.downlink, shardRanges: ranges)
         var attackerDraw = SeededGenerator(seed: configuration.seed, stream: 0xBAD0)
         var everyone = Array(0..<configuration.clients)
@@ -249,7 +255,8 @@ public final class Simulation {
         let parameterCount = network.parameterCount
         let profiles = self.profiles
         let clock = devices.hasClock
-        let lowRankTensors = network.layout.tensors.filter { $0.shape.count >= 2 }
+        let lowRankTensors = network.layout.tensors.filter { $0.shape.count >= 2 && $0.trainable }
+        let frozen = Set(network.layout.tensors.filter { !$0.trainable }.map(\.index))
         withUnsafeMutableBuffers(&localModels, &sentDeltas, &decodedDeltas) { locals, sent, decoded in
             parallelFor(trainers.count) { worker in
                 while let slot = state.claim() {
@@ -266,7 +273,7 @@ public final class Simulation {
                     let summary = trainers[worker].train(
                         parameters: &locals[worker], anchor: anchor,
                         data: DatasetSlice(dataset: malicious ? (poisoned ?? data) : data, indices: indices[client]),
-                        epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator, keep: keep)
+                        epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator, frozen: frozen, keep: keep)
                     outcome.loss = summary.meanLoss
                     var encoded: [[UInt8]] = []
                     if summary.meanLoss.isFinite {
@@ -428,7 +435,7 @@ final class RoundDriver: @unchecked Sendable {
         self.clientIDs = clientIDs
         self.selected = selected
         self.byArrival = byArrival
-        allShards = Array(engine.layout.tensors.indices)
+        allShards = engine.layout.trainableIndices
     }
 
     func claim() -> Int? {

@@ -114,13 +114,17 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// by its rank-R approximation (``LowRank``) before it is encoded; what a low-rank update
     /// codec would be measured against. The update still travels in `codec`.
     public var svdRank = 0
+    /// A model trained elsewhere that the run starts from (`base_model`: an exported model or a
+    /// run database), copied in by tensor name; with low-rank adapters (`dense:N:loraR` layers)
+    /// only the adapters train and travel.
+    public var baseModel: String?
 
     /// The held-out examples in effect.
     public var effectiveServerExamples: Int { serverExamples > 0 ? serverExamples : (distillStudents.isEmpty ? 0 : 5000) }
 
     public init() {}
 
-    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union([
+    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union([
         "svd_rank", "distill", "server_examples", "distill_temperature", "distill_epochs", "distill_lr", "distill_batch",
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
@@ -135,6 +139,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         let table = try ConfigurationTable(contentsOf: url, knownKeys: keys)
         var configuration = try read(table)
         configuration.data = try table.path("data") ?? url.deletingLastPathComponent().appendingPathComponent(configuration.data).standardizedFileURL.path
+        if let v = try table.path("base_model") { configuration.baseModel = v }
         return configuration
     }
 
@@ -211,6 +216,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.int("attack_from_round") { c.attackFromRound = v }
         c.pruning = try PruningSchedule.configured(table)
         if let v = try table.int("svd_rank") { c.svdRank = v }
+        if let v = try table.string("base_model") { c.baseModel = v }
         if let v = try table.strings("distill") { c.distillStudents = v }
         if let v = try table.int("server_examples") { c.serverExamples = v }
         if let v = try table.number("distill_temperature") { c.distillation.temperature = Float(v) }
@@ -255,6 +261,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard attackers >= 0, attackers < 1 else { throw ConfigurationError("attackers must be in [0, 1), got \(attackers)") }
         if let pruning { _ = try pruning.resolved(rounds: rounds) }
         guard (0...1024).contains(svdRank) else { throw fail("svd_rank must be in 0...1024 (0 = off), got \(svdRank)") }
+        if let problem = try modelSpec().transferProblem(baseModel: baseModel, pruning: pruning != nil) { throw fail(problem) }
         guard serverExamples >= 0 else { throw fail("server_examples must be at least 0, got \(serverExamples)") }
         if !distillStudents.isEmpty {
             do {

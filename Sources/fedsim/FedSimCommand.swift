@@ -62,6 +62,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("export-codec"), help: "Codec of the exported weights: fp32, fp16, q8, q4, ... or topk:F+q8 to prune at export. A pruned model is written sparse.") var exportCodec = "q8"
     @Option(help: ArgumentHelp("After the run, distil the final model into this smaller student (a comma-separated layer list, e.g. dense:32,relu,dense:10; repeat for several), trained on the server's held-out training examples with the teacher's soft targets, and print its size and accuracy beside the teacher's (memory transport).", valueName: "layers")) var distill: [String] = []
     @Option(name: .customLong("svd-rank"), help: "Low-rank reference: replace each client's update to every weight matrix by its rank-R approximation (randomized SVD) before encoding, and print the bytes rank-R factors would take (0 = off).") var svdRank: Int?
+    @Option(name: .customLong("base-model"), help: ArgumentHelp("Start from a model trained elsewhere: an exported model (--export, fedcoord export) or a run database (its last checkpoint), copied in by tensor name. With :loraR layers in the scenario only the adapters train.", valueName: "file")) var baseModel: String?
     @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill).") var serverExamples: Int?
     @Option(help: "Distillation temperature T (default 4).") var temperature: Double?
     @Option(name: .customLong("distill-epochs"), help: "Distillation passes over the server's examples (default 20).") var distillEpochs: Int?
@@ -135,6 +136,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if !distill.isEmpty { c.distillStudents = distill }
         if let serverExamples { c.serverExamples = serverExamples }
         if let svdRank { c.svdRank = svdRank }
+        if let baseModel { c.baseModel = baseModel }
         if let temperature { c.distillation.temperature = Float(temperature) }
         if let distillEpochs { c.distillation.epochs = distillEpochs }
         if let prune {
@@ -188,7 +190,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if !quiet {
             print("""
                 fedsim: \(c.name): model \(c.layers.isEmpty ? c.model : c.layers.joined(separator: ",")) \
-                (\(simulation.network.parameterCount) parameters), codec \(c.codec), downlink \(c.downlink), \(c.clients) clients, \
+                (\(simulation.network.parameterCount) parameters\(trainedNote(simulation.network))), codec \(c.codec), downlink \(c.downlink), \(c.clients) clients, \
                 \(c.clientsPerRound) per round, partition \(c.partition), E=\(c.localEpochs) B=\(c.batchSize) \
                 lr=\(c.learningRate), \(c.rounds) rounds, transport \(c.transport), \(c.effectiveThreads) threads, seed \(c.seed) \
                 (data loaded in \(String(format: "%.1f", Date().timeIntervalSince(loadStart)))s)
@@ -273,4 +275,10 @@ struct FedSimCommand: AsyncParsableCommand {
             if !quiet { print("fedsim: plot written to \(plot)") }
         }
     }
+}
+
+/// ", 4,040 trained (adapters)" for a model with frozen tensors, else nothing.
+private func trainedNote(_ network: Network) -> String {
+    let trained = network.layout.tensors.filter(\.trainable).reduce(0) { $0 + $1.count }
+    return trained == network.parameterCount ? "" : ", \(trained) trained: the adapters"
 }

@@ -143,6 +143,17 @@ import Testing
         }
     }
     @Test func flatten() { check(Flatten(shape: TensorShape(height: 2, width: 3, channels: 4))) }
+    /// Every slot of an adapted layer: ∂x through W + A·B, ∂W and ∂b of the merged weight,
+    /// and the projections ∂A = ∂W·Bᵀ and ∂B = Aᵀ·∂W.
+    @Test func lowRankAdapters() {
+        check(LowRankAdapter(base: Dense(inputs: 23, outputs: 17), rank: 3), samples: 80)
+        check(LowRankAdapter(base: Dense(inputs: 9, outputs: 40), rank: 1), batch: 5)
+        check(LowRankAdapter(base: Conv2D(input: TensorShape(height: 5, width: 6, channels: 3), kernelSize: 3, outputChannels: 4), rank: 2), samples: 80)
+        check(LowRankAdapter(base: Conv2D(input: TensorShape(height: 7, width: 6, channels: 2), kernelSize: 3, outputChannels: 5, stride: 2), rank: 4))
+        let winograd = Conv2D(input: TensorShape(height: 6, width: 6, channels: 16), kernelSize: 3, outputChannels: 16)
+        #expect(winograd.usesWinograd)
+        check(LowRankAdapter(base: winograd, rank: 2), batch: 2)
+    }
 
     @Test func softmaxCrossEntropy() {
         let batch = 4, classes = 7

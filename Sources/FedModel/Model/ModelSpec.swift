@@ -1,7 +1,8 @@
 /// One layer of a model description, as written in configuration files:
 /// `dense:200`, `relu`, `conv5x5:32`, `conv3x3:32:s2`, `dwconv3x3`, `dwconv3x3:s2`, `maxpool2`,
-/// `dropout:0.25`, `flatten`.
-public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
+/// `dropout:0.25`, `flatten`, and a dense or convolution layer with a low-rank adapter,
+/// `dense:10:lora4`.
+public indirect enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     case dense(outputs: Int)
     case relu
     case conv(kernelSize: Int, channels: Int, stride: Int = 1)
@@ -18,6 +19,9 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     case globalAvgPool
     case groupNorm(groups: Int)
     case flatten
+    /// A dense or convolution layer with a trainable rank-r adapter (``LowRankAdapter``):
+    /// `dense:N:loraR`, `convKxK:C[:sS]:loraR`.
+    case adapted(LayerSpec, rank: Int)
 
     /// Parses one layer string; throws ``ModelError`` naming the string when it is not understood.
     public init(parsing text: String) throws {
@@ -41,7 +45,16 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
             }
             return value
         }
-        let expected = "expected dense:N, relu, convKxK:C[:sS], dwconvKxK[:sS], maxpool2, avgpool2, globalavgpool, groupnorm:G, dropout:P, embedding:V:D, gru:H or flatten"
+        if let colon = lowered.lastIndex(of: ":"), lowered[lowered.index(after: colon)...].hasPrefix("lora") {
+            let rankText = lowered[lowered.index(after: colon)...].dropFirst(4)
+            let base = try LayerSpec(parsing: String(lowered[..<colon]))
+            switch base {
+            case .dense, .conv: self = .adapted(base, rank: try positive(rankText))
+            default: throw ModelError("bad layer \"\(text)\": only dense and convolution layers take an adapter (dense:N:loraR, convKxK:C:loraR)")
+            }
+            return
+        }
+        let expected = "expected dense:N, relu, convKxK:C[:sS], dwconvKxK[:sS], maxpool2, avgpool2, globalavgpool, groupnorm:G, dropout:P, embedding:V:D, gru:H or flatten, and dense or conv layers with :loraR"
         switch lowered {
         case "relu": self = .relu
         case "maxpool2", "maxpool": self = .maxPool
@@ -96,6 +109,7 @@ public enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         case .globalAvgPool: "globalavgpool"
         case .groupNorm(let g): "groupnorm:\(g)"
         case .flatten: "flatten"
+        case .adapted(let base, let rank): "\(base):lora\(rank)"
         }
     }
 }
@@ -119,6 +133,9 @@ public struct ModelSpec: Hashable, Sendable {
 
     /// The output size (the same as ``classes``).
     public var outputs: Int { classes }
+
+    /// Whether some layer has a low-rank adapter: then only the adapters are trained.
+    public var hasAdapters: Bool { layers.contains { if case .adapted = $0 { true } else { false } } }
 
     /// McMahan et al. 2017's "2NN": 784-200-200-10 with ReLU, 199,210 parameters.
     public static let mnist2NN = ModelSpec(

@@ -25,7 +25,7 @@ public final class Network: Sendable {
         var offsets: [Int] = []
         var shape = spec.input
         var counters: [String: Int] = [:]
-        for layerSpec in spec.layers {
+        func build(_ layerSpec: LayerSpec, _ shape: TensorShape) throws -> (layer: any Layer, kind: String) {
             let layer: any Layer
             let kind: String
             switch layerSpec {
@@ -51,7 +51,6 @@ public final class Network: Sendable {
                 layer = Dropout(shape: shape, rate: rate)
                 kind = "dropout"
             case .embedding(let vocabulary, let dimension):
-                guard layers.isEmpty else { throw ModelError("\(layerSpec) reads token ids, so it must be the first layer") }
                 layer = Embedding(input: shape, vocabulary: vocabulary, dimension: dimension)
                 kind = "embedding"
             case .gru(let hidden):
@@ -84,11 +83,22 @@ public final class Network: Sendable {
             case .flatten:
                 layer = Flatten(shape: shape)
                 kind = "flatten"
+            case .adapted(let baseSpec, let rank):
+                let base = try build(baseSpec, shape)
+                layer = LowRankAdapter(base: base.layer, rank: rank)
+                kind = base.kind
             }
+            return (layer, kind)
+        }
+        let adapters = spec.hasAdapters
+        for layerSpec in spec.layers {
+            let (layer, kind) = try build(layerSpec, shape)
+            if case .embedding = layerSpec, !layers.isEmpty { throw ModelError("\(layerSpec) reads token ids, so it must be the first layer") }
             counters[kind, default: 0] += 1
             offsets.append(layout.parameterCount)
             for parameter in layer.parameterShapes {
-                layout.append(name: "\(kind)\(counters[kind]!).\(parameter.name)", shape: parameter.shape)
+                layout.append(name: "\(kind)\(counters[kind]!).\(parameter.name)", shape: parameter.shape,
+                              trainable: !adapters || parameter.name.hasPrefix("lora_"))
             }
             layers.append(layer)
             shape = layer.outputShape

@@ -10,6 +10,9 @@ public struct ParameterTensor: Hashable, Sendable {
     public var shape: [Int]
     /// Offset of the first value in the model's flat parameter vector.
     public var offset: Int
+    /// Whether training changes it. In a model with low-rank adapters only the adapters are
+    /// trainable; every other tensor is frozen at the base model's values.
+    public var trainable = true
 
     /// Number of values.
     public var count: Int { shape.reduce(1, *) }
@@ -26,11 +29,14 @@ public struct ParameterLayout: Hashable, Sendable {
 
     public init() {}
 
-    mutating func append(name: String, shape: [Int]) {
-        let tensor = ParameterTensor(index: tensors.count, name: name, shape: shape, offset: parameterCount)
+    mutating func append(name: String, shape: [Int], trainable: Bool = true) {
+        let tensor = ParameterTensor(index: tensors.count, name: name, shape: shape, offset: parameterCount, trainable: trainable)
         tensors.append(tensor)
         parameterCount += tensor.count
     }
+
+    /// The indices of the tensors training changes (all of them, unless the model has adapters).
+    public var trainableIndices: [Int] { tensors.filter(\.trainable).map(\.index) }
 
     /// The tensor called `name`, if any.
     public func tensor(named name: String) -> ParameterTensor? {

@@ -1,0 +1,86 @@
+/// A dense or convolution layer with a trainable low-rank adapter (LoRA, Hu et al. 2021): the
+/// layer's weight W, seen as a `K × out` matrix (`[in, out]` for dense, `[k, k, in, out]` for a
+/// convolution), is used as W + A·B, with A `[K, r]` and B `[r, out]`. Written `dense:N:loraR`
+/// or `convKxK:C[:sS]:loraR` in a model description.
+///
+/// In a model with adapters only the adapters are trained: the base weights and biases come
+/// from a model trained elsewhere and stay frozen, so only A and B travel and are aggregated
+/// (``ParameterTensor/trainable``). A starts uniform in ±1/√K like the base layer's weight and B
+/// at zero, so the adapted model starts as the base model.
+///
+/// The forward pass merges W + A·B into scratch and runs the base layer on it; the backward pass
+/// runs the base layer's backward (which gives ∂W, the gradient of the merged weight) and
+/// projects it: ∂A = ∂W·Bᵀ, ∂B = Aᵀ·∂W. The base weight's and bias's gradients are written too,
+/// so the layer is a correct layer on its own; the trainer does not step frozen tensors.
+public struct LowRankAdapter: Layer {
+    public let base: any Layer
+    public let rank: Int
+    /// Rows of the weight seen as a matrix (`in`, or `k·k·in`), and its columns.
+    let rows: Int
+    let columns: Int
+
+    public init(base: any Layer, rank: Int) {
+        let shapes = base.parameterShapes
+        precondition(shapes.count == 2 && shapes[0].name == "weight" && shapes[1].name == "bias", "adapters wrap a layer with a weight and a bias")
+        precondition(rank > 0, "adapter rank must be positive")
+        self.base = base
+        self.rank = rank
+        columns = shapes[1].shape[0]
+        rows = shapes[0].shape.reduce(1, *) / columns
+    }
+
+    public var inputShape: TensorShape { base.inputShape }
+    public var outputShape: TensorShape { base.outputShape }
+    public var parameterShapes: [(name: String, shape: [Int])] {
+        base.parameterShapes + [("lora_a", [rows, rank]), ("lora_b", [rank, columns])]
+    }
+    public var description: String { "\(base)+LoRA(r=\(rank))" }
+
+    var baseCount: Int { rows * columns + columns }
+
+    public func scratchBytes(batch: Int) -> Int {
+        aligned64(base.scratchBytes(batch: batch)) + aligned64(baseCount * MemoryLayout<Float>.stride)
+    }
+
+    /// The base weight and bias like the base layer (a model trained elsewhere usually replaces
+    /// them), A uniform in ±1/√K, B zero.
+    public func initialize(_ parameters: UnsafeMutableBufferPointer<Float>, generator: inout SeededGenerator) {
+        base.initialize(UnsafeMutableBufferPointer(rebasing: parameters[0..<baseCount]), generator: &generator)
+        let a = UnsafeMutableBufferPointer(rebasing: parameters[baseCount..<(baseCount + rows * rank)])
+        initializeUniform(a, fanIn: rows, generator: &generator)
+        parameters[(baseCount + rows * rank)...].update(repeating: 0)
+    }
+
+    /// W + A·B and the bias, in the scratch after the base layer's.
+    private func merged(_ f: ForwardBuffers) -> UnsafeMutablePointer<Float> {
+        (f.scratch + aligned64(base.scratchBytes(batch: f.batch))).assumingMemoryBound(to: Float.self)
+    }
+
+    public func forward(_ f: ForwardBuffers) {
+        let merged = merged(f)
+        merged.update(from: f.parameters, count: baseCount)
+        let a = f.parameters + baseCount, b = a + rows * rank
+        gemm(rows: rows, columns: columns, depth: rank, a: a, rowStride: rank, depthStride: 1,
+             b: b, ldb: columns, c: merged, ldc: columns, accumulate: true, threads: f.threads)
+        var inner = f
+        inner.parameters = UnsafePointer(merged)
+        base.forward(inner)
+    }
+
+    public func backward(_ g: BackwardBuffers) {
+        let f = g.forward
+        var inner = g
+        inner.forward.parameters = UnsafePointer(merged(f))
+        base.backward(inner)
+        // ∂W is now in the first rows·columns gradient slots.
+        let dW = UnsafePointer(g.parameterGradient)
+        let a = f.parameters + baseCount, b = a + rows * rank
+        let dA = g.parameterGradient + baseCount, dB = dA + rows * rank
+        // ∂A[k, j] = Σ_n ∂W[k, n]·B[j, n]
+        gemmTransposedB(rows: rows, columns: rank, depth: columns, a: dW, lda: columns, b: b, ldb: columns,
+                        c: dA, ldc: rank, accumulate: false, threads: f.threads)
+        // ∂B[j, n] = Σ_k A[k, j]·∂W[k, n]
+        gemm(rows: rank, columns: columns, depth: rows, a: a, rowStride: 1, depthStride: rank,
+             b: dW, ldb: columns, c: dB, ldc: columns, accumulate: false, threads: f.threads)
+    }
+}
