@@ -168,7 +168,8 @@ public actor ClientDaemon {
             defer { version = nil }
             try await writer.send(.hello(Hello(
                 clientID: configuration.clientID, protocolVersions: offered,
-                codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: configuration.memoryBudget,
+                codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"] + (configuration.retainModel ? [Hello.keepsShards] : []),
+                memoryBudget: configuration.memoryBudget,
                 exampleCount: UInt32(configuration.data?.count ?? 0))))
             switch try await reader.next() {
             case .challenge(let nonce, let chosen)?:

@@ -205,7 +205,7 @@ extension Coordinator {
         let session = nextSession
         nextSession += 1
         connections[id] = Connection(session: session, version: version, outbound: outbound, channel: channel)
-        engine.clientJoined(id, memoryBudget: hello.memoryBudget, at: now())
+        engine.clientJoined(id, memoryBudget: hello.memoryBudget, keepsShards: hello.codecs.contains(Hello.keepsShards), at: now())
         metrics.connected.set(to: Double(connections.count))
         logger.info("client joined", metadata: ["client": "\(id)", "protocol": "\(version)", "examples": "\(hello.exampleCount)", "connected": "\(connections.count)"])
         wake()

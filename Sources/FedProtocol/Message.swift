@@ -17,6 +17,11 @@ public struct Hello: Equatable, Sendable {
     /// Bytes of memory the client can give to training; 0 = no limit stated.
     public var memoryBudget: UInt64
     public var exampleCount: UInt32
+    /// A feature name in the codec list (Protocol.md, section 2): the client keeps every shard
+    /// it is sent for as long as its connection lasts, so shards whose values have not changed
+    /// need not be sent again. Coordinators that do not know it ignore it.
+    public static let keepsShards = "keeps-shards"
+
     public init(clientID: String, protocolVersions: [UInt8], codecs: [String], memoryBudget: UInt64, exampleCount: UInt32) {
         self.clientID = clientID
         self.protocolVersions = protocolVersions

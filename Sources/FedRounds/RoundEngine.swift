@@ -1,3 +1,4 @@
+import Foundation
 import FedCodec
 import FedModel
 
@@ -125,6 +126,9 @@ public struct RoundEngine {
     private struct Client {
         var trainedShards: [UInt16]
         var heldVersions: [UInt32?]
+        /// Whether the client keeps the shards it was sent between rounds (HELLO's
+        /// `keeps-shards`): then a shard whose values have not changed is not sent again.
+        var keepsShards = false
         /// Selected in the round in progress and not yet reported.
         var busy = false
         var taskSentAt: Double?
@@ -186,6 +190,9 @@ public struct RoundEngine {
     /// The test loss of the model the next round starts from (the commit guard's reference).
     private var previousLoss: Double?
     private var scratch: [Float]
+    /// Per shard, the model version in which its values last changed (a frozen shard never
+    /// changes after the start).
+    private var changedAt: [UInt32]
 
     /// - Parameters:
     ///   - resume: the last committed round's state, when resuming a run.
@@ -210,6 +217,7 @@ public struct RoundEngine {
         self.trusted = trusted
         self.evaluate = evaluate
         scratch = [Float](repeating: 0, count: network.parameterCount)
+        changedAt = Array(repeating: modelVersion, count: ranges.count)
         // A resumed pruned model carries its mask in its zeros.
         if settings.pruning != nil {
             let implied = PruningMask(zerosOf: initial, layout: network.layout)
@@ -228,14 +236,15 @@ public struct RoundEngine {
     public func isTraining(_ id: String) -> Bool { clients[id]?.busy ?? false }
 
     /// A client authenticated (or, simulated, came online). A reconnecting client starts afresh:
-    /// it holds no shards. A revoked client is not taken.
-    public mutating func clientJoined(_ id: String, memoryBudget: UInt64 = 0, at time: Double) {
+    /// it holds no shards. A revoked client is not taken. A client that `keepsShards` (HELLO's
+    /// `keeps-shards`) is sent only the shards whose values changed since it was last sent them.
+    public mutating func clientJoined(_ id: String, memoryBudget: UInt64 = 0, keepsShards: Bool = false, at time: Double) {
         guard !revoked.contains(id) else { return }
         missedDeadline.remove(id)
         let wasBusy = clients[id]?.busy ?? false
         clients[id] = Client(
             trainedShards: ClientSelection.shardsToTrain(layout: layout, memoryBudget: memoryBudget),
-            heldVersions: Array(repeating: nil, count: ranges.count), busy: wasBusy)
+            heldVersions: Array(repeating: nil, count: ranges.count), keepsShards: keepsShards, busy: wasBusy)
         if wasBusy { clients[id]?.taskSentAt = time }
         sortedIDs = nil
     }
@@ -308,7 +317,14 @@ public struct RoundEngine {
             aggregator: UpdateAggregator(shardRanges: ranges, settings: settings.aggregation, previousReferenceNorm: referenceNorm, ledger: ledger))
         return selected.map { id in
             var client = clients[id]!
-            let missing = client.heldVersions.indices.filter { client.heldVersions[$0] != modelVersion }
+            // What the client lacks at this version. A client that keeps its shards still holds
+            // the values of those unchanged since it got them; the shards it trains must be at
+            // the task's version (Protocol.md, section 3).
+            let missing = client.heldVersions.indices.filter { index in
+                guard let held = client.heldVersions[index] else { return true }
+                guard held != modelVersion else { return false }
+                return !client.keepsShards || held < changedAt[index] || client.trainedShards.contains(UInt16(index))
+            }
             for index in missing { client.heldVersions[index] = modelVersion }
             client.busy = true
             client.taskSentAt = time
@@ -332,7 +348,7 @@ public struct RoundEngine {
         }
         // After its update a client may have dropped its model (fedsim's clients do, to stay
         // small while idle): nothing it held is assumed any more (Protocol.md, section 3).
-        if clients[id] != nil { clients[id]!.heldVersions = Array(repeating: nil, count: ranges.count) }
+        if let client = clients[id], !client.keepsShards { clients[id]!.heldVersions = Array(repeating: nil, count: ranges.count) }
         guard var round = current else {
             return [.refuse(client: id, Refusal(.lateUpdate, "no round is collecting updates"))]
         }
@@ -465,6 +481,15 @@ public struct RoundEngine {
                 if let mask, mask.isPruning { mask.apply(to: &global, layout: layout) }
             }
             modelVersion += 1
+            // Bit for bit, as the clients' SHA-256 checks see the values.
+            global.withUnsafeBytes { now in
+                savedModel.withUnsafeBytes { before in
+                    for (index, range) in ranges.enumerated() {
+                        let offset = range.lowerBound * 4
+                        if memcmp(now.baseAddress! + offset, before.baseAddress! + offset, range.count * 4) != 0 { changedAt[index] = modelVersion }
+                    }
+                }
+            }
         }
         if let reference = outcome.referenceNorm { referenceNorm = reference }
         ledger = round.aggregator.ledger

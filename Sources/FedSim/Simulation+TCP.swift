@@ -66,7 +66,9 @@ extension Simulation {
             client.reconnect = true
             client.initialBackoff = 0.05
             client.maximumBackoff = 1
-            client.retainModel = false
+            // Idle clients free their model to stay small, except that a model with frozen tensors
+            // (adapters) is kept, so its base is downloaded once (as in the memory transport).
+            client.retainModel = network.layout.tensors.contains { !$0.trainable }
             return ClientDaemon(configuration: client, logger: quiet)
         }
         let clientTasks = daemons.map { daemon in Task { await daemon.run() } }

@@ -38,6 +38,8 @@ public final class Simulation {
     /// Each client's id (`client-000017`), as the engine and the store know it.
     public let clientIDs: [String]
     private let clientIndex: [String: Int]
+    /// Whether simulated clients keep their shards between rounds (a model with frozen tensors).
+    private var keepsShards: Bool { network.layout.tensors.contains { !$0.trainable } }
     /// Whether simulated arrival times decide which updates count (over-selection, a deadline).
     private let arrivalDecides: Bool
     /// The latest test evaluation in full (per-class accuracy, RMSE and MAE for the report).
@@ -204,7 +206,9 @@ public final class Simulation {
         for client in 0..<configuration.clients {
             let connected = engine.isConnected(clientIDs[client])
             if online.contains(client), !connected {
-                engine.clientJoined(clientIDs[client], at: 0)
+                // Clients of a model with frozen tensors keep them, as fedclient does, so the
+                // base model is downloaded once; otherwise they free the model after each round.
+                engine.clientJoined(clientIDs[client], keepsShards: keepsShards, at: 0)
             } else if !online.contains(client), connected {
                 engine.clientLeft(clientIDs[client], at: 0)
             }
@@ -223,8 +227,10 @@ public final class Simulation {
         let c = configuration
         let devices = c.devices
         if devices.availability < 1 || round == 1 { updateAvailability(round: round) }
+        var shardsToSend: [[Int]] = []
         let selected: [Int] = engine.beginRound(at: 0).map { action in
-            guard case .sendTask(let id, _) = action else { preconditionFailure("the engine answered a round's start with \(action)") }
+            guard case .sendTask(let id, let task) = action else { preconditionFailure("the engine answered a round's start with \(action)") }
+            shardsToSend.append(task.shardsToSend)
             return clientIndex[id]!
         }
         let dropped = selected.map { devices.dropsOut(client: $0, round: round, seed: c.seed) }
@@ -239,8 +245,9 @@ public final class Simulation {
         let keep = mask?.multipliers(layout: network.layout)
         var received = engine.global
         if !downlink.spec.isLossless { try downlink.decode(downloaded, into: &received) }
-        let downloadBytes = downloaded.reduce(0) { $0 + $1.count }
-        for _ in selected { engine.countDownload(bytes: downloadBytes) }
+        // Each client downloads the shards it lacks (all of them, unless it keeps its shards).
+        let downloadBytes = shardsToSend.map { $0.reduce(0) { $0 + downloaded[$1].count } }
+        for bytes in downloadBytes { engine.countDownload(bytes: bytes) }
         let start = received
         let anchor: [Float]? = c.proximalMu > 0 ? start : nil
         let state = RoundDriver(engine: engine, clientIDs: clientIDs, selected: selected, byArrival: arrivalDecides)
@@ -313,7 +320,7 @@ public final class Simulation {
                     }
                     if clock {
                         outcome.arrival = profiles[client].seconds(
-                            downlinkBytes: downloadBytes, examples: outcome.examples * c.localEpochs, uplinkBytes: outcome.uplinkBytes)
+                            downlinkBytes: downloadBytes[slot], examples: outcome.examples * c.localEpochs, uplinkBytes: outcome.uplinkBytes)
                     }
                     state.commit(slot: slot, delta: decoded[worker], encoded: encoded, outcome: outcome)
                 }

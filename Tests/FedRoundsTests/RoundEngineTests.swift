@@ -452,4 +452,43 @@ struct RoundEngineTests {
             resume: (round: 3, modelVersion: 3, optimizer: ServerOptimizer(settings: .init(), parameterCount: model.count), ledger: TrustLedger()))
         #expect(engine.mask == mask)
     }
+    /// A client that keeps its shards (HELLO's `keeps-shards`) is sent a frozen shard once; a
+    /// client that frees its model after each update, or one that reconnects, gets every shard.
+    @Test func keptShardsThatDidNotChangeAreNotSentAgain() throws {
+        let adapted = try Network(ModelSpec(input: .vector(4), classes: 2, layers: [.adapted(.dense(outputs: 3), rank: 1), .relu, .adapted(.dense(outputs: 2), rank: 1)]))
+        var settings = RoundEngine.Settings(rounds: 3, clientsPerRound: 2, selectionSize: nil)
+        settings.minimumUpdates = 2
+        settings.minimumClients = 2
+        settings.roundDeadline = 10
+        settings.uplink = CodecSpec(codec: .fp32, zlibLevel: nil)
+        var engine = RoundEngine(settings: settings, network: adapted, initial: adapted.initialParameters(seed: 1))
+        engine.clientJoined("keeps", keepsShards: true, at: 0)
+        engine.clientJoined("frees", at: 0)
+        let ranges = adapted.layout.tensors.map(\.range)
+        func runRound(at time: Double) throws -> [String: [Int]] {
+            let tasks = Self.tasks(engine.beginRound(at: time))
+            for (id, task) in tasks {
+                #expect(task.shards == [2, 3, 6, 7], "only the adapters are trained")
+                var generator = SeededGenerator(seed: 1)
+                let all = try UpdateCodec(spec: settings.uplink, shardRanges: ranges).encode([Float](repeating: 0.01, count: adapted.parameterCount), generator: &generator)
+                let update = RoundEngine.IncomingUpdate(round: task.round, modelVersion: task.modelVersion, exampleCount: 10, trainingLoss: 0.5,
+                                                        shards: task.shards.map(Int.init), body: .encoded(task.shards.map { all[Int($0)] }), bytes: 0)
+                _ = engine.updateArrived(update, from: id, at: time + 1)
+            }
+            guard case .completed = try engine.closeRound(at: time + 2) else { throw RoundEngineTestFailure("round not completed") }
+            return Dictionary(uniqueKeysWithValues: tasks.map { ($0.0, $0.1.shardsToSend) })
+        }
+        let frozen = adapted.layout.tensors.filter { !$0.trainable }.map(\.range)
+        let base = frozen.map { Array(engine.global[$0]) }
+        #expect(try runRound(at: 0) == ["keeps": Array(0..<8), "frees": Array(0..<8)])
+        #expect(frozen.map { Array(engine.global[$0]) } == base, "an update to a frozen shard would be refused")
+        #expect(try runRound(at: 10) == ["keeps": [2, 3, 6, 7], "frees": Array(0..<8)])
+        engine.clientJoined("keeps", keepsShards: true, at: 20)
+        #expect(try runRound(at: 20) == ["keeps": Array(0..<8), "frees": Array(0..<8)], "a new connection holds nothing")
+    }
+}
+
+struct RoundEngineTestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }

@@ -85,14 +85,21 @@ import Testing
     }
 
     /// The coordinator sends tasks for the adapters only and the daemons train them: the same
-    /// rounds as the in-memory transport.
+    /// rounds as the in-memory transport. The daemons keep their shards (`keeps-shards`), so
+    /// the frozen base goes down once: from the second round on only the adapters travel.
     @Test func overTCPTheCoordinatorTrainsOnlyTheAdapters() async throws {
-        let c = configuration { $0.layers = Self.adapted; $0.input = [784]; $0.classes = 10; $0.baseModel = Self.base.file.path; $0.rounds = 2 }
+        let c = configuration {
+            $0.layers = Self.adapted; $0.input = [784]; $0.classes = 10; $0.baseModel = Self.base.file.path
+            $0.rounds = 2; $0.clients = 4; $0.fraction = 1
+        }
         let memory = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
         var tcp = c
         tcp.transport = .tcp
         let viaTCP = try await Simulation(configuration: tcp, train: SmallMNIST.train, test: SmallMNIST.test).runOverTCP()
         #expect(viaTCP.rounds.map(\.uplinkBytes) == memory.rounds.map(\.uplinkBytes))
+        #expect(viaTCP.rounds.map(\.downlinkBytes) == memory.rounds.map(\.downlinkBytes))
+        let (first, second) = (memory.rounds[0].downlinkBytes, memory.rounds[1].downlinkBytes)
+        #expect(second * 20 < first && second >= memory.rounds[1].uplinkBytes / 2, "downlink: round 1 \(first) bytes, round 2 \(second)")
         for (a, b) in zip(viaTCP.rounds, memory.rounds) {
             #expect(abs(a.testMetric! - b.testMetric!) < 0.005, "round \(a.round): tcp \(a.testMetric!), memory \(b.testMetric!)")
         }
