@@ -105,6 +105,14 @@ import Testing
         }
     }
 
+    /// The README's adapter scenario: valid, its base model found against the scenario file.
+    @Test func theBundledAdapterScenarioLoads() throws {
+        let c = try SimulationConfiguration.load(contentsOf: repositoryRoot.appendingPathComponent("Simulations/fashion-mnist-2nn-lora.toml"))
+        try c.validate()
+        #expect(c.baseModel == repositoryRoot.appendingPathComponent("reports/transfer/mnist-2nn.fedmodel").standardizedFileURL.path)
+        #expect(try Network(c.modelSpec()).layout.tensors.filter(\.trainable).reduce(0) { $0 + $1.count } == 6_376)
+    }
+
     @Test func badTransferSettingsAreNamed() throws {
         let adapted = configuration { $0.layers = Self.adapted; $0.input = [784]; $0.classes = 10 }
         #expect { try adapted.validate() } throws: { "\($0)".contains("base_model") }
