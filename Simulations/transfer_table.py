@@ -12,7 +12,15 @@ early = min(20, rounds)
 
 
 def load(task, setting):
-    return [json.load(open(f"{OUT}/{task}-{setting}-seed{seed}.json")) for seed in range(1, seeds + 1)]
+    """The runs that finished (a diverged run leaves a .failed file instead), and how many failed."""
+    runs, failed = [], 0
+    for seed in range(1, seeds + 1):
+        tag = f"{OUT}/{task}-{setting}-seed{seed}"
+        try:
+            runs.append(json.load(open(tag + ".json")))
+        except FileNotFoundError:
+            failed += 1
+    return runs, failed
 
 
 def median(values):
@@ -25,7 +33,10 @@ print("| --- " * 9 + "|")
 curves = {}
 for task, title, target in TASKS:
     for setting, label, values in SETTINGS:
-        runs = load(task, setting)
+        runs, failed = load(task, setting)
+        if not runs:
+            print(f"| {title} (target {target:.0%}) | {label} | {values:,} | | | | diverged | diverged | |")
+            continue
         updates = [sum(r["clients"] for r in run["rounds"]) for run in runs]
         per_update = median([run["summary"]["uplink_bytes"] / n for run, n in zip(runs, updates)])
         downlink = median([run["summary"]["downlink_bytes"] / len(run["rounds"]) for run in runs])
@@ -35,7 +46,7 @@ for task, title, target in TASKS:
         to_target = median([r if r is not None else float("inf") for r in reached])
         to_target = "not reached" if to_target == float("inf") else f"{to_target:g}"
         print(f"| {title} (target {target:.0%}) | {label} | {values:,} | {per_update:,.0f} | {UPDATE32 / per_update:.0f}x | "
-              f"{downlink / 1e6:.2f} MB | {at_early:.2%} | **{final:.2%}** | {to_target} |")
+              f"{downlink / 1e6:.2f} MB | {at_early:.2%} | **{final:.2%}**{f' ({failed} of {seeds} diverged)' if failed else ''} | {to_target} |")
         curves[(task, setting)] = [median([run["rounds"][i]["test_metric"] for run in runs]) for i in range(rounds)]
 
 # SVG: accuracy per round, one panel per transfer.
@@ -70,6 +81,8 @@ for p, (task, title, target) in enumerate(TASKS):
     if lo < target < hi:
         parts.append(f'<line x1="{x0 + left}" x2="{x0 + panel - right}" y1="{Y(target):.1f}" y2="{Y(target):.1f}" stroke="#999" stroke-dasharray="4 3"/>')
     for setting, label, _ in SETTINGS:
+        if (task, setting) not in curves:
+            continue
         points = " ".join(f"{X(i + 1):.1f},{Y(max(lo, v)):.1f}" for i, v in enumerate(curves[(task, setting)]))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colors[setting]}" stroke-width="1.5"/>')
 for i, (setting, label, values) in enumerate(SETTINGS):

@@ -94,6 +94,17 @@ public struct ConfigurationTable {
         }
     }
 
+    /// An array of numbers (TOML floats or integers).
+    public func numbers(_ key: String) throws -> [Double]? {
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw wrongType(key, "an array of numbers") }
+        return try array.map {
+            if let number = $0.double { return number }
+            if let number = $0.int { return Double(number) }
+            throw wrongType(key, "an array of numbers")
+        }
+    }
+
     /// A number, or a string such as a distribution (`"lognormal:2,1.0"`), as text.
     public func numberOrString(_ key: String) throws -> String? {
         guard let value = table[key] else { return nil }

@@ -111,6 +111,9 @@ public struct RoundEngine {
         public var body: Body
         /// Bytes it took on the wire.
         public var bytes: Int
+        /// The places of the model a width-scaled sub-model covers (``SubModel/positions``); nil
+        /// for an update of whole shards. The delta is model-sized, zero elsewhere.
+        public var positions: [Int32]?
 
         public init(round: Int, modelVersion: UInt32, exampleCount: Int, trainingLoss: Double, shards: [Int], body: Body, bytes: Int) {
             self.round = round
@@ -545,6 +548,9 @@ public struct RoundEngine {
         guard update.exampleCount > 0 else { throw Refusal(.badUpdate, "update with no examples") }
         guard update.trainingLoss.isFinite else { throw Refusal(.badUpdate, "training loss is \(update.trainingLoss)") }
         guard !update.shards.isEmpty else { throw Refusal(.badUpdate, "update carries no shards") }
+        if update.positions != nil, settings.aggregation.holdsUpdates || settings.aggregation.dpClip > 0 {
+            throw Refusal(.badUpdate, "a sub-model's update needs plain FedAvg (each weight is a mean over the clients that hold it)")
+        }
         let assigned = clients[id]?.trainedShards ?? layout.trainableIndices.map(UInt16.init)
         var seen = Set<Int>()
         for index in update.shards {
@@ -609,7 +615,7 @@ public struct RoundEngine {
                 format: "round %d: update norm %.4g scaled down to %.4g (update_bound %.4g × the median accepted norm %.4g)",
                 round.round, norm, settings.updateBound * reference, settings.updateBound, reference)))
         }
-        round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id)
+        round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id, positions: update.positions)
         round.aggregated.append(id)
     }
 

@@ -50,6 +50,14 @@ public final class Simulation {
     public private(set) var records: [RoundRecord] = []
 
     private let trainers: [LocalTrainer]
+    /// Width classes (HeteroFL): each client's class, and per class its sub-model (nil at full
+    /// width) with its trainers (one per worker) and codecs over the sub-model's tensors.
+    public let widthClasses: [Int]
+    /// Updates each width class delivered so far.
+    private var widthUpdates: [Int] = []
+    public let subModels: [SubModel?]
+    private let subTrainers: [[LocalTrainer]]
+    private let subUplinks: [UpdateCodec?]
     /// The malicious clients (`attackers` × K of them, drawn from the seed).
     public let attackers: Set<Int>
     /// The training set with poisoned labels (label-flipping attackers train on it).
@@ -125,6 +133,10 @@ public final class Simulation {
         let workers = min(configuration.effectiveThreads, configuration.clientsPerRound)
         let batch = configuration.batchSize
         trainers = (0..<workers).map { _ in LocalTrainer(network: network, batchCapacity: batch) }
+        widthClasses = configuration.widthClasses()
+        subModels = try configuration.widths.map { $0 < 1 ? try SubModel(of: network, fraction: $0) : nil }
+        subTrainers = subModels.map { sub in sub.map { s in (0..<workers).map { _ in LocalTrainer(network: s.network, batchCapacity: batch) } } ?? [] }
+        subUplinks = subModels.map { $0.map { UpdateCodec(spec: configuration.codec, shardRanges: $0.network.layout.tensors.map(\.range)) } }
         localModels = Array(repeating: global, count: workers)
         sentDeltas = Array(repeating: global, count: workers)
         decodedDeltas = Array(repeating: [Float](repeating: 0, count: global.count), count: workers)
@@ -245,13 +257,25 @@ public final class Simulation {
         let keep = mask?.multipliers(layout: network.layout)
         var received = engine.global
         if !downlink.spec.isLossless { try downlink.decode(downloaded, into: &received) }
-        // Each client downloads the shards it lacks (all of them, unless it keeps its shards).
-        let downloadBytes = shardsToSend.map { $0.reduce(0) { $0 + downloaded[$1].count } }
+        // Each client downloads the shards it lacks (all of them, unless it keeps its shards); a
+        // client of a narrower width class downloads its sub-model.
+        var classBytes: [Int?] = []
+        for sub in subModels {
+            guard let sub else { classBytes.append(nil); continue }
+            var generator = SeededGenerator(seed: c.seed, stream: 0xD0, UInt64(round))
+            let codec = UpdateCodec(spec: downlink.spec, shardRanges: sub.network.layout.tensors.map(\.range))
+            classBytes.append(try codec.encode(sub.gather(engine.global), generator: &generator).reduce(0) { $0 + $1.count })
+        }
+        let widthClasses = self.widthClasses
+        let downloadBytes = zip(selected, shardsToSend).map { client, shards in
+            (widthClasses.isEmpty ? nil : classBytes[widthClasses[client]]) ?? shards.reduce(0) { $0 + downloaded[$1].count }
+        }
         for bytes in downloadBytes { engine.countDownload(bytes: bytes) }
         let start = received
         let anchor: [Float]? = c.proximalMu > 0 ? start : nil
         let state = RoundDriver(engine: engine, clientIDs: clientIDs, selected: selected, byArrival: arrivalDecides)
         let trainers = self.trainers
+        let subModels = self.subModels, subTrainers = self.subTrainers, subUplinks = self.subUplinks
         let data = trainData
         let poisoned = poisonedData
         let attackers = self.attackers
@@ -274,8 +298,21 @@ public final class Simulation {
                         state.commit(slot: slot, delta: decoded[worker], encoded: [], outcome: outcome)
                         continue
                     }
-                    _ = locals[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: start) }
                     var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, UInt64(round), UInt64(client))
+                    if !widthClasses.isEmpty, let sub = subModels[widthClasses[client]] {
+                        // A narrower device: its sub-model trains, travels and lands in its places.
+                        outcome = Self.trainSubModel(
+                            sub, trainer: subTrainers[widthClasses[client]][worker], uplink: subUplinks[widthClasses[client]]!,
+                            client: client, round: round, start: start, anchor: anchor, data: DatasetSlice(dataset: data, indices: indices[client]),
+                            sgd: sgd, generator: &generator, residuals: residuals, configuration: c, decoded: &decoded[worker], outcome: outcome)
+                        if clock {
+                            let work = Int((Double(outcome.examples * c.localEpochs) * Double(sub.network.parameterCount) / Double(parameterCount)).rounded(.up))
+                            outcome.arrival = profiles[client].seconds(downlinkBytes: downloadBytes[slot], examples: work, uplinkBytes: outcome.uplinkBytes)
+                        }
+                        state.commit(slot: slot, delta: decoded[worker], encoded: [], outcome: outcome)
+                        continue
+                    }
+                    _ = locals[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: start) }
                     let malicious = round >= c.attackFromRound && attackers.contains(client)
                     let summary = trainers[worker].train(
                         parameters: &locals[worker], anchor: anchor,
@@ -328,6 +365,10 @@ public final class Simulation {
         }
         if let failure = state.failure {
             throw ConfigurationError(failure)
+        }
+        if !widthClasses.isEmpty {
+            if widthUpdates.isEmpty { widthUpdates = Array(repeating: 0, count: subModels.count) }
+            for (slot, client) in selected.enumerated() where !dropped[slot] { widthUpdates[widthClasses[client]] += 1 }
         }
         if arrivalDecides { state.deliverByArrival() }
         // The virtual clock: the round ends at its last counted arrival, or at the deadline
@@ -405,11 +446,67 @@ public final class Simulation {
             downlinkBytes: records.reduce(0) { $0 + $1.downlinkBytes },
             simulatedSeconds: configuration.devices.hasClock ? records.reduce(0) { $0 + ($1.simulatedSeconds ?? 0) } : nil,
             metric: metric)
+        if !subModels.isEmpty {
+            let delivered = widthUpdates
+            summary.widths = zip(configuration.widths, subModels).enumerated().map { k, pair in
+                let (width, sub) = pair
+                let value: Double
+                if let sub {
+                    value = Evaluator(network: sub.network, threads: configuration.effectiveThreads).evaluate(sub.gather(engine.global), on: testData.all).value
+                } else {
+                    value = records.last?.testMetric ?? Evaluator(network: network, threads: configuration.effectiveThreads).evaluate(engine.global, on: testData.all).value
+                }
+                return SimulationSummary.WidthResult(width: width, parameters: sub?.network.parameterCount ?? network.parameterCount, metric: value, updates: delivered[k])
+            }
+        }
         if let final = finalEvaluation {
             summary.perClassAccuracy = final.perClassAccuracy
             if metric == .rmse { (summary.rmse, summary.mae) = (final.rmse, final.mae) }
         }
         return SimulationReport(config: configuration.reportValues, rounds: records, summary: summary)
+    }
+}
+
+extension Simulation {
+    /// One client of a narrower width class: trains its sub-model from the global model's
+    /// values at its places, encodes the sub-model's delta with the uplink codec (with its own
+    /// error-feedback residual), and writes what the server decodes into `decoded`, model-sized
+    /// and zero outside the sub-model.
+    static func trainSubModel(
+        _ sub: SubModel, trainer: LocalTrainer, uplink: UpdateCodec, client: Int, round: Int,
+        start: [Float], anchor: [Float]?, data: DatasetSlice, sgd: SGD, generator: inout SeededGenerator,
+        residuals: ResidualStore, configuration c: SimulationConfiguration, decoded: inout [Float], outcome: ClientOutcome
+    ) -> ClientOutcome {
+        var outcome = outcome
+        let from = sub.gather(start)
+        var local = from
+        let summary = trainer.train(parameters: &local, anchor: anchor.map(sub.gather), data: data,
+                                    epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator)
+        outcome.loss = summary.meanLoss
+        guard summary.meanLoss.isFinite else {
+            outcome.failure = "training diverged in round \(round): client \(client) (width \(sub.fraction)) reached a non-finite loss; lower learning_rate (now \(c.learningRate))"
+            return outcome
+        }
+        var delta = zip(local, from).map { $0 - $1 }
+        let feedback = uplink.spec.errorFeedback ? residuals.take(client, count: delta.count) : nil
+        feedback?.compensate(&delta)
+        do {
+            var codecGenerator = SeededGenerator(seed: c.seed, stream: 0xC0DE, UInt64(round), UInt64(client))
+            let encoded = try uplink.encode(delta, generator: &codecGenerator)
+            outcome.uplinkBytes = encoded.reduce(0) { $0 + $1.count }
+            var received = delta
+            try uplink.decode(encoded, into: &received)
+            if var feedback {
+                feedback.record(sent: delta, decoded: received)
+                residuals.put(client, feedback)
+            }
+            decoded.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+            sub.scatter(received, into: &decoded)
+            outcome.positions = sub.positions
+        } catch {
+            outcome.failure = "client \(client)'s update could not be encoded with \(uplink.spec): \(error)"
+        }
+        return outcome
     }
 }
 
@@ -485,9 +582,10 @@ final class RoundDriver: @unchecked Sendable {
             return
         }
         let task = engine.roundInProgress ?? 0
-        let update = RoundEngine.IncomingUpdate(
+        var update = RoundEngine.IncomingUpdate(
             round: task, modelVersion: engine.modelVersion, exampleCount: outcome.examples, trainingLoss: outcome.loss,
             shards: allShards, body: body, bytes: outcome.uplinkBytes)
+        update.positions = outcome.positions
         for case .acknowledge in engine.updateArrived(update, from: id, at: outcome.arrival) {
             accepted += 1
             lastAcceptedArrival = max(lastAcceptedArrival, outcome.arrival)
@@ -512,6 +610,8 @@ struct ClientOutcome {
     var examples: Int
     var loss: Double
     var uplinkBytes = 0
+    /// A sub-model's places in the model (its update covers only them), or nil.
+    var positions: [Int32]?
     var failure: String?
     /// Dropped out before delivering (nothing was trained or sent).
     var dropped = false
@@ -521,7 +621,7 @@ struct ClientOutcome {
 
 /// Error-feedback residuals by client id. Each client is trained by one worker at a time, so
 /// the lock only guards the dictionary itself.
-private final class ResidualStore: @unchecked Sendable {
+final class ResidualStore: @unchecked Sendable {
     private let lock = NSLock()
     private var residuals: [Int: ErrorFeedback] = [:]
 

@@ -118,6 +118,11 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// run database), copied in by tensor name; with low-rank adapters (`dense:N:loraR` layers)
     /// only the adapters train and travel.
     public var baseModel: String?
+    /// Device classes by width (HeteroFL sub-models, ``SubModel``): a client of class k trains
+    /// the model at width `widths[k]`, and `width_shares[k]` of the clients are in it (drawn with
+    /// the seed). Empty: every client trains the full model.
+    public var widths: [Double] = []
+    public var widthShares: [Double] = []
 
     /// The held-out examples in effect.
     public var effectiveServerExamples: Int { serverExamples > 0 ? serverExamples : (distillStudents.isEmpty ? 0 : 5000) }
@@ -125,6 +130,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public init() {}
 
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union([
+        "widths", "width_shares",
         "svd_rank", "distill", "server_examples", "distill_temperature", "distill_epochs", "distill_lr", "distill_batch",
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
@@ -217,6 +223,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         c.pruning = try PruningSchedule.configured(table)
         if let v = try table.int("svd_rank") { c.svdRank = v }
         if let v = try table.string("base_model") { c.baseModel = v }
+        if let v = try table.numbers("widths") { c.widths = v }
+        if let v = try table.numbers("width_shares") { c.widthShares = v }
         if let v = try table.strings("distill") { c.distillStudents = v }
         if let v = try table.int("server_examples") { c.serverExamples = v }
         if let v = try table.number("distill_temperature") { c.distillation.temperature = Float(v) }
@@ -262,6 +270,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let pruning { _ = try pruning.resolved(rounds: rounds) }
         guard (0...1024).contains(svdRank) else { throw fail("svd_rank must be in 0...1024 (0 = off), got \(svdRank)") }
         if let problem = try modelSpec().transferProblem(baseModel: baseModel, pruning: pruning != nil) { throw fail(problem) }
+        if !widths.isEmpty { try validateWidths() }
         guard serverExamples >= 0 else { throw fail("server_examples must be at least 0, got \(serverExamples)") }
         if !distillStudents.isEmpty {
             do {
@@ -391,3 +400,51 @@ public enum Attack: String, ConfigurationChoice, Sendable {
     /// Trains honestly on poisoned labels (label l becomes 9 − l).
     case labelFlip = "label_flip"
 }
+
+extension SimulationConfiguration {
+    /// Checks the device classes by width and what they do not combine with.
+    func validateWidths() throws {
+        func fail(_ message: String) -> ConfigurationError { ConfigurationError(message) }
+        guard widths.count == widthShares.count else {
+            throw fail("widths and width_shares must have one entry per device class, got \(widths.count) and \(widthShares.count)")
+        }
+        guard widths.allSatisfy({ $0 > 0 && $0 <= 1 }), Set(widths).count == widths.count else {
+            throw fail("widths must be distinct fractions in (0, 1], got \(widths)")
+        }
+        guard widthShares.allSatisfy({ $0 >= 0 && $0.isFinite }), abs(widthShares.reduce(0, +) - 1) < 1e-6 else {
+            throw fail("width_shares must be non-negative and sum to 1, got \(widthShares)")
+        }
+        let network = try Network(modelSpec())
+        for width in widths {
+            do { _ = try SubModel(of: network, fraction: width) } catch let error as ModelError { throw fail("widths: \(error.description)") }
+        }
+        var other: [String] = []
+        if aggregation.holdsUpdates || aggregation.dpClip > 0 { other.append("robust aggregators, norm_bound and central DP (each weight is a mean over the clients that hold it)") }
+        if pruning != nil { other.append("pruning") }
+        if svdRank > 0 { other.append("svd_rank") }
+        if attackers > 0 { other.append("attackers") }
+        if transport == .tcp { other.append("transport tcp (the protocol does not carry sub-models yet)") }
+        if !distillStudents.isEmpty { other.append("distill") }
+        if devices.overSelection > 1 || devices.roundDeadline > 0 { other.append("over_selection and round_deadline") }
+        if baseModel != nil { other.append("base_model") }
+        if !other.isEmpty { throw fail("width classes (widths) do not combine with " + other.joined(separator: ", ")) }
+    }
+
+    /// Each client's device class (an index into ``widths``): `width_shares` of the clients in
+    /// each, drawn with the seed. Empty without width classes.
+    public func widthClasses() -> [Int] {
+        guard !widths.isEmpty else { return [] }
+        var order = Array(0..<clients)
+        var generator = SeededGenerator(seed: seed, stream: 0x1D7)
+        order.withUnsafeMutableBufferPointer { generator.shuffle($0) }
+        var classes = [Int](repeating: widths.count - 1, count: clients)
+        var start = 0
+        for (k, share) in widthShares.enumerated().dropLast() {
+            let n = Int((share * Double(clients)).rounded())
+            for client in order[start..<min(clients, start + n)] { classes[client] = k }
+            start = min(clients, start + n)
+        }
+        return classes
+    }
+}
+

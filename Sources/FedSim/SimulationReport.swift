@@ -121,9 +121,19 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
     /// Root mean squared and mean absolute error of the final model (regression).
     public var rmse: Double?
     public var mae: Double?
+    /// With width classes: the global model's test metric at each class's width (in the order
+    /// of `widths`), and the updates each class delivered over the run.
+    public var widths: [WidthResult] = []
+
+    public struct WidthResult: Codable, Sendable, Equatable {
+        public var width: Double
+        public var parameters: Int
+        public var metric: Double
+        public var updates: Int
+    }
 
     enum CodingKeys: String, CodingKey {
-        case metric, rmse, mae
+        case metric, rmse, mae, widths
         case perClassAccuracy = "per_class_accuracy"
         case simulatedSeconds = "simulated_seconds"
         case roundsRun = "rounds_run"
@@ -172,6 +182,7 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
         perClassAccuracy = try c.decodeIfPresent([Double?].self, forKey: .perClassAccuracy) ?? []
         rmse = try c.decodeIfPresent(Double.self, forKey: .rmse)
         mae = try c.decodeIfPresent(Double.self, forKey: .mae)
+        widths = try c.decodeIfPresent([WidthResult].self, forKey: .widths) ?? []
     }
 
     /// Every key is always present (`null` when there is no value, e.g. a target not reached).
@@ -190,6 +201,7 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
         if !perClassAccuracy.isEmpty { try c.encode(perClassAccuracy, forKey: .perClassAccuracy) }
         try c.encodeIfPresent(rmse, forKey: .rmse)
         try c.encodeIfPresent(mae, forKey: .mae)
+        if !widths.isEmpty { try c.encode(widths, forKey: .widths) }
         try c.encode(roundsToTarget, forKey: .roundsToTarget)
         try c.encode(totalSeconds, forKey: .totalSeconds)
         try c.encode(meanSecondsPerRound, forKey: .meanSecondsPerRound)
@@ -273,6 +285,7 @@ extension SimulationConfiguration {
             "trust_threshold": .double(aggregation.trustThreshold), "trust_decay": .double(aggregation.trustDecay),
             "attackers": .double(attackers), "attack": .string(attack.rawValue), "attack_scale": .double(attackScale), "attack_noise": .double(attackNoise),
             "attack_from_round": .int(attackFromRound),
+            "widths": .string(widths.map { "\($0)" }.joined(separator: ",")), "width_shares": .string(widthShares.map { "\($0)" }.joined(separator: ",")),
         ]
     }
 }

@@ -63,6 +63,8 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("After the run, distil the final model into this smaller student (a comma-separated layer list, e.g. dense:32,relu,dense:10; repeat for several), trained on the server's held-out training examples with the teacher's soft targets, and print its size and accuracy beside the teacher's (memory transport).", valueName: "layers")) var distill: [String] = []
     @Option(name: .customLong("svd-rank"), help: "Low-rank reference: replace each client's update to every weight matrix by its rank-R approximation (randomized SVD) before encoding, and print the bytes rank-R factors would take (0 = off).") var svdRank: Int?
     @Option(name: .customLong("base-model"), help: ArgumentHelp("Start from a model trained elsewhere: an exported model (--export, fedcoord export) or a run database (its last checkpoint), copied in by tensor name. With :loraR layers in the scenario only the adapters train.", valueName: "file")) var baseModel: String?
+    @Option(help: ArgumentHelp("Device classes by width (HeteroFL): comma-separated fractions in (0, 1], e.g. 0.25,0.5,1; a client of a class trains the model with that fraction of every hidden layer's units or channels.", valueName: "p,p,...")) var widths: String?
+    @Option(name: .customLong("width-shares"), help: ArgumentHelp("The share of the clients in each width class, summing to 1, e.g. 0.4,0.3,0.3.", valueName: "s,s,...")) var widthShares: String?
     @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill).") var serverExamples: Int?
     @Option(help: "Distillation temperature T (default 4).") var temperature: Double?
     @Option(name: .customLong("distill-epochs"), help: "Distillation passes over the server's examples (default 20).") var distillEpochs: Int?
@@ -137,6 +139,14 @@ struct FedSimCommand: AsyncParsableCommand {
         if let serverExamples { c.serverExamples = serverExamples }
         if let svdRank { c.svdRank = svdRank }
         if let baseModel { c.baseModel = baseModel }
+        func fractions(_ text: String, _ option: String) throws -> [Double] {
+            try text.split(separator: ",").map {
+                guard let value = Double($0.trimmingCharacters(in: .whitespaces)) else { throw ConfigurationError("\(option): \"\($0)\" is not a number") }
+                return value
+            }
+        }
+        if let widths { c.widths = try fractions(widths, "--widths") }
+        if let widthShares { c.widthShares = try fractions(widthShares, "--width-shares") }
         if let temperature { c.distillation.temperature = Float(temperature) }
         if let distillEpochs { c.distillation.epochs = distillEpochs }
         if let prune {
@@ -220,6 +230,11 @@ struct FedSimCommand: AsyncParsableCommand {
         }
         if let simulated = s.simulatedSeconds { line += String(format: ", %.1f simulated seconds", simulated) }
         print(line)
+        if !s.widths.isEmpty {
+            print("fedsim: by width: " + s.widths.map { w in
+                String(format: "%g (%d parameters, %d updates) %@ %.4f", w.width, w.parameters, w.updates, s.metric.rawValue, w.metric)
+            }.joined(separator: "; "))
+        }
         if !quiet, s.perClassAccuracy.count > 1, s.perClassAccuracy.count <= 100 {
             print("fedsim: accuracy per \(s.metric == .labelAccuracy ? "label" : "class"): " + s.perClassAccuracy.enumerated().map { c, a in "\(c) " + (a.map { String(format: "%.3f", $0) } ?? "-") }.joined(separator: ", "))
         }

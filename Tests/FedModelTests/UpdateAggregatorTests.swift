@@ -192,3 +192,19 @@ import Testing
         #expect(delta == nil && outcome.untrusted == [0])
     }
 }
+
+/// HeteroFL's rule: a weight is averaged over the updates that carry it.
+@Suite struct PartialCoverageTests {
+    @Test func eachPlaceIsAveragedOverTheUpdatesThatCoverIt() throws {
+        var aggregator = UpdateAggregator(shardRanges: [0..<4, 4..<6], settings: AggregationSettings())
+        #expect(aggregator.supportsPartialUpdates)
+        aggregator.add(delta: [1, 1, 1, 1, 1, 1], shards: [0, 1], weight: 1)
+        aggregator.add(delta: [3, 0, 3, 0, 0, 3], shards: [0, 1], weight: 3, positions: [0, 2, 5])
+        aggregator.add(delta: [5, 0, 0, 0, 0, 0], shards: [0, 1], weight: 1, positions: [0])
+        var generator = SeededGenerator(seed: 1)
+        let mean = try #require(aggregator.finish(generator: &generator).delta)
+        // Place 0: (1·1 + 3·3 + 1·5) / 5; places 2 and 5: (1·1 + 3·3) / 4; the rest: 1.
+        #expect(mean == [3, 1, 2.5, 1, 1, 2.5])
+        #expect(!UpdateAggregator(shardRanges: [0..<4], settings: AggregationSettings(rule: .median)).supportsPartialUpdates)
+    }
+}

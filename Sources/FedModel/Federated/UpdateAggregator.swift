@@ -119,9 +119,21 @@ public struct UpdateAggregator: Sendable {
 
     public var count: Int { settings.holdsUpdates ? held.count : stream.contributions }
 
+    /// Whether updates covering only part of their shards (sub-models) can be aggregated: with
+    /// plain FedAvg, no norm bound and no central DP.
+    public var supportsPartialUpdates: Bool { !settings.holdsUpdates && settings.dpClip == 0 }
+
     /// Adds a delta covering `shards` (other entries of `delta` are ignored). `client` names the
     /// sender for the rules that remember clients across rounds (FLTrust's trust record).
-    public mutating func add(delta: [Float], shards: [Int], weight: Double, client: String? = nil) {
+    /// `positions`, when given, are the only places the update covers (a width-scaled
+    /// sub-model's, ``SubModel``): each place is averaged over the updates that cover it. Only
+    /// plain FedAvg without central DP takes such updates (``supportsPartialUpdates``).
+    public mutating func add(delta: [Float], shards: [Int], weight: Double, client: String? = nil, positions: [Int32]? = nil) {
+        if let positions {
+            precondition(supportsPartialUpdates, "sub-model updates need plain FedAvg without central DP")
+            stream.add(delta: delta, positions: positions, weight: weight)
+            return
+        }
         var delta = delta
         if settings.dpClip > 0 { Self.clip(&delta, shards: shards, ranges: shardRanges, to: settings.dpClip) }
         if settings.holdsUpdates {

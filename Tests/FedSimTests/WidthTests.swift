@@ -1,0 +1,68 @@
+import FedModel
+import Foundation
+import Testing
+@testable import FedSim
+
+/// Device classes by width (HeteroFL) in the simulator on real MNIST: each class trains its
+/// nested sub-model, each weight is averaged over the clients that hold it, and the report
+/// gives the global model's accuracy at every width.
+@Suite struct WidthTests {
+    func configuration(_ change: (inout SimulationConfiguration) -> Void = { _ in }) -> SimulationConfiguration {
+        var c = SimulationConfiguration()
+        c.clients = 20
+        c.fraction = 0.5
+        c.rounds = 4
+        c.learningRate = 0.1
+        c.seed = 11
+        change(&c)
+        return c
+    }
+
+    @Test func everyWidthLearnsAndEachWeightIsAveragedOverItsHolders() throws {
+        let c = configuration { $0.widths = [0.25, 0.5, 1]; $0.widthShares = [0.4, 0.3, 0.3] }
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        #expect((0..<3).map { k in simulation.widthClasses.filter { $0 == k }.count } == [8, 6, 6])
+        let report = try simulation.run()
+        let widths = report.summary.widths
+        #expect(widths.map(\.width) == [0.25, 0.5, 1])
+        #expect(widths.map(\.parameters) == [42_310, 89_610, 199_210])
+        #expect(widths.reduce(0) { $0 + $1.updates } == 4 * 10)
+        // Four short rounds: every width is far above chance (10%) already.
+        #expect(widths.allSatisfy { $0.metric > 0.6 }, "accuracy by width: \(widths.map(\.metric))")
+        #expect(widths[2].metric == report.rounds.last!.testMetric)
+        let full = try Simulation(configuration: configuration(), train: SmallMNIST.train, test: SmallMNIST.test).run()
+        #expect(report.summary.uplinkBytes * 10 < full.summary.uplinkBytes * 8, "narrow clients send less: \(report.summary.uplinkBytes) against \(full.summary.uplinkBytes)")
+        #expect(widths[2].metric > full.rounds.last!.testMetric! - 0.15, "mixed \(widths[2].metric), all at full width \(full.rounds.last!.testMetric!)")
+    }
+
+    /// With every client at half width, the weights outside the half-width sub-model are never
+    /// trained: they keep their initial values exactly, and the others move.
+    @Test func weightsNoClientHoldsStayAsTheyWere() throws {
+        let c = configuration { $0.widths = [0.5]; $0.widthShares = [1]; $0.rounds = 2 }
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let initial = simulation.global
+        _ = try simulation.run()
+        let sub = try #require(simulation.subModels[0])
+        let held = Set(sub.positions.map(Int.init))
+        let moved = simulation.global.indices.filter { simulation.global[$0] != initial[$0] }
+        #expect(!moved.isEmpty && moved.allSatisfy(held.contains))
+        // (The first layer's weights for pixels that are blank in every image never move.)
+        #expect(Double(moved.count) > 0.75 * Double(held.count), "\(moved.count) of \(held.count) moved")
+    }
+
+    @Test func badWidthClassesAreNamed() throws {
+        let cases: [((inout SimulationConfiguration) -> Void, String)] = [
+            ({ $0.widths = [0.5, 1]; $0.widthShares = [1] }, "one entry per device class"),
+            ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.6] }, "sum to 1"),
+            ({ $0.widths = [0, 1]; $0.widthShares = [0.5, 0.5] }, "(0, 1]"),
+            ({ $0.widths = [0.5, 0.5]; $0.widthShares = [0.5, 0.5] }, "distinct"),
+            ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.5]; $0.aggregator = "median" }, "robust aggregators"),
+            ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.5]; $0.transport = .tcp }, "transport tcp"),
+        ]
+        for (change, expected) in cases {
+            #expect { try configuration(change).validate() } throws: { "\($0)".contains(expected) }
+        }
+        let parsed = try SimulationConfiguration.parse("widths = [0.25, 1]\nwidth_shares = [0.5, 0.5]", source: "t.toml")
+        #expect(parsed.widths == [0.25, 1] && parsed.widthShares == [0.5, 0.5])
+    }
+}
