@@ -64,6 +64,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("svd-rank"), help: "Low-rank reference: replace each client's update to every weight matrix by its rank-R approximation (randomized SVD) before encoding, and print the bytes rank-R factors would take (0 = off).") var svdRank: Int?
     @Option(name: .customLong("base-model"), help: ArgumentHelp("Start from a model trained elsewhere: an exported model (--export, fedcoord export) or a run database (its last checkpoint), copied in by tensor name. With :loraR layers in the scenario only the adapters train.", valueName: "file")) var baseModel: String?
     @Option(help: ArgumentHelp("Device classes by width (HeteroFL): comma-separated fractions in (0, 1], e.g. 0.25,0.5,1; a client of a class trains the model with that fraction of every hidden layer's units or channels.", valueName: "p,p,...")) var widths: String?
+    @Option(name: .customLong("export-width"), help: "With --export: write the model at this width in (0, 1] (its nested sub-model; default 1, the whole model).") var exportWidth: Double?
     @Option(name: .customLong("width-shares"), help: ArgumentHelp("The share of the clients in each width class, summing to 1, e.g. 0.4,0.3,0.3.", valueName: "s,s,...")) var widthShares: String?
     @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill).") var serverExamples: Int?
     @Option(help: "Distillation temperature T (default 4).") var temperature: Double?
@@ -179,6 +180,9 @@ struct FedSimCommand: AsyncParsableCommand {
             guard c.transport == .memory else { throw ConfigurationError("--export writes the in-memory transport's model; with --transport tcp use fedcoord serve --db and fedcoord export") }
             exportSpec = try CodecSpec.configured(exportCodec, key: "--export-codec")
             guard !exportSpec!.errorFeedback else { throw ConfigurationError("--export-codec: \"\(exportCodec)\" may not use error feedback") }
+            if let exportWidth {
+                do { _ = try SubModel(of: try Network(c.modelSpec()), fraction: exportWidth) } catch let error as ModelError { throw ConfigurationError("--export-width: \(error.description)") }
+            }
             let directory = URL(fileURLWithPath: export).deletingLastPathComponent().path
             guard FileManager.default.isWritableFile(atPath: directory.isEmpty ? "." : directory) else {
                 throw ConfigurationError("cannot write the model to \(export): directory \(directory) is not writable or does not exist")
@@ -241,14 +245,17 @@ struct FedSimCommand: AsyncParsableCommand {
         if let export, let exportSpec {
             let written: ModelExport.Result
             do {
-                written = try ModelExport.write(model: simulation.global, network: simulation.network, codec: exportSpec,
-                                                to: URL(fileURLWithPath: export), test: simulation.testData, threads: c.effectiveThreads)
+                // At a width below 1, the nested sub-model of that width.
+                let sub = try exportWidth.flatMap { $0 < 1 ? try SubModel(of: simulation.network, fraction: $0) : nil }
+                written = try ModelExport.write(model: sub?.gather(simulation.global) ?? simulation.global, network: sub?.network ?? simulation.network,
+                                                codec: exportSpec, to: URL(fileURLWithPath: export), test: simulation.testData, threads: c.effectiveThreads)
             } catch let error as CodecError {
                 throw ConfigurationError("--export: \(error.message)")
             } catch let error as CocoaError {
                 throw ConfigurationError("cannot write the model to \(export): \(error.localizedDescription)")
             }
-            for line in ModelExport.describe(written, codec: exportSpec, path: export, what: "the final model") { print("fedsim: " + line) }
+            let what = exportWidth.map { $0 < 1 ? "the final model at width \($0)" : "the final model" } ?? "the final model"
+            for line in ModelExport.describe(written, codec: exportSpec, path: export, what: what) { print("fedsim: " + line) }
         }
         if !c.distillStudents.isEmpty, let server = simulation.serverData {
             let codec = try exportSpec ?? CodecSpec(parsing: exportCodec)

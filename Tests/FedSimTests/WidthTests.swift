@@ -1,3 +1,4 @@
+import FedCoordinator
 import FedModel
 import Foundation
 import Testing
@@ -64,5 +65,22 @@ import Testing
         }
         let parsed = try SimulationConfiguration.parse("widths = [0.25, 1]\nwidth_shares = [0.5, 0.5]", source: "t.toml")
         #expect(parsed.widths == [0.25, 1] && parsed.widthShares == [0.5, 0.5])
+    }
+
+    /// The command line: width classes, the accuracy by width, and a model exported at a width.
+    @Test func fedsimReportsEveryWidthAndExportsANarrowModel() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("half-\(UUID().uuidString).fedmodel")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let result = try FedSimProcess.run([
+            "--config", "Simulations/mnist-2nn-iid.toml", "--rounds", "2", "--clients", "20", "--fraction", "0.5",
+            "--widths", "0.5,1", "--width-shares", "0.5,0.5", "--export", file.path, "--export-width", "0.5", "--progress", "none",
+        ])
+        #expect(result.status == 0, "stderr: \(result.stderr)")
+        #expect(result.stdout.contains("fedsim: by width: 0.5 (89610 parameters, "), "\(result.stdout)")
+        #expect(result.stdout.contains("the final model at width 0.5"))
+        let exported = try BaseModel(path: file.path)
+        #expect(exported.spec.layers == [.dense(outputs: 100), .relu, .dense(outputs: 100), .relu, .dense(outputs: 10)])
+        let bad = try FedSimProcess.run(["--config", "Simulations/mnist-2nn-iid.toml", "--rounds", "1", "--widths", "0.5,1", "--width-shares", "0.7,0.7"])
+        #expect(bad.status != 0 && bad.stderr.contains("width_shares"), "\(bad.stderr)")
     }
 }
