@@ -3,8 +3,8 @@
 # (LoRA), on two real transfers with the 2NN: MNIST digits 0-4 to digits 5-9, and MNIST to
 # Fashion-MNIST. Each base model is trained federated first (the MNIST 2NN scenario, 200
 # rounds) and exported; each setting then trains on the new task (100 clients, C = 0.1, E = 1,
-# B = 10; learning rate 0.1, and 0.05 for the adapters, which can diverge at 0.1) for 200
-# rounds, seeds 1-3. Prints a Markdown table and draws reports/transfer/accuracy-per-round.svg; runs
+# B = 10; learning rate 0.1, and for the adapters 0.05 (0.02 at rank 1), where they stop
+# diverging) for 200 rounds, seeds 1-3. Prints a Markdown table and draws reports/transfer/accuracy-per-round.svg; runs
 # land in reports/transfer/.
 # Usage: Simulations/transfer-table.sh [rounds] [seeds]
 # Needs python3 with numpy (the digit split) and dataset-fashion-mnist.
@@ -38,6 +38,7 @@ for task in digits fmnist; do
             case $setting in
                 scratch) args=(--config Simulations/mnist-2nn-iid.toml --lr 0.1) ;;
                 full) args=(--config Simulations/mnist-2nn-iid.toml --base-model "$base" --lr 0.1) ;;
+                lora1) args=(--config "$out/$setting.toml" --base-model "$base" --lr 0.02) ;;
                 lora*) args=(--config "$out/$setting.toml" --base-model "$base" --lr 0.05) ;;
             esac
             # A run that diverges is recorded as such and the table goes on.

@@ -27,15 +27,15 @@ def median(values):
     return statistics.median(values)
 
 
-print(f"| transfer | setting | values trained and sent | bytes per update (fp32, raw) | smaller than a full update | "
+print(f"| transfer | setting | learning rate | values trained and sent | bytes per update (fp32, raw) | smaller than a full update | "
       f"downlink per round, mean | accuracy at round {early} | at round {rounds} | rounds to target |")
-print("| --- " * 9 + "|")
+print("| --- " * 10 + "|")
 curves = {}
 for task, title, target in TASKS:
     for setting, label, values in SETTINGS:
         runs, failed = load(task, setting)
         if not runs:
-            print(f"| {title} (target {target:.0%}) | {label} | {values:,} | | | | diverged | diverged | |")
+            print(f"| {title} (target {target:.0%}) | {label} | | {values:,} | | | | diverged | diverged | |")
             continue
         updates = [sum(r["clients"] for r in run["rounds"]) for run in runs]
         per_update = median([run["summary"]["uplink_bytes"] / n for run, n in zip(runs, updates)])
@@ -45,7 +45,8 @@ for task, title, target in TASKS:
         reached = [run["summary"]["rounds_to_target"] for run in runs]
         to_target = median([r if r is not None else float("inf") for r in reached])
         to_target = "not reached" if to_target == float("inf") else f"{to_target:g}"
-        print(f"| {title} (target {target:.0%}) | {label} | {values:,} | {per_update:,.0f} | {UPDATE32 / per_update:.0f}x | "
+        lr = runs[0]["config"]["learning_rate"]
+        print(f"| {title} (target {target:.0%}) | {label} | {lr:g} | {values:,} | {per_update:,.0f} | {UPDATE32 / per_update:.0f}x | "
               f"{downlink / 1e6:.2f} MB | {at_early:.2%} | **{final:.2%}**{f' ({failed} of {seeds} diverged)' if failed else ''} | {to_target} |")
         curves[(task, setting)] = [median([run["rounds"][i]["test_metric"] for run in runs]) for i in range(rounds)]
 
