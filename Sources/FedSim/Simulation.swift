@@ -58,6 +58,9 @@ public final class Simulation {
     public let subModels: [SubModel?]
     private let subTrainers: [[LocalTrainer]]
     private let subUplinks: [UpdateCodec?]
+    /// Ordered dropout: per class k, the classes j no wider than it, with the places of j's
+    /// parameters in k's parameter vector.
+    private let nestedWidths: [[(width: Int, index: [Int32])]]
     /// The malicious clients (`attackers` × K of them, drawn from the seed).
     public let attackers: Set<Int>
     /// The training set with poisoned labels (label-flipping attackers train on it).
@@ -134,7 +137,10 @@ public final class Simulation {
         let batch = configuration.batchSize
         trainers = (0..<workers).map { _ in LocalTrainer(network: network, batchCapacity: batch) }
         widthClasses = configuration.widthClasses()
-        subModels = try configuration.widths.map { $0 < 1 ? try SubModel(of: network, fraction: $0) : nil }
+        // With ordered dropout every class trains through its sub-model (the full width too),
+        // choosing a nested width per batch.
+        subModels = try configuration.widths.map { $0 < 1 || configuration.orderedDropout ? try SubModel(of: network, fraction: $0) : nil }
+        nestedWidths = configuration.orderedDropout ? Self.nestedIndices(subModels.map { $0! }, parameterCount: network.parameterCount) : []
         subTrainers = subModels.map { sub in sub.map { s in (0..<workers).map { _ in LocalTrainer(network: s.network, batchCapacity: batch) } } ?? [] }
         subUplinks = subModels.map { $0.map { UpdateCodec(spec: configuration.codec, shardRanges: $0.network.layout.tensors.map(\.range)) } }
         localModels = Array(repeating: global, count: workers)
@@ -275,7 +281,7 @@ public final class Simulation {
         let anchor: [Float]? = c.proximalMu > 0 ? start : nil
         let state = RoundDriver(engine: engine, clientIDs: clientIDs, selected: selected, byArrival: arrivalDecides)
         let trainers = self.trainers
-        let subModels = self.subModels, subTrainers = self.subTrainers, subUplinks = self.subUplinks
+        let subModels = self.subModels, subTrainers = self.subTrainers, subUplinks = self.subUplinks, nestedWidths = self.nestedWidths
         let data = trainData
         let poisoned = poisonedData
         let attackers = self.attackers
@@ -301,8 +307,10 @@ public final class Simulation {
                     var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, UInt64(round), UInt64(client))
                     if !widthClasses.isEmpty, let sub = subModels[widthClasses[client]] {
                         // A narrower device: its sub-model trains, travels and lands in its places.
+                        let k = widthClasses[client]
+                        let nested = nestedWidths.isEmpty ? [] : nestedWidths[k].map { (trainer: subTrainers[$0.width][worker], index: $0.index) }
                         outcome = Self.trainSubModel(
-                            sub, trainer: subTrainers[widthClasses[client]][worker], uplink: subUplinks[widthClasses[client]]!,
+                            sub, trainer: subTrainers[k][worker], nested: nested, uplink: subUplinks[k]!,
                             client: client, round: round, start: start, anchor: anchor, data: DatasetSlice(dataset: data, indices: indices[client]),
                             sgd: sgd, generator: &generator, residuals: residuals, configuration: c, decoded: &decoded[worker], outcome: outcome)
                         if clock {
@@ -472,18 +480,25 @@ extension Simulation {
     /// values at its places, encodes the sub-model's delta with the uplink codec (with its own
     /// error-feedback residual), and writes what the server decodes into `decoded`, model-sized
     /// and zero outside the sub-model.
+    ///
+    /// With ordered dropout (`nested` not empty) each batch trains the nested model of a width
+    /// drawn uniformly from `nested` (its own included).
     static func trainSubModel(
-        _ sub: SubModel, trainer: LocalTrainer, uplink: UpdateCodec, client: Int, round: Int,
+        _ sub: SubModel, trainer: LocalTrainer, nested: [(trainer: LocalTrainer, index: [Int32])], uplink: UpdateCodec, client: Int, round: Int,
         start: [Float], anchor: [Float]?, data: DatasetSlice, sgd: SGD, generator: inout SeededGenerator,
         residuals: ResidualStore, configuration c: SimulationConfiguration, decoded: inout [Float], outcome: ClientOutcome
     ) -> ClientOutcome {
         var outcome = outcome
         let from = sub.gather(start)
         var local = from
-        let summary = trainer.train(parameters: &local, anchor: anchor.map(sub.gather), data: data,
-                                    epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator)
-        outcome.loss = summary.meanLoss
-        guard summary.meanLoss.isFinite else {
+        if nested.isEmpty {
+            let summary = trainer.train(parameters: &local, anchor: anchor.map(sub.gather), data: data,
+                                        epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator)
+            outcome.loss = summary.meanLoss
+        } else {
+            outcome.loss = orderedDropout(&local, nested: nested, anchor: anchor.map(sub.gather), data: data, configuration: c, sgd: sgd, generator: &generator)
+        }
+        guard outcome.loss.isFinite else {
             outcome.failure = "training diverged in round \(round): client \(client) (width \(sub.fraction)) reached a non-finite loss; lower learning_rate (now \(c.learningRate))"
             return outcome
         }
@@ -507,6 +522,50 @@ extension Simulation {
             outcome.failure = "client \(client)'s update could not be encoded with \(uplink.spec): \(error)"
         }
         return outcome
+    }
+}
+
+extension Simulation {
+    /// Ordered dropout's local training: for every batch of every epoch, a width drawn from
+    /// `nested`; that nested model's parameters are read from `local`, stepped once, and
+    /// written back. Returns the mean training loss.
+    static func orderedDropout(
+        _ local: inout [Float], nested: [(trainer: LocalTrainer, index: [Int32])], anchor: [Float]?, data: DatasetSlice,
+        configuration c: SimulationConfiguration, sgd: SGD, generator: inout SeededGenerator
+    ) -> Double {
+        var order = data.indices
+        var lossSum = 0.0, seen = 0
+        for _ in 0..<c.localEpochs {
+            order.withUnsafeMutableBufferPointer { generator.shuffle($0) }
+            var start = 0
+            while start < order.count {
+                let batch = Array(order[start..<min(order.count, start + c.batchSize)])
+                let choice = nested[Int(generator.next() % UInt64(nested.count))]
+                var parameters = SubModel.gather(local, at: choice.index)
+                let summary = choice.trainer.train(
+                    parameters: &parameters, anchor: anchor.map { SubModel.gather($0, at: choice.index) },
+                    data: DatasetSlice(dataset: data.dataset, indices: batch), epochs: 1, batchSize: batch.count, sgd: sgd, generator: &generator)
+                SubModel.scatter(parameters, into: &local, at: choice.index)
+                lossSum += summary.meanLoss * Double(batch.count)
+                seen += batch.count
+                start += c.batchSize
+            }
+        }
+        return seen > 0 ? lossSum / Double(seen) : 0
+    }
+
+    /// For each class k, the classes j no wider than k (k included) with the places of j's
+    /// parameters in k's parameter vector (nested sub-models: j's places are among k's).
+    static func nestedIndices(_ subs: [SubModel], parameterCount: Int) -> [[(width: Int, index: [Int32])]] {
+        subs.map { outer in
+            var place = [Int32](repeating: -1, count: parameterCount)
+            for (i, position) in outer.positions.enumerated() { place[Int(position)] = Int32(i) }
+            return subs.enumerated().filter { $0.element.fraction <= outer.fraction }.map { j, inner in
+                let index = inner.positions.map { place[Int($0)] }
+                precondition(!index.contains(-1), "width \(inner.fraction) is not nested in \(outer.fraction)")
+                return (j, index)
+            }
+        }
     }
 }
 

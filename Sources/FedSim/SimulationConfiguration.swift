@@ -123,6 +123,10 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// the seed). Empty: every client trains the full model.
     public var widths: [Double] = []
     public var widthShares: [Double] = []
+    /// FjORD's ordered dropout (Horvath et al. 2021): each batch of a client's local training
+    /// runs at a width drawn uniformly from the classes' widths up to its own, so the model
+    /// stays good at every width.
+    public var orderedDropout = false
 
     /// The held-out examples in effect.
     public var effectiveServerExamples: Int { serverExamples > 0 ? serverExamples : (distillStudents.isEmpty ? 0 : 5000) }
@@ -130,7 +134,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public init() {}
 
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union([
-        "widths", "width_shares",
+        "widths", "width_shares", "ordered_dropout",
         "svd_rank", "distill", "server_examples", "distill_temperature", "distill_epochs", "distill_lr", "distill_batch",
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
@@ -225,6 +229,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.string("base_model") { c.baseModel = v }
         if let v = try table.numbers("widths") { c.widths = v }
         if let v = try table.numbers("width_shares") { c.widthShares = v }
+        if let v = try table.bool("ordered_dropout") { c.orderedDropout = v }
         if let v = try table.strings("distill") { c.distillStudents = v }
         if let v = try table.int("server_examples") { c.serverExamples = v }
         if let v = try table.number("distill_temperature") { c.distillation.temperature = Float(v) }
@@ -271,6 +276,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         guard (0...1024).contains(svdRank) else { throw fail("svd_rank must be in 0...1024 (0 = off), got \(svdRank)") }
         if let problem = try modelSpec().transferProblem(baseModel: baseModel, pruning: pruning != nil) { throw fail(problem) }
         if !widths.isEmpty { try validateWidths() }
+        if orderedDropout, widths.count < 2 { throw fail("ordered_dropout needs at least two width classes (widths)") }
         guard serverExamples >= 0 else { throw fail("server_examples must be at least 0, got \(serverExamples)") }
         if !distillStudents.isEmpty {
             do {

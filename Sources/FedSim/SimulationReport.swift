@@ -286,6 +286,7 @@ extension SimulationConfiguration {
             "attackers": .double(attackers), "attack": .string(attack.rawValue), "attack_scale": .double(attackScale), "attack_noise": .double(attackNoise),
             "attack_from_round": .int(attackFromRound),
             "widths": .string(widths.map { "\($0)" }.joined(separator: ",")), "width_shares": .string(widthShares.map { "\($0)" }.joined(separator: ",")),
+            "ordered_dropout": .bool(orderedDropout),
         ]
     }
 }

@@ -51,6 +51,20 @@ import Testing
         #expect(Double(moved.count) > 0.75 * Double(held.count), "\(moved.count) of \(held.count) moved")
     }
 
+    /// Every client at full width: without ordered dropout the half-width slice of the model is
+    /// never trained as a model of its own; with it, half of the batches train exactly that slice.
+    @Test func orderedDropoutKeepsTheNarrowWidthGood() throws {
+        func halfWidthAccuracy(ordered: Bool) throws -> Double {
+            let c = configuration { $0.widths = [0.5, 1]; $0.widthShares = [0, 1]; $0.orderedDropout = ordered; $0.rounds = 6 }
+            let report = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
+            #expect(report.summary.widths.map(\.updates) == [0, 60])
+            return report.summary.widths[0].metric
+        }
+        let (plain, ordered) = (try halfWidthAccuracy(ordered: false), try halfWidthAccuracy(ordered: true))
+        #expect(ordered > 0.7 && ordered > plain + 0.1, "half width: \(plain) without ordered dropout, \(ordered) with it")
+        #expect { try configuration { $0.orderedDropout = true }.validate() } throws: { "\($0)".contains("ordered_dropout") }
+    }
+
     @Test func badWidthClassesAreNamed() throws {
         let cases: [((inout SimulationConfiguration) -> Void, String)] = [
             ({ $0.widths = [0.5, 1]; $0.widthShares = [1] }, "one entry per device class"),

@@ -95,13 +95,37 @@ public struct SubModel: Sendable {
     /// The sub-model's parameters, read from the full model's.
     public func gather(_ full: [Float]) -> [Float] {
         precondition(full.count == fullCount, "parameters do not match the full model")
-        return positions.map { full[Int($0)] }
+        return Self.gather(full, at: positions)
     }
 
     /// Writes the sub-model's values into their places in a full-model-sized vector (the other
     /// places are left as they are).
     public func scatter(_ sub: [Float], into full: inout [Float]) {
-        precondition(sub.count == positions.count && full.count == fullCount, "sizes do not match")
-        for (value, position) in zip(sub, positions) { full[Int(position)] = value }
+        precondition(full.count == fullCount, "sizes do not match")
+        Self.scatter(sub, into: &full, at: positions)
+    }
+
+    /// `source[places[i]]` for every i (compiled optimised with the numeric library).
+    public static func gather(_ source: [Float], at places: [Int32]) -> [Float] {
+        [Float](unsafeUninitializedCapacity: places.count) { buffer, count in
+            source.withUnsafeBufferPointer { s in
+                places.withUnsafeBufferPointer { p in
+                    for i in 0..<p.count { buffer[i] = s[Int(p[i])] }
+                }
+            }
+            count = places.count
+        }
+    }
+
+    /// `target[places[i]] = values[i]` for every i.
+    public static func scatter(_ values: [Float], into target: inout [Float], at places: [Int32]) {
+        precondition(values.count == places.count, "one place per value")
+        target.withUnsafeMutableBufferPointer { t in
+            values.withUnsafeBufferPointer { v in
+                places.withUnsafeBufferPointer { p in
+                    for i in 0..<p.count { t[Int(p[i])] = v[i] }
+                }
+            }
+        }
     }
 }
