@@ -55,8 +55,8 @@ width, height, gap = 900, 380, 60
 panel = (width - gap) // 2
 left, right, top, bottom = 50, 10, 30, 40
 colors = {"scratch": "#444444", "full": "#1f77b4", "lora1": "#ff7f0e", "lora4": "#2ca02c", "lora16": "#d62728"}
-parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}" font-family="sans-serif" font-size="12">',
-         f'<rect width="{width}" height="{height + 40}" fill="white"/>']
+parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 60}" font-family="sans-serif" font-size="12">',
+         f'<rect width="{width}" height="{height + 60}" fill="white"/>']
 for p, (task, title, target) in enumerate(TASKS):
     x0 = p * (panel + gap)
     values = [v for (t, _), c in curves.items() if t == task for v in c]
@@ -87,9 +87,9 @@ for p, (task, title, target) in enumerate(TASKS):
         points = " ".join(f"{X(i + 1):.1f},{Y(max(lo, v)):.1f}" for i, v in enumerate(curves[(task, setting)]))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colors[setting]}" stroke-width="1.5"/>')
 for i, (setting, label, values) in enumerate(SETTINGS):
-    x = left + i * 175
-    parts.append(f'<line x1="{x}" x2="{x + 20}" y1="{height + 20}" y2="{height + 20}" stroke="{colors[setting]}" stroke-width="3"/>')
-    parts.append(f'<text x="{x + 25}" y="{height + 24}">{label} ({values:,} trained)</text>')
+    x, y = left + (i % 3) * 280, height + 10 + (i // 3) * 20
+    parts.append(f'<line x1="{x}" x2="{x + 20}" y1="{y}" y2="{y}" stroke="{colors[setting]}" stroke-width="3"/>')
+    parts.append(f'<text x="{x + 25}" y="{y + 4}">{label} ({values:,} values trained)</text>')
 parts.append("</svg>")
 open(f"{OUT}/accuracy-per-round.svg", "w").write("\n".join(parts))
 print(f"\nplot: {OUT}/accuracy-per-round.svg")
