@@ -40,4 +40,15 @@ public enum ClientSelection {
         }
         return chosen.sorted()
     }
+
+    /// The width class of a client with `memoryBudget` bytes (Protocol.md, section 7): the
+    /// widest whose training fits, at 16 bytes per parameter of its sub-model (the model, its
+    /// gradient, the local copy and the delta, 4 bytes each). `parameterCounts` are the classes'
+    /// sub-model sizes, narrowest first. A budget of 0 (unstated) gets the widest; a budget
+    /// that fits none, the narrowest.
+    public static func widthClass(memoryBudget: UInt64, parameterCounts: [Int]) -> Int {
+        precondition(!parameterCounts.isEmpty, "no width classes")
+        guard memoryBudget > 0 else { return parameterCounts.count - 1 }
+        return parameterCounts.lastIndex { UInt64(16 * $0) <= memoryBudget } ?? 0
+    }
 }

@@ -68,6 +68,12 @@ public struct RoundEngine {
         /// Federated magnitude pruning (nil = none): the engine prunes the global model on this
         /// schedule, and ``RoundEngine/mask`` says what the shells send sparse.
         public var pruning: PruningSchedule?
+        /// Device classes by width (HeteroFL, ``SubModel``): each client is given the largest of
+        /// these widths whose training fits its memory budget
+        /// (``ClientSelection/widthClass(memoryBudget:parameterCounts:)``), and trains that
+        /// nested sub-model; each weight is averaged over the clients that hold it. Empty: every
+        /// client holds the whole model (its budget picks the shards it trains).
+        public var widths: [Double] = []
 
         public init(rounds: Int, clientsPerRound: Int, selectionSize: Int? = nil) {
             self.rounds = rounds
@@ -114,6 +120,8 @@ public struct RoundEngine {
         /// The places of the model a width-scaled sub-model covers (``SubModel/positions``); nil
         /// for an update of whole shards. The delta is model-sized, zero elsewhere.
         public var positions: [Int32]?
+        /// Set by the engine: the sender's width class, whose sub-model the body is encoded over.
+        var widthClass: Int?
 
         public init(round: Int, modelVersion: UInt32, exampleCount: Int, trainingLoss: Double, shards: [Int], body: Body, bytes: Int) {
             self.round = round
@@ -132,6 +140,8 @@ public struct RoundEngine {
         /// Whether the client keeps the shards it was sent between rounds (HELLO's
         /// `keeps-shards`): then a shard whose values have not changed is not sent again.
         var keepsShards = false
+        /// The client's width class (an index into the sorted widths), when there are classes.
+        var widthClass: Int?
         /// Selected in the round in progress and not yet reported.
         var busy = false
         var taskSentAt: Double?
@@ -196,6 +206,9 @@ public struct RoundEngine {
     /// Per shard, the model version in which its values last changed (a frozen shard never
     /// changes after the start).
     private var changedAt: [UInt32]
+    /// With width classes: the widths in ascending order and their sub-models (nil at width 1).
+    public let widths: [Double]
+    public let subModels: [SubModel?]
 
     /// - Parameters:
     ///   - resume: the last committed round's state, when resuming a run.
@@ -221,6 +234,12 @@ public struct RoundEngine {
         self.evaluate = evaluate
         scratch = [Float](repeating: 0, count: network.parameterCount)
         changedAt = Array(repeating: modelVersion, count: ranges.count)
+        widths = settings.widths.sorted()
+        subModels = widths.map { width in
+            guard width < 1 else { return nil }
+            guard let sub = try? SubModel(of: network, fraction: width) else { preconditionFailure("width \(width) does not fit the model (the shells check it)") }
+            return sub
+        }
         // A resumed pruned model carries its mask in its zeros.
         if settings.pruning != nil {
             let implied = PruningMask(zerosOf: initial, layout: network.layout)
@@ -235,6 +254,16 @@ public struct RoundEngine {
 
     public func isConnected(_ id: String) -> Bool { clients[id] != nil }
 
+    /// The sub-model a client trains (nil: the whole model), chosen when it joined.
+    public func subModel(of id: String) -> SubModel? {
+        clients[id]?.widthClass.flatMap { subModels[$0] }
+    }
+
+    /// The width a client trains at (nil without width classes).
+    public func width(of id: String) -> Double? {
+        clients[id]?.widthClass.map { widths[$0] }
+    }
+
     /// Whether `id` was selected in the round in progress and has not reported yet.
     public func isTraining(_ id: String) -> Bool { clients[id]?.busy ?? false }
 
@@ -245,9 +274,13 @@ public struct RoundEngine {
         guard !revoked.contains(id) else { return }
         missedDeadline.remove(id)
         let wasBusy = clients[id]?.busy ?? false
+        // With width classes the client trains every shard of its sub-model (same indices as the
+        // model's); otherwise its budget picks the shards it trains.
+        let widthClass = widths.isEmpty ? nil : ClientSelection.widthClass(
+            memoryBudget: memoryBudget, parameterCounts: subModels.map { $0?.network.parameterCount ?? layout.parameterCount })
         clients[id] = Client(
-            trainedShards: ClientSelection.shardsToTrain(layout: layout, memoryBudget: memoryBudget),
-            heldVersions: Array(repeating: nil, count: ranges.count), keepsShards: keepsShards, busy: wasBusy)
+            trainedShards: widthClass == nil ? ClientSelection.shardsToTrain(layout: layout, memoryBudget: memoryBudget) : layout.trainableIndices.map(UInt16.init),
+            heldVersions: Array(repeating: nil, count: ranges.count), keepsShards: keepsShards, widthClass: widthClass, busy: wasBusy)
         if wasBusy { clients[id]?.taskSentAt = time }
         sortedIDs = nil
     }
@@ -326,7 +359,9 @@ public struct RoundEngine {
             let missing = client.heldVersions.indices.filter { index in
                 guard let held = client.heldVersions[index] else { return true }
                 guard held != modelVersion else { return false }
-                return !client.keepsShards || held < changedAt[index] || client.trainedShards.contains(UInt16(index))
+                // (A sub-model's shard is sent whole again: its places changed or not.)
+                return !client.keepsShards || client.widthClass.flatMap({ subModels[$0] }) != nil
+                    || held < changedAt[index] || client.trainedShards.contains(UInt16(index))
             }
             for index in missing { client.heldVersions[index] = modelVersion }
             client.busy = true
@@ -365,6 +400,8 @@ public struct RoundEngine {
         guard !round.reported.contains(id) else {
             return [refuse(id, update, Refusal(.unexpectedMessage, "client \(id) already sent its update for round \(round.round)"), state: .refused, in: &round)]
         }
+        var update = update
+        update.widthClass = clients[id]?.widthClass
         do {
             try checkHeader(update, from: id)
         } catch let refusal as Refusal {
@@ -548,7 +585,8 @@ public struct RoundEngine {
         guard update.exampleCount > 0 else { throw Refusal(.badUpdate, "update with no examples") }
         guard update.trainingLoss.isFinite else { throw Refusal(.badUpdate, "training loss is \(update.trainingLoss)") }
         guard !update.shards.isEmpty else { throw Refusal(.badUpdate, "update carries no shards") }
-        if update.positions != nil, settings.aggregation.holdsUpdates || settings.aggregation.dpClip > 0 {
+        let partial = update.positions != nil || update.widthClass.flatMap({ subModels[$0] }) != nil
+        if partial, settings.aggregation.holdsUpdates || settings.aggregation.dpClip > 0 {
             throw Refusal(.badUpdate, "a sub-model's update needs plain FedAvg (each weight is a mean over the clients that hold it)")
         }
         let assigned = clients[id]?.trainedShards ?? layout.trainableIndices.map(UInt16.init)
@@ -565,7 +603,7 @@ public struct RoundEngine {
             for (index, bytes) in zip(update.shards, shards) {
                 let header: ShardCodec.Header
                 do {
-                    header = try bytes.withUnsafeBytes { try ShardCodec.parseHeader($0, expectedCount: ranges[index].count) }
+                    header = try bytes.withUnsafeBytes { try ShardCodec.parseHeader($0, expectedCount: self.ranges(of: update)[index].count) }
                 } catch {
                     throw Refusal(.badUpdate, "shard \(index): \(error)")
                 }
@@ -578,9 +616,31 @@ public struct RoundEngine {
         }
     }
 
-    /// Decodes the body into ``scratch`` (an encoded one) and checks every value is finite.
+    /// The shard ranges an update's body is encoded over: its sender's sub-model's, or the model's.
+    private func ranges(of update: IncomingUpdate) -> [Range<Int>] {
+        update.widthClass.flatMap { subModels[$0] }.map { $0.network.layout.tensors.map(\.range) } ?? ranges
+    }
+
+    /// Decodes the body into ``scratch`` (an encoded one) and checks every value is finite. A
+    /// sub-model's body is decoded over its layout and put in its places (zero elsewhere).
     private mutating func decode(_ update: IncomingUpdate) throws {
         switch update.body {
+        case .encoded(let shards) where update.widthClass.flatMap({ subModels[$0] }) != nil:
+            let sub = subModels[update.widthClass!]!
+            let subRanges = sub.network.layout.tensors.map(\.range)
+            var values = [Float](repeating: 0, count: sub.network.parameterCount)
+            try values.withUnsafeMutableBufferPointer { all in
+                for (index, bytes) in zip(update.shards, shards) {
+                    do {
+                        try bytes.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[subRanges[index]])) }
+                    } catch {
+                        throw Refusal(.badUpdate, "shard \(index): \(error)")
+                    }
+                }
+            }
+            scratch.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+            sub.scatter(values, into: &scratch)
+            guard UpdateAggregator.allFinite(scratch, shards: update.shards, ranges: ranges) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
         case .encoded(let shards):
             try scratch.withUnsafeMutableBufferPointer { all in
                 for (index, bytes) in zip(update.shards, shards) {
@@ -615,7 +675,8 @@ public struct RoundEngine {
                 format: "round %d: update norm %.4g scaled down to %.4g (update_bound %.4g × the median accepted norm %.4g)",
                 round.round, norm, settings.updateBound * reference, settings.updateBound, reference)))
         }
-        round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id, positions: update.positions)
+        let positions = update.positions ?? update.widthClass.flatMap { subModels[$0] }?.positions
+        round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id, positions: positions)
         round.aggregated.append(id)
     }
 

@@ -488,6 +488,58 @@ struct RoundEngineTests {
     }
 }
 
+/// Width classes in the engine: a client's memory budget picks its width, its task and update
+/// are over its sub-model's layout, and each weight is averaged over the clients that hold it.
+@Suite struct WidthClassEngineTests {
+    @Test func budgetsPickWidthsAndEachWeightIsAveragedOverItsHolders() throws {
+        let network = RoundEngineTests.network
+        var settings = RoundEngine.Settings(rounds: 2, clientsPerRound: 2)
+        settings.minimumUpdates = 2
+        settings.minimumClients = 2
+        settings.uplink = CodecSpec(codec: .fp32, zlibLevel: nil)
+        settings.widths = [1, 0.5]
+        var engine = RoundEngine(settings: settings, network: network, initial: network.initialParameters(seed: 1))
+        #expect(engine.widths == [0.5, 1])
+        let half = try #require(engine.subModels[0])
+        engine.clientJoined("small", memoryBudget: UInt64(16 * half.network.parameterCount), at: 0)
+        engine.clientJoined("large", memoryBudget: 0, at: 0)
+        engine.clientJoined("tiny", memoryBudget: 1, at: 0)
+        #expect(engine.width(of: "small") == 0.5 && engine.width(of: "large") == 1 && engine.width(of: "tiny") == 0.5)
+        #expect(engine.subModel(of: "large") == nil && engine.subModel(of: "small")?.network.parameterCount == half.network.parameterCount)
+        engine.clientLeft("tiny", at: 0)
+
+        let before = engine.global
+        let tasks = RoundEngineTests.tasks(engine.beginRound(at: 0))
+        #expect(tasks.count == 2 && tasks.allSatisfy { $0.1.shards == [0, 1, 2, 3] && $0.1.shardsToSend == [0, 1, 2, 3] })
+        func update(_ task: RoundEngine.Task, value: Float, over layout: ParameterLayout) throws -> RoundEngine.IncomingUpdate {
+            var generator = SeededGenerator(seed: 1)
+            let encoded = try UpdateCodec(spec: settings.uplink, shardRanges: layout.tensors.map(\.range))
+                .encode([Float](repeating: value, count: layout.parameterCount), generator: &generator)
+            return RoundEngine.IncomingUpdate(round: task.round, modelVersion: task.modelVersion, exampleCount: 10, trainingLoss: 0.5,
+                                              shards: [0, 1, 2, 3], body: .encoded(encoded), bytes: 0)
+        }
+        let small = tasks.first { $0.0 == "small" }!.1
+        // An update over the whole model from the half-width client does not fit its layout.
+        #expect(RoundEngineTests.refusal(engine.updateArrived(try update(small, value: 1, over: network.layout), from: "small", at: 1)) == .badUpdate)
+        engine.clientLeft("small", at: 1)
+        engine.clientJoined("small", memoryBudget: UInt64(16 * half.network.parameterCount), at: 1)
+        _ = try? engine.closeRound(at: 2)
+
+        let retry = RoundEngineTests.tasks(engine.beginRound(at: 3))
+        #expect(retry.count == 2)
+        for (id, task) in retry {
+            let u = try update(task, value: id == "small" ? 1 : 3, over: id == "small" ? half.network.layout : network.layout)
+            #expect(RoundEngineTests.refusal(engine.updateArrived(u, from: id, at: 4)) == nil)
+        }
+        guard case .completed = try engine.closeRound(at: 5) else { throw RoundEngineTestFailure("round not completed") }
+        let held = Set(half.positions.map(Int.init))
+        for i in before.indices {
+            let expected: Float = held.contains(i) ? 2 : 3   // (10·1 + 10·3) / 20, or the large client's alone
+            #expect(abs((engine.global[i] - before[i]) - expected) < 1e-5, "place \(i)")
+        }
+    }
+}
+
 struct RoundEngineTestFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
