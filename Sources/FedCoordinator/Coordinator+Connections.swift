@@ -35,13 +35,13 @@ extension Coordinator {
                     let (id, hello, version) = try await authenticate(reader: reader, writer: handshakeWriter)
                     let writer = handshakeWriter.speaking(version)
                     let (stream, continuation) = AsyncStream.makeStream(of: Outgoing.self)
-                    guard let session = await register(id, hello: hello, version: version, outbound: continuation, channel: connection.channel) else {
+                    guard let (session, model) = await register(id, hello: hello, version: version, outbound: continuation, channel: connection.channel) else {
                         throw ProtocolError(.shuttingDown, "the coordinator is shutting down")
                     }
                     registered = (id, session)
                     try await writer.send(.welcome(Welcome(
                         sessionID: session, heartbeatMilliseconds: configuration.heartbeatMilliseconds,
-                        model: configuration.model.wireDescription,
+                        model: model,
                         limits: Limits(maximumFramePayload: UInt32(configuration.maximumFramePayload), maximumMessage: UInt32(configuration.maximumMessage)))))
                     if let error = try await serve(reader: reader, writer: writer, outbox: stream, continuation: continuation, from: id, session: session, version: version) {
                         failure = error   // its ERROR has been written
@@ -193,9 +193,10 @@ extension Coordinator {
         return nil
     }
 
-    /// Registers an authenticated client (a reconnecting device replaces its stale connection);
-    /// nil once the run is ending.
-    private func register(_ id: String, hello: Hello, version: UInt8, outbound: AsyncStream<Outgoing>.Continuation, channel: any Channel) -> UInt64? {
+    /// Registers an authenticated client (a reconnecting device replaces its stale connection):
+    /// its session and the model description its WELCOME names (with width classes, its
+    /// sub-model's); nil once the run is ending.
+    private func register(_ id: String, hello: Hello, version: UInt8, outbound: AsyncStream<Outgoing>.Continuation, channel: any Channel) -> (UInt64, String)? {
         guard !finished, !isStopping else { return nil }
         if let existing = connections[id] {
             existing.outbound.finish()
@@ -207,9 +208,11 @@ extension Coordinator {
         connections[id] = Connection(session: session, version: version, outbound: outbound, channel: channel)
         engine.clientJoined(id, memoryBudget: hello.memoryBudget, keepsShards: hello.codecs.contains(Hello.keepsShards), at: now())
         metrics.connected.set(to: Double(connections.count))
-        logger.info("client joined", metadata: ["client": "\(id)", "protocol": "\(version)", "examples": "\(hello.exampleCount)", "connected": "\(connections.count)"])
+        var metadata: Logger.Metadata = ["client": "\(id)", "protocol": "\(version)", "examples": "\(hello.exampleCount)", "connected": "\(connections.count)"]
+        if let width = engine.width(of: id) { metadata["width"] = "\(width)" }
+        logger.info("client joined", metadata: metadata)
         wake()
-        return session
+        return (session, engine.subModel(of: id)?.network.spec.wireDescription ?? configuration.model.wireDescription)
     }
 
     /// Forgets a client whose connection ended (unless a newer session replaced it).

@@ -42,11 +42,19 @@ public actor Coordinator {
     var connections: [String: Connection] = [:]
     var nextSession: UInt64 = 1
     /// The model as downloaded at the current version: encoded shards and their SHA-256.
-    private var downloadCache: (version: UInt32, shards: [[UInt8]], digests: [[UInt8]])?
+    private var downloadCache: [Double: (version: UInt32, shards: [[UInt8]], digests: [[UInt8]])] = [:]
     /// The current round's MODEL_SHARD messages framed once per protocol version (with their
     /// CRC-32s) and written as they are to every client that needs them.
-    private var framedShards: (round: Int, modelVersion: UInt32, byVersion: [UInt8: [Int: [Frame]]]) = (0, 0, [:])
+    private var framedShards: (round: Int, modelVersion: UInt32, byVersion: [FramingKey: [Int: [Frame]]]) = (0, 0, [:])
+    /// Shards are framed once per protocol version and width.
+    struct FramingKey: Hashable {
+        var version: UInt8
+        var width: Double
+    }
     private let downlink: UpdateCodec
+    /// With width classes and test data: per width (narrowest first), its sub-model and an
+    /// evaluator (nil at full width, which the engine evaluates).
+    private let widthEvaluators: [(SubModel, Evaluator, DatasetSlice)?]
     /// The round loop waits here for the next event.
     private var waiters: [CheckedContinuation<Void, Never>] = []
     /// Set by ``stop()``: when the graceful shutdown began.
@@ -101,6 +109,7 @@ public actor Coordinator {
         settings.lossGuard = configuration.lossGuard
         settings.skipClientsThatMissedADeadline = true
         settings.pruning = try configuration.pruning?.resolved(rounds: configuration.rounds)
+        settings.widths = configuration.widths
 
         var initial = network.initialParameters(seed: configuration.seed)
         var resume: (round: Int, modelVersion: UInt32, optimizer: ServerOptimizer, ledger: TrustLedger)?
@@ -140,6 +149,11 @@ public actor Coordinator {
                 return (result.value, result.loss)
             }
         }
+        widthEvaluators = test.map { test in
+            configuration.widths.sorted().map { width in
+                width < 1 ? (try? SubModel(of: network, fraction: width)).map { ($0, Evaluator(network: $0.network, threads: availableCores), test.all) } : nil
+            }
+        } ?? []
         var trustedDirections: TrustedDirections?
         if configuration.aggregation.needsTrustedDirections {
             guard let trusted else { throw ModelError("aggregator trust needs trusted data (trusted_data)") }
@@ -340,9 +354,24 @@ public actor Coordinator {
             case .completed(var record):
                 retryPause = 0
                 record.seconds = Date().timeIntervalSince(start)
+                if !configuration.widths.isEmpty { record.byWidth = widthRecords(record) }
                 try commit(record, startedAt: start)
                 progress(record)
             }
+        }
+    }
+
+    /// Per width class: the new model's test metric at that width and the updates its clients
+    /// delivered in the round.
+    private func widthRecords(_ record: RoundOutcome) -> [WidthRecord] {
+        let accepted = record.participations.filter { $0.state == .accepted }.map(\.client)
+        return engine.widths.enumerated().map { k, width in
+            let updates = accepted.filter { (engine.width(of: $0) ?? 1) == width }.count
+            var metric: Double? = width == 1 ? record.testMetric : nil
+            if k < widthEvaluators.count, let (sub, evaluator, test) = widthEvaluators[k] {
+                metric = evaluator.evaluate(sub.gather(engine.global), on: test).value
+            }
+            return WidthRecord(width: width, metric: metric, updates: updates)
         }
     }
 
@@ -383,6 +412,11 @@ public actor Coordinator {
                 trust: record.trust.mapValues { (trust: $0.trust, updates: $0.updates) },
                 retention: configuration.retention)
         }
+        if !record.byWidth.isEmpty {
+            try? store?.recordEvent(kind: "widths", message: "round \(record.round): " + record.byWidth.map {
+                "width \($0.width) \(configuration.model.loss.metric) \($0.metric.map { String(format: "%.4f", $0) } ?? "-"), \($0.updates) updates"
+            }.joined(separator: "; "))
+        }
         history.append(record)
         metrics.rounds.increment()
         metrics.currentRound.set(to: Double(record.round))
@@ -397,6 +431,9 @@ public actor Coordinator {
             "seconds": "\(String(format: "%.2f", record.seconds))",
         ]
         if let sparsity = record.sparsity { metadata["sparsity"] = "\(String(format: "%.3f", sparsity))" }
+        if !record.byWidth.isEmpty {
+            metadata["by width"] = "\(record.byWidth.map { "\($0.width): \($0.metric.map { String(format: "%.4f", $0) } ?? "-") (\($0.updates) updates)" }.joined(separator: ", "))"
+        }
         logger.info("round complete", metadata: metadata)
     }
 
@@ -420,19 +457,21 @@ public actor Coordinator {
         while !queuedTasks.isEmpty, limit == 0 || tasksInFlight.count < limit {
             let (id, task) = queuedTasks.removeFirst()
             guard task.round == engine.roundInProgress, let connection = connections[id] else { continue }
-            let cache = try downloadShards()
+            let sub = engine.subModel(of: id)
+            let cache = try downloadShards(sub)
+            let key = FramingKey(version: connection.version, width: sub?.fraction ?? 1)
             if framedShards.round != task.round || framedShards.modelVersion != task.modelVersion {
                 framedShards = (task.round, task.modelVersion, [:])
             }
             var bytes = 0
             for index in task.shardsToSend {
-                let frames = framedShards.byVersion[connection.version]?[index] ?? {
+                let frames = framedShards.byVersion[key]?[index] ?? {
                     let framer = MessageFramer(version: connection.version, maximumFramePayload: configuration.maximumFramePayload)
                     let message = Message.modelShard(ModelShard(
                         round: UInt32(task.round), modelVersion: task.modelVersion, shardIndex: UInt16(index),
                         sha256: cache.digests[index], encoded: cache.shards[index]))
                     let frames = framer.frames(for: message).map { $0.withChecksum() }
-                    framedShards.byVersion[connection.version, default: [:]][index] = frames
+                    framedShards.byVersion[key, default: [:]][index] = frames
                     return frames
                 }()
                 connection.outbound.yield(.frames(frames))
@@ -449,9 +488,21 @@ public actor Coordinator {
         }
     }
 
-    private func downloadShards() throws -> (version: UInt32, shards: [[UInt8]], digests: [[UInt8]]) {
-        if let cache = downloadCache, cache.version == engine.modelVersion { return cache }
+    /// The model (or a width class's sub-model) encoded for download at the current version.
+    private func downloadShards(_ sub: SubModel? = nil) throws -> (version: UInt32, shards: [[UInt8]], digests: [[UInt8]]) {
+        let width = sub?.fraction ?? 1
+        if let cache = downloadCache[width], cache.version == engine.modelVersion { return cache }
         var generator = SeededGenerator(seed: configuration.seed, stream: 0xD0, UInt64(engine.modelVersion))
+        if let sub {
+            let values = sub.gather(engine.global)
+            let codec = UpdateCodec(spec: downlink.spec, shardRanges: sub.network.layout.tensors.map(\.range))
+            let shards = try codec.encode(values, generator: &generator)
+            var decoded = values
+            try codec.decode(shards, into: &decoded)
+            let digests = sub.network.layout.tensors.map { tensor in decoded[tensor.range].withUnsafeBytes { Array(SHA256.hash(data: $0)) } }
+            downloadCache[width] = (engine.modelVersion, shards, digests)
+            return (engine.modelVersion, shards, digests)
+        }
         // A pruned shard goes out sparse over its mask: the positions it lists are the weights
         // the client trains (Protocol.md, section 8.4).
         let shards = try downlink.encode(engine.global, masks: engine.mask?.kept, generator: &generator)
@@ -461,7 +512,7 @@ public actor Coordinator {
             decoded[tensor.range].withUnsafeBytes { Array(SHA256.hash(data: $0)) }
         }
         let cache = (engine.modelVersion, shards, digests)
-        downloadCache = cache
+        downloadCache[width] = cache
         return cache
     }
 

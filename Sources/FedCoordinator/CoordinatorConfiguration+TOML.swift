@@ -5,6 +5,7 @@ import Foundation
 
 extension CoordinatorConfiguration {
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union([
+        "widths",
         "host", "port", "rounds", "target_accuracy", "target", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "max_tasks_in_flight", "local_epochs", "batch_size", "learning_rate",
         "codec", "downlink", "seed", "test_data", "heartbeat_ms", "handshake_timeout", "clients",
@@ -51,6 +52,7 @@ extension CoordinatorConfiguration {
         try c.aggregation.read(table)
         c.pruning = try PruningSchedule.configured(table)
         if let v = try table.path("base_model") { c.baseModelPath = v }
+        if let v = try table.numbers("widths") { c.widths = v }
         if let v = try table.number("update_bound") { c.updateBound = v }
         if let v = try table.number("loss_guard") { c.lossGuard = v }
         if let v = try table.int("trusted_examples") { c.trustedExamples = v }
@@ -139,6 +141,18 @@ extension CoordinatorConfiguration {
             do { _ = try pruning.resolved(rounds: rounds) } catch let error as ConfigurationError { throw fail(error.description) }
         }
         if let problem = model.transferProblem(baseModel: baseModelPath, pruning: pruning != nil) { throw fail(problem) }
+        if !widths.isEmpty {
+            guard widths.allSatisfy({ $0 > 0 && $0 <= 1 }), Set(widths).count == widths.count else {
+                throw fail("widths must be distinct fractions in (0, 1], got \(widths)")
+            }
+            let network = try Network(model)
+            for width in widths {
+                do { _ = try SubModel(of: network, fraction: width) } catch let error as ModelError { throw fail("widths: \(error.description)") }
+            }
+            guard !aggregation.holdsUpdates, aggregation.dpClip == 0, pruning == nil, !model.hasAdapters else {
+                throw fail("widths (device classes) need plain FedAvg without norm_bound or central DP, and do not combine with pruning or adapters")
+            }
+        }
         guard !aggregation.needsTrustedDirections || trustedDataPath != nil else {
             throw fail("aggregator trust needs trusted_data: a data directory the server trusts (train_x.npy/train_y.npy, train.npz, CIFAR, LEAF or IDX files)")
         }

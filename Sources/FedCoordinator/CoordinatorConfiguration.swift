@@ -48,6 +48,11 @@ public struct CoordinatorConfiguration: Sendable {
     /// run database), copied in by tensor name (``BaseModel``). A resumed run starts from its
     /// checkpoint instead.
     public var baseModelPath: String?
+    /// Device classes by width (HeteroFL, `widths`): each client trains the widest of these
+    /// nested sub-models whose training fits its memory budget from HELLO (16 bytes per
+    /// parameter; an unstated budget gets the whole model), and its WELCOME names that model.
+    /// Empty: every client holds the whole model.
+    public var widths: [Double] = []
     /// Default bound on one update: its L2 norm is scaled down to this multiple of the median
     /// norm of the updates accepted in recent rounds (0 = off).
     public var updateBound = 3.0

@@ -90,6 +90,22 @@ public struct RoundOutcome: Sendable, Equatable {
     public var trust: [String: TrustLedger.Record]
     /// With pruning, the fraction of the prunable weights the model after the round has pruned.
     public var sparsity: Double? = nil
+    /// With width classes: per width (narrowest first), the new model's test metric at that
+    /// width (the coordinator fills it in) and the updates its clients delivered this round.
+    public var byWidth: [WidthRecord] = []
+}
+
+/// One width class in one round.
+public struct WidthRecord: Sendable, Equatable {
+    public var width: Double
+    public var metric: Double?
+    public var updates: Int
+
+    public init(width: Double, metric: Double?, updates: Int) {
+        self.width = width
+        self.metric = metric
+        self.updates = updates
+    }
 }
 
 /// How a round closed.

@@ -57,6 +57,10 @@ extension FedCoord {
                                  r.trainingLoss, r.uplinkBytes, r.downlinkBytes, r.endedAt.timeIntervalSince(r.startedAt)))
                 }
                 print("\(rounds.count) committed rounds in \(db)")
+                // Device classes by width: the last committed round's metric and updates per width.
+                if let last = try? RunStore(path: db).events(kind: "widths").last {
+                    print("by width, " + last.message)
+                }
             }
         }
     }
