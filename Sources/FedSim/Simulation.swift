@@ -139,8 +139,8 @@ public final class Simulation {
         widthClasses = configuration.widthClasses()
         // With ordered dropout every class trains through its sub-model (the full width too),
         // choosing a nested width per batch.
-        subModels = try configuration.widths.map { $0 < 1 || configuration.orderedDropout ? try SubModel(of: network, fraction: $0) : nil }
-        nestedWidths = configuration.orderedDropout ? Self.nestedIndices(subModels.map { $0! }, parameterCount: network.parameterCount) : []
+        subModels = try configuration.widths.map { $0 > 0 && ($0 < 1 || configuration.orderedDropout) ? try SubModel(of: network, fraction: $0) : nil }
+        nestedWidths = configuration.orderedDropout ? Self.nestedIndices(subModels, parameterCount: network.parameterCount) : []
         subTrainers = subModels.map { sub in sub.map { s in (0..<workers).map { _ in LocalTrainer(network: s.network, batchCapacity: batch) } } ?? [] }
         subUplinks = subModels.map { $0.map { UpdateCodec(spec: configuration.codec, shardRanges: $0.network.layout.tensors.map(\.range)) } }
         localModels = Array(repeating: global, count: workers)
@@ -212,9 +212,12 @@ public final class Simulation {
 
     private func availableClients(round: Int) -> [Int] {
         let devices = configuration.devices
+        // A device of a width-0 class never takes part.
+        let widths = configuration.widths, classes = widthClasses
+        let takesPart = { (client: Int) in classes.isEmpty || widths[classes[client]] > 0 }
         return devices.availability < 1
-            ? (0..<configuration.clients).filter { devices.isAvailable(client: $0, round: round, seed: configuration.seed) }
-            : Array(0..<configuration.clients)
+            ? (0..<configuration.clients).filter { takesPart($0) && devices.isAvailable(client: $0, round: round, seed: configuration.seed) }
+            : (0..<configuration.clients).filter(takesPart)
     }
 
     /// Tells the engine which clients are online in `round` (all of them without an
@@ -456,7 +459,7 @@ public final class Simulation {
             metric: metric)
         if !subModels.isEmpty {
             let delivered = widthUpdates
-            summary.widths = zip(configuration.widths, subModels).enumerated().map { k, pair in
+            summary.widths = zip(configuration.widths, subModels).enumerated().filter { $0.element.0 > 0 }.map { k, pair in
                 let (width, sub) = pair
                 let value: Double
                 if let sub {
@@ -555,12 +558,14 @@ extension Simulation {
     }
 
     /// For each class k, the classes j no wider than k (k included) with the places of j's
-    /// parameters in k's parameter vector (nested sub-models: j's places are among k's).
-    static func nestedIndices(_ subs: [SubModel], parameterCount: Int) -> [[(width: Int, index: [Int32])]] {
+    /// parameters in k's parameter vector (nested sub-models: j's places are among k's). A class
+    /// without a sub-model (width 0, not taking part) has none and is never drawn.
+    static func nestedIndices(_ subs: [SubModel?], parameterCount: Int) -> [[(width: Int, index: [Int32])]] {
         subs.map { outer in
+            guard let outer else { return [] }
             var place = [Int32](repeating: -1, count: parameterCount)
             for (i, position) in outer.positions.enumerated() { place[Int(position)] = Int32(i) }
-            return subs.enumerated().filter { $0.element.fraction <= outer.fraction }.map { j, inner in
+            return subs.enumerated().compactMap { j, inner in inner.flatMap { $0.fraction <= outer.fraction ? (j, $0) : nil } }.map { j, inner in
                 let index = inner.positions.map { place[Int($0)] }
                 precondition(!index.contains(-1), "width \(inner.fraction) is not nested in \(outer.fraction)")
                 return (j, index)

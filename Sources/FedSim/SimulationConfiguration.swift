@@ -120,7 +120,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var baseModel: String?
     /// Device classes by width (HeteroFL sub-models, ``SubModel``): a client of class k trains
     /// the model at width `widths[k]`, and `width_shares[k]` of the clients are in it (drawn with
-    /// the seed). Empty: every client trains the full model.
+    /// the seed). Width 0 is a class that does not take part (the devices too small for any
+    /// model: the comparison with only the others training). Empty: every client trains the
+    /// full model.
     public var widths: [Double] = []
     public var widthShares: [Double] = []
     /// FjORD's ordered dropout (Horvath et al. 2021): each batch of a client's local training
@@ -414,14 +416,14 @@ extension SimulationConfiguration {
         guard widths.count == widthShares.count else {
             throw fail("widths and width_shares must have one entry per device class, got \(widths.count) and \(widthShares.count)")
         }
-        guard widths.allSatisfy({ $0 > 0 && $0 <= 1 }), Set(widths).count == widths.count else {
-            throw fail("widths must be distinct fractions in (0, 1], got \(widths)")
+        guard widths.allSatisfy({ $0 >= 0 && $0 <= 1 }), widths.contains(where: { $0 > 0 }), Set(widths).count == widths.count else {
+            throw fail("widths must be distinct fractions in (0, 1] (0: a class of devices that does not take part), got \(widths)")
         }
         guard widthShares.allSatisfy({ $0 >= 0 && $0.isFinite }), abs(widthShares.reduce(0, +) - 1) < 1e-6 else {
             throw fail("width_shares must be non-negative and sum to 1, got \(widthShares)")
         }
         let network = try Network(modelSpec())
-        for width in widths {
+        for width in widths where width > 0 {
             do { _ = try SubModel(of: network, fraction: width) } catch let error as ModelError { throw fail("widths: \(error.description)") }
         }
         var other: [String] = []

@@ -65,11 +65,23 @@ import Testing
         #expect { try configuration { $0.orderedDropout = true }.validate() } throws: { "\($0)".contains("ordered_dropout") }
     }
 
+    /// Width 0: a class of devices that does not take part (only the others train).
+    @Test func aClassOfWidthZeroSitsOut() throws {
+        let c = configuration { $0.widths = [0, 1]; $0.widthShares = [0.7, 0.3]; $0.rounds = 2 }
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let report = try simulation.run()
+        let takingPart = Set(simulation.widthClasses.indices.filter { simulation.widthClasses[$0] == 1 })
+        #expect(takingPart.count == 6)
+        #expect((1...2).allSatisfy { Set(simulation.sampleClients(round: $0)).isSubset(of: takingPart) })
+        #expect(report.summary.widths.map(\.width) == [1] && report.summary.widths[0].updates == 2 * 6)
+    }
+
     @Test func badWidthClassesAreNamed() throws {
         let cases: [((inout SimulationConfiguration) -> Void, String)] = [
             ({ $0.widths = [0.5, 1]; $0.widthShares = [1] }, "one entry per device class"),
             ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.6] }, "sum to 1"),
-            ({ $0.widths = [0, 1]; $0.widthShares = [0.5, 0.5] }, "(0, 1]"),
+            ({ $0.widths = [-0.5, 1]; $0.widthShares = [0.5, 0.5] }, "(0, 1]"),
+            ({ $0.widths = [0]; $0.widthShares = [1] }, "(0, 1]"),
             ({ $0.widths = [0.5, 0.5]; $0.widthShares = [0.5, 0.5] }, "distinct"),
             ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.5]; $0.aggregator = "median" }, "robust aggregators"),
             ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.5]; $0.transport = .tcp }, "transport tcp"),
