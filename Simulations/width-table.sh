@@ -42,9 +42,9 @@ for scenario in ("mnist-2nn-iid", "mnist-2nn-noniid"):
         return json.load(open(f"{out}/{scenario}-{name}-seed{seed}.json"))["summary"]
     mix = load("mix")
     ordered = {w["width"]: w for w in load("ordered")["widths"]}
-    only = load("only")["widths"][0]["metric"]
+    only_text = "{:.2%}".format(load("only")["widths"][0]["metric"])
     alone = {0.25: load("quarter")["widths"][0], 0.5: load("half")["widths"][0], 1.0: load("full")["widths"][0]}
     for w in mix["widths"]:
         a = alone[w["width"]]
-        print(f"| {scenario} | {w['width']:g} | {w['parameters']:,} | {w['metric']:.2%} | {w['updates']} | {ordered[w['width']]['metric']:.2%} | {a['metric']:.2%} | {(w['metric'] - a['metric']) * 100:+.2f} | {f"{only:.2%}" if w['width'] == 1 else ""} |")
+        print(f"| {scenario} | {w['width']:g} | {w['parameters']:,} | {w['metric']:.2%} | {w['updates']} | {ordered[w['width']]['metric']:.2%} | {a['metric']:.2%} | {(w['metric'] - a['metric']) * 100:+.2f} | {only_text if w['width'] == 1 else ''} |")
 PY
