@@ -57,6 +57,12 @@ extension FedCoord {
                                  r.trainingLoss, r.uplinkBytes, r.downlinkBytes, r.endedAt.timeIntervalSince(r.startedAt)))
                 }
                 print("\(rounds.count) committed rounds in \(db)")
+                // A model search recorded here (fedsim search --db): its candidates and front.
+                let searched = (try? RunStore(path: db).events(kind: "search")) ?? []
+                if !searched.isEmpty {
+                    print("model search (fedsim search): layers | parameters | exported bytes | rounds | metric")
+                    for event in searched { print("  " + event.message) }
+                }
                 // Device classes by width: the last committed round's metric and updates per width.
                 if let last = try? RunStore(path: db).events(kind: "widths").last {
                     print("by width, " + last.message)

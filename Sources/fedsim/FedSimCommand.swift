@@ -6,7 +6,21 @@ import FedSim
 import FedStore
 import Foundation
 
+/// `fedsim search ...` is ``Search``; anything else is a simulation. (Not an ArgumentParser
+/// subcommand: the two share option names such as --config and --seed, which the parent would
+/// take.)
 @main
+enum Main {
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.first == "search" {
+            Search.main(Array(arguments.dropFirst()))
+        } else {
+            await FedSimCommand.main(arguments)
+        }
+    }
+}
+
 struct FedSimCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fedsim",
@@ -15,6 +29,7 @@ struct FedSimCommand: AsyncParsableCommand {
             Loads a scenario (TOML), applies the command-line overrides, and runs the rounds,
             printing one line per round (round, test accuracy, test loss, seconds) and a summary.
             Example: fedsim --config Simulations/mnist-2nn-iid.toml --rounds 20 --report run.json
+            `fedsim search --help`: the model that fits a size budget.
             """,
         version: "0.1.0")
 
