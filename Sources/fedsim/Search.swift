@@ -70,7 +70,7 @@ struct Search: ParsableCommand {
         (search.candidates, search.shortRounds, search.finalists, search.finalRounds, search.seed) = (candidates, shortRounds, finalists, finalRounds, c.seed)
         let task = try c.modelSpec()
         let drawn = try search.draw(for: task)
-        print("fedsim search: \(drawn.count) candidates within \(search.budget), \(c.clients) clients, \(c.clientsPerRound) per round, seed \(c.seed)")
+        say("fedsim search: \(drawn.count) candidates within \(search.budget), \(c.clients) clients, \(c.clientsPerRound) per round, seed \(c.seed)")
         let directory = URL(fileURLWithPath: c.data)
         let targets = TargetFormat(task)
         let train = try DataDirectory.load(directory, train: true, targets: targets, columns: c.csvColumns)
@@ -79,17 +79,17 @@ struct Search: ParsableCommand {
         var done = 0
         let results = try search.run(drawn, base: c, train: train, test: test) { candidate, rounds in
             done += 1
-            print(String(format: "fedsim search: [%d] %d rounds: %@ (%d parameters, %d bytes): %@ %.4f",
+            say(String(format: "fedsim search: [%d] %d rounds: %@ (%d parameters, %d bytes): %@ %.4f",
                          done, rounds, candidate.description, candidate.parameters, candidate.exportBytes,
                          metric.rawValue, candidate.metric ?? .nan))
         }
         let front = ModelSearch.front(results, finalRounds: finalRounds, metric: metric)
-        print("fedsim search: the front (finalists no smaller one beats), \(front.first?.rounds ?? finalRounds) rounds:")
+        say("fedsim search: the front (finalists no smaller one beats), \(front.first?.rounds ?? finalRounds) rounds:")
         for candidate in front {
-            print(String(format: "  %@ %.4f  %d parameters  %d bytes  %@", metric.rawValue, candidate.metric!, candidate.parameters, candidate.exportBytes, candidate.description))
+            say(String(format: "  %@ %.4f  %d parameters  %d bytes  %@", metric.rawValue, candidate.metric!, candidate.parameters, candidate.exportBytes, candidate.description))
         }
         if let best = results.filter({ $0.rounds >= finalRounds }).max(by: { metric.best($0.metric!, $1.metric!) == $1.metric! && $0.metric! != $1.metric! }) {
-            print(String(format: "fedsim search: best within the budget: %@ (%@ %.4f, %d parameters, %d bytes)",
+            say(String(format: "fedsim search: best within the budget: %@ (%@ %.4f, %d parameters, %d bytes)",
                          best.description, metric.rawValue, best.metric!, best.parameters, best.exportBytes))
         }
         if let db {
@@ -140,4 +140,9 @@ struct Search: ParsableCommand {
         out.append("</svg>")
         return out.joined(separator: "\n")
     }
+}
+
+/// One line on standard output, written at once (progress shows even when output is a file).
+private func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
