@@ -61,6 +61,9 @@ public final class Simulation {
     /// Ordered dropout: per class k, the classes j no wider than it, with the places of j's
     /// parameters in k's parameter vector.
     private let nestedWidths: [[(width: Int, index: [Int32])]]
+    /// With `frozen_shards`: per class, the memory budget its width stands for, the shards that
+    /// budget trains (the coordinator's rule) and a codec over them. Empty otherwise.
+    private let frozenShardClasses: [(budget: UInt64, shards: [Int], uplink: UpdateCodec)]
     /// The malicious clients (`attackers` × K of them, drawn from the seed).
     public let attackers: Set<Int>
     /// The training set with poisoned labels (label-flipping attackers train on it).
@@ -139,7 +142,16 @@ public final class Simulation {
         widthClasses = configuration.widthClasses()
         // With ordered dropout every class trains through its sub-model (the full width too),
         // choosing a nested width per batch.
-        subModels = try configuration.widths.map { $0 > 0 && ($0 < 1 || configuration.orderedDropout) ? try SubModel(of: network, fraction: $0) : nil }
+        // With frozen shards every class holds the full model; its width only names its budget.
+        subModels = configuration.frozenShards ? configuration.widths.map { _ in nil }
+            : try configuration.widths.map { $0 > 0 && ($0 < 1 || configuration.orderedDropout) ? try SubModel(of: network, fraction: $0) : nil }
+        frozenShardClasses = !configuration.frozenShards ? [] : try configuration.widths.map { width in
+            let parameters = width > 0 && width < 1 ? try SubModel(of: network, fraction: width).network.parameterCount : network.parameterCount
+            let budget = UInt64(16 * parameters)
+            let shards = ClientSelection.shardsToTrain(layout: network.layout, memoryBudget: budget).map(Int.init)
+            let codec = UpdateCodec(spec: configuration.codec, shardRanges: shards.map { network.layout.tensors[$0].range }, count: network.parameterCount)
+            return (budget, shards, codec)
+        }
         nestedWidths = configuration.orderedDropout ? Self.nestedIndices(subModels, parameterCount: network.parameterCount) : []
         subTrainers = subModels.map { sub in sub.map { s in (0..<workers).map { _ in LocalTrainer(network: s.network, batchCapacity: batch) } } ?? [] }
         subUplinks = subModels.map { $0.map { UpdateCodec(spec: configuration.codec, shardRanges: $0.network.layout.tensors.map(\.range)) } }
@@ -229,7 +241,8 @@ public final class Simulation {
             if online.contains(client), !connected {
                 // Clients of a model with frozen tensors keep them, as fedclient does, so the
                 // base model is downloaded once; otherwise they free the model after each round.
-                engine.clientJoined(clientIDs[client], keepsShards: keepsShards, at: 0)
+                let budget = frozenShardClasses.isEmpty ? 0 : frozenShardClasses[widthClasses[client]].budget
+                engine.clientJoined(clientIDs[client], memoryBudget: budget, keepsShards: keepsShards, at: 0)
             } else if !online.contains(client), connected {
                 engine.clientLeft(clientIDs[client], at: 0)
             }
@@ -249,9 +262,12 @@ public final class Simulation {
         let devices = c.devices
         if devices.availability < 1 || round == 1 { updateAvailability(round: round) }
         var shardsToSend: [[Int]] = []
+        let frozenShardClasses = self.frozenShardClasses
         let selected: [Int] = engine.beginRound(at: 0).map { action in
             guard case .sendTask(let id, let task) = action else { preconditionFailure("the engine answered a round's start with \(action)") }
             shardsToSend.append(task.shardsToSend)
+            precondition(frozenShardClasses.isEmpty || task.shards.map(Int.init) == frozenShardClasses[self.widthClasses[clientIndex[id]!]].shards,
+                         "the engine assigned other shards than the budget's")
             return clientIndex[id]!
         }
         let dropped = selected.map { devices.dropsOut(client: $0, round: round, seed: c.seed) }
@@ -297,6 +313,8 @@ public final class Simulation {
         let clock = devices.hasClock
         let lowRankTensors = network.layout.tensors.filter { $0.shape.count >= 2 && $0.trainable }
         let frozen = Set(network.layout.tensors.filter { !$0.trainable }.map(\.index))
+        let allTensors = Set(network.layout.tensors.indices)
+        let frozenByClass = frozenShardClasses.map { frozen.union(allTensors.subtracting($0.shards)) }
         withUnsafeMutableBuffers(&localModels, &sentDeltas, &decodedDeltas) { locals, sent, decoded in
             parallelFor(trainers.count) { worker in
                 while let slot = state.claim() {
@@ -325,10 +343,13 @@ public final class Simulation {
                     }
                     _ = locals[worker].withUnsafeMutableBufferPointer { $0.update(fromContentsOf: start) }
                     let malicious = round >= c.attackFromRound && attackers.contains(client)
+                    // A frozen-shard device trains only the shards its budget picks.
+                    let assigned = frozenShardClasses.isEmpty ? nil : frozenShardClasses[widthClasses[client]]
                     let summary = trainers[worker].train(
                         parameters: &locals[worker], anchor: anchor,
                         data: DatasetSlice(dataset: malicious ? (poisoned ?? data) : data, indices: indices[client]),
-                        epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator, frozen: frozen, keep: keep)
+                        epochs: c.localEpochs, batchSize: c.batchSize, sgd: sgd, generator: &generator,
+                        frozen: assigned == nil ? frozen : frozenByClass[widthClasses[client]], keep: keep)
                     outcome.loss = summary.meanLoss
                     var encoded: [[UInt8]] = []
                     if summary.meanLoss.isFinite {
@@ -350,9 +371,17 @@ public final class Simulation {
                             let feedback = uplink.spec.errorFeedback ? residuals.take(client, count: parameterCount) : nil
                             feedback?.compensate(&sent[worker])
                             var codecGenerator = SeededGenerator(seed: c.seed, stream: 0xC0DE, UInt64(round), UInt64(client))
-                            encoded = try uplink.encode(sent[worker], masks: mask?.kept, receiverHoldsMasks: true, generator: &codecGenerator)
+                            if let assigned {
+                                // Only the trained shards travel; the rest of `decoded` is zero.
+                                encoded = try assigned.uplink.encode(sent[worker], generator: &codecGenerator)
+                                decoded[worker].withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+                                try assigned.uplink.decode(encoded, into: &decoded[worker])
+                                outcome.shards = assigned.shards
+                            } else {
+                                encoded = try uplink.encode(sent[worker], masks: mask?.kept, receiverHoldsMasks: true, generator: &codecGenerator)
+                                try uplink.decode(encoded, into: &decoded[worker], masks: mask?.kept)
+                            }
                             outcome.uplinkBytes = encoded.reduce(0) { $0 + $1.count }
-                            try uplink.decode(encoded, into: &decoded[worker], masks: mask?.kept)
                             if var feedback {
                                 feedback.record(sent: sent[worker], decoded: decoded[worker])
                                 residuals.put(client, feedback)
@@ -467,7 +496,11 @@ public final class Simulation {
                 } else {
                     value = records.last?.testMetric ?? Evaluator(network: network, threads: configuration.effectiveThreads).evaluate(engine.global, on: testData.all).value
                 }
-                return SimulationSummary.WidthResult(width: width, parameters: sub?.network.parameterCount ?? network.parameterCount, metric: value, updates: delivered[k])
+                var result = SimulationSummary.WidthResult(width: width, parameters: sub?.network.parameterCount ?? network.parameterCount, metric: value, updates: delivered[k])
+                if !frozenShardClasses.isEmpty {
+                    result.trainedParameters = frozenShardClasses[k].shards.reduce(0) { $0 + network.layout.tensors[$1].count }
+                }
+                return result
             }
         }
         if let final = finalEvaluation {
@@ -648,7 +681,7 @@ final class RoundDriver: @unchecked Sendable {
         let task = engine.roundInProgress ?? 0
         var update = RoundEngine.IncomingUpdate(
             round: task, modelVersion: engine.modelVersion, exampleCount: outcome.examples, trainingLoss: outcome.loss,
-            shards: allShards, body: body, bytes: outcome.uplinkBytes)
+            shards: outcome.shards ?? allShards, body: body, bytes: outcome.uplinkBytes)
         update.positions = outcome.positions
         for case .acknowledge in engine.updateArrived(update, from: id, at: outcome.arrival) {
             accepted += 1
@@ -676,6 +709,8 @@ struct ClientOutcome {
     var uplinkBytes = 0
     /// A sub-model's places in the model (its update covers only them), or nil.
     var positions: [Int32]?
+    /// The shards its update carries, when not all the trainable ones (a frozen-shard device).
+    var shards: [Int]?
     var failure: String?
     /// Dropped out before delivering (nothing was trained or sent).
     var dropped = false

@@ -129,6 +129,12 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// runs at a width drawn uniformly from the classes' widths up to its own, so the model
     /// stays good at every width.
     public var orderedDropout = false
+    /// The comparison with the coordinator's older answer to small devices: each width class
+    /// stands for the memory budget at which that width just fits (16 bytes per parameter of its
+    /// sub-model, ``ClientSelection/widthClass(memoryBudget:parameterCounts:)``), and its
+    /// devices hold the whole model and train only the shards that budget picks
+    /// (``ClientSelection/shardsToTrain(layout:memoryBudget:)``), the others frozen.
+    public var frozenShards = false
 
     /// The held-out examples in effect.
     public var effectiveServerExamples: Int { serverExamples > 0 ? serverExamples : (distillStudents.isEmpty ? 0 : 5000) }
@@ -136,7 +142,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public init() {}
 
     static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union([
-        "widths", "width_shares", "ordered_dropout",
+        "widths", "width_shares", "ordered_dropout", "frozen_shards",
         "svd_rank", "distill", "server_examples", "distill_temperature", "distill_epochs", "distill_lr", "distill_batch",
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
@@ -232,6 +238,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.numbers("widths") { c.widths = v }
         if let v = try table.numbers("width_shares") { c.widthShares = v }
         if let v = try table.bool("ordered_dropout") { c.orderedDropout = v }
+        if let v = try table.bool("frozen_shards") { c.frozenShards = v }
         if let v = try table.strings("distill") { c.distillStudents = v }
         if let v = try table.int("server_examples") { c.serverExamples = v }
         if let v = try table.number("distill_temperature") { c.distillation.temperature = Float(v) }
@@ -279,6 +286,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let problem = try modelSpec().transferProblem(baseModel: baseModel, pruning: pruning != nil) { throw fail(problem) }
         if !widths.isEmpty { try validateWidths() }
         if orderedDropout, widths.count < 2 { throw fail("ordered_dropout needs at least two width classes (widths)") }
+        if frozenShards, widths.isEmpty { throw fail("frozen_shards needs width classes (widths) to stand for the memory budgets") }
+        if frozenShards, orderedDropout { throw fail("frozen_shards and ordered_dropout do not combine: frozen-shard devices train the full model") }
         guard serverExamples >= 0 else { throw fail("server_examples must be at least 0, got \(serverExamples)") }
         if !distillStudents.isEmpty {
             do {

@@ -130,6 +130,14 @@ public struct SimulationSummary: Codable, Sendable, Equatable {
         public var parameters: Int
         public var metric: Double
         public var updates: Int
+        /// With `frozen_shards`: the parameters a device of this class trains (it holds the whole
+        /// model, `parameters`).
+        public var trainedParameters: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case width, parameters, metric, updates
+            case trainedParameters = "trained_parameters"
+        }
     }
 
     enum CodingKeys: String, CodingKey {
@@ -286,7 +294,7 @@ extension SimulationConfiguration {
             "attackers": .double(attackers), "attack": .string(attack.rawValue), "attack_scale": .double(attackScale), "attack_noise": .double(attackNoise),
             "attack_from_round": .int(attackFromRound),
             "widths": .string(widths.map { "\($0)" }.joined(separator: ",")), "width_shares": .string(widthShares.map { "\($0)" }.joined(separator: ",")),
-            "ordered_dropout": .bool(orderedDropout),
+            "ordered_dropout": .bool(orderedDropout), "frozen_shards": .bool(frozenShards),
         ]
     }
 }

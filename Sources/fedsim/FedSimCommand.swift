@@ -80,6 +80,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("base-model"), help: ArgumentHelp("Start from a model trained elsewhere: an exported model (--export, fedcoord export) or a run database (its last checkpoint), copied in by tensor name. With :loraR layers in the scenario only the adapters train.", valueName: "file")) var baseModel: String?
     @Option(help: ArgumentHelp("Device classes by width (HeteroFL): comma-separated fractions in (0, 1], e.g. 0.25,0.5,1; a client of a class trains the model with that fraction of every hidden layer's units or channels.", valueName: "p,p,...")) var widths: String?
     @Flag(name: .customLong("ordered-dropout"), help: "With --widths: FjORD's ordered dropout, each local batch at a width drawn from the classes' widths up to the client's own.") var orderedDropout = false
+    @Flag(name: .customLong("frozen-shards"), help: "With --widths: the comparison with frozen shards. Each class's width stands for the memory budget it fits; its devices hold the whole model and train only the shards that budget picks.") var frozenShards = false
     @Option(name: .customLong("export-width"), help: "With --export: write the model at this width in (0, 1] (its nested sub-model; default 1, the whole model).") var exportWidth: Double?
     @Option(name: .customLong("width-shares"), help: ArgumentHelp("The share of the clients in each width class, summing to 1, e.g. 0.4,0.3,0.3.", valueName: "s,s,...")) var widthShares: String?
     @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill).") var serverExamples: Int?
@@ -165,6 +166,7 @@ struct FedSimCommand: AsyncParsableCommand {
         if let widths { c.widths = try fractions(widths, "--widths") }
         if let widthShares { c.widthShares = try fractions(widthShares, "--width-shares") }
         if orderedDropout { c.orderedDropout = true }
+        if frozenShards { c.frozenShards = true }
         if let temperature { c.distillation.temperature = Float(temperature) }
         if let distillEpochs { c.distillation.epochs = distillEpochs }
         if let prune {
@@ -253,7 +255,8 @@ struct FedSimCommand: AsyncParsableCommand {
         print(line)
         if !s.widths.isEmpty {
             print("fedsim: by width: " + s.widths.map { w in
-                String(format: "%g (%d parameters, %d updates) %@ %.4f", w.width, w.parameters, w.updates, s.metric.rawValue, w.metric)
+                String(format: "%g (%d parameters%@, %d updates) %@ %.4f", w.width, w.parameters,
+                       w.trainedParameters.map { ", \($0) trained" } ?? "", w.updates, s.metric.rawValue, w.metric)
             }.joined(separator: "; "))
         }
         if !quiet, s.perClassAccuracy.count > 1, s.perClassAccuracy.count <= 100 {

@@ -1,5 +1,6 @@
 import FedCoordinator
 import FedModel
+import FedRounds
 import Foundation
 import Testing
 @testable import FedSim
@@ -74,6 +75,48 @@ import Testing
         #expect(takingPart.count == 6)
         #expect((1...2).allSatisfy { Set(simulation.sampleClients(round: $0)).isSubset(of: takingPart) })
         #expect(report.summary.widths.map(\.width) == [1] && report.summary.widths[0].updates == 2 * 6)
+    }
+
+    /// Frozen shards under the same budgets: every device holds the whole model and trains only
+    /// the shards its class's budget picks (16 bytes per parameter of that width's sub-model, the
+    /// coordinator's rule); each shard is averaged over the updates that carry it, the others'
+    /// values stay as they were, and narrow devices send only their shards.
+    @Test func frozenShardsTrainWhatTheBudgetPicks() throws {
+        let c = configuration { $0.widths = [0.25, 0.5, 1]; $0.widthShares = [0.4, 0.3, 0.3]; $0.frozenShards = true; $0.rounds = 2 }
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let layout = simulation.network.layout
+        let initial = simulation.global
+        let report = try simulation.run()
+        let widths = report.summary.widths
+        #expect(widths.map(\.parameters) == [199_210, 199_210, 199_210])
+        #expect(widths.reduce(0) { $0 + $1.updates } == 2 * 10)
+        // At width 1/4 (677 KB) not even the model fits (797 KB): the smallest shard, the output
+        // bias. At 1/2 (1.43 MB): the 200x200 layer and the output layer.
+        let expected = [0.25, 0.5, 1.0].map { w -> [Int] in
+            let parameters = w < 1 ? try! SubModel(of: simulation.network, fraction: w).network.parameterCount : 199_210
+            return ClientSelection.shardsToTrain(layout: layout, memoryBudget: UInt64(16 * parameters)).map(Int.init)
+        }
+        #expect(widths.map(\.trainedParameters) == expected.map { $0.reduce(0) { $0 + layout.tensors[$1].count } })
+        #expect(widths[0].trainedParameters == 10 && widths[1].trainedParameters == 42_410 && widths[2].trainedParameters == 199_210)
+        #expect(Set(widths.map(\.metric)).count == 1, "every class runs the same full model")
+        // Full-width devices took part (6 of 20), so every tensor moved.
+        #expect(layout.tensors.allSatisfy { t in t.range.contains { simulation.global[$0] != initial[$0] } })
+        // Same seed, only the two narrow classes: the tensors no narrow budget picks stay put.
+        let narrow = configuration { $0.widths = [0.25, 0.5]; $0.widthShares = [0.5, 0.5]; $0.frozenShards = true; $0.rounds = 2 }
+        let narrowRun = try Simulation(configuration: narrow, train: SmallMNIST.train, test: SmallMNIST.test)
+        let narrowReport = try narrowRun.run()
+        let picked = Set(expected[0] + expected[1])
+        for t in layout.tensors {
+            let moved = t.range.contains { narrowRun.global[$0] != initial[$0] }
+            #expect(moved == picked.contains(t.index), "tensor \(t.name) moved: \(moved)")
+        }
+        let full = try Simulation(configuration: configuration { $0.rounds = 2 }, train: SmallMNIST.train, test: SmallMNIST.test).run()
+        #expect(narrowReport.summary.uplinkBytes * 3 < full.summary.uplinkBytes, "narrow \(narrowReport.summary.uplinkBytes), full \(full.summary.uplinkBytes)")
+        #expect { try configuration { $0.frozenShards = true }.validate() } throws: { "\($0)".contains("frozen_shards needs width classes") }
+        #expect { try configuration { $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.5]; $0.frozenShards = true; $0.orderedDropout = true }.validate() } throws: {
+            "\($0)".contains("do not combine")
+        }
+        #expect(try SimulationConfiguration.parse("frozen_shards = true", source: "t.toml").frozenShards)
     }
 
     @Test func badWidthClassesAreNamed() throws {
