@@ -34,8 +34,9 @@ public enum Rounding: Sendable, Equatable {
 /// A complete description of how a delta is encoded, written as one string everywhere
 /// (configuration files, `fedsim --codec`, the training task on the wire); Protocol.md §8.2:
 ///
-///     spec     = [ "topk:" FRACTION "+" ] BASE { "+" OPTION }
+///     spec     = [ ( "topk:" FRACTION | "lowrank:" RANK ) "+" ] BASE { "+" OPTION }
 ///     FRACTION = decimal number in (0, 1], e.g. 0.01, 1e-3
+///     RANK     = integer 1-1024: every weight matrix's delta as two rank-RANK factors (v4)
 ///     BASE     = "fp32" | "fp16" | "q8" | "q4" | "q2" | "sign"
 ///     OPTION   = "raw"        no zlib (zlib level 6 is applied otherwise)
 ///              | "z" LEVEL    zlib level 1-9
@@ -45,11 +46,14 @@ public enum Rounding: Sendable, Equatable {
 ///
 /// Names are case-insensitive. Each option appears at most once; `raw` and `zN` conflict.
 /// Anything else is refused with a message naming the option.
-/// Examples: `q8`, `fp16+raw`, `topk:0.01+q8+ef`, `q4+g512+sr`.
+/// Examples: `q8`, `fp16+raw`, `topk:0.01+q8+ef`, `q4+g512+sr`, `lowrank:4+q8+ef`.
 public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
     public var codec: ValueCodec
     /// Fraction of each shard's values kept by top-k sparsification (largest magnitudes), or nil.
     public var topK: Double?
+    /// The rank of the low-rank factor coding of weight matrices (PowerSGD, ``LowRankFactors``),
+    /// or nil. Only updates use it; a shard it does not shrink travels whole (Protocol.md §8.6).
+    public var lowRank: Int?
     public var groupSize: Int
     public var rounding: Rounding
     /// zlib level, or nil for no compression.
@@ -58,11 +62,14 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
 
     public static let defaultGroupSize = 256
     public static let groupSizes = 1...65_536
+    public static let ranks = 1...1024
 
-    public init(codec: ValueCodec, topK: Double? = nil, groupSize: Int = defaultGroupSize,
+    public init(codec: ValueCodec, topK: Double? = nil, lowRank: Int? = nil, groupSize: Int = defaultGroupSize,
                 rounding: Rounding = .nearest, zlibLevel: Int? = 6, errorFeedback: Bool = false) {
+        precondition(topK == nil || lowRank == nil, "top-k and low rank do not combine")
         self.codec = codec
         self.topK = topK
+        self.lowRank = lowRank
         self.groupSize = groupSize
         self.rounding = rounding
         self.zlibLevel = zlibLevel
@@ -82,10 +89,23 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
             parts.removeFirst()
             guard !parts.isEmpty else { throw CodecError.spec("\"\(text)\" has top-k but no value codec (e.g. topk:0.01+q8)") }
         }
-        guard let codec = ValueCodec.allCases.first(where: { $0.description == parts[0] }) else {
-            throw CodecError.spec("unknown codec \"\(parts[0])\" in \"\(text)\" (fp32, fp16, q8, q4, q2 or sign)")
+        var lowRank: Int?
+        if parts[0].hasPrefix("lowrank:") {
+            guard topK == nil else { throw CodecError.spec("\"\(text)\": top-k and low rank do not combine") }
+            let digits = parts[0].dropFirst(8)
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let rank = Int(digits), Self.ranks.contains(rank) else {
+                throw CodecError.spec("low rank \"\(digits)\" in \"\(text)\" must be an integer from 1 to 1024")
+            }
+            lowRank = rank
+            parts.removeFirst()
+            guard !parts.isEmpty else { throw CodecError.spec("\"\(text)\" has a low rank but no value codec (e.g. lowrank:4+q8)") }
+            guard !parts[0].hasPrefix("topk:") else { throw CodecError.spec("\"\(text)\": top-k and low rank do not combine") }
         }
-        self.init(codec: codec, topK: topK)
+        guard let codec = ValueCodec.allCases.first(where: { $0.description == parts[0] }) else {
+            throw CodecError.spec(parts[0].hasPrefix("lowrank:") ? "\"\(text)\": top-k and low rank do not combine"
+                                  : "unknown codec \"\(parts[0])\" in \"\(text)\" (fp32, fp16, q8, q4, q2 or sign)")
+        }
+        self.init(codec: codec, topK: topK, lowRank: lowRank)
         var seen: Set<String> = []
         for option in parts.dropFirst() {
             let name = option.first.map { ["z", "g"].contains($0) && option.count > 1 && option.dropFirst().allSatisfy(\.isNumber) ? String($0) : option } ?? option
@@ -140,7 +160,7 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String {
-        var s = topK.map { "topk:\($0)+" } ?? ""
+        var s = topK.map { "topk:\($0)+" } ?? lowRank.map { "lowrank:\($0)+" } ?? ""
         s += codec.description
         if groupSize != Self.defaultGroupSize { s += "+g\(groupSize)" }
         if rounding == .stochastic { s += "+sr" }
@@ -154,7 +174,18 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// True when decoding gives back exactly what was encoded (fp32, dense).
-    public var isLossless: Bool { codec == .fp32 && topK == nil }
+    public var isLossless: Bool { codec == .fp32 && topK == nil && lowRank == nil }
+
+    /// The rank a shard of `count` values with `columns` columns (its tensor's last dimension;
+    /// nil for a vector) is factored at under this spec, or nil when it travels whole: r =
+    /// min(rank, rows, columns), and only when the r·(rows + columns) factor values are fewer
+    /// than the count (Protocol.md §8.6).
+    public func factorRank(count: Int, columns: Int?) -> Int? {
+        guard let lowRank, let columns, columns > 0, count % columns == 0 else { return nil }
+        let rows = count / columns
+        let r = min(lowRank, rows, columns)
+        return r * (rows + columns) < count ? r : nil
+    }
 
     /// Values a top-k shard of `n` values keeps: ⌈F·n⌉ (F·n in binary64), at least 1, at most n.
     public static func keptCount(of n: Int, fraction: Double) -> Int {
@@ -168,8 +199,15 @@ public struct CodecSpec: Sendable, Equatable, CustomStringConvertible {
     ///
     /// `maskKeeps` is the number of positions a pruned shard keeps: its update may be sparse
     /// over them (or dense: the receiver drops what falls outside the mask).
-    public func nonconformance(of header: ShardCodec.Header, maskKeeps: Int? = nil) -> String? {
+    ///
+    /// `factorRank` is the rank this shard must be factored at (``factorRank(count:columns:)``),
+    /// nil when it must travel whole.
+    public func nonconformance(of header: ShardCodec.Header, maskKeeps: Int? = nil, factorRank: Int? = nil) -> String? {
         guard header.codec == codec else { return "encoded with \(header.codec), the task asked for \(self)" }
+        if header.rank != (factorRank ?? 0) {
+            return factorRank.map { header.rank == 0 ? "whole, the task asked for rank-\($0) factors (\(self))" : "rank-\(header.rank) factors, the task asked for rank \($0)" }
+                ?? "low-rank factors, the task asked for the whole shard"
+        }
         if let topK {
             guard header.sparse else { return "dense, the task asked for top-k (\(self))" }
             let allowed = min(Self.keptCount(of: header.elementCount, fraction: topK), maskKeeps ?? Int.max)

@@ -12,6 +12,10 @@ extension ShardCodec {
         public var storedLength: Int
         public var checksum: UInt32
         var indexEncoding: IndexEncoding
+        /// The rank of a shard coded as low-rank factors (index encoding 4), 0 otherwise.
+        public var rank = 0
+        /// The columns of a factored shard's matrix (the receiver's tensor shape), 0 otherwise.
+        var columns = 0
         /// Sparse over the receiver's pruning mask, positions not written (index encoding 3).
         public var isCodedOverMask: Bool { indexEncoding == .mask }
     }
@@ -31,16 +35,19 @@ extension ShardCodec {
     /// shard does not carry are set to zero.
     /// `mask` is the pruning mask the receiver holds for this shard (ascending kept positions),
     /// needed to read a shard coded over it (index encoding 3).
-    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>, mask: [UInt32]? = nil) throws {
+    /// `columns` is the shard's tensor's last dimension when it may arrive as low-rank factors
+    /// (an update under a `lowrank:R` spec); nil refuses factors.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>, mask: [UInt32]? = nil, columns: Int? = nil) throws {
         var ignored: [UInt32]?
-        try decode(bytes, into: output, mask: mask, keptPositions: &ignored)
+        try decode(bytes, into: output, mask: mask, columns: columns, keptPositions: &ignored)
     }
 
     /// Decodes into `output` and sets `keptPositions` to the positions a sparse shard carries
     /// (ascending), or nil for a dense one: a sparse model shard's positions are its pruning
     /// mask.
-    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>, mask: [UInt32]? = nil, keptPositions: inout [UInt32]?) throws {
-        let header = try parseHeader(bytes, expectedCount: output.count)
+    public static func decode(_ bytes: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>, mask: [UInt32]? = nil, columns: Int? = nil,
+                              keptPositions: inout [UInt32]?) throws {
+        let header = try parseHeader(bytes, expectedCount: output.count, columns: columns)
         let stored = UnsafeRawBufferPointer(rebasing: bytes[headerSize...])
         if header.zlib {
             let inflated = try zlibDecompress(stored, expectedLength: header.bodyLength)
@@ -59,7 +66,7 @@ extension ShardCodec {
         var cursor = 0
         var indices: [UInt32] = []
         switch header.indexEncoding {
-        case .none: break
+        case .none, .factors: break
         case .varint: indices = try readDeltaVarints(body, count: header.keptCount, limit: header.elementCount, cursor: &cursor)
         case .bitmap: indices = try readBitmap(body, kept: header.keptCount, count: header.elementCount, cursor: &cursor)
         case .mask:
@@ -89,6 +96,12 @@ extension ShardCodec {
             throw CodecError(.trailingBytes, "\(remaining - valueBytes) bytes after the value section")
         }
         let values = UnsafeRawBufferPointer(rebasing: body[cursor...])
+        if header.indexEncoding == .factors {
+            var factors = [Float](repeating: 0, count: header.keptCount)
+            try factors.withUnsafeMutableBufferPointer { try readValues(values, header: header, into: $0) }
+            try multiplyFactors(factors, rank: header.rank, columns: header.columns, into: output)
+            return nil
+        }
         if header.sparse {
             var kept = [Float](repeating: 0, count: header.keptCount)
             try kept.withUnsafeMutableBufferPointer { try readValues(values, header: header, into: $0) }
@@ -101,8 +114,29 @@ extension ShardCodec {
         }
     }
 
-    /// Validates the fixed header against the expected element count.
-    public static func parseHeader(_ bytes: UnsafeRawBufferPointer, expectedCount: Int) throws -> Header {
+    /// x̂[i·c + j] = binary32(Σₜ binary64(P[i·r + t]) × binary64(Q[j·r + t])), the sum in
+    /// binary64 in order of t from +0 (each product is exact in binary64): P (rows × r) then Q
+    /// (columns × r), row-major, in `factors` (Protocol.md §8.6).
+    static func multiplyFactors(_ factors: [Float], rank r: Int, columns: Int, into output: UnsafeMutableBufferPointer<Float>) throws {
+        let rows = output.count / columns
+        var q = [Double](repeating: 0, count: columns * r)
+        for i in q.indices { q[i] = Double(factors[rows * r + i]) }
+        var p = [Double](repeating: 0, count: r)
+        for i in 0..<rows {
+            for t in 0..<r { p[t] = Double(factors[i * r + t]) }
+            for j in 0..<columns {
+                var sum = 0.0
+                for t in 0..<r { sum += p[t] * q[j * r + t] }
+                let value = Float(sum)
+                guard value.isFinite else { throw CodecError(.nonFinite, "value \(i * columns + j) of the factors' product is \(value) in binary32") }
+                output[i * columns + j] = value
+            }
+        }
+    }
+
+    /// Validates the fixed header against the expected element count. `columns` is the shard's
+    /// tensor's last dimension when it may come as low-rank factors; nil refuses factors.
+    public static func parseHeader(_ bytes: UnsafeRawBufferPointer, expectedCount: Int, columns: Int? = nil) throws -> Header {
         guard bytes.count >= headerSize else {
             throw CodecError(.truncated, "\(bytes.count) bytes, shorter than the \(headerSize)-byte header")
         }
@@ -114,7 +148,8 @@ extension ShardCodec {
         let flags = bytes[4]
         guard flags & ~(flagZlib | flagSparse | flagStochastic) == 0 else { throw CodecError(.badHeader, "unknown flag bits 0x\(String(flags, radix: 16))") }
         guard let indexEncoding = IndexEncoding(rawValue: bytes[5]) else { throw CodecError(.badHeader, "index encoding \(bytes[5])") }
-        guard bytes[6] == 0, bytes[7] == 0 else { throw CodecError(.badHeader, "reserved bytes are not zero") }
+        let rank = Int(bytes[6]) | Int(bytes[7]) << 8
+        guard rank == 0 || indexEncoding == .factors else { throw CodecError(.badHeader, "reserved bytes are not zero") }
         let groupSize = Int(bytes.loadLittleEndianUInt32(at: 8))
         let n = Int(bytes.loadLittleEndianUInt32(at: 12))
         let k = Int(bytes.loadLittleEndianUInt32(at: 16))
@@ -126,8 +161,17 @@ extension ShardCodec {
             throw CodecError(.wrongElementCount, "shard declares \(n) values, the model layout has \(expectedCount)")
         }
         guard (1...65_536).contains(groupSize) else { throw CodecError(.badHeader, "group size \(groupSize) outside 1...65536") }
-        guard sparse == (indexEncoding != .none) else { throw CodecError(.badHeader, "sparse flag and index encoding disagree") }
-        if sparse {
+        guard sparse == (indexEncoding != .none && indexEncoding != .factors) else { throw CodecError(.badHeader, "sparse flag and index encoding disagree") }
+        if indexEncoding == .factors {
+            guard let columns, columns > 0, n % columns == 0 else {
+                throw CodecError(.badHeader, "low-rank factors where the receiver expects a whole shard")
+            }
+            let rows = n / columns
+            guard rank >= 1, rank <= min(rows, columns) else { throw CodecError(.badHeader, "rank \(rank) outside 1...\(min(rows, columns)) for a \(rows)x\(columns) matrix") }
+            guard k == rank * (rows + columns), k < n else {
+                throw CodecError(.badHeader, "kept count \(k) is not the \(rank * (rows + columns)) values of rank-\(rank) factors of a \(rows)x\(columns) matrix, or not fewer than its \(n)")
+            }
+        } else if sparse {
             guard k >= 1, k <= n else { throw CodecError(.badHeader, "kept count \(k) outside 1...\(n)") }
         } else {
             guard k == n else { throw CodecError(.badHeader, "dense shard with kept count \(k) ≠ \(n)") }
@@ -137,7 +181,7 @@ extension ShardCodec {
         case .none: indexBound = 0
         case .varint: indexBound = k * 5
         case .bitmap: indexBound = (n + 7) / 8
-        case .mask: indexBound = 0
+        case .mask, .factors: indexBound = 0
         }
         let bound = indexBound + valueSectionLength(codec: codec, kept: k, groupSize: groupSize)
         guard bodyLength <= bound else {
@@ -153,7 +197,8 @@ extension ShardCodec {
         return Header(
             codec: codec, zlib: zlib, sparse: sparse, stochastic: flags & flagStochastic != 0,
             groupSize: groupSize, elementCount: n, keptCount: k, bodyLength: bodyLength,
-            storedLength: storedLength, checksum: checksum, indexEncoding: indexEncoding)
+            storedLength: storedLength, checksum: checksum, indexEncoding: indexEncoding,
+            rank: rank, columns: indexEncoding == .factors ? columns! : 0)
     }
 
     /// Bytes the delta varints of ascending `indices` take.

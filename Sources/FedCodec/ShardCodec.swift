@@ -8,8 +8,9 @@
 ///      2     1   format version (1)
 ///      3     1   value codec: 0 fp32, 1 fp16, 2 q8, 3 q4, 4 q2, 5 sign
 ///      4     1   flags: bit 0 body is zlib-compressed, bit 1 sparse (top-k), bit 2 stochastic rounding
-///      5     1   index encoding: 0 none (dense), 1 delta varints, 2 bitmap
-///      6     2   reserved, 0
+///      5     1   index encoding: 0 none (dense), 1 delta varints, 2 bitmap, 3 the receiver's
+///                mask, 4 low-rank factors
+///      6     2   the rank r of low-rank factors; otherwise reserved, 0
 ///      8     4   group size g (values per quantization group)
 ///     12     4   element count n (the shard's length)
 ///     16     4   kept count k (n when dense)
@@ -26,7 +27,8 @@ public enum ShardCodec {
 
     /// How a sparse shard names its positions: delta varints, a bitmap, or not at all (`mask`:
     /// the receiver holds the pruning mask, and the values are those of its kept positions).
-    enum IndexEncoding: UInt8 { case none = 0, varint = 1, bitmap = 2, mask = 3 }
+    /// Index encoding 4 is not an index: the shard is two low-rank factors (Protocol.md §8.6).
+    enum IndexEncoding: UInt8 { case none = 0, varint = 1, bitmap = 2, mask = 3, factors = 4 }
     static let flagZlib: UInt8 = 1, flagSparse: UInt8 = 2, flagStochastic: UInt8 = 4
 
     // MARK: Encoding
@@ -86,6 +88,32 @@ public enum ShardCodec {
             let source = indexEncoding == .none ? values : sparseValues
             try appendValues(source, codec: spec.codec, groupSize: spec.groupSize, rounding: spec.rounding, to: &out, generator: &generator)
         }
+        return finish(&out, n: n, k: k, spec: spec, indexEncoding: indexEncoding)
+    }
+
+    /// Encodes a `rows` × `columns` shard as its rank-r factors (Protocol.md §8.6): `p` is
+    /// rows × r and `q` columns × r, both row-major, and the shard decodes to p·qᵀ. Their
+    /// r·(rows + columns) values must be fewer than the shard's.
+    public static func encodeFactors<G: RandomNumberGenerator>(
+        p: [Float], q: [Float], rows: Int, columns: Int, rank r: Int, spec: CodecSpec, generator: inout G
+    ) throws -> [UInt8] {
+        precondition(r >= 1 && r <= min(rows, columns) && p.count == rows * r && q.count == columns * r, "factors do not match the shape")
+        let n = rows * columns, k = r * (rows + columns)
+        precondition(k < n && r <= Int(UInt16.max), "factors are not smaller than the shard")
+        let values = p + q
+        for i in values.indices where !values[i].isFinite {
+            throw CodecError(.nonFinite, "factor value \(i) is \(values[i])")
+        }
+        var out = [UInt8](repeating: 0, count: headerSize)
+        try values.withUnsafeBufferPointer {
+            try appendValues($0, codec: spec.codec, groupSize: spec.groupSize, rounding: spec.rounding, to: &out, generator: &generator)
+        }
+        return finish(&out, n: n, k: k, spec: spec, indexEncoding: .factors, reserved: UInt16(r))
+    }
+
+    /// Compresses the body after the 32 placeholder bytes of `out` (when the spec asks and it
+    /// helps) and writes the header.
+    private static func finish(_ out: inout [UInt8], n: Int, k: Int, spec: CodecSpec, indexEncoding: IndexEncoding, reserved: UInt16 = 0) -> [UInt8] {
         let bodyLength = out.count - headerSize
         let checksum = out.withUnsafeBytes { crc32Checksum(UnsafeRawBufferPointer(rebasing: $0[headerSize...])) }
         var flags: UInt8 = 0
@@ -97,9 +125,9 @@ public enum ShardCodec {
                 flags |= flagZlib
             }
         }
-        if indexEncoding != .none { flags |= flagSparse }
+        if indexEncoding != .none && indexEncoding != .factors { flags |= flagSparse }
         if spec.rounding == .stochastic && spec.codec.bits != nil { flags |= flagStochastic }
-        let header: [UInt8] = [0x46, 0x43, formatVersion, spec.codec.rawValue, flags, indexEncoding.rawValue, 0, 0]
+        let header: [UInt8] = [0x46, 0x43, formatVersion, spec.codec.rawValue, flags, indexEncoding.rawValue, UInt8(reserved & 0xFF), UInt8(reserved >> 8)]
         out.replaceSubrange(0..<8, with: header)
         out.setUInt32(UInt32(spec.groupSize), at: 8)
         out.setUInt32(UInt32(n), at: 12)
