@@ -175,11 +175,19 @@ extension CodecSpec {
         return spec
     }
 
-    /// Top-k and error feedback make no sense for a model download.
+    /// Top-k, low rank and error feedback make no sense for a model download.
     public func checkDownload(key: String = "downlink", file: String? = nil) throws {
-        guard topK == nil, !errorFeedback else {
-            throw ConfigurationError((file.map { "\($0): " } ?? "") + "\(key): \"\(self)\" may not use top-k or error feedback (fp32, fp16, q8, ...)")
+        guard topK == nil, lowRank == nil, !errorFeedback else {
+            throw ConfigurationError((file.map { "\($0): " } ?? "") + "\(key): \"\(self)\" may not use top-k, low rank or error feedback (fp32, fp16, q8, ...)")
         }
+    }
+
+    /// What a `lowrank:R` update codec does not combine with: a pruning mask (its shards travel
+    /// sparse over the mask) and width classes (sub-model updates), named in one line.
+    public func checkLowRank(pruning: Bool, widths: Bool, key: String = "codec") throws {
+        guard lowRank != nil else { return }
+        let other = (pruning ? ["pruning"] : []) + (widths ? ["widths"] : [])
+        if !other.isEmpty { throw ConfigurationError("\(key): \"\(self)\" (low-rank factors) does not combine with " + other.joined(separator: " or ")) }
     }
 }
 

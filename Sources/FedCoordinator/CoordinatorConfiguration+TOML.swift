@@ -141,6 +141,7 @@ extension CoordinatorConfiguration {
             do { _ = try pruning.resolved(rounds: rounds) } catch let error as ConfigurationError { throw fail(error.description) }
         }
         if let problem = model.transferProblem(baseModel: baseModelPath, pruning: pruning != nil) { throw fail(problem) }
+        do { try uplinkCodec.checkLowRank(pruning: pruning != nil, widths: !widths.isEmpty, key: "codec") } catch let error as ConfigurationError { throw fail(error.description) }
         if !widths.isEmpty {
             guard widths.allSatisfy({ $0 > 0 && $0 <= 1 }), Set(widths).count == widths.count else {
                 throw fail("widths must be distinct fractions in (0, 1], got \(widths)")

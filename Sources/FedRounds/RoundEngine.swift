@@ -91,6 +91,9 @@ public struct RoundEngine {
         /// The shards it must be sent first (it does not hold them at this version).
         public var shardsToSend: [Int]
         public var deadline: Double?
+        /// Under a `lowrank:R` uplink: per trained shard coded as factors, its warm start
+        /// (columns × r, orthonormal; ``LowRankFactors``). Empty otherwise.
+        public var warmStarts: [Int: [Float]] = [:]
     }
 
     public enum Action: Sendable, Equatable {
@@ -209,6 +212,11 @@ public struct RoundEngine {
     /// With width classes: the widths in ascending order and their sub-models (nil at width 1).
     public let widths: [Double]
     public let subModels: [SubModel?]
+    /// Under a `lowrank:R` uplink, per shard, the shape it travels in as factors (nil: whole).
+    public let factorShapes: [UpdateCodec.FactorShape?]
+    /// The warm start of every factored shard (columns × r): drawn from the seed at the start
+    /// (and after a restart), then the next power step on each committed update.
+    public private(set) var warmStarts: [Int: [Float]] = [:]
 
     /// - Parameters:
     ///   - resume: the last committed round's state, when resuming a run.
@@ -239,6 +247,11 @@ public struct RoundEngine {
             guard width < 1 else { return nil }
             guard let sub = try? SubModel(of: network, fraction: width) else { preconditionFailure("width \(width) does not fit the model (the shells check it)") }
             return sub
+        }
+        factorShapes = UpdateCodec(spec: settings.uplink, shardRanges: ranges, columns: network.layout.tensors.map(\.columns)).factorShapes
+        for (index, shape) in factorShapes.enumerated() {
+            guard let shape else { continue }
+            warmStarts[index] = LowRankFactors.initialWarmStart(columns: shape.columns, rank: shape.rank, seed: settings.seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(index))
         }
         // A resumed pruned model carries its mask in its zeros.
         if settings.pruning != nil {
@@ -367,7 +380,9 @@ public struct RoundEngine {
             client.busy = true
             client.taskSentAt = time
             clients[id] = client
-            return .sendTask(client: id, Task(round: nextRound, modelVersion: modelVersion, shards: client.trainedShards, shardsToSend: missing, deadline: deadline))
+            var task = Task(round: nextRound, modelVersion: modelVersion, shards: client.trainedShards, shardsToSend: missing, deadline: deadline)
+            for shard in client.trainedShards { task.warmStarts[Int(shard)] = warmStarts[Int(shard)] }
+            return .sendTask(client: id, task)
         }
     }
 
@@ -530,6 +545,14 @@ public struct RoundEngine {
                     }
                 }
             }
+            // The next warm starts: one power step on the update each factored shard received.
+            for (index, shape) in factorShapes.enumerated() {
+                guard let shape, let previous = warmStarts[index] else { continue }
+                let applied = ranges[index].map { global[$0] - savedModel[$0] }
+                warmStarts[index] = applied.withUnsafeBufferPointer {
+                    LowRankFactors.nextWarmStart($0, rows: shape.rows, columns: shape.columns, previous: previous, rank: shape.rank)
+                }
+            }
         }
         if let reference = outcome.referenceNorm { referenceNorm = reference }
         ledger = round.aggregator.ledger
@@ -603,11 +626,13 @@ public struct RoundEngine {
             for (index, bytes) in zip(update.shards, shards) {
                 let header: ShardCodec.Header
                 do {
-                    header = try bytes.withUnsafeBytes { try ShardCodec.parseHeader($0, expectedCount: self.ranges(of: update)[index].count) }
+                    header = try bytes.withUnsafeBytes {
+                        try ShardCodec.parseHeader($0, expectedCount: self.ranges(of: update)[index].count, columns: factorShapes[index]?.columns)
+                    }
                 } catch {
                     throw Refusal(.badUpdate, "shard \(index): \(error)")
                 }
-                if let problem = settings.uplink.nonconformance(of: header, maskKeeps: mask?.kept[index]?.count) {
+                if let problem = settings.uplink.nonconformance(of: header, maskKeeps: mask?.kept[index]?.count, factorRank: factorShapes[index]?.rank) {
                     throw Refusal(.badUpdate, "shard \(index) is \(problem)")
                 }
             }
@@ -645,7 +670,9 @@ public struct RoundEngine {
             try scratch.withUnsafeMutableBufferPointer { all in
                 for (index, bytes) in zip(update.shards, shards) {
                     do {
-                        try bytes.withUnsafeBytes { try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[ranges[index]]), mask: mask?.kept[index]) }
+                        try bytes.withUnsafeBytes {
+                            try ShardCodec.decode($0, into: UnsafeMutableBufferPointer(rebasing: all[ranges[index]]), mask: mask?.kept[index], columns: factorShapes[index]?.columns)
+                        }
                     } catch {
                         throw Refusal(.badUpdate, "shard \(index): \(error)")
                     }

@@ -160,7 +160,8 @@ public final class Simulation {
         decodedDeltas = Array(repeating: [Float](repeating: 0, count: global.count), count: workers)
         let ranges = network.layout.tensors.map(\.range)
         // Only trainable shards travel up (with adapters, only the adapters).
-        uplink = UpdateCodec(spec: configuration.codec, shardRanges: network.layout.tensors.filter(\.trainable).map(\.range), count: global.count)
+        let trainable = network.layout.tensors.filter(\.trainable)
+        uplink = UpdateCodec(spec: configuration.codec, shardRanges: trainable.map(\.range), count: global.count, columns: trainable.map(\.columns))
         downlink = UpdateCodec(spec: configuration.downlink, shardRanges: ranges)
         var attackerDraw = SeededGenerator(seed: configuration.seed, stream: 0xBAD0)
         var everyone = Array(0..<configuration.clients)
@@ -262,10 +263,12 @@ public final class Simulation {
         let devices = c.devices
         if devices.availability < 1 || round == 1 { updateAvailability(round: round) }
         var shardsToSend: [[Int]] = []
+        var warmStarts: [Int: [Float]] = [:]
         let frozenShardClasses = self.frozenShardClasses
         let selected: [Int] = engine.beginRound(at: 0).map { action in
             guard case .sendTask(let id, let task) = action else { preconditionFailure("the engine answered a round's start with \(action)") }
             shardsToSend.append(task.shardsToSend)
+            warmStarts.merge(task.warmStarts) { first, _ in first }
             precondition(frozenShardClasses.isEmpty || task.shards.map(Int.init) == frozenShardClasses[self.widthClasses[clientIndex[id]!]].shards,
                          "the engine assigned other shards than the budget's")
             return clientIndex[id]!
@@ -313,6 +316,8 @@ public final class Simulation {
         let clock = devices.hasClock
         let lowRankTensors = network.layout.tensors.filter { $0.shape.count >= 2 && $0.trainable }
         let frozen = Set(network.layout.tensors.filter { !$0.trainable }.map(\.index))
+        // The task's warm starts, in the uplink's shard order (the trainable tensors).
+        let uplinkWarmStarts: [[Float]?]? = warmStarts.isEmpty ? nil : network.layout.tensors.filter(\.trainable).map { warmStarts[$0.index] }
         let allTensors = Set(network.layout.tensors.indices)
         let frozenByClass = frozenShardClasses.map { frozen.union(allTensors.subtracting($0.shards)) }
         withUnsafeMutableBuffers(&localModels, &sentDeltas, &decodedDeltas) { locals, sent, decoded in
@@ -378,7 +383,7 @@ public final class Simulation {
                                 try assigned.uplink.decode(encoded, into: &decoded[worker])
                                 outcome.shards = assigned.shards
                             } else {
-                                encoded = try uplink.encode(sent[worker], masks: mask?.kept, receiverHoldsMasks: true, generator: &codecGenerator)
+                                encoded = try uplink.encode(sent[worker], masks: mask?.kept, receiverHoldsMasks: true, warmStarts: uplinkWarmStarts, generator: &codecGenerator)
                                 try uplink.decode(encoded, into: &decoded[worker], masks: mask?.kept)
                             }
                             outcome.uplinkBytes = encoded.reduce(0) { $0 + $1.count }

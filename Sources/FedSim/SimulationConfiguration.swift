@@ -284,6 +284,8 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let pruning { _ = try pruning.resolved(rounds: rounds) }
         guard (0...1024).contains(svdRank) else { throw fail("svd_rank must be in 0...1024 (0 = off), got \(svdRank)") }
         if let problem = try modelSpec().transferProblem(baseModel: baseModel, pruning: pruning != nil) { throw fail(problem) }
+        try codec.checkLowRank(pruning: pruning != nil, widths: !widths.isEmpty)
+        if codec.lowRank != nil, svdRank > 0 { throw fail("svd_rank and a lowrank codec do not combine: svd_rank is the per-client reference for the codec") }
         if !widths.isEmpty { try validateWidths() }
         if orderedDropout, widths.count < 2 { throw fail("ordered_dropout needs at least two width classes (widths)") }
         if frozenShards, widths.isEmpty { throw fail("frozen_shards needs width classes (widths) to stand for the memory budgets") }

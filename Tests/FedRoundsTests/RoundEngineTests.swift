@@ -151,6 +151,45 @@ struct RoundEngineTests {
         #expect(engine.updateArrived(Self.update(for: task, codec: try CodecSpec(parsing: "topk:0.25+q8+g4+raw")), from: id, at: 1) == [.acknowledge(client: id, round: 1)])
     }
 
+    /// `lowrank:1`: each task carries the warm start of every factored weight matrix, an update
+    /// must send those shards as rank-1 factors (the biases whole), a rank-1 delta lands
+    /// exactly, and the next round's warm starts follow the applied update.
+    @Test func lowRankTasksCarryWarmStartsAndUpdatesMustBeFactors() throws {
+        let spec = try CodecSpec(parsing: "lowrank:1+fp32+raw")
+        var engine = Self.engine(codec: spec)
+        #expect(engine.factorShapes.map { $0?.rank } == [1, nil, 1, nil])
+        let tasks = Self.tasks(engine.beginRound(at: 0))
+        #expect(tasks.allSatisfy { Set($0.1.warmStarts.keys) == [0, 2] && $0.1.warmStarts[0]!.count == 3 && $0.1.warmStarts[2]!.count == 2 })
+        let layout = Self.network.layout
+        let codec = UpdateCodec(spec: spec, shardRanges: layout.tensors.map(\.range), columns: layout.tensors.map(\.columns))
+        // A rank-1 delta in each weight matrix (u·vᵀ), 0.1 in each bias.
+        var delta = [Float](repeating: 0.1, count: Self.network.parameterCount)
+        for tensor in layout.tensors where tensor.columns != nil {
+            let columns = tensor.columns!
+            for i in 0..<(tensor.count / columns) { for j in 0..<columns { delta[tensor.offset + i * columns + j] = Float(i + 1) * 0.01 * Float(j % 2 == 0 ? 1 : -2) } }
+        }
+        let before = engine.global
+        let warm = tasks[0].1.warmStarts
+        for (id, task) in tasks {
+            // The whole shards the codec would send without low rank: refused on the header.
+            #expect(Self.refusal(engine.updateArrived(Self.update(for: task, codec: try CodecSpec(parsing: "fp32+raw")), from: id, at: 1)) == .badUpdate)
+            var generator = SeededGenerator(seed: 1)
+            let encoded = try codec.encode(delta, warmStarts: layout.tensors.map { task.warmStarts[$0.index] }, generator: &generator)
+            #expect(encoded[0][5] == 4 && encoded[1][5] == 0, "factors for the weights, the bias whole")
+            let update = RoundEngine.IncomingUpdate(round: task.round, modelVersion: task.modelVersion, exampleCount: 10, trainingLoss: 0.5,
+                                                    shards: [0, 1, 2, 3], body: .encoded(encoded), bytes: 0)
+            #expect(engine.updateArrived(update, from: id, at: 1) == [.acknowledge(client: id, round: 1)])
+        }
+        guard case .completed = try engine.closeRound(at: 1) else { Issue.record("round not completed"); return }
+        for i in delta.indices { #expect(abs(engine.global[i] - (before[i] + delta[i])) < 1e-5) }
+        #expect(engine.warmStarts[0] != warm[0] && engine.warmStarts[2] != warm[2])
+        let next = Self.tasks(engine.beginRound(at: 2))
+        #expect(next.allSatisfy { $0.1.warmStarts == engine.warmStarts })
+        // The warm start now spans the update's right factor: v ∝ (1, −2, 1) for the first layer.
+        let q = engine.warmStarts[0]!
+        #expect(abs(abs(q[1] / q[0]) - 2) < 1e-4 && abs(q[2] / q[0] - 1) < 1e-4)
+    }
+
     @Test func malformedAndNonFiniteUpdatesAreRefusedWithoutTakingAPlace() {
         var engine = Self.engine()
         let (id, task) = Self.tasks(engine.beginRound(at: 0))[0]

@@ -18,6 +18,10 @@ public struct ParameterTensor: Hashable, Sendable {
     public var count: Int { shape.reduce(1, *) }
     /// Offsets covered in the flat parameter vector.
     public var range: Range<Int> { offset..<(offset + count) }
+    /// The columns of the tensor read as a matrix (its last dimension; a convolution kernel
+    /// [k, k, in, out] is a (k·k·in) × out matrix), or nil for a vector: what the low-rank
+    /// update codec factors (Protocol.md §8.6).
+    public var columns: Int? { shape.count >= 2 ? shape.last : nil }
 }
 
 /// The stable layout of a model's parameters: tensors in order, packed back to back in
