@@ -168,7 +168,7 @@ public actor ClientDaemon {
             defer { version = nil }
             try await writer.send(.hello(Hello(
                 clientID: configuration.clientID, protocolVersions: offered,
-                codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"] + (configuration.retainModel ? [Hello.keepsShards] : []),
+                codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk", "lowrank"] + (configuration.retainModel ? [Hello.keepsShards] : []),
                 memoryBudget: configuration.memoryBudget,
                 exampleCount: UInt32(configuration.data?.count ?? 0))))
             switch try await reader.next() {
@@ -399,11 +399,17 @@ public actor ClientDaemon {
         // not sent, and the update travels sparse over the mask.
         if mask.isPruning { mask.apply(to: &delta, layout: network.layout) }
         var codecGenerator = SeededGenerator(seed: configuration.seed, stream: 0xC0DE, UInt64(task.round), configuration.seedStream)
-        let codec = UpdateCodec(spec: spec, shardRanges: network.layout.tensors.map(\.range))
-        let encoded = try codec.encode(delta, masks: mask.isPruning ? mask.kept : nil, receiverHoldsMasks: true, generator: &codecGenerator)
+        // Low-rank factors are computed only for the shards the task trains (from its warm
+        // starts); other codecs encode every shard and send the trained ones.
+        let tensors = network.layout.tensors
+        let coded = spec.lowRank != nil ? task.shards.map(Int.init) : Array(tensors.indices)
+        let codec = UpdateCodec(spec: spec, shardRanges: coded.map { tensors[$0].range }, count: network.parameterCount, columns: coded.map { tensors[$0].columns })
+        let warmStarts = spec.lowRank != nil ? try Self.warmStarts(of: task, for: codec, shards: coded) : nil
+        let codedMasks = mask.isPruning ? coded.map { mask.kept[$0] } : nil
+        let encoded = try codec.encode(delta, masks: codedMasks, receiverHoldsMasks: true, warmStarts: warmStarts, generator: &codecGenerator)
         if spec.errorFeedback, var feedback = residual {
             var decoded = delta
-            try codec.decode(encoded, into: &decoded, masks: mask.kept)
+            try codec.decode(encoded, into: &decoded, masks: coded.map { mask.kept[$0] })
             feedback.record(sent: delta, decoded: decoded)
             residual = feedback
             try saveResidual(feedback)
@@ -413,7 +419,29 @@ public actor ClientDaemon {
         return Update(
             round: task.round, modelVersion: task.modelVersion, exampleCount: UInt32(examples),
             trainingLoss: Float(meanLoss),
-            shards: task.shards.map { ShardDelta(index: $0, encoded: encoded[Int($0)]) })
+            shards: task.shards.map { index in ShardDelta(index: index, encoded: encoded[coded.firstIndex(of: Int(index))!]) })
+    }
+
+    /// The task's warm start for every shard `codec` codes as low-rank factors, in the codec's
+    /// shard order; a missing, misshapen or non-finite one, or one for a shard the task does
+    /// not factor, makes the task malformed (Protocol.md §8.6).
+    static func warmStarts(of task: TrainingTask, for codec: UpdateCodec, shards: [Int]) throws -> [[Float]?] {
+        var given: [Int: TrainingTask.WarmStart] = [:]
+        for start in task.warmStarts {
+            guard let position = shards.firstIndex(of: Int(start.shardIndex)), codec.factorShapes[position] != nil,
+                  given.updateValue(start, forKey: position) == nil else {
+                throw ProtocolError(.malformedMessage, "task carries a warm start for shard \(start.shardIndex), which it does not code as low-rank factors (or twice)")
+            }
+        }
+        return try codec.factorShapes.enumerated().map { position, shape in
+            guard let shape else { return nil }
+            guard let start = given[position] else { throw ProtocolError(.malformedMessage, "task has no warm start for shard \(shards[position]) (\(task.codec))") }
+            guard Int(start.rank) == shape.rank, Int(start.columns) == shape.columns, start.values.count == shape.rank * shape.columns else {
+                throw ProtocolError(.malformedMessage, "warm start of shard \(shards[position]) is \(start.columns)x\(start.rank), the shard's factors are \(shape.columns)x\(shape.rank)")
+            }
+            guard start.values.allSatisfy(\.isFinite) else { throw ProtocolError(.malformedMessage, "warm start of shard \(shards[position]) holds non-finite values") }
+            return start.values
+        }
     }
 
     // MARK: Error-feedback state

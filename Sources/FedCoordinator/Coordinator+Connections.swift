@@ -168,6 +168,9 @@ extension Coordinator {
             if let missing = Self.missingCodec(in: hello.codecs, for: self.configuration.uplinkCodec) {
                 throw ProtocolError(.unsupportedCodec, "updates are encoded \(self.configuration.uplinkCodec); HELLO's codec list \(hello.codecs) lacks \"\(missing)\"", clientID: hello.clientID)
             }
+            if self.configuration.uplinkCodec.lowRank != nil, version < 4 {
+                throw ProtocolError(.unsupportedCodec, "updates are encoded \(self.configuration.uplinkCodec), whose warm starts need protocol version 4; the client speaks \(hello.protocolVersions)", clientID: hello.clientID)
+            }
             let nonce = Authentication.nonce()
             try await writer.speaking(version).send(.challenge(nonce: nonce, version: version))
             guard case .authenticate(let signature)? = try await reader.next() else {
@@ -186,10 +189,12 @@ extension Coordinator {
     }
 
     /// The name HELLO's codec list must carry for `spec` and does not (Protocol.md §2): the
-    /// base codec, and `topk` for a sparse one; nil when the list has both.
+    /// base codec, `topk` for a sparse one and `lowrank` for low-rank factors; nil when the list
+    /// has them all.
     static func missingCodec(in codecs: [String], for spec: CodecSpec) -> String? {
         if !codecs.contains(spec.codec.description) { return spec.codec.description }
         if spec.topK != nil, !codecs.contains("topk") { return "topk" }
+        if spec.lowRank != nil, !codecs.contains("lowrank") { return "lowrank" }
         return nil
     }
 

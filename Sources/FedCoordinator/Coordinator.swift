@@ -484,7 +484,11 @@ public actor Coordinator {
                 round: UInt32(task.round), modelVersion: task.modelVersion, shards: task.shards,
                 localEpochs: UInt16(configuration.localEpochs), batchSize: UInt16(configuration.batchSize),
                 learningRate: configuration.learningRate, codec: configuration.uplinkCodec.description,
-                deadlineMilliseconds: UInt32(min(configuration.roundDeadline, task.deadline.map { max(0, $0 - now()) } ?? configuration.roundDeadline) * 1000))))
+                deadlineMilliseconds: UInt32(min(configuration.roundDeadline, task.deadline.map { max(0, $0 - now()) } ?? configuration.roundDeadline) * 1000),
+                warmStarts: task.warmStarts.keys.sorted().map { index in
+                    let shape = engine.factorShapes[index]!
+                    return TrainingTask.WarmStart(shardIndex: UInt16(index), rank: UInt16(shape.rank), columns: UInt32(shape.columns), values: task.warmStarts[index]!)
+                })))
         }
     }
 

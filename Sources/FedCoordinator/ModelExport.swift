@@ -31,6 +31,7 @@ public enum ModelExport {
     /// versions on `test` when given.
     public static func write(model: [Float], network: Network, codec spec: CodecSpec, to url: URL, test: Dataset?, threads: Int = availableCores) throws -> Result {
         guard !spec.errorFeedback else { throw ModelError("export codecs cannot use error feedback, got \(spec)") }
+        guard spec.lowRank == nil else { throw ModelError("export codecs cannot use low rank (an update codec), got \(spec)") }
         let layout = network.layout
         let codec = UpdateCodec(spec: spec, shardRanges: layout.tensors.map(\.range))
         let mask = PruningMask(zerosOf: model, layout: layout)

@@ -31,9 +31,9 @@ public struct FuzzDriver {
 
     private var generator: SplitMix64
     private let frameCorpus: [[UInt8]]
-    /// Encoded shards, the count they were encoded for, and the pruning mask the receiver
-    /// holds (for updates over a mask).
-    private let shardCorpus: [(bytes: [UInt8], count: Int, mask: [UInt32]?)]
+    /// Encoded shards, the count they were encoded for, the pruning mask the receiver holds
+    /// (for updates over a mask) and the columns it expects low-rank factors with.
+    private let shardCorpus: [(bytes: [UInt8], count: Int, mask: [UInt32]?, columns: Int?)]
 
     public init(seed: UInt64) {
         generator = SplitMix64(seed: seed)
@@ -43,12 +43,12 @@ public struct FuzzDriver {
             return Array(buffer.readableBytesView)
         }
         var g = SplitMix64(seed: seed ^ 0x5EED)
-        var corpus: [(bytes: [UInt8], count: Int, mask: [UInt32]?)] = []
+        var corpus: [(bytes: [UInt8], count: Int, mask: [UInt32]?, columns: Int?)] = []
         for spec in ["fp32", "fp32+raw", "fp16", "q8", "q8+g32", "q4+raw", "q2", "sign", "topk:0.1+q8", "topk:0.5+fp16+raw", "topk:0.02+q4"] {
             for count in [0, 1, 7, 64, 300] {
                 let values = (0..<count).map { _ in Float(Int(g.next() % 2001) - 1000) / 1000 }
                 let bytes = try! values.withUnsafeBufferPointer { try ShardCodec.encode($0, spec: CodecSpec(parsing: spec), generator: &g) }
-                corpus.append((bytes, count, nil))
+                corpus.append((bytes, count, nil, nil))
                 // Pruned: a model shard sparse over a mask, and an update over the receiver's mask.
                 guard count > 1 else { continue }
                 let mask = (0..<UInt32(count)).filter { _ in g.next() % 3 == 0 }
@@ -57,8 +57,19 @@ public struct FuzzDriver {
                     let masked = try! values.withUnsafeBufferPointer {
                         try ShardCodec.encode($0, spec: CodecSpec(parsing: spec), keeping: mask, receiverHoldsMask: holds, generator: &g)
                     }
-                    corpus.append((masked, count, holds ? mask : nil))
+                    corpus.append((masked, count, holds ? mask : nil, nil))
                 }
+            }
+        }
+        // Low-rank factors (index encoding 4) of matrices of several shapes and ranks.
+        for spec in ["lowrank:1+fp32+raw", "lowrank:2+q8", "lowrank:3+q4+g16+raw", "lowrank:1+sign", "lowrank:4+fp16"] {
+            for (rows, columns) in [(4, 3), (10, 10), (30, 7), (64, 20)] {
+                let parsed = try! CodecSpec(parsing: spec)
+                guard let rank = parsed.factorRank(count: rows * columns, columns: columns) else { continue }
+                let p = (0..<(rows * rank)).map { _ in Float(Int(g.next() % 2001) - 1000) / 1000 }
+                let q = (0..<(columns * rank)).map { _ in Float(Int(g.next() % 2001) - 1000) / 1000 }
+                let bytes = try! ShardCodec.encodeFactors(p: p, q: q, rows: rows, columns: columns, rank: rank, spec: parsed, generator: &g)
+                corpus.append((bytes, rows * columns, nil, columns))
             }
         }
         shardCorpus = corpus
@@ -127,10 +138,13 @@ public struct FuzzDriver {
         if generator.next() % 8 == 0 {
             mask = generator.next() % 2 == 0 ? nil : (0..<UInt32(max(1, count))).filter { _ in generator.next() % 2 == 0 }
         }
+        // The columns it expects factors with: the base's, sometimes other ones (or none).
+        var columns = base.columns
+        if generator.next() % 8 == 0 { columns = generator.next() % 3 == 0 ? nil : Int(generator.next() % 70) }
         var output = [Float](repeating: 0, count: count)
         do {
             try input.withUnsafeBytes { raw in
-                try output.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0, mask: mask) }
+                try output.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0, mask: mask, columns: columns) }
             }
             if let bad = output.firstIndex(where: { !$0.isFinite }) {
                 report.findings.append("shard: decoded value \(bad) is \(output[bad]) for input \(hex(input))")
@@ -198,6 +212,8 @@ public struct FuzzDriver {
         .welcome(Welcome(sessionID: 42, heartbeatMilliseconds: 5000, model: "784|10|dense:200,relu,dense:200,relu,dense:10", limits: Limits(maximumFramePayload: 1 << 20, maximumMessage: 64 << 20))),
         .modelShard(ModelShard(round: 3, modelVersion: 3, shardIndex: 1, sha256: Array(repeating: 7, count: 32), encoded: Array(0..<100))),
         .trainingTask(TrainingTask(round: 3, modelVersion: 3, shards: [0, 1, 2, 3, 4, 5], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "q8", deadlineMilliseconds: 30_000)),
+        .trainingTask(TrainingTask(round: 3, modelVersion: 3, shards: [0, 1, 2, 3], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "lowrank:2+q8+ef", deadlineMilliseconds: 30_000,
+                                   warmStarts: [.init(shardIndex: 0, rank: 2, columns: 3, values: [0.6, 0, 0.8, 0, 0, 1]), .init(shardIndex: 2, rank: 2, columns: 4, values: [Float](repeating: 0.5, count: 8))])),
         .update(Update(round: 3, modelVersion: 3, exampleCount: 600, trainingLoss: 0.25, shards: [ShardDelta(index: 0, encoded: Array(0..<90)), ShardDelta(index: 5, encoded: [])])),
         .acknowledgement(type: 7, round: 3),
         .error(code: ProtocolError.Code.staleRound.rawValue, message: "update for round 2, the coordinator is in round 3"),

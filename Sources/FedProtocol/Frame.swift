@@ -16,8 +16,8 @@ public struct Frame: Equatable, Sendable {
     public static let headerSize = 16
     public static let magic: [UInt8] = [0x46, 0x45, 0x44, 0x4C]
     /// The newest wire version this build speaks, and every version it still serves.
-    public static let currentVersion: UInt8 = 3
-    public static let supportedVersions: ClosedRange<UInt8> = 1...3
+    public static let currentVersion: UInt8 = 4
+    public static let supportedVersions: ClosedRange<UInt8> = 1...4
     public static let flagContinued: UInt16 = 1
     /// Default largest payload of one frame; larger messages are split.
     public static let defaultMaximumPayload = 1 << 20

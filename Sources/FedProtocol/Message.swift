@@ -132,7 +132,27 @@ public struct TrainingTask: Equatable, Sendable {
     public var codec: String
     /// Milliseconds from receipt until the update must have arrived.
     public var deadlineMilliseconds: UInt32
-    public init(round: UInt32, modelVersion: UInt32, shards: [UInt16], localEpochs: UInt16, batchSize: UInt16, learningRate: Float, codec: String, deadlineMilliseconds: UInt32) {
+    /// Version 4, under a `lowrank:R` codec: the warm start of every shard the update sends as
+    /// low-rank factors (Protocol.md §8.6). Empty otherwise, and on older versions.
+    public var warmStarts: [WarmStart] = []
+
+    /// The coordinator's right factor for one shard: `columns` × `rank` values, row-major,
+    /// with orthonormal columns.
+    public struct WarmStart: Equatable, Sendable {
+        public var shardIndex: UInt16
+        public var rank: UInt16
+        public var columns: UInt32
+        public var values: [Float]
+        public init(shardIndex: UInt16, rank: UInt16, columns: UInt32, values: [Float]) {
+            self.shardIndex = shardIndex
+            self.rank = rank
+            self.columns = columns
+            self.values = values
+        }
+    }
+
+    public init(round: UInt32, modelVersion: UInt32, shards: [UInt16], localEpochs: UInt16, batchSize: UInt16, learningRate: Float, codec: String,
+                deadlineMilliseconds: UInt32, warmStarts: [WarmStart] = []) {
         self.round = round
         self.modelVersion = modelVersion
         self.shards = shards
@@ -141,6 +161,7 @@ public struct TrainingTask: Equatable, Sendable {
         self.learningRate = learningRate
         self.codec = codec
         self.deadlineMilliseconds = deadlineMilliseconds
+        self.warmStarts = warmStarts
     }
 }
 
@@ -248,6 +269,15 @@ public enum Message: Equatable, Sendable {
             buffer.writeInteger(t.learningRate.bitPattern, endianness: .little)
             buffer.writeString16(t.codec)
             buffer.writeInteger(t.deadlineMilliseconds, endianness: .little)
+            if version >= 4 {
+                buffer.writeInteger(UInt16(t.warmStarts.count), endianness: .little)
+                for w in t.warmStarts {
+                    buffer.writeInteger(w.shardIndex, endianness: .little)
+                    buffer.writeInteger(w.rank, endianness: .little)
+                    buffer.writeInteger(w.columns, endianness: .little)
+                    for value in w.values { buffer.writeInteger(value.bitPattern, endianness: .little) }
+                }
+            }
         case .update(let u):
             buffer.writeInteger(u.round, endianness: .little)
             buffer.writeInteger(u.modelVersion, endianness: .little)
@@ -312,15 +342,32 @@ public enum Message: Equatable, Sendable {
                 shardIndex: try b.readU16("shard index"), sha256: try b.readBytesOrThrow(32, field: "sha256"),
                 encoded: try b.readBytes32(field: "encoded shard")))
         case .trainingTask:
-            let round = try b.readU32("round"), version = try b.readU32("model version")
+            let round = try b.readU32("round"), modelVersion = try b.readU32("model version")
             let count = try b.readU16("shard count")
             var shards: [UInt16] = []
             for _ in 0..<count { shards.append(try b.readU16("shard index")) }
-            message = .trainingTask(TrainingTask(
-                round: round, modelVersion: version, shards: shards,
+            var task = TrainingTask(
+                round: round, modelVersion: modelVersion, shards: shards,
                 localEpochs: try b.readU16("local epochs"), batchSize: try b.readU16("batch size"),
                 learningRate: Float(bitPattern: try b.readU32("learning rate")),
-                codec: try b.readString16(field: "codec"), deadlineMilliseconds: try b.readU32("deadline")))
+                codec: try b.readString16(field: "codec"), deadlineMilliseconds: try b.readU32("deadline"))
+            if version >= 4 {
+                let count = try b.readU16("warm start count")
+                for _ in 0..<count {
+                    let index = try b.readU16("warm start shard index"), rank = try b.readU16("warm start rank")
+                    let columns = try b.readU32("warm start columns")
+                    // Checked against what is left before anything is allocated.
+                    let values = UInt64(columns) * UInt64(rank)
+                    guard values * 4 <= UInt64(b.readableBytes) else {
+                        throw ProtocolError(.malformedMessage, "warm start of shard \(index) declares \(columns)x\(rank) values, \(b.readableBytes) bytes remain")
+                    }
+                    var floats: [Float] = []
+                    floats.reserveCapacity(Int(values))
+                    for _ in 0..<values { floats.append(Float(bitPattern: try b.readU32("warm start value"))) }
+                    task.warmStarts.append(.init(shardIndex: index, rank: rank, columns: columns, values: floats))
+                }
+            }
+            message = .trainingTask(task)
         case .update:
             let round = try b.readU32("round"), version = try b.readU32("model version")
             let examples = try b.readU32("example count")

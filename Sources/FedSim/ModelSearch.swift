@@ -78,7 +78,9 @@ public struct ModelSearch: Sendable {
         let codec: CodecSpec
         switch budget {
         case .parameters: codec = try CodecSpec(parsing: "fp32")
-        case .exportBytes(_, let spec): codec = spec
+        case .exportBytes(_, let spec):
+            guard spec.lowRank == nil, !spec.errorFeedback else { throw ModelError("the budget's export codec cannot use low rank or error feedback, got \(spec)") }
+            codec = spec
         }
         var generator = SeededGenerator(seed: seed)
         let shards = try UpdateCodec(spec: codec, shardRanges: network.layout.tensors.map(\.range))

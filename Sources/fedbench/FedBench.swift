@@ -92,7 +92,7 @@ struct FedBench: ParsableCommand {
     /// Encode and decode throughput per codec on a real delta (one client's epoch of SGD),
     /// next to plain zlib on the raw floats and a memcpy of the same bytes.
     func measureCodecs(_ train: Dataset) throws {
-        let specs = ["fp32+raw", "fp32", "fp16", "q8", "q8+raw", "q4", "q2", "sign", "topk:0.1+q8", "topk:0.01+q8", "q8+sr"]
+        let specs = ["fp32+raw", "fp32", "fp16", "q8", "q8+raw", "q4", "q2", "sign", "topk:0.1+q8", "topk:0.01+q8", "q8+sr", "lowrank:4+q8", "lowrank:1+q8"]
         print("model codec            bytes      ratio   encode MB/s  decode MB/s")
         for (name, spec) in [("2nn", ModelSpec.mnist2NN), ("cnn", .mnistCNN)] {
             let network = try Network(spec)
@@ -127,10 +127,14 @@ struct FedBench: ParsableCommand {
             let zlibDecode = try time { _ = try Zlib.decompress(compressed, expectedLength: raw.count) }
             print(String(format: "%-5@ %-15@ %10d %8.1fx %12.0f %12.0f", name, "zlib (raw f32)", compressed.count, Double(raw.count) / Double(compressed.count), megabytes / zlibEncode, megabytes / zlibDecode))
             for text in specs {
-                let codec = UpdateCodec(spec: try CodecSpec(parsing: text), shardRanges: ranges)
+                // Low-rank factors start from a seeded warm start, as a coordinator's first round.
+                let codec = UpdateCodec(spec: try CodecSpec(parsing: text), shardRanges: ranges, columns: network.layout.tensors.map(\.columns))
+                let warmStarts = codec.factorShapes.enumerated().map { index, shape in
+                    shape.map { LowRankFactors.initialWarmStart(columns: $0.columns, rank: $0.rank, seed: UInt64(index)) }
+                }
                 var encoded: [[UInt8]] = []
                 var g = SeededGenerator(seed: 3)
-                let encodeTime = try time { encoded = try codec.encode(delta, generator: &g) }
+                let encodeTime = try time { encoded = try codec.encode(delta, warmStarts: warmStarts, generator: &g) }
                 var decoded = delta
                 let decodeTime = try time { try codec.decode(encoded, into: &decoded) }
                 let bytes = encoded.reduce(0) { $0 + $1.count }

@@ -58,6 +58,12 @@ enum FrameVectorCases {
             ("GOODBYE, version 1: no code (always the end of the run)", 1, .goodbye(Goodbye(.finished, reason: "training finished"))),
             ("CHALLENGE choosing version 3", 3, .challenge(nonce: nonce, version: 3)),
             ("DECLINE, version 3: the external trainer ran out of time in round 3", 3, .decline(Decline(round: 3, reason: .trainerTimedOut, message: "\"python3 train.py\" ran past its 60.0 s limit and was stopped"))),
+            ("CHALLENGE choosing version 4", 4, .challenge(nonce: nonce, version: 4)),
+            ("TRAINING_TASK, version 4: no warm starts (a codec without low rank)", 4, .trainingTask(TrainingTask(round: 3, modelVersion: 2, shards: [0, 1, 4], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "q8", deadlineMilliseconds: 60_000))),
+            ("TRAINING_TASK, version 4: lowrank:2+q8+ef, warm starts of shard 0 (3 columns) and shard 2 (2 columns)", 4, .trainingTask(TrainingTask(
+                round: 7, modelVersion: 6, shards: [0, 1, 2, 3], localEpochs: 5, batchSize: 10, learningRate: 0.05, codec: "lowrank:2+q8+ef", deadlineMilliseconds: 30_000,
+                warmStarts: [.init(shardIndex: 0, rank: 2, columns: 3, values: [0.6, 0, 0.8, 0, 0, 1]), .init(shardIndex: 2, rank: 2, columns: 2, values: [1, 0, 0, -1])]))),
+            ("DECLINE, version 4", 4, .decline(Decline(round: 3, reason: .trainerFailed, message: "exit status 1"))),
         ]
         var valid = messages.map { name, version, message in
             FrameVector(name: name, version: Int(version), bytes: hex(frames(message, version: version)), message: "\(message)", frameLimit: nil)
@@ -66,12 +72,20 @@ enum FrameVectorCases {
         valid.append(FrameVector(name: "MODEL_SHARD split into frames of at most 32 payload bytes (every frame but the last has the continued flag)", version: 2, bytes: hex(frames(split, version: 2, frameLimit: 32)), message: "\(split)", frameLimit: 32))
 
         let heartbeat: [UInt8] = [0, 0x10, 0xA5, 0xD4, 0xE8, 0, 0, 0]
+        var taskBuffer = ByteBuffer()
+        Message.trainingTask(TrainingTask(round: 3, modelVersion: 2, shards: [0], localEpochs: 1, batchSize: 10, learningRate: 0.1, codec: "lowrank:2+q8", deadlineMilliseconds: 60_000))
+            .encodePayload(into: &taskBuffer, version: 3)
+        let taskV3 = Array(taskBuffer.readableBytesView)
         let good = raw(type: 10, payload: heartbeat)
         let invalid: [(String, UInt8, [UInt8], ProtocolError.Code)] = [
             ("not FEDL at all", 2, Array("GET / HTTP/1.1\r\n".utf8), .badMagic),
             ("bad magic", 2, [0x46, 0x45, 0x44, 0x58] + good.dropFirst(4), .badMagic),
             ("frame version 3 on a version-2 connection", 2, raw(version: 3, type: 10, payload: heartbeat), .unsupportedVersion),
-            ("frame version 4", 3, raw(version: 4, type: 10, payload: heartbeat), .unsupportedVersion),
+            ("frame version 4 on a version-3 connection", 3, raw(version: 4, type: 10, payload: heartbeat), .unsupportedVersion),
+            ("frame version 5", 4, raw(version: 5, type: 10, payload: heartbeat), .unsupportedVersion),
+            ("TRAINING_TASK in version 4 without its warm-start count (the version-3 layout)", 4, raw(version: 4, type: 6, payload: taskV3), .malformedMessage),
+            ("TRAINING_TASK in version 4 whose warm start declares more values than follow", 4, raw(version: 4, type: 6, payload: taskV3 + [1, 0, 0, 0, 2, 0, 3, 0, 0, 0] + [UInt8](repeating: 0, count: 20)), .malformedMessage),
+            ("TRAINING_TASK in version 4 with 0x10000 x 0x10000 warm-start values declared (refused before allocating)", 4, raw(version: 4, type: 6, payload: taskV3 + [1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), .malformedMessage),
             ("frame version 0", 2, raw(version: 0, type: 10, payload: heartbeat), .unsupportedVersion),
             ("a version-1 frame on a version-2 connection", 2, raw(version: 1, type: 10, payload: heartbeat), .unsupportedVersion),
             ("payload length over the 1 MiB default limit (refused from the header alone)", 2, Array(raw(type: 10, payload: [], length: (1 << 20) + 1)), .frameTooLarge),

@@ -71,6 +71,52 @@ enum ShardVectorCases {
         ]
     }
 
+    /// Low-rank factors (index encoding 4, Protocol.md §8.6): the factors P (rows × r) then Q
+    /// (columns × r) of a shard of `count` values whose matrix has `columns` columns.
+    static var factored: [(name: String, spec: String, count: Int, columns: Int, factors: [Float])] {
+        var noise = SplitMix64(seed: 11)
+        func draw(_ n: Int, scale: Float = 1) -> [Float] { (0..<n).map { _ in Float(Double(noise.next() >> 11) * 0x1p-53 - 0.5) * scale } }
+        // Rank 3 of 8 x 8 where x̂[0][0] = 2^24·1 + 1·1 + 1·1: 16,777,218 summed in binary64,
+        // 16,777,216 if summed in binary32.
+        var ties = [Float](repeating: 0.5, count: 3 * 16)
+        ties.replaceSubrange(0..<3, with: [16_777_216, 1, 1])
+        ties.replaceSubrange(24..<27, with: [1, 1, 1])
+        return [
+            ("fp32: rank-1 factors of a 4 x 3 matrix (index encoding 4)", "lowrank:1+fp32+raw", 12, 3, [1, -0.5, 0.25, 2, 0.5, -1, 3]),
+            ("fp32: rank-3 factors whose products sum in binary64 (2^24 + 1 + 1)", "lowrank:3+fp32+raw", 64, 8, ties),
+            ("fp16: rank-2 factors of a 6 x 5 matrix", "lowrank:2+fp16+raw", 30, 5, draw(22)),
+            ("q8: rank-2 factors of a 20 x 10 matrix", "lowrank:2+q8+raw", 200, 10, draw(60, scale: 0.1)),
+            ("q4: rank-3 factors of a 40 x 30 matrix, group size 64", "lowrank:3+q4+g64+raw", 1200, 30, draw(210)),
+            ("q2: rank-1 factors of a 16 x 16 matrix, group size 8", "lowrank:1+q2+g8+raw", 256, 16, draw(32)),
+            ("sign: rank-1 factors of an 8 x 8 matrix", "lowrank:1+sign+raw", 64, 8, draw(16)),
+            ("q8: rank-5 factors of a 30 x 12 matrix, group size 32", "lowrank:5+q8+g32+raw", 360, 12, draw(210)),
+            ("q8: rank-4 factors of a 100 x 50 matrix, zlib (decoding pinned, not the bytes)", "lowrank:4+q8", 5000, 50, draw(600, scale: 0.01)),
+        ]
+    }
+
+    /// Factor-coded shards a decoder refuses, with the columns it expects (nil: it expects the
+    /// shard whole).
+    static var invalidFactors: [(name: String, count: Int, columns: Int?, encoded: [UInt8], error: String)] {
+        get throws {
+            let factors = try encodeFactorShard([1, -0.5, 0.25, 2, 0.5, -1, 3], count: 12, columns: 3, "lowrank:1+fp32+raw")
+            let body = Array(factors.dropFirst(ShardCodec.headerSize))
+            let huge = try encodeFactorShard([Float](repeating: 3e38, count: 7), count: 12, columns: 3, "lowrank:1+fp32+raw")
+            return [
+                ("low-rank factors where the receiver expects the whole shard", 12, nil, factors, "badHeader"),
+                ("low-rank factors whose columns do not divide the count", 12, 5, factors, "badHeader"),
+                ("low-rank factors of another shape (k is not r·(rows + columns))", 12, 2, factors, "badHeader"),
+                ("low-rank factors of rank 0", 12, 3, patched(factors, header: [6: 0]), "badHeader"),
+                ("low-rank factors of rank 4 for a 4 x 3 matrix (above min(rows, columns))", 12, 3, patched(factors, header: [6: 4], u32: [16: 28]), "badHeader"),
+                ("low-rank factors of rank 2 for a 4 x 3 matrix (14 values, not fewer than 12)", 12, 3, patched(factors, header: [6: 2], u32: [16: 14]), "badHeader"),
+                ("low-rank factors with the sparse flag", 12, 3, patched(factors, header: [4: 2]), "badHeader"),
+                ("a rank in the reserved bytes of a dense shard", 4, 2, patched(try encodeShard([1, 2, 3, 4], "fp32+raw"), header: [6: 1]), "badHeader"),
+                ("low-rank factors one value short", 12, 3, patched(factors, body: Array(body.dropLast(4))), "truncated"),
+                ("low-rank factors with a NaN", 12, 3, patched(factors, body: u32(0x7fc0_0000) + body.dropFirst(4)), "nonFinite"),
+                ("low-rank factors whose product overflows binary32", 12, 3, huge, "nonFinite"),
+            ]
+        }
+    }
+
     /// Rewrites a raw (uncompressed) shard's header fields and body, fixing its lengths and
     /// CRC-32 unless told not to.
     static func patched(_ shard: [UInt8], header: [Int: UInt8] = [:], u32: [Int: UInt32] = [:], body: [UInt8]? = nil, fixLengths: Bool = true) -> [UInt8] {
@@ -124,7 +170,7 @@ enum ShardVectorCases {
                 ("format version 2", 4, patched(q8, header: [2: 2]), "unsupportedVersion"),
                 ("value codec 6", 4, patched(q8, header: [3: 6]), "unknownCodec"),
                 ("unknown flag bit 3", 4, patched(q8, header: [4: 8]), "badHeader"),
-                ("index encoding 4", 4, patched(q8, header: [4: 2, 5: 4]), "badHeader"),
+                ("index encoding 5", 4, patched(q8, header: [4: 2, 5: 5]), "badHeader"),
                 ("reserved byte set", 4, patched(q8, header: [7: 1]), "badHeader"),
                 ("group size 0", 4, patched(q8, u32: [8: 0]), "badHeader"),
                 ("group size 65,537", 4, patched(q8, u32: [8: 65_537]), "badHeader"),

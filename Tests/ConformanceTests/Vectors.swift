@@ -51,6 +51,9 @@ struct ShardVector: Codable {
     /// True when the receiver holds `mask` too (an update for a pruned model): the positions
     /// are not written (index encoding 3) and a decoder must be given the mask.
     var receiverHoldsMask: Bool? = nil
+    /// A shard sent as low-rank factors (index encoding 4, Protocol.md §8.6): the columns of its
+    /// matrix, which the decoder must be given; `input` then holds the factors P then Q.
+    var columns: Int? = nil
 }
 
 /// Bytes a decoder must refuse, and the error it must refuse them with.
@@ -61,6 +64,8 @@ struct InvalidShardVector: Codable {
     var error: String
     /// The pruning mask the decoder holds, when it holds one.
     var mask: [Int]? = nil
+    /// The columns the decoder expects factors with, when it expects them.
+    var columns: Int? = nil
 }
 
 /// A whole frame (or several, for a split message) and the message it carries.
@@ -108,11 +113,23 @@ func encodeShard(_ values: [Float], _ spec: String, keeping mask: [Int]? = nil, 
     }
 }
 
-/// Decodes as a receiver holding `mask` (if any) does.
-func decodeShard(_ bytes: [UInt8], count: Int, mask: [Int]?) throws -> [Float] {
+/// Encodes the factors P then Q (`factors`) of a shard of `count` values and `columns` columns.
+func encodeFactorShard(_ factors: [Float], count: Int, columns: Int, _ spec: String) throws -> [UInt8] {
+    var generator = SplitMix64(seed: 1)
+    let parsed = try CodecSpec(parsing: spec)
+    let rows = count / columns
+    let rank = parsed.factorRank(count: count, columns: columns)!
+    precondition(factors.count == rank * (rows + columns), "factors do not match the shape")
+    return try ShardCodec.encodeFactors(p: Array(factors.prefix(rows * rank)), q: Array(factors.suffix(columns * rank)),
+                                        rows: rows, columns: columns, rank: rank, spec: parsed, generator: &generator)
+}
+
+/// Decodes as a receiver holding `mask` (if any), and expecting factors of `columns` columns
+/// (if given), does.
+func decodeShard(_ bytes: [UInt8], count: Int, mask: [Int]?, columns: Int? = nil) throws -> [Float] {
     var output = [Float](repeating: 0, count: count)
     try bytes.withUnsafeBytes { raw in
-        try output.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0, mask: mask?.map(UInt32.init)) }
+        try output.withUnsafeMutableBufferPointer { try ShardCodec.decode(raw, into: $0, mask: mask?.map(UInt32.init), columns: columns) }
     }
     return output
 }

@@ -43,9 +43,10 @@ def varint_length(indices):
     return total
 
 
-def decode(data, n_expected, mask=None):
+def decode(data, n_expected, mask=None, columns=None):
     """Returns the n decoded values as a float32 array, or raises ShardError. `mask` is the
-    pruning mask the receiver holds (ascending kept positions), if any."""
+    pruning mask the receiver holds (ascending kept positions), if any; `columns` the columns
+    of the matrix when the receiver accepts low-rank factors for this shard (section 8.6)."""
     if len(data) < 32:
         raise ShardError("truncated", "shorter than the header")
     if data[0:2] != b"FC":
@@ -58,9 +59,10 @@ def decode(data, n_expected, mask=None):
     flags, index_encoding = data[4], data[5]
     if flags & ~0b111:
         raise ShardError("badHeader", "unknown flag bits")
-    if index_encoding not in (0, 1, 2, 3):
+    if index_encoding not in (0, 1, 2, 3, 4):
         raise ShardError("badHeader", "index encoding")
-    if data[6] or data[7]:
+    rank = data[6] | data[7] << 8
+    if rank and index_encoding != 4:
         raise ShardError("badHeader", "reserved bytes")
     g, n, k, body_length, stored_length, crc = struct.unpack_from("<6I", data, 8)
     if n != n_expected:
@@ -68,13 +70,21 @@ def decode(data, n_expected, mask=None):
     if not 1 <= g <= 65536:
         raise ShardError("badHeader", "group size")
     sparse = bool(flags & 2)
-    if sparse != (index_encoding != 0):
+    if sparse != (index_encoding in (1, 2, 3)):
         raise ShardError("badHeader", "sparse flag and index encoding disagree")
-    if sparse and not 1 <= k <= n:
+    if index_encoding == 4:
+        if columns is None or columns <= 0 or n % columns:
+            raise ShardError("badHeader", "low-rank factors where the receiver expects a whole shard")
+        rows = n // columns
+        if not 1 <= rank <= min(rows, columns):
+            raise ShardError("badHeader", "rank")
+        if k != rank * (rows + columns) or k >= n:
+            raise ShardError("badHeader", "kept count of the factors")
+    elif sparse and not 1 <= k <= n:
         raise ShardError("badHeader", "kept count")
-    if not sparse and k != n:
+    if not sparse and index_encoding != 4 and k != n:
         raise ShardError("badHeader", "dense kept count")
-    index_bound = {0: 0, 1: 5 * k, 2: (n + 7) // 8, 3: 0}[index_encoding]
+    index_bound = {0: 0, 1: 5 * k, 2: (n + 7) // 8, 3: 0, 4: 0}[index_encoding]
     if body_length > index_bound + value_section_length(codec, k, g):
         raise ShardError("bodyTooLarge", "body length")
     present = len(data) - 32
@@ -159,6 +169,19 @@ def decode(data, n_expected, mask=None):
     if len(values_bytes) > expected:
         raise ShardError("trailingBytes", "after the value section")
     kept = decode_values(codec, values_bytes, k, g)
+    if index_encoding == 4:
+        # P (rows x r) then Q (columns x r), row-major; each product is exact in binary64 and
+        # the sum over t runs in binary64 from +0, in order, before one rounding to binary32.
+        p = kept[:rows * rank].astype(np.float64).reshape(rows, rank)
+        q = kept[rows * rank:].astype(np.float64).reshape(columns, rank)
+        total = np.zeros((rows, columns), dtype=np.float64)
+        for t in range(rank):
+            total = total + p[:, t:t + 1] * q[:, t][None, :]
+        with np.errstate(over="ignore"):
+            narrow = total.astype(np.float32).reshape(n)
+        if not np.isfinite(narrow).all():
+            raise ShardError("nonFinite", "the factors' product overflows binary32")
+        return narrow
     if not sparse:
         return kept
     out = np.zeros(n, dtype=np.float32)
@@ -219,7 +242,7 @@ def main(path):
     for vector in vectors["shards"]:
         try:
             holds = vector.get("receiver_holds_mask", False)
-            values = decode(bytes.fromhex(vector["encoded"]), vector["count"], vector.get("mask") if holds else None)
+            values = decode(bytes.fromhex(vector["encoded"]), vector["count"], vector.get("mask") if holds else None, vector.get("columns"))
         except ShardError as error:
             failures.append(f"{vector['name']}: refused: {error}")
             continue
@@ -230,7 +253,7 @@ def main(path):
             failures.append(f"{vector['name']}: SHA-256 differs")
     for vector in vectors["invalid_shards"]:
         try:
-            decode(bytes.fromhex(vector["encoded"]), vector["count"], vector.get("mask"))
+            decode(bytes.fromhex(vector["encoded"]), vector["count"], vector.get("mask"), vector.get("columns"))
             failures.append(f"{vector['name']}: accepted, expected {vector['error']}")
         except ShardError as error:
             if error.code != vector["error"]:

@@ -77,6 +77,14 @@ def parse(kind, payload, version):
         f += [("I", r.u32()), ("I", r.u32())]
         k = r.u16(); f += [("H", k)] + [("H", r.u16()) for _ in range(k)]
         f += [("H", r.u16()), ("H", r.u16()), ("raw", r.take(4)), ("s", r.str_()), ("I", r.u32())]
+        if version >= 4:
+            # Warm starts (section 8.6): shard, rank, columns, then columns x rank binary32.
+            m = r.u16(); f += [("H", m)]
+            for _ in range(m):
+                shard, rank, columns = r.u16(), r.u16(), r.u32()
+                if columns * rank * 4 > len(payload) - r.at:
+                    raise Refused(6, "warm start declares more values than follow")
+                f += [("H", shard), ("H", rank), ("I", columns), ("raw", r.take(columns * rank * 4))]
     elif kind == 7:
         f += [("I", r.u32()), ("I", r.u32()), ("I", r.u32()), ("raw", r.take(4))]
         k = r.u16(); f += [("H", k)]
@@ -130,7 +138,7 @@ def read(data, version, frame_limit=MAX_FRAME):
         if len(data) - at < 16:
             raise Refused(6, "frame cut short")
         v, kind, flags, length, crc = struct.unpack_from("<BBHII", data, at + 4)
-        if v not in (1, 2, 3) or v != version:
+        if v not in (1, 2, 3, 4) or v != version:
             raise Refused(2, f"frame version {v}")
         if flags & ~1:
             raise Refused(16 if version >= 2 else 6, "unknown flag bits")

@@ -1,4 +1,5 @@
 import FedCodec
+import FedModel
 import FedProtocol
 import Foundation
 import NIOCore
@@ -124,5 +125,42 @@ import Testing
             Issue.record("a client listing q8 and topk was refused")
             return
         }
+    }
+
+    /// A low-rank codec's warm starts travel only in version 4: a client must list `lowrank`
+    /// and speak version 4; one that does is welcomed and its task carries the warm starts.
+    @Test func aLowRankCodecNeedsVersionFourAndItsName() async throws {
+        var config = configuration(clients: 1, perRound: 1, rounds: 1)
+        config.uplinkCodec = try CodecSpec(parsing: "lowrank:2+q8+ef")
+        let deployment = try await Deployment.start(config)
+        defer { deployment.run.cancel() }
+        for (codecs, versions) in [(["q8"], [UInt8(4)]), (["q8", "topk"], [4]), (["q8", "lowrank"], [1, 2, 3])] {
+            let peer = try await FramedPeer.connect(port: deployment.port)
+            guard case .error(let code, let message)? = try await peer.authenticate(id: "device-0", secret: "secret-0", versions: versions, codecs: codecs) else {
+                Issue.record("a client listing \(codecs) at versions \(versions) was not refused")
+                continue
+            }
+            #expect(code == ProtocolError.Code.unsupportedCodec.rawValue, "\(codecs) \(versions): \(message)")
+        }
+        let peer = try await FramedPeer.connect(port: deployment.port)
+        guard case .welcome? = try await peer.authenticate(id: "device-0", secret: "secret-0", versions: [3, 4], codecs: ["q8", "lowrank"]) else {
+            Issue.record("a version-4 client listing q8 and lowrank was refused")
+            return
+        }
+        while let message = try await peer.reader.next() {
+            guard case .trainingTask(let task) = message else { continue }
+            // Every weight matrix that rank-2 factors shrink, each with an orthonormal
+            // columns x 2 warm start.
+            let layout = try Network(config.model).layout
+            let factored = layout.tensors.filter { $0.columns != nil && config.uplinkCodec.factorRank(count: $0.count, columns: $0.columns) != nil }
+            #expect(task.warmStarts.map(\.shardIndex) == factored.map { UInt16($0.index) } && !factored.isEmpty)
+            for start in task.warmStarts {
+                #expect(start.rank == 2 && Int(start.columns) == layout.tensors[Int(start.shardIndex)].columns && start.values.count == 2 * Int(start.columns))
+                let norm = (0..<Int(start.columns)).reduce(Float(0)) { $0 + start.values[$1 * 2] * start.values[$1 * 2] }
+                #expect(abs(norm - 1) < 1e-4)
+            }
+            return
+        }
+        Issue.record("no TRAINING_TASK arrived")
     }
 }

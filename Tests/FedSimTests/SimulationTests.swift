@@ -154,10 +154,12 @@ enum SmallMNIST {
         #expect { try SimulationConfiguration.parse("\(key) = \"\(value)\"", source: "s.toml") } throws: { "\($0)".hasPrefix("s.toml: " + key + ":") }
     }
 
-    @Test func tcpTransportMatchesMemoryTransport() async throws {
-        let memory = try Simulation(configuration: configuration { $0.rounds = 3 }, train: SmallMNIST.train, test: SmallMNIST.test)
+    /// Also with low-rank factors, whose warm starts travel in every TRAINING_TASK (version 4).
+    @Test(arguments: ["fp32+raw", "lowrank:2+q8+ef"]) func tcpTransportMatchesMemoryTransport(codec: String) async throws {
+        let spec = try CodecSpec(parsing: codec)
+        let memory = try Simulation(configuration: configuration { $0.rounds = 3; $0.codec = spec }, train: SmallMNIST.train, test: SmallMNIST.test)
         let viaMemory = try memory.run()
-        let tcp = try Simulation(configuration: configuration { $0.rounds = 3; $0.transport = .tcp }, train: SmallMNIST.train, test: SmallMNIST.test)
+        let tcp = try Simulation(configuration: configuration { $0.rounds = 3; $0.codec = spec; $0.transport = .tcp }, train: SmallMNIST.train, test: SmallMNIST.test)
         let viaTCP = try await tcp.runOverTCP()
         #expect(viaTCP.rounds.count == 3)
         for (a, b) in zip(viaMemory.rounds, viaTCP.rounds) {
