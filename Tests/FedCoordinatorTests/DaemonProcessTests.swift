@@ -25,7 +25,9 @@ import Testing
         return process
     }
 
-    @Test func coordinatorAndTwoClientProcessesTrainThreeRounds() async throws {
+    /// Also with low-rank factors, which need protocol version 4 and the coordinator's warm
+    /// starts in every task.
+    @Test(arguments: ["topk:0.1+q8+ef", "lowrank:4+q8+ef"]) func coordinatorAndTwoClientProcessesTrainThreeRounds(codec: String) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fedproc-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -36,7 +38,7 @@ import Testing
             min_clients = 2
             clients_per_round = 2
             over_selection = 1.0
-            codec = "topk:0.1+q8+ef"
+            codec = "\(codec)"
             test_data = "\(repositoryRoot.path)/Simulations/data/mnist"
             [clients]
             a = "\(testPublicKey("secret-a"))"
