@@ -3,7 +3,7 @@
 # MNIST 2NN, McMahan's IID and non-IID scenarios: per codec, bytes of one update, the ratio to
 # float32 (fp32+raw), and the median over seeds of the test accuracy at the last round (with
 # its change against fp32+raw on the same seeds) and of the rounds to 97%. Prints a Markdown
-# table; reports land in reports/lowrank/.
+# table and draws reports/lowrank/uplink-accuracy-vs-bytes.svg; reports land in reports/lowrank/.
 # Usage: Simulations/lowrank-table.sh [rounds] [seeds] [codec ...]
 #   e.g. Simulations/lowrank-table.sh 200 "1 2 3" lowrank:1+q8+ef lowrank:4+q8+ef
 set -euo pipefail
@@ -55,3 +55,5 @@ for codec in codecs:
         row += [f"{accuracy * 100:.2f}% ({(accuracy - dense[scenario]) * 100:+.2f})", f"{rounds_to:g}" if rounds_to else "-"]
     print("| " + " | ".join(row) + " |")
 PY
+# The plot beside pruning's runs (Simulations/pruning-table.sh), where those exist.
+python3 Simulations/uplink_plot.py
