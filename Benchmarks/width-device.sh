@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # The device side of width classes (HeteroFL) with the real processes: one fedcoord with
 # widths = [0.25, 0.5, 1] and three fedclient processes whose memory budgets fit a quarter,
-# half and the whole MNIST 2NN, each holding 6,000 training examples (E = 1, B = 10). Prints
-# each device's width, the model it was given, its peak resident memory (GNU time) and its
-# median seconds from task to update (the coordinator's record). Runs in a temporary directory.
-# Usage: Benchmarks/width-device.sh [rounds]
+# half and the whole MNIST 2NN (or CNN), each holding 6,000 training examples (E = 1, B = 10).
+# Prints each device's width, the model it was given, its peak resident memory (GNU time) and
+# its median seconds from task to update (the coordinator's record). Runs in a temporary
+# directory.
+# Usage: Benchmarks/width-device.sh [rounds] [2nn|cnn]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-10}
+model=${2:-2nn}
+# Budgets: 16 bytes per parameter of the width's sub-model, and none (the whole model). The
+# sub-models' parameters: fedsim --widths 0.25,0.5,1 prints them (WidthTests checks the 2NN's).
+case "$model" in
+    2nn) quarter=42310; half=89610 ;;
+    cnn) quarter=105194; half=417482 ;;
+    *) echo "width-device.sh: model must be 2nn or cnn, got $model" >&2; exit 1 ;;
+esac
 swift build -c release --product fedcoord >/dev/null
 swift build -c release --product fedclient >/dev/null
 bin=$PWD/.build/release
@@ -15,7 +24,7 @@ dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 cat > "$dir/coordinator.toml" <<EOF
 port = 0
-model = "2nn"
+model = "$model"
 rounds = $rounds
 min_clients = 3
 clients_per_round = 3
@@ -26,9 +35,7 @@ widths = [0.25, 0.5, 1]
 database = "run.sqlite"
 test_data = "$PWD/Simulations/data/mnist"
 EOF
-# Budgets: 16 bytes per parameter of the width's sub-model (quarter 42,310, half 89,610), and
-# none (the whole model).
-declare -A budget=([quarter]=$((16 * 42310)) [half]=$((16 * 89610)) [full]=0)
+declare -A budget=([quarter]=$((16 * quarter)) [half]=$((16 * half)) [full]=0)
 declare -A range=([quarter]="0..<6000" [half]="6000..<12000" [full]="12000..<18000")
 for id in quarter half full; do
     secret=$("$bin/fedcoord" clients add "$id" --db "$dir/run.sqlite" 2>/dev/null | sed -n 's/^secret = //p')
