@@ -22,9 +22,9 @@ def log_x_plot(path, title, x_label, curves, x_unit=1000, x_suffix=" KB"):
             if x0 <= math.log10(v) <= x1:
                 svg.append(f'<line x1="{X(v):.1f}" y1="{top}" x2="{X(v):.1f}" y2="{height - bottom}" stroke="#eee"/>')
                 svg.append(f'<text x="{X(v):.1f}" y="{height - bottom + 16}" text-anchor="middle">{v / x_unit:g}{x_suffix}</text>')
-    steps = 5
-    for i in range(steps + 1):
-        v = y0 + (y1 - y0) * i / steps
+    step = next(s for s in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2) if (y1 - y0) / s <= 6)
+    for i in range(math.ceil(y0 / step - 1e-9), math.floor(y1 / step + 1e-9) + 1):
+        v = i * step
         svg.append(f'<line x1="{left}" y1="{Y(v):.1f}" x2="{width - right}" y2="{Y(v):.1f}" stroke="#eee"/>')
         svg.append(f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.1%}</text>')
     svg.append(f'<text x="{(left + width - right) / 2}" y="{height - 10}" text-anchor="middle">{x_label}</text>')
