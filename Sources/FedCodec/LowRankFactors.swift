@@ -25,7 +25,7 @@ public enum LowRankFactors {
         precondition(m.count == rows * columns && q0.count == columns * r, "factor shapes do not match")
         var p = multiply(m, rows: rows, columns: columns, by: q0.map(Double.init), rank: r)
         orthonormalize(&p, rows: rows, rank: r)
-        var q = multiplyTransposed(m, rows: rows, columns: columns, by: p, rank: r)
+        var q = multiply(m, rows: rows, columns: columns, by: p, rank: r, transposed: true)
         for t in 0..<r {
             let scale = norm(q, rows: columns, rank: r, column: t).squareRoot()
             guard scale > 0, scale.isFinite else { continue }
@@ -41,7 +41,7 @@ public enum LowRankFactors {
         precondition(delta.count == rows * columns && q0.count == columns * r, "factor shapes do not match")
         var p = multiply(delta, rows: rows, columns: columns, by: q0.map(Double.init), rank: r)
         orthonormalize(&p, rows: rows, rank: r)
-        var q = multiplyTransposed(delta, rows: rows, columns: columns, by: p, rank: r)
+        var q = multiply(delta, rows: rows, columns: columns, by: p, rank: r, transposed: true)
         orthonormalize(&q, rows: columns, rank: r)
         for t in 0..<r where (0..<columns).allSatisfy({ q[$0 * r + t] == 0 }) {
             for j in 0..<columns { q[j * r + t] = Double(q0[j * r + t]) }
@@ -61,35 +61,17 @@ public enum LowRankFactors {
         return q.map { Float($0) }
     }
 
-    /// m (rows × columns) · b (columns × r).
-    static func multiply(_ m: UnsafeBufferPointer<Float>, rows: Int, columns: Int, by b: [Double], rank r: Int) -> [Double] {
-        var out = [Double](repeating: 0, count: rows * r)
+    /// m (rows × columns) · b (columns × r), or with `transposed` mᵀ (columns × rows) · b (rows × r).
+    static func multiply(_ m: UnsafeBufferPointer<Float>, rows: Int, columns: Int, by b: [Double], rank r: Int, transposed: Bool = false) -> [Double] {
+        var out = [Double](repeating: 0, count: (transposed ? columns : rows) * r)
         b.withUnsafeBufferPointer { b in
             out.withUnsafeMutableBufferPointer { out in
                 for i in 0..<rows {
-                    let row = i * columns, target = i * r
                     for j in 0..<columns {
-                        let x = Double(m[row + j])
+                        let x = Double(m[i * columns + j])
                         if x == 0 { continue }
-                        for t in 0..<r { out[target + t] += x * b[j * r + t] }
-                    }
-                }
-            }
-        }
-        return out
-    }
-
-    /// mᵀ (columns × rows) · p (rows × r).
-    static func multiplyTransposed(_ m: UnsafeBufferPointer<Float>, rows: Int, columns: Int, by p: [Double], rank r: Int) -> [Double] {
-        var out = [Double](repeating: 0, count: columns * r)
-        p.withUnsafeBufferPointer { p in
-            out.withUnsafeMutableBufferPointer { out in
-                for i in 0..<rows {
-                    let row = i * columns, source = i * r
-                    for j in 0..<columns {
-                        let x = Double(m[row + j])
-                        if x == 0 { continue }
-                        for t in 0..<r { out[j * r + t] += x * p[source + t] }
+                        let (target, source) = transposed ? (j * r, i * r) : (i * r, j * r)
+                        for t in 0..<r { out[target + t] += x * b[source + t] }
                     }
                 }
             }
