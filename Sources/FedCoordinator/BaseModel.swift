@@ -94,7 +94,8 @@ public struct BaseModel: Sendable {
         for tensor in network.layout.tensors {
             if let found = source.tensor(named: tensor.name), found.shape == tensor.shape {
                 parameters.replaceSubrange(tensor.range, with: self.parameters[found.range])
-            } else if !tensor.trainable {
+            } else if !tensor.trainable, !LowRankAdapter.isAdapterTensor(tensor.name) {
+                // (A frozen adapter factor, FFA-LoRA's A, keeps its seeded start.)
                 let why = source.tensor(named: tensor.name).map { "\(tensor.name) has shape \($0.shape), the model needs \(tensor.shape)" } ?? "has no tensor \(tensor.name)"
                 throw ModelError("base_model \(path): \(why); with low-rank adapters every other tensor is frozen at the base model's values")
             } else {

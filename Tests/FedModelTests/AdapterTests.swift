@@ -37,6 +37,22 @@ import Testing
         #expect(plain.layout.trainableIndices == Array(0..<6))
     }
 
+    /// FFA-LoRA (`:ffaR`): A is frozen under its own name, so only B trains and travels.
+    @Test func frozenAAdaptersTrainOnlyB() throws {
+        #expect(try LayerSpec(parsing: "dense:200:FFA4") == .adapted(.dense(outputs: 200), rank: 4, freezesA: true))
+        #expect(try LayerSpec(parsing: "conv3x3:8:ffa2").description == "conv3x3:8:ffa2")
+        for bad in ["dense:10:ffa0", "dense:10:ffa", "relu:ffa2"] {
+            #expect(throws: ModelError.self, "\(bad)") { try LayerSpec(parsing: bad) }
+        }
+        let network = try Network(ModelSpec(wireDescription: "784|10|dense:200:ffa4,relu,dense:200:ffa4,relu,dense:10:lora2"))
+        #expect(network.layout.tensors.filter(\.trainable).map(\.name) == ["dense1.lora_b", "dense2.lora_b", "dense3.lora_a", "dense3.lora_b"])
+        #expect(network.layout.tensor(named: "dense1.ffa_a")?.shape == [784, 4] && network.layout.tensor(named: "dense1.ffa_a")?.trainable == false)
+        // A starts random (B at zero), as LoRA's.
+        let parameters = network.initialParameters(seed: 2)
+        #expect(parameters[network.layout.tensor(named: "dense1.ffa_a")!.range].contains { $0 != 0 })
+        #expect(parameters[network.layout.tensor(named: "dense1.lora_b")!.range].allSatisfy { $0 == 0 })
+    }
+
     /// B starts at zero, so the adapted model computes exactly what its base does.
     @Test func startsAsItsBase() throws {
         let network = try Network(ModelSpec(wireDescription: Self.adapted2NN))

@@ -84,6 +84,28 @@ import Testing
         #expect(first > fromScratch + 0.2 && report.rounds.last!.testMetric! > first, "adapted \(report.rounds.map(\.testMetric)), scratch round 1 \(fromScratch)")
     }
 
+    /// FFA-LoRA: A stays at its random start bit for bit, B trains, and an update carries the
+    /// Bs only, so it is smaller than LoRA's at the same rank.
+    @Test func frozenAAdaptersSendOnlyB() throws {
+        let ffa = ["dense:200:ffa2", "relu", "dense:200:ffa2", "relu", "dense:10:ffa2"]
+        let c = configuration { $0.layers = ffa; $0.input = [784]; $0.classes = 10; $0.baseModel = Self.base.file.path }
+        let simulation = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
+        let initial = simulation.global
+        let report = try simulation.run()
+        let layout = simulation.network.layout
+        for tensor in layout.tensors where tensor.name.hasSuffix("ffa_a") {
+            #expect(!tensor.trainable && simulation.global[tensor.range] == initial[tensor.range], "\(tensor.name) stays as drawn")
+        }
+        for tensor in layout.tensors where tensor.name.hasSuffix("lora_b") {
+            #expect(tensor.trainable && simulation.global[tensor.range].contains { $0 != 0 }, "\(tensor.name) has trained")
+        }
+        let lora = try Simulation(configuration: configuration { $0.layers = Self.adapted; $0.input = [784]; $0.classes = 10; $0.baseModel = Self.base.file.path },
+                                  train: SmallMNIST.train, test: SmallMNIST.test).run()
+        // B is 2·200 + 2·200 + 2·10 values against LoRA's A and B: (784 + 200 + 200 + 200 + 200 + 10)·2.
+        #expect(report.rounds[0].uplinkBytes * 3 < lora.rounds[0].uplinkBytes, "FFA \(report.rounds[0].uplinkBytes), LoRA \(lora.rounds[0].uplinkBytes)")
+        #expect(report.rounds.last!.testMetric! > report.rounds[0].testMetric! - 0.02)
+    }
+
     /// The coordinator sends tasks for the adapters only and the daemons train them: the same
     /// rounds as the in-memory transport. The daemons keep their shards (`keeps-shards`), so
     /// the frozen base goes down once: from the second round on only the adapters travel.

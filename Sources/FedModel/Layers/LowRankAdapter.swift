@@ -8,6 +8,11 @@
 /// (``ParameterTensor/trainable``). A starts uniform in ±1/√K like the base layer's weight and B
 /// at zero, so the adapted model starts as the base model.
 ///
+/// With `freezesA` (FFA-LoRA, Sun et al. 2024; `dense:N:ffaR`) A keeps its random start and is
+/// frozen too (its tensor is `ffa_a`), so only B trains and travels: half the adapter's bytes
+/// for a dense layer, and the server's mean of the Bs is the mean of the products A·B, which
+/// averaging A and B separately is not.
+///
 /// The forward pass merges W + A·B into scratch and runs the base layer on it; the backward pass
 /// runs the base layer's backward (which gives ∂W, the gradient of the merged weight) and
 /// projects it: ∂A = ∂W·Bᵀ, ∂B = Aᵀ·∂W. The base weight's and bias's gradients are written too,
@@ -15,16 +20,18 @@
 public struct LowRankAdapter: Layer {
     public let base: any Layer
     public let rank: Int
+    public let freezesA: Bool
     /// Rows of the weight seen as a matrix (`in`, or `k·k·in`), and its columns.
     let rows: Int
     let columns: Int
 
-    public init(base: any Layer, rank: Int) {
+    public init(base: any Layer, rank: Int, freezesA: Bool = false) {
         let shapes = base.parameterShapes
         precondition(shapes.count == 2 && shapes[0].name == "weight" && shapes[1].name == "bias", "adapters wrap a layer with a weight and a bias")
         precondition(rank > 0, "adapter rank must be positive")
         self.base = base
         self.rank = rank
+        self.freezesA = freezesA
         columns = shapes[1].shape[0]
         rows = shapes[0].shape.reduce(1, *) / columns
     }
@@ -32,9 +39,19 @@ public struct LowRankAdapter: Layer {
     public var inputShape: TensorShape { base.inputShape }
     public var outputShape: TensorShape { base.outputShape }
     public var parameterShapes: [(name: String, shape: [Int])] {
-        base.parameterShapes + [("lora_a", [rows, rank]), ("lora_b", [rank, columns])]
+        base.parameterShapes + [(freezesA ? "ffa_a" : "lora_a", [rows, rank]), ("lora_b", [rank, columns])]
     }
-    public var description: String { "\(base)+LoRA(r=\(rank))" }
+    public var description: String { "\(base)+\(freezesA ? "FFA-LoRA" : "LoRA")(r=\(rank))" }
+
+    /// Whether a parameter of a model with adapters trains: the adapters' A (unless frozen, FFA)
+    /// and B; every base weight and bias is frozen.
+    public static func trains(_ parameterName: String) -> Bool { parameterName.hasPrefix("lora_") }
+
+    /// Whether a layout's tensor (`dense1.ffa_a`) belongs to an adapter rather than to its base.
+    public static func isAdapterTensor(_ tensorName: String) -> Bool {
+        let parameter = tensorName.split(separator: ".").last ?? ""
+        return parameter.hasPrefix("lora_") || parameter.hasPrefix("ffa_")
+    }
 
     var baseCount: Int { rows * columns + columns }
 

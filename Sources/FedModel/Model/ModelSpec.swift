@@ -20,8 +20,9 @@ public indirect enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
     case groupNorm(groups: Int)
     case flatten
     /// A dense or convolution layer with a trainable rank-r adapter (``LowRankAdapter``):
-    /// `dense:N:loraR`, `convKxK:C[:sS]:loraR`.
-    case adapted(LayerSpec, rank: Int)
+    /// `dense:N:loraR`, `convKxK:C[:sS]:loraR`; with `freezesA` (`:ffaR`, FFA-LoRA, Sun et al.
+    /// 2024) the adapter's A stays at its random start and only B trains.
+    case adapted(LayerSpec, rank: Int, freezesA: Bool = false)
 
     /// Parses one layer string; throws ``ModelError`` naming the string when it is not understood.
     public init(parsing text: String) throws {
@@ -45,16 +46,16 @@ public indirect enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
             }
             return value
         }
-        if let colon = lowered.lastIndex(of: ":"), lowered[lowered.index(after: colon)...].hasPrefix("lora") {
-            let rankText = lowered[lowered.index(after: colon)...].dropFirst(4)
+        if let colon = lowered.lastIndex(of: ":"), let kind = ["lora", "ffa"].first(where: { lowered[lowered.index(after: colon)...].hasPrefix($0) }) {
+            let rankText = lowered[lowered.index(after: colon)...].dropFirst(kind.count)
             let base = try LayerSpec(parsing: String(lowered[..<colon]))
             switch base {
-            case .dense, .conv: self = .adapted(base, rank: try positive(rankText))
-            default: throw ModelError("bad layer \"\(text)\": only dense and convolution layers take an adapter (dense:N:loraR, convKxK:C:loraR)")
+            case .dense, .conv: self = .adapted(base, rank: try positive(rankText), freezesA: kind == "ffa")
+            default: throw ModelError("bad layer \"\(text)\": only dense and convolution layers take an adapter (dense:N:loraR or :ffaR, convKxK:C:loraR)")
             }
             return
         }
-        let expected = "expected dense:N, relu, convKxK:C[:sS], dwconvKxK[:sS], maxpool2, avgpool2, globalavgpool, groupnorm:G, dropout:P, embedding:V:D, gru:H or flatten, and dense or conv layers with :loraR"
+        let expected = "expected dense:N, relu, convKxK:C[:sS], dwconvKxK[:sS], maxpool2, avgpool2, globalavgpool, groupnorm:G, dropout:P, embedding:V:D, gru:H or flatten, and dense or conv layers with :loraR or :ffaR"
         switch lowered {
         case "relu": self = .relu
         case "maxpool2", "maxpool": self = .maxPool
@@ -109,7 +110,7 @@ public indirect enum LayerSpec: Hashable, Sendable, CustomStringConvertible {
         case .globalAvgPool: "globalavgpool"
         case .groupNorm(let g): "groupnorm:\(g)"
         case .flatten: "flatten"
-        case .adapted(let base, let rank): "\(base):lora\(rank)"
+        case .adapted(let base, let rank, let freezesA): "\(base):\(freezesA ? "ffa" : "lora")\(rank)"
         }
     }
 }

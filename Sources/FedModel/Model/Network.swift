@@ -83,9 +83,9 @@ public final class Network: Sendable {
             case .flatten:
                 layer = Flatten(shape: shape)
                 kind = "flatten"
-            case .adapted(let baseSpec, let rank):
+            case .adapted(let baseSpec, let rank, let freezesA):
                 let base = try build(baseSpec, shape)
-                layer = LowRankAdapter(base: base.layer, rank: rank)
+                layer = LowRankAdapter(base: base.layer, rank: rank, freezesA: freezesA)
                 kind = base.kind
             }
             return (layer, kind)
@@ -98,7 +98,7 @@ public final class Network: Sendable {
             offsets.append(layout.parameterCount)
             for parameter in layer.parameterShapes {
                 layout.append(name: "\(kind)\(counters[kind]!).\(parameter.name)", shape: parameter.shape,
-                              trainable: !adapters || parameter.name.hasPrefix("lora_"))
+                              trainable: !adapters || LowRankAdapter.trains(parameter.name))
             }
             layers.append(layer)
             shape = layer.outputShape
