@@ -6,7 +6,8 @@ rounds, seeds = int(sys.argv[1]), int(sys.argv[2])
 OUT = "reports/transfer"
 TASKS = [("digits", "MNIST digits 0-4 → 5-9", 0.97), ("fmnist", "MNIST → Fashion-MNIST", 0.85)]
 SETTINGS = [("scratch", "from scratch", 199_210), ("full", "full fine-tuning", 199_210),
-            ("lora1", "LoRA r = 1", 1_594), ("lora4", "LoRA r = 4", 6_376), ("lora16", "LoRA r = 16", 25_504)]
+            ("lora1", "LoRA r = 1", 1_594), ("lora4", "LoRA r = 4", 6_376), ("lora16", "LoRA r = 16", 25_504),
+            ("ffa16", "FFA-LoRA r = 16", 6_560)]
 UPDATE32 = 797_032  # an fp32+raw 2NN update: the weights and six 32-byte shard headers
 early = min(20, rounds)
 
