@@ -22,7 +22,12 @@ extension Simulation {
         coordinator.model = network.spec
         coordinator.rounds = c.rounds
         coordinator.targetMetric = c.stopAtTarget ? c.targetMetric : 0
-        coordinator.minimumClients = c.clients
+        // A device of a width-0 class never connects; the others declare their class's budget.
+        let takingPart = (0..<c.clients).filter { widthClasses.isEmpty || c.widths[widthClasses[$0]] > 0 }
+        coordinator.minimumClients = takingPart.count
+        // Width classes give the coordinator sub-models; frozen shards leave it without, so each
+        // budget picks the shards its device trains, as fedcoord does.
+        if !c.frozenShards { coordinator.widths = c.widths.filter { $0 > 0 } }
         coordinator.clientsPerRound = c.clientsPerRound
         coordinator.overSelection = 1
         coordinator.minimumUpdates = c.clientsPerRound
@@ -56,8 +61,10 @@ extension Simulation {
         }) }
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next() else { throw CancellationError() }
-        let daemons = ids.enumerated().map { index, id in
+        let daemons = try takingPart.map { index in
+            let id = ids[index]
             var client = ClientConfiguration(clientID: id, secret: secrets[index], data: DatasetSlice(dataset: trainData, indices: clientIndices[index]))
+            client.memoryBudget = try memoryBudget(client: index)
             client.port = port
             client.seed = c.seed
             client.seedStream = UInt64(index)
@@ -76,7 +83,16 @@ extension Simulation {
         for daemon in daemons { await daemon.stop() }
         for task in clientTasks { await task.value }
         let history = try outcome.get()
-        return reportOverTCP(history.map(RoundRecord.init(round:)))
+        guard !widthClasses.isEmpty else { return reportOverTCP(history.map(RoundRecord.init(round:))) }
+        // Each class's delivered updates, from who delivered them.
+        var delivered = Array(repeating: 0, count: c.widths.count)
+        let index = Dictionary(uniqueKeysWithValues: ids.enumerated().map { ($1, $0) })
+        for round in history {
+            for participation in round.participations where participation.state == .accepted {
+                if let client = index[participation.client] { delivered[widthClasses[client]] += 1 }
+            }
+        }
+        return reportOverTCP(history.map(RoundRecord.init(round:)), global: await server.global, widthUpdates: delivered)
     }
 }
 

@@ -472,9 +472,24 @@ public final class Simulation {
     public var report: SimulationReport { makeReport(records) }
 
     /// The report of rounds run through the TCP transport.
-    func reportOverTCP(_ rounds: [RoundRecord]) -> SimulationReport { makeReport(rounds) }
+    /// The report of a run over TCP: its rounds, and with width classes the coordinator's final
+    /// model and each class's delivered updates.
+    func reportOverTCP(_ rounds: [RoundRecord], global: [Float]? = nil, widthUpdates: [Int]? = nil) -> SimulationReport {
+        makeReport(rounds, global: global, widthUpdates: widthUpdates)
+    }
 
-    private func makeReport(_ records: [RoundRecord]) -> SimulationReport {
+    /// Each client's memory budget as fedclient declares it in HELLO: with width classes, the
+    /// budget at which its class's width just fits (16 bytes per parameter of the sub-model,
+    /// Protocol.md section 6), none (0) at full width.
+    func memoryBudget(client: Int) throws -> UInt64 {
+        guard !widthClasses.isEmpty else { return 0 }
+        let width = configuration.widths[widthClasses[client]]
+        guard width > 0, width < 1 else { return 0 }
+        return UInt64(16 * (try SubModel(of: network, fraction: width)).network.parameterCount)
+    }
+
+    private func makeReport(_ records: [RoundRecord], global: [Float]? = nil, widthUpdates: [Int]? = nil) -> SimulationReport {
+        let global = global ?? engine.global
         let metric = network.spec.loss.metric
         let values = records.compactMap(\.testMetric)
         let target = configuration.targetMetric > 0 ? configuration.targetMetric : nil
@@ -492,14 +507,14 @@ public final class Simulation {
             simulatedSeconds: configuration.devices.hasClock ? records.reduce(0) { $0 + ($1.simulatedSeconds ?? 0) } : nil,
             metric: metric)
         if !subModels.isEmpty {
-            let delivered = widthUpdates
+            let delivered = widthUpdates ?? self.widthUpdates
             summary.widths = zip(configuration.widths, subModels).enumerated().filter { $0.element.0 > 0 }.map { k, pair in
                 let (width, sub) = pair
                 let value: Double
                 if let sub {
-                    value = Evaluator(network: sub.network, threads: configuration.effectiveThreads).evaluate(sub.gather(engine.global), on: testData.all).value
+                    value = Evaluator(network: sub.network, threads: configuration.effectiveThreads).evaluate(sub.gather(global), on: testData.all).value
                 } else {
-                    value = records.last?.testMetric ?? Evaluator(network: network, threads: configuration.effectiveThreads).evaluate(engine.global, on: testData.all).value
+                    value = records.last?.testMetric ?? Evaluator(network: network, threads: configuration.effectiveThreads).evaluate(global, on: testData.all).value
                 }
                 var result = SimulationSummary.WidthResult(width: width, parameters: sub?.network.parameterCount ?? network.parameterCount, metric: value, updates: delivered[k])
                 if !frozenShardClasses.isEmpty {

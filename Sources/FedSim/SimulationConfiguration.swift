@@ -442,7 +442,7 @@ extension SimulationConfiguration {
         if pruning != nil { other.append("pruning") }
         if svdRank > 0 { other.append("svd_rank") }
         if attackers > 0 { other.append("attackers") }
-        if transport == .tcp { other.append("transport tcp (the protocol does not carry sub-models yet)") }
+        if transport == .tcp, orderedDropout { other.append("transport tcp with ordered_dropout (fedclient trains at its own width only)") }
         if !distillStudents.isEmpty { other.append("distill") }
         if devices.overSelection > 1 || devices.roundDeadline > 0 { other.append("over_selection and round_deadline") }
         if baseModel != nil { other.append("base_model") }

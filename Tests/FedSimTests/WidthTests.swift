@@ -119,6 +119,25 @@ import Testing
         #expect(try SimulationConfiguration.parse("frozen_shards = true", source: "t.toml").frozenShards)
     }
 
+    /// Over TCP the real coordinator and client daemons run the same classes: each daemon
+    /// declares its class's budget in HELLO, so the coordinator gives it that sub-model (or, with
+    /// frozen shards, those shards), and a width-0 device never connects. The same clients
+    /// deliver the same bytes as in memory, and the accuracy at each width agrees.
+    @Test(arguments: [false, true]) func overTCPTheClassesMatchTheMemoryTransport(frozenShards: Bool) async throws {
+        let c = configuration { $0.widths = [0, 0.25, 0.5, 1]; $0.widthShares = [0.2, 0.3, 0.2, 0.3]; $0.frozenShards = frozenShards; $0.rounds = 2 }
+        let memory = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test).run()
+        var overTCP = c
+        overTCP.transport = .tcp
+        let tcp = try await Simulation(configuration: overTCP, train: SmallMNIST.train, test: SmallMNIST.test).runOverTCP()
+        #expect(tcp.summary.widths.map(\.width) == [0.25, 0.5, 1])
+        #expect(memory.summary.widths.map(\.updates) == tcp.summary.widths.map(\.updates))
+        #expect(tcp.summary.widths.reduce(0) { $0 + $1.updates } == 2 * 10)
+        #expect(memory.rounds[0].uplinkBytes == tcp.rounds[0].uplinkBytes, "memory \(memory.rounds[0].uplinkBytes), tcp \(tcp.rounds[0].uplinkBytes)")
+        for (a, b) in zip(memory.summary.widths, tcp.summary.widths) {
+            #expect(abs(a.metric - b.metric) < 0.02, "width \(a.width): memory \(a.metric), tcp \(b.metric)")
+        }
+    }
+
     @Test func badWidthClassesAreNamed() throws {
         let cases: [((inout SimulationConfiguration) -> Void, String)] = [
             ({ $0.widths = [0.5, 1]; $0.widthShares = [1] }, "one entry per device class"),
@@ -127,7 +146,7 @@ import Testing
             ({ $0.widths = [0]; $0.widthShares = [1] }, "(0, 1]"),
             ({ $0.widths = [0.5, 0.5]; $0.widthShares = [0.5, 0.5] }, "distinct"),
             ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.5]; $0.aggregator = "median" }, "robust aggregators"),
-            ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.5]; $0.transport = .tcp }, "transport tcp"),
+            ({ $0.widths = [0.5, 1]; $0.widthShares = [0.5, 0.5]; $0.orderedDropout = true; $0.transport = .tcp }, "transport tcp with ordered_dropout"),
         ]
         for (change, expected) in cases {
             #expect { try configuration(change).validate() } throws: { "\($0)".contains(expected) }
