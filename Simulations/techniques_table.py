@@ -1,0 +1,104 @@
+"""Every technique for smaller models and updates on the MNIST 2NN in one table, from the runs the
+other scripts leave in reports/: pruning-table.sh (dense float32, its exports, pruning),
+lowrank-table.sh (low-rank updates), transfer-table.sh (adapters, on the digits 0-4 -> 5-9
+transfer) and the distillation run of README's "Distillation into smaller students". Accuracy
+is at round 200, the median of seeds 1-3 (distillation: seed 1). Prints Markdown.
+Usage: python3 Simulations/techniques_table.py"""
+import glob, json, re, statistics
+
+UPDATE32 = 797_032    # an fp32+raw 2NN update: the weights and six 32-byte shard headers
+SPLITS = ("mnist-2nn-iid", "mnist-2nn-noniid")
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def per_update(report):
+    return sum(r["uplink_bytes"] for r in report["rounds"]) / sum(r["clients"] for r in report["rounds"])
+
+
+def pruning(split, sparsity, codec):
+    """The runs of pruning-table.sh: (report, {export codec: (bytes, accuracy)}) per seed."""
+    out = []
+    for path in sorted(glob.glob(f"reports/pruning/{split}-s{sparsity}-{codec}-seed*.json")):
+        exports = {}
+        for line in open(path.replace(".json", ".exports")):
+            exports[line.split()[0]] = (int(re.search(r"\((\d+) bytes", line).group(1)), float(re.search(r"exported ([0-9.]+) \(", line).group(1)))
+        out.append((json.load(open(path)), exports))
+    return out
+
+
+def rounds_to(reports):
+    reached = [r["summary"].get("rounds_to_target") for r in reports]
+    return "-" if not reached or None in reached else f"{median(reached):g}"
+
+
+rows = []   # (technique, setting, model bytes, update bytes, {split: accuracy}, rounds to 97% per split, seconds per round)
+dense = {split: pruning(split, "0", "fp32_raw") for split in SPLITS}
+for export in ("fp32", "q8", "q4"):
+    accuracy = {s: median([e[export][1] if export != "fp32" else r["summary"]["final_metric"] for r, e in dense[s]]) for s in SPLITS}
+    rows.append(("dense", f"{export} export", median([e[export][0] for _, e in dense["mnist-2nn-iid"]]),
+                 UPDATE32, accuracy, [rounds_to([r for r, _ in dense[s]]) for s in SPLITS], median([r["summary"]["mean_seconds_per_round"] for r, _ in dense["mnist-2nn-iid"]])))
+for sparsity, codec, export in [("0.5", "fp32_raw", "q8"), ("0.8", "fp32_raw", "q8"), ("0.9", "fp32_raw", "q8"), ("0.95", "fp32_raw", "q8"),
+                                ("0.9", "q4", "q4"), ("0.95", "q4", "q4")]:
+    runs = {s: pruning(s, sparsity, codec) for s in SPLITS}
+    if not all(runs.values()):
+        continue
+    rows.append(("pruning", f"{float(sparsity):.0%}, {export} export" + (", q4 updates" if codec == "q4" else ""),
+                 median([e[export][0] for _, e in runs["mnist-2nn-iid"]]), median([per_update(r) for r, _ in runs["mnist-2nn-iid"]]),
+                 {s: median([e[export][1] for _, e in runs[s]]) for s in SPLITS}, [rounds_to([r for r, _ in runs[s]]) for s in SPLITS],
+                 median([r["summary"]["mean_seconds_per_round"] for r, _ in runs["mnist-2nn-iid"]])))
+for codec in ("lowrank:1+q8+ef", "lowrank:2+q8+ef", "lowrank:4+q8+ef", "lowrank:8+q8+ef", "lowrank:4+q4+ef"):
+    name = codec.replace(":", "_").replace("+", "_")
+    runs = {s: [json.load(open(p)) for p in sorted(glob.glob(f"reports/lowrank/{s}-{name}-r200-seed*.json"))] for s in SPLITS}
+    if not all(runs.values()):
+        continue
+    rows.append(("low-rank updates", f"`{codec}`", median([e["fp32"][0] for _, e in dense["mnist-2nn-iid"]]), median([per_update(r) for r in runs["mnist-2nn-iid"]]),
+                 {s: median([r["summary"]["final_metric"] for r in runs[s]]) for s in SPLITS}, [rounds_to(runs[s]) for s in SPLITS],
+                 median([r["summary"]["mean_seconds_per_round"] for r in runs["mnist-2nn-iid"]])))
+students = "reports/distill/mnist-2nn-iid.txt"
+try:
+    for line in open(students):
+        m = re.search(r"student \d+ (\S+): (\d+) parameters, (\d+) bytes as q8 .* accuracy ([0-9.]+)", line)
+        if m:
+            hidden = ",".join(layer for layer in m.group(1).split(",")[:-1] if layer != "relu")
+            rows.append(("distilled student", f"`{hidden}`, q8", int(m.group(3)), None,
+                         {"mnist-2nn-iid": float(m.group(4))}, ["", ""], None))
+except FileNotFoundError:
+    pass
+for setting, label in (("lora4", "LoRA r = 4"), ("lora16", "LoRA r = 16"), ("ffa16", "FFA-LoRA r = 16"), ("full", "full fine-tuning")):
+    runs = [json.load(open(p)) for p in sorted(glob.glob(f"reports/transfer/digits-{setting}-seed*.json"))]
+    if runs:
+        rows.append(("adapters (digits 0-4 → 5-9)", label, None, median([per_update(r) for r in runs]),
+                     {"transfer": median([r["summary"]["final_metric"] for r in runs])}, [rounds_to(runs), ""],
+                     median([r["summary"]["mean_seconds_per_round"] for r in runs])))
+
+reference = {s: rows[0][4][s] for s in SPLITS}
+within = [r for r in rows if r[2] and "mnist-2nn-iid" in r[4] and r[4]["mnist-2nn-iid"] >= reference["mnist-2nn-iid"] - 0.01]
+best_model = min(within, key=lambda r: r[2]) if within else None
+both = [r for r in rows if r[3] and all(s in r[4] and r[4][s] >= reference[s] - 0.01 for s in SPLITS)]
+best_update = min(both, key=lambda r: r[3]) if both else None
+
+
+def accuracy(row, split):
+    value = row[4].get(split)
+    if value is None:
+        return "transfer: " + f"{row[4]['transfer']:.2%}" if "transfer" in row[4] and split == "mnist-2nn-iid" else ""
+    return f"{value:.2%} ({(value - reference[split]) * 100:+.2f})"
+
+
+print("| technique | setting | model bytes (smaller than float32) | bytes per update | IID accuracy (change) | non-IID accuracy (change) | "
+      "rounds to 97% (IID, non-IID) | s per simulated round |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for row in rows:
+    technique, setting, model, update, _, reached, seconds = row
+    model_text = f"{model:,.0f} ({796_840 / model:.1f}x)" if model else ""
+    update_text = f"{update:,.0f} ({UPDATE32 / update:.0f}x)" if update else ""
+    if row is best_model:
+        model_text = f"**{model_text}**"
+    if row is best_update:
+        update_text = f"**{update_text}**"
+    print(f"| {technique} | {setting} | {model_text} | {update_text} | {accuracy(row, 'mnist-2nn-iid')} | {accuracy(row, 'mnist-2nn-noniid')} | "
+          f"{', '.join(x for x in reached if x)} | {'' if seconds is None else f'{seconds:.2f}'} |")
