@@ -55,7 +55,7 @@ for task, title, target in TASKS:
 width, height, gap = 900, 380, 60
 panel = (width - gap) // 2
 left, right, top, bottom = 50, 10, 30, 40
-colors = {"scratch": "#444444", "full": "#1f77b4", "lora1": "#ff7f0e", "lora4": "#2ca02c", "lora16": "#d62728"}
+colors = {"scratch": "#444444", "full": "#1f77b4", "lora1": "#ff7f0e", "lora4": "#2ca02c", "lora16": "#d62728", "ffa16": "#9467bd"}
 parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 60}" font-family="sans-serif" font-size="12">',
          f'<rect width="{width}" height="{height + 60}" fill="white"/>']
 for p, (task, title, target) in enumerate(TASKS):
