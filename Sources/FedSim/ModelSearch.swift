@@ -16,20 +16,33 @@ public struct ModelSearch: Sendable {
         case parameters(Int)
         /// Bytes of the model exported with this codec (`fedsim --export`'s file).
         case exportBytes(Int, CodecSpec)
+        /// Training FLOPs per example (``Network/trainingFlopsPerExample``): what a device
+        /// computes, rather than what it stores.
+        case trainingFlops(Int)
 
         public var description: String {
             switch self {
             case .parameters(let n): "\(n) parameters"
             case .exportBytes(let n, let codec): "\(n) bytes exported as \(codec)"
+            case .trainingFlops(let n): "\(n) training FLOPs per example"
             }
+        }
+
+        /// What the front and the plot measure a candidate by: its training FLOPs under a FLOPs
+        /// budget, its exported bytes otherwise.
+        public func measure(_ candidate: Candidate) -> Int {
+            if case .trainingFlops = self { return candidate.flops }
+            return candidate.exportBytes
         }
     }
 
     public struct Candidate: Sendable {
         public var layers: [LayerSpec]
         public var parameters: Int
-        /// Bytes of the exported model in the budget's codec (fp32 for a parameter budget).
+        /// Bytes of the exported model in the budget's codec (fp32 for a parameter or FLOPs budget).
         public var exportBytes: Int
+        /// Training FLOPs per example.
+        public var flops: Int
         /// The test metric after each rung it was trained in: (rounds, metric).
         public var results: [(rounds: Int, metric: Double)] = []
 
@@ -61,11 +74,13 @@ public struct ModelSearch: Sendable {
             let spec = ModelSpec(input: task.input, classes: task.classes, layers: layers, loss: task.loss)
             guard let network = try? Network(spec) else { continue }
             let bytes = try exportBytes(network)
+            let flops = network.trainingFlopsPerExample
             let fits = switch budget {
             case .parameters(let n): network.parameterCount <= n
             case .exportBytes(let n, _): bytes <= n
+            case .trainingFlops(let n): flops <= n
             }
-            if fits { drawn.append(Candidate(layers: layers, parameters: network.parameterCount, exportBytes: bytes)) }
+            if fits { drawn.append(Candidate(layers: layers, parameters: network.parameterCount, exportBytes: bytes, flops: flops)) }
         }
         guard drawn.count >= candidates else {
             throw ModelError("only \(drawn.count) of the \(candidates) candidates asked for fit \(budget); raise the budget or ask for fewer")
@@ -77,7 +92,7 @@ public struct ModelSearch: Sendable {
     func exportBytes(_ network: Network) throws -> Int {
         let codec: CodecSpec
         switch budget {
-        case .parameters: codec = try CodecSpec(parsing: "fp32")
+        case .parameters, .trainingFlops: codec = try CodecSpec(parsing: "fp32")
         case .exportBytes(_, let spec):
             guard spec.lowRank == nil, !spec.errorFeedback else { throw ModelError("the budget's export codec cannot use low rank or error feedback, got \(spec)") }
             codec = spec
@@ -154,9 +169,10 @@ public struct ModelSearch: Sendable {
         return all
     }
 
-    /// The finalists that no smaller finalist beats: the accuracy-against-size front.
-    public static func front(_ candidates: [Candidate], finalRounds: Int, metric: Metric) -> [Candidate] {
-        let finals = candidates.filter { $0.rounds >= finalRounds && $0.metric != nil }.sorted { $0.exportBytes < $1.exportBytes }
+    /// The finalists that no smaller finalist beats: the accuracy-against-size front (size in
+    /// `measure`: exported bytes, or training FLOPs).
+    public static func front(_ candidates: [Candidate], finalRounds: Int, metric: Metric, measure: (Candidate) -> Int = \.exportBytes) -> [Candidate] {
+        let finals = candidates.filter { $0.rounds >= finalRounds && $0.metric != nil }.sorted { measure($0) < measure($1) }
         var front: [Candidate] = []
         for candidate in finals where front.last.map({ metric.best(candidate.metric!, $0.metric!) == candidate.metric! && candidate.metric! != $0.metric! }) ?? true {
             front.append(candidate)

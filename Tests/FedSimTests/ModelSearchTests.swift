@@ -34,6 +34,28 @@ import Testing
         #expect { try tiny.draw(for: .mnist2NN) } throws: { "\($0)".contains("fit 100 parameters") }
     }
 
+    /// Training FLOPs per example: 6 × the forward pass's multiply-adds, the CNN's 74 MFLOP; a
+    /// FLOPs budget draws candidates within it and measures the front in FLOPs.
+    @Test func aTrainingFlopsBudget() throws {
+        #expect(try Network(.mnistCNN).trainingFlopsPerExample == 6 * (28 * 28 * 25 * 32 + 14 * 14 * 25 * 32 * 64 + 3136 * 512 + 512 * 10))
+        #expect(try Network(.mnistCNN).trainingFlopsPerExample == 73_638_912)
+        #expect(try Network(.mnist2NN).trainingFlopsPerExample == 6 * 198_800)
+        // Depthwise, strided and recurrent layers, and an adapter (its base's cost).
+        let separable = try Network(ModelSpec(wireDescription: "28x28x1|10|dwconv3x3:s2,conv1x1:8,relu,flatten,dense:10:lora2"))
+        #expect(separable.forwardMultiplyAdds == 14 * 14 * 9 * 1 + 14 * 14 * 1 * 8 + 14 * 14 * 8 * 10)
+        let recurrent = try Network(ModelSpec(wireDescription: "5x1x3|2|gru:4,dense:2"))
+        #expect(recurrent.forwardMultiplyAdds == 5 * 3 * 4 * (3 + 4) + 4 * 2)
+        var search = ModelSearch(budget: .trainingFlops(5_000_000))
+        search.candidates = 8
+        let drawn = try search.draw(for: .mnistCNN)
+        #expect(drawn.allSatisfy { $0.flops <= 5_000_000 && $0.flops == (try! Network(ModelSpec(input: ModelSpec.mnistCNN.input, classes: 10, layers: $0.layers))).trainingFlopsPerExample })
+        #expect(search.budget.measure(drawn[0]) == drawn[0].flops)
+        var sized = drawn
+        for i in sized.indices { sized[i].results = [(3, 0.5 + Double(i % 3) * 0.1)] }
+        let front = ModelSearch.front(sized, finalRounds: 3, metric: .accuracy, measure: search.budget.measure)
+        #expect(zip(front, front.dropFirst()).allSatisfy { $0.flops < $1.flops && $0.metric! < $1.metric! })
+    }
+
     /// Six candidates, two finalists: six train 1 round, the best three 2 rounds, the best two
     /// to the end; the front holds finalists only.
     @Test func successiveHalvingKeepsTheBetterHalf() throws {
@@ -69,6 +91,6 @@ import Testing
         #expect(try RunStore(path: db.path).events(kind: "search").count == 4)
         #expect(try String(contentsOf: plot, encoding: .utf8).contains("<polyline"))
         let bad = try FedSimProcess.run(["search", "--config", "Simulations/mnist-2nn-iid.toml"])
-        #expect(bad.status != 0 && bad.stderr.contains("--budget-params or --budget-bytes"), "\(bad.stderr)")
+        #expect(bad.status != 0 && bad.stderr.contains("--budget-params, --budget-bytes or --budget-flops"), "\(bad.stderr)")
     }
 }
