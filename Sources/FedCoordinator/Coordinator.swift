@@ -113,6 +113,8 @@ public actor Coordinator {
 
         var initial = network.initialParameters(seed: configuration.seed)
         var resume: (round: Int, modelVersion: UInt32, optimizer: ServerOptimizer, ledger: TrustLedger)?
+        // The model before the last checkpoint, from which low-rank warm starts are followed.
+        var previousModel: [Float]?
         if let path = configuration.databasePath {
             let store = try RunStore(path: path)
             try store.recordRun(configuration: configuration.model.wireDescription)
@@ -121,6 +123,9 @@ public actor Coordinator {
                     throw StoreError("\(path): its model has \(checkpoint.model.count) parameters, the configured model \(network.parameterCount)")
                 }
                 initial = checkpoint.model
+                if configuration.uplinkCodec.lowRank != nil, checkpoint.round > 1 {
+                    previousModel = try store.checkpoint(round: checkpoint.round - 1)?.model
+                }
                 resume = (checkpoint.round, checkpoint.modelVersion,
                           ServerOptimizer(settings: configuration.serverOptimizer, m: checkpoint.optimizerM, v: checkpoint.optimizerV),
                           TrustLedger(records: try store.trustRecords().mapValues { TrustLedger.Record(trust: $0.trust, updates: $0.updates) }))
@@ -161,6 +166,7 @@ public actor Coordinator {
                 network: network, data: TrustedDirections.sample(trusted, count: configuration.trustedExamples, seed: configuration.seed))
         }
         engine = RoundEngine(settings: settings, network: network, initial: initial, resume: resume, trusted: trustedDirections, evaluate: evaluate)
+        if let previousModel, previousModel.count == network.parameterCount { engine.followWarmStarts(from: previousModel) }
     }
 
     /// The engine's clock: seconds of wall time.

@@ -260,6 +260,25 @@ public struct RoundEngine {
         }
     }
 
+    /// The next warm starts: one power step on the update each factored shard received since
+    /// `before` (the model the update was applied to).
+    private mutating func advanceWarmStarts(from before: [Float]) {
+        for (index, shape) in factorShapes.enumerated() {
+            guard let shape, let previous = warmStarts[index] else { continue }
+            let applied = ranges[index].map { global[$0] - before[$0] }
+            warmStarts[index] = applied.withUnsafeBufferPointer {
+                LowRankFactors.nextWarmStart($0, rows: shape.rows, columns: shape.columns, previous: previous, rank: shape.rank)
+            }
+        }
+    }
+
+    /// After a restart, the warm starts that follow the last committed update: one step from
+    /// the seeded start on global − `previousModel` (the checkpoint before the last one).
+    public mutating func followWarmStarts(from previousModel: [Float]) {
+        precondition(previousModel.count == global.count, "the previous model does not match")
+        advanceWarmStarts(from: previousModel)
+    }
+
     // MARK: Clients
 
     /// Clients known to the engine (connected, not revoked).
@@ -545,14 +564,7 @@ public struct RoundEngine {
                     }
                 }
             }
-            // The next warm starts: one power step on the update each factored shard received.
-            for (index, shape) in factorShapes.enumerated() {
-                guard let shape, let previous = warmStarts[index] else { continue }
-                let applied = ranges[index].map { global[$0] - savedModel[$0] }
-                warmStarts[index] = applied.withUnsafeBufferPointer {
-                    LowRankFactors.nextWarmStart($0, rows: shape.rows, columns: shape.columns, previous: previous, rank: shape.rank)
-                }
-            }
+            advanceWarmStarts(from: savedModel)
         }
         if let reference = outcome.referenceNorm { referenceNorm = reference }
         ledger = round.aggregator.ledger

@@ -188,6 +188,15 @@ struct RoundEngineTests {
         // The warm start now spans the update's right factor: v ∝ (1, −2, 1) for the first layer.
         let q = engine.warmStarts[0]!
         #expect(abs(abs(q[1] / q[0]) - 2) < 1e-4 && abs(q[2] / q[0] - 1) < 1e-4)
+        // A coordinator restarting from this checkpoint follows the same warm starts from the
+        // model before it.
+        var settings = engine.settings
+        settings.minimumClients = 4
+        var resumed = RoundEngine(settings: settings, network: Self.network, initial: engine.global,
+                                  resume: (round: 1, modelVersion: 1, optimizer: engine.optimizer, ledger: engine.ledger))
+        #expect(resumed.warmStarts != engine.warmStarts, "drawn from the seed")
+        resumed.followWarmStarts(from: before)
+        #expect(resumed.warmStarts == engine.warmStarts)
     }
 
     @Test func malformedAndNonFiniteUpdatesAreRefusedWithoutTakingAPlace() {
