@@ -79,11 +79,16 @@ final class FaultProxy: Sendable {
                 }
             try await client.executeThenClose { clientIn, clientOut in
                 try await upstream.executeThenClose { serverIn, serverOut in
-                    await withTaskGroup(of: Void.self) { pumps in
-                        pumps.addTask { await pump(clientIn, into: serverOut, faults: faults.filter { $0.direction == .toServer }) }
-                        pumps.addTask { await pump(serverIn, into: clientOut, faults: faults.filter { $0.direction == .toClient }) }
-                        // Either side ending (or a cut) ends the connection on both sides.
-                        await pumps.next()
+                    await withTaskGroup(of: (toClient: Bool, byFault: Bool).self) { pumps in
+                        pumps.addTask { (false, await pump(clientIn, into: serverOut, faults: faults.filter { $0.direction == .toServer })) }
+                        pumps.addTask { (true, await pump(serverIn, into: clientOut, faults: faults.filter { $0.direction == .toClient })) }
+                        // A cut, or the server's side ending, ends the connection on both sides.
+                        // The client's side ending first (its write to a server that has just
+                        // closed failing, say) waits for what the server sent last, a GOODBYE
+                        // held back by a delay, to reach the client.
+                        while let ended = await pumps.next() {
+                            if ended.byFault || ended.toClient { break }
+                        }
                         pumps.cancelAll()
                     }
                 }
@@ -93,7 +98,8 @@ final class FaultProxy: Sendable {
         }
     }
 
-    private static func pump(_ source: NIOAsyncChannelInboundStream<ByteBuffer>, into sink: NIOAsyncChannelOutboundWriter<ByteBuffer>, faults: [Fault]) async {
+    /// Forwards `source` to `sink` with `faults` applied; true when a cut or a stall ended it.
+    private static func pump(_ source: NIOAsyncChannelInboundStream<ByteBuffer>, into sink: NIOAsyncChannelOutboundWriter<ByteBuffer>, faults: [Fault]) async -> Bool {
         var forwarded = 0
         do {
             for try await var chunk in source {
@@ -116,11 +122,12 @@ final class FaultProxy: Sendable {
                 if let end {
                     if end.keep > 0, let head = chunk.readSlice(length: end.keep) { try await sink.write(head) }
                     if end.stall { try await Task.sleep(nanoseconds: 3_600_000_000_000) }
-                    return
+                    return true
                 }
                 forwarded += chunk.readableBytes
                 try await sink.write(chunk)
             }
         } catch {}
+        return false
     }
 }
