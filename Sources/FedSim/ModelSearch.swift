@@ -169,10 +169,18 @@ public struct ModelSearch: Sendable {
         return all
     }
 
+    /// The finalists: the candidates trained longest (the final rung trains `finalRounds`, or
+    /// the last rung's rounds if halving reached more).
+    public static func finalists(_ candidates: [Candidate]) -> [Candidate] {
+        let trained = candidates.filter { $0.metric != nil }
+        guard let longest = trained.map(\.rounds).max() else { return [] }
+        return trained.filter { $0.rounds == longest }
+    }
+
     /// The finalists that no smaller finalist beats: the accuracy-against-size front (size in
     /// `measure`: exported bytes, or training FLOPs).
-    public static func front(_ candidates: [Candidate], finalRounds: Int, metric: Metric, measure: (Candidate) -> Int = \.exportBytes) -> [Candidate] {
-        let finals = candidates.filter { $0.rounds >= finalRounds && $0.metric != nil }.sorted { measure($0) < measure($1) }
+    public static func front(_ candidates: [Candidate], metric: Metric, measure: (Candidate) -> Int = \.exportBytes) -> [Candidate] {
+        let finals = finalists(candidates).sorted { measure($0) < measure($1) }
         var front: [Candidate] = []
         for candidate in finals where front.last.map({ metric.best(candidate.metric!, $0.metric!) == candidate.metric! && candidate.metric! != $0.metric! }) ?? true {
             front.append(candidate)

@@ -10,9 +10,9 @@ struct FedBench: ParsableCommand {
         commandName: "fedbench",
         abstract: "Measure local training throughput (examples/s) of the 2NN and the CNN on MNIST.",
         discussion: """
-            Trains on the first 600 MNIST training examples, batch 10, plain SGD, as one client's
-            local epoch, in three ways: one client on one core; one client using every core; and
-            one client per core side by side (how fedsim uses the machine). Benchmarks/train_throughput.sh
+            Trains on the first 600 MNIST training examples, batch 10, plain SGD, as one client's \
+            local epoch, in three ways: one client on one core; one client using every core; and \
+            one client per core side by side (how fedsim uses the machine). Benchmarks/train_throughput.sh \
             runs this next to the same work in PyTorch and prints the ratios.
             """)
 

@@ -13,13 +13,13 @@ struct FedClientCommand: AsyncParsableCommand {
         commandName: "fedclient",
         abstract: "The federated learning client daemon: trains on this device's data and sends only its update.",
         discussion: """
-            Data is a directory with x.npy and y.npy, an MNIST-layout directory (the training files;
-            --examples picks a range of them) or a CSV file (a target column and features per line).
-            With --trainer, the device's own program trains instead (README, "External training
-            code"): the daemon writes the model and the task to --trainer-dir, runs the command with
-            FEDL_TASK set to the task file, and uploads what it returns. The daemon reconnects with backoff until the
-            coordinator says goodbye at the end of the run. SIGTERM or SIGINT stop it: a training in progress
-            is finished (its upload abandoned), the error-feedback state is saved, GOODBYE is sent and it exits 0;
+            Data is a directory with x.npy and y.npy, an MNIST-layout directory (the training files; \
+            --examples picks a range of them) or a CSV file (a target column and features per line). \
+            With --trainer, the device's own program trains instead (README, "External training \
+            code"): the daemon writes the model and the task to --trainer-dir, runs the command with \
+            FEDL_TASK set to the task file, and uploads what it returns. The daemon reconnects with backoff until the \
+            coordinator says goodbye at the end of the run. SIGTERM or SIGINT stop it: a training in progress \
+            is finished (its upload abandoned), the error-feedback state is saved, GOODBYE is sent and it exits 0; \
             a second signal exits at once (130 or 143).
             """,
         version: "0.1.0")

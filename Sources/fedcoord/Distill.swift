@@ -10,11 +10,11 @@ extension FedCoord {
         static let configuration = CommandConfiguration(
             abstract: "Teach smaller student models from a committed round's global model, on data the server holds, and export them.",
             discussion: """
-                Knowledge distillation (Hinton et al. 2015): each student (a comma-separated layer
-                list on the task's input and outputs) is trained to match the global model's
-                softened outputs, softmax(z/T), on the server's own examples; their labels are not
-                used, and the clients' data never leaves the devices. Each student is written to
-                DIR/student-N.fedmodel (fedcoord export's format) with the codec, and its size and
+                Knowledge distillation (Hinton et al. 2015): each student (a comma-separated layer \
+                list on the task's input and outputs) is trained to match the global model's \
+                softened outputs, softmax(z/T), on the server's own examples; their labels are not \
+                used, and the clients' data never leaves the devices. Each student is written to \
+                DIR/student-N.fedmodel (fedcoord export's format) with the codec, and its size and \
                 test accuracy are printed beside the teacher's. Classification tasks (softmax) only.
                 """)
 

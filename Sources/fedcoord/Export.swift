@@ -10,12 +10,12 @@ extension FedCoord {
         static let configuration = CommandConfiguration(
             abstract: "Write the global model of a committed round to a file, optionally quantized, and print its test accuracy.",
             discussion: """
-                File format: the line "FEDMODEL 1", the model description line (Protocol.md, section 6),
-                then for each shard in layout order a u32 little-endian length and the encoded shard
-                (Protocol.md, section 8). The accuracy of the exported model is printed next to the
-                float32 model's, so the cost of shipping a smaller model is visible. A model trained
-                with pruning (prune_sparsity) is written sparse over its kept weights. A top-k codec
-                (topk:0.1+q8) prunes at export: it keeps each shard's largest-magnitude fraction
+                File format: the line "FEDMODEL 1", the model description line (Protocol.md, section 6), \
+                then for each shard in layout order a u32 little-endian length and the encoded shard \
+                (Protocol.md, section 8). The accuracy of the exported model is printed next to the \
+                float32 model's, so the cost of shipping a smaller model is visible. A model trained \
+                with pruning (prune_sparsity) is written sparse over its kept weights. A top-k codec \
+                (topk:0.1+q8) prunes at export: it keeps each shard's largest-magnitude fraction \
                 (per-layer magnitude pruning, after training) and codes the rest as zeros, sparsely.
                 """)
 

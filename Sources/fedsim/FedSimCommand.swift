@@ -26,7 +26,7 @@ struct FedSimCommand: AsyncParsableCommand {
         commandName: "fedsim",
         abstract: "Simulate federated averaging with many clients in one process (your own NumPy, CIFAR or LEAF data, or MNIST and Fashion-MNIST).",
         discussion: """
-            Loads a scenario (TOML), applies the command-line overrides, and runs the rounds,
+            Loads a scenario (TOML), applies the command-line overrides, and runs the rounds, \
             printing one line per round (round, test accuracy, test loss, seconds) and a summary.
             Example: fedsim --config Simulations/mnist-2nn-iid.toml --rounds 20 --report run.json
             `fedsim search --help`: the model that fits a size budget.

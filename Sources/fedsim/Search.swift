@@ -11,11 +11,11 @@ struct Search: ParsableCommand {
         commandName: "fedsim search",
         abstract: "Search for the model that fits a budget: draw candidates, train them federated with successive halving, print and plot the accuracy-against-size front.",
         discussion: """
-            Candidates come from the task's input: multilayer perceptrons for a vector, one to three
-            plain or separable convolution blocks for an image. Every candidate trains --short-rounds
-            rounds with the scenario's clients, data split and settings; the better half trains twice
-            as many, and so on down to the finalists, which train --final-rounds rounds. Seeded and
-            reproducible. The budget is parameters, exported bytes in a codec, or training FLOPs per
+            Candidates come from the task's input: multilayer perceptrons for a vector, one to three \
+            plain or separable convolution blocks for an image. Every candidate trains --short-rounds \
+            rounds with the scenario's clients, data split and settings; the better half trains twice \
+            as many, and so on down to the finalists, which train --final-rounds rounds. Seeded and \
+            reproducible. The budget is parameters, exported bytes in a codec, or training FLOPs per \
             example (6 x the forward pass's multiply-adds). Examples:
             fedsim search --config Simulations/mnist-2nn-iid.toml --budget-bytes 50000 --budget-codec q8
             fedsim search --config Simulations/fashion-mnist-cnn-iid.toml --budget-flops 5000000
@@ -91,13 +91,13 @@ struct Search: ParsableCommand {
                          done, rounds, candidate.description, candidate.parameters, candidate.exportBytes, Double(candidate.flops) / 1e6,
                          metric.rawValue, candidate.metric ?? .nan))
         }
-        let front = ModelSearch.front(results, finalRounds: finalRounds, metric: metric, measure: budget.measure)
+        let front = ModelSearch.front(results, metric: metric, measure: budget.measure)
         say("fedsim search: the front (finalists no smaller one beats), \(front.first?.rounds ?? finalRounds) rounds:")
         for candidate in front {
             say(String(format: "  %@ %.4f  %d parameters  %d bytes  %.2f MFLOP  %@", metric.rawValue, candidate.metric!, candidate.parameters, candidate.exportBytes,
                        Double(candidate.flops) / 1e6, candidate.description))
         }
-        if let best = results.filter({ $0.rounds >= finalRounds }).max(by: { metric.best($0.metric!, $1.metric!) == $1.metric! && $0.metric! != $1.metric! }) {
+        if let best = ModelSearch.finalists(results).max(by: { metric.best($0.metric!, $1.metric!) == $1.metric! && $0.metric! != $1.metric! }) {
             say(String(format: "fedsim search: best within the budget: %@ (%@ %.4f, %d parameters, %d bytes, %.2f MFLOP)",
                          best.description, metric.rawValue, best.metric!, best.parameters, best.exportBytes, Double(best.flops) / 1e6))
         }

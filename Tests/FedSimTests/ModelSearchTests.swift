@@ -52,7 +52,7 @@ import Testing
         #expect(search.budget.measure(drawn[0]) == drawn[0].flops)
         var sized = drawn
         for i in sized.indices { sized[i].results = [(3, 0.5 + Double(i % 3) * 0.1)] }
-        let front = ModelSearch.front(sized, finalRounds: 3, metric: .accuracy, measure: search.budget.measure)
+        let front = ModelSearch.front(sized, metric: .accuracy, measure: search.budget.measure)
         #expect(zip(front, front.dropFirst()).allSatisfy { $0.flops < $1.flops && $0.metric! < $1.metric! })
     }
 
@@ -71,8 +71,9 @@ import Testing
             let worstKept = kept.map { $0.results.first { $0.rounds == rung }!.metric }.min()!
             #expect(dropped.allSatisfy { $0.metric! <= worstKept }, "rung \(rung)")
         }
-        let front = ModelSearch.front(results, finalRounds: 3, metric: .accuracy)
+        let front = ModelSearch.front(results, metric: .accuracy)
         #expect(!front.isEmpty && front.allSatisfy { $0.rounds == 4 })
+        #expect(Set(ModelSearch.finalists(results).map(\.description)) == Set(results.filter { $0.rounds == 4 }.map(\.description)))
         #expect(zip(front, front.dropFirst()).allSatisfy { $0.exportBytes < $1.exportBytes && $0.metric! < $1.metric! })
     }
 
