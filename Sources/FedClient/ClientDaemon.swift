@@ -392,7 +392,10 @@ public actor ClientDaemon {
                 frozen: frozen, keep: mask.multipliers(layout: network.layout))
             (examples, meanLoss) = (data.count, summary.meanLoss)
         }
-        var delta = zip(local, model).map { $0 - $1 }
+        // The delta is formed in place of the local model: one pass, no new array.
+        var delta = local
+        local = []
+        delta.withUnsafeMutableBufferPointer { d in model.withUnsafeBufferPointer { m in for i in d.indices { d[i] -= m[i] } } }
         if spec.errorFeedback, residual == nil { residual = try loadResidual(count: network.parameterCount) }
         if spec.errorFeedback { residual?.compensate(&delta) }
         // Pruned weights stay zero (an external trainer may have moved them): their delta is

@@ -267,7 +267,7 @@ extension ShardCodec {
             #else
             for i in 0..<k { output[i] = Float(bitPattern: bytes.loadLittleEndianUInt32(at: i * 4)) }
             #endif
-            for i in 0..<k where !output[i].isFinite {
+            if let i = FiniteScan.firstNonFinite(UnsafeBufferPointer(output)) {
                 throw CodecError(.nonFinite, "value \(i) is \(output[i])")
             }
         case .fp16:

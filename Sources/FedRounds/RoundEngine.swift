@@ -677,7 +677,7 @@ public struct RoundEngine {
             }
             scratch.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
             sub.scatter(values, into: &scratch)
-            guard UpdateAggregator.allFinite(scratch, shards: update.shards, ranges: ranges) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
+            guard FiniteScan.allFinite(scratch, in: update.shards.map { ranges[$0] }) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
         case .encoded(let shards):
             try scratch.withUnsafeMutableBufferPointer { all in
                 for (index, bytes) in zip(update.shards, shards) {
@@ -690,9 +690,9 @@ public struct RoundEngine {
                     }
                 }
             }
-            guard UpdateAggregator.allFinite(scratch, shards: update.shards, ranges: ranges) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
+            guard FiniteScan.allFinite(scratch, in: update.shards.map { ranges[$0] }) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
         case .decoded(let delta):
-            guard UpdateAggregator.allFinite(delta, shards: update.shards, ranges: ranges) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
+            guard FiniteScan.allFinite(delta, in: update.shards.map { ranges[$0] }) else { throw Refusal(.badUpdate, "the update holds non-finite values") }
         }
     }
 

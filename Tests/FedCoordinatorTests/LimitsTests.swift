@@ -41,7 +41,7 @@ import Testing
     func helloBytes(_ id: String) -> [UInt8] {
         let frames = MessageFramer().frames(for: .hello(Hello(clientID: id, protocolVersions: [2], codecs: ["fp32", "fp16", "q8", "q4", "q2", "sign", "topk"], memoryBudget: 0, exampleCount: 1)))
         var buffer = ByteBuffer()
-        var encoder = FrameEncoder()
+        let encoder = FrameEncoder()
         for frame in frames { try! encoder.encode(data: frame, out: &buffer) }
         return Array(buffer.readableBytesView)
     }

@@ -15,6 +15,20 @@ import Testing
         return (delta, outcome)
     }
 
+    /// The eight-lane norm against the plain sum, over shards of every length about a vector's.
+    @Test func theNormIsTheSumOfSquaresOverTheShards() {
+        var generator = SeededGenerator(seed: 5, stream: 1)
+        let values = (0..<1000).map { _ in Float.random(in: -3...3, using: &generator) }
+        let ranges = [0..<0, 0..<7, 7..<8, 8..<16, 16..<33, 33..<1000]
+        for shards in [[0], [1], [2, 4], [3, 5], Array(ranges.indices), [5, 1]] {
+            let plain = shards.reduce(0.0) { sum, shard in ranges[shard].reduce(sum) { $0 + Double(values[$1]) * Double(values[$1]) } }.squareRoot()
+            let norm = UpdateAggregator.norm(values, shards: shards, ranges: ranges)
+            #expect(abs(norm - plain) <= 1e-12 * plain, "\(shards)")
+        }
+        #expect(UpdateAggregator.norm([], shards: [], ranges: []) == 0)
+        #expect(UpdateAggregator.norm([3, 4], shards: [0], ranges: [0..<2]) == 5)
+    }
+
     @Test func fedAvgIsTheWeightedMeanAndMatchesTheRunningSum() {
         let updates: [[Float]] = [[1, 2, 3, 4], [3, 2, 1, 0]]
         let (mean, _) = aggregate(updates, weights: [1, 3], AggregationSettings())

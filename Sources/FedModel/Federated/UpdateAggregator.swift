@@ -183,17 +183,28 @@ public struct UpdateAggregator: Sendable {
 
     // MARK: Norm bound
 
-    /// The L2 norm of `delta` over `shards`.
+    /// The L2 norm of `delta` over `shards`, summed in binary64 over eight lanes (lane j takes
+    /// the values j, j + 8, j + 16, ... of each shard), then the lanes in order.
     public static func norm(_ delta: [Float], shards: [Int], ranges: [Range<Int>]) -> Double {
-        var sum = 0.0
-        for shard in shards { for i in ranges[shard] { sum += Double(delta[i]) * Double(delta[i]) } }
-        return sum.squareRoot()
-    }
-
-    /// Whether every value of `delta` over `shards` is finite.
-    public static func allFinite(_ delta: [Float], shards: [Int], ranges: [Range<Int>]) -> Bool {
         delta.withUnsafeBufferPointer { all in
-            shards.allSatisfy { shard in all[ranges[shard]].allSatisfy(\.isFinite) }
+            var lanes = SIMD8<Double>()
+            var tail = 0.0
+            guard let base = all.baseAddress else { return 0 }
+            let raw = UnsafeRawPointer(base)
+            for shard in shards {
+                let range = ranges[shard]
+                var i = range.lowerBound
+                while i + 8 <= range.upperBound {
+                    let x = SIMD8<Double>(raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
+                    lanes += x * x
+                    i += 8
+                }
+                while i < range.upperBound {
+                    tail += Double(all[i]) * Double(all[i])
+                    i += 1
+                }
+            }
+            return (lanes.indices.reduce(0.0) { $0 + lanes[$1] } + tail).squareRoot()
         }
     }
 
