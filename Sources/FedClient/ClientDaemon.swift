@@ -41,6 +41,9 @@ public struct ClientConfiguration: Sendable {
     /// not downloaded again). Off, an idle client holds no model and no training buffers; fedsim
     /// turns it off for its thousands of in-process clients.
     public var retainModel = true
+    /// Shards verified by daemons sharing this process (nil: every shard is hashed, as on a
+    /// lone device).
+    public var verifiedShards: VerifiedShards?
     /// Protocol versions offered in HELLO; the coordinator picks the highest it speaks.
     public var protocolVersions: [UInt8] = Array(Frame.supportedVersions)
 
@@ -350,10 +353,13 @@ public actor ClientDaemon {
             versions[index] = nil
             throw ProtocolError(.malformedMessage, "model shard \(index): \(error)")
         }
-        let digest = model[range].withUnsafeBytes { Array(SHA256.hash(data: $0)) }
-        guard digest == shard.sha256 else {
-            versions[index] = nil
-            throw ProtocolError(.badChecksum, "model shard \(index) does not match its SHA-256")
+        if configuration.verifiedShards?.contains(encoded: shard.encoded, count: range.count, sha256: shard.sha256) != true {
+            let digest = model[range].withUnsafeBytes { Array(SHA256.hash(data: $0)) }
+            guard digest == shard.sha256 else {
+                versions[index] = nil
+                throw ProtocolError(.badChecksum, "model shard \(index) does not match its SHA-256")
+            }
+            configuration.verifiedShards?.insert(encoded: shard.encoded, count: range.count, sha256: shard.sha256)
         }
         versions[index] = shard.modelVersion
     }

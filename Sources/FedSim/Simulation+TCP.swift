@@ -61,6 +61,8 @@ extension Simulation {
         }) }
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next() else { throw CancellationError() }
+        // The daemons share one record of verified shards: each round's model is hashed once.
+        let verifiedShards = VerifiedShards()
         let daemons = try takingPart.map { index in
             let id = ids[index]
             var client = ClientConfiguration(clientID: id, secret: secrets[index], data: DatasetSlice(dataset: trainData, indices: clientIndices[index]))
@@ -76,6 +78,7 @@ extension Simulation {
             // Idle clients free their model to stay small, except that a model with frozen tensors
             // (adapters) is kept, so its base is downloaded once (as in the memory transport).
             client.retainModel = network.layout.tensors.contains { !$0.trainable }
+            client.verifiedShards = verifiedShards
             return ClientDaemon(configuration: client, logger: quiet)
         }
         let clientTasks = daemons.map { daemon in Task { await daemon.run() } }
