@@ -290,22 +290,27 @@ public actor Coordinator {
     }
 
     /// Waits until `condition` holds, `deadline` (engine clock) passes, or the task is cancelled.
+    /// One timer serves the whole wait, on an event loop, where cancelling it removes it: a
+    /// sleeping task per wake-up (each update, each connection) stayed allocated until its
+    /// deadline even when cancelled, a hundred thousand of them in 30 rounds of 100 clients
+    /// under fedsim's hour-long deadline.
     private func waitUntil(_ deadline: Double? = nil, _ condition: () -> Bool) async throws {
+        guard !condition() else { return }
+        let timer = deadline.map { deadline in
+            let seconds = min(max(0, deadline - Date().timeIntervalSinceReferenceDate), 1e7)
+            return MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: .nanoseconds(Int64(seconds * 1e9) + 1_000_000)) { [weak self] in
+                Task { await self?.wake() }
+            }
+        }
+        defer { timer?.cancel() }
         while !condition() {
             try Task.checkCancellation()
             if let deadline, now() >= deadline { return }
-            let timer = deadline.map { deadline in
-                Task { [weak self] in
-                    try? await Task.sleep(nanoseconds: UInt64(max(0, deadline - Date().timeIntervalSinceReferenceDate) * 1e9) + 1_000_000)
-                    await self?.wake()
-                }
-            }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { waiters.append($0) }
             } onCancel: {
                 Task { await self.wake() }
             }
-            timer?.cancel()
         }
     }
 
