@@ -171,7 +171,14 @@ public struct FrameDecoder: ByteToMessageDecoder {
             state = .waitingForPayload(version: version, type: type, flags: flags, length: length, checksum: checksum)
             return try decodeFrame(&buffer)
         case .waitingForPayload(let version, let type, let flags, let length, let checksum):
-            guard let payload = buffer.readSlice(length: length) else { return nil }
+            guard let payload = buffer.readSlice(length: length) else {
+                // Room for the rest of the payload at once (at most `maximumPayload`, checked
+                // above), rather than growing by doubling and copying what has arrived each time.
+                if buffer.writableBytes < length - buffer.readableBytes {
+                    buffer.reserveCapacity(minimumWritableBytes: length - buffer.readableBytes)
+                }
+                return nil
+            }
             state = .waitingForHeader
             guard crc32Of(payload) == checksum else {
                 throw ProtocolError(.badChecksum, "payload CRC-32 does not match the frame header")
