@@ -2,7 +2,8 @@
 other scripts leave in reports/: pruning-table.sh (dense float32, its exports, pruning),
 lowrank-table.sh (low-rank updates), transfer-table.sh (adapters, on the digits 0-4 -> 5-9
 transfer) and the distillation run of README's "Distillation into smaller students". Accuracy
-is at round 200, the median of seeds 1-3 (distillation: seed 1). Prints Markdown.
+is at round 200, the median of seeds 1-3 (distillation: seed 1). A device's milliseconds per
+round come from device-time.sh. Prints Markdown.
 Usage: python3 Simulations/techniques_table.py"""
 import glob, json, re, statistics
 
@@ -35,12 +36,22 @@ def rounds_to(reports):
     return "-" if not reached or None in reached else f"{median(reached):g}"
 
 
-rows = []   # (technique, setting, model bytes, update bytes, {split: accuracy}, rounds to 97% per split, seconds per round)
+def device_ms(name):
+    """A client's training and encoding time per round from device-time.sh, in ms (None if not run)."""
+    try:
+        rounds = json.load(open(f"reports/device-time/{name}.json"))["rounds"][1:]
+    except FileNotFoundError:
+        return None
+    return statistics.median(r["client_seconds"] for r in rounds) * 1000
+
+
+rows = []   # (technique, setting, model bytes, update bytes, {split: accuracy}, rounds to 97% per split, seconds per round, device ms per round)
 dense = {split: pruning(split, "0", "fp32_raw") for split in SPLITS}
 for export in ("fp32", "q8", "q4"):
     accuracy = {s: median([e[export][1] if export != "fp32" else r["summary"]["final_metric"] for r, e in dense[s]]) for s in SPLITS}
     rows.append(("dense", f"{export} export", median([e[export][0] for _, e in dense["mnist-2nn-iid"]]),
-                 UPDATE32, accuracy, [rounds_to([r for r, _ in dense[s]]) for s in SPLITS], median([r["summary"]["mean_seconds_per_round"] for r, _ in dense["mnist-2nn-iid"]])))
+                 UPDATE32, accuracy, [rounds_to([r for r, _ in dense[s]]) for s in SPLITS], median([r["summary"]["mean_seconds_per_round"] for r, _ in dense["mnist-2nn-iid"]]),
+                 device_ms("dense-fp32_raw")))
 for sparsity, codec, export in [("0.5", "fp32_raw", "q8"), ("0.8", "fp32_raw", "q8"), ("0.9", "fp32_raw", "q8"), ("0.95", "fp32_raw", "q8"),
                                 ("0.9", "q4", "q4"), ("0.95", "q4", "q4")]:
     runs = {s: pruning(s, sparsity, codec) for s in SPLITS}
@@ -49,7 +60,7 @@ for sparsity, codec, export in [("0.5", "fp32_raw", "q8"), ("0.8", "fp32_raw", "
     rows.append(("pruning", f"{float(sparsity):.0%}, {export} export" + (", q4 updates" if codec == "q4" else ""),
                  median([e[export][0] for _, e in runs["mnist-2nn-iid"]]), median([per_update(r) for r, _ in runs["mnist-2nn-iid"]]),
                  {s: median([e[export][1] for _, e in runs[s]]) for s in SPLITS}, [rounds_to([r for r, _ in runs[s]]) for s in SPLITS],
-                 median([r["summary"]["mean_seconds_per_round"] for r, _ in runs["mnist-2nn-iid"]])))
+                 median([r["summary"]["mean_seconds_per_round"] for r, _ in runs["mnist-2nn-iid"]]), device_ms(f"pruning-s{sparsity}-{codec}")))
 for codec in ("lowrank:1+q8+ef", "lowrank:2+q8+ef", "lowrank:4+q8+ef", "lowrank:8+q8+ef", "lowrank:4+q4+ef"):
     name = codec.replace(":", "_").replace("+", "_")
     runs = {s: [json.load(open(p)) for p in sorted(glob.glob(f"reports/lowrank/{s}-{name}-r200-seed*.json"))] for s in SPLITS}
@@ -57,7 +68,7 @@ for codec in ("lowrank:1+q8+ef", "lowrank:2+q8+ef", "lowrank:4+q8+ef", "lowrank:
         continue
     rows.append(("low-rank updates", f"`{codec}`", median([e["fp32"][0] for _, e in dense["mnist-2nn-iid"]]), median([per_update(r) for r in runs["mnist-2nn-iid"]]),
                  {s: median([r["summary"]["final_metric"] for r in runs[s]]) for s in SPLITS}, [rounds_to(runs[s]) for s in SPLITS],
-                 median([r["summary"]["mean_seconds_per_round"] for r in runs["mnist-2nn-iid"]])))
+                 median([r["summary"]["mean_seconds_per_round"] for r in runs["mnist-2nn-iid"]]), device_ms(f"lowrank-{name}")))
 students = "reports/distill/mnist-2nn-iid.txt"
 try:
     for line in open(students):
@@ -65,7 +76,7 @@ try:
         if m:
             hidden = ",".join(layer for layer in m.group(1).split(",")[:-1] if layer != "relu")
             rows.append(("distilled student", f"`{hidden}`, q8", int(m.group(3)), None,
-                         {"mnist-2nn-iid": float(m.group(4))}, ["", ""], None))
+                         {"mnist-2nn-iid": float(m.group(4))}, ["", ""], None, None))
 except FileNotFoundError:
     pass
 for setting, label in (("lora4", "LoRA r = 4"), ("lora16", "LoRA r = 16"), ("ffa16", "FFA-LoRA r = 16"), ("full", "full fine-tuning")):
@@ -73,7 +84,7 @@ for setting, label in (("lora4", "LoRA r = 4"), ("lora16", "LoRA r = 16"), ("ffa
     if runs:
         rows.append(("adapters (digits 0-4 → 5-9)", label, None, median([per_update(r) for r in runs]),
                      {"transfer": median([r["summary"]["final_metric"] for r in runs])}, [rounds_to(runs), ""],
-                     median([r["summary"]["mean_seconds_per_round"] for r in runs])))
+                     median([r["summary"]["mean_seconds_per_round"] for r in runs]), device_ms(f"adapters-{setting}")))
 
 reference = {s: rows[0][4][s] for s in SPLITS}
 within = [r for r in rows if r[2] and "mnist-2nn-iid" in r[4] and r[4]["mnist-2nn-iid"] >= reference["mnist-2nn-iid"] - 0.01]
@@ -90,10 +101,10 @@ def accuracy(row, split):
 
 
 print("| technique | setting | model bytes (smaller than float32) | bytes per update | IID accuracy (change) | non-IID accuracy (change) | "
-      "rounds to 97% (IID, non-IID) | s per simulated round |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+      "rounds to 97% (IID, non-IID) | s per simulated round | a device's ms per round (train + encode) |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for row in rows:
-    technique, setting, model, update, _, reached, seconds = row
+    technique, setting, model, update, _, reached, seconds, device = row
     model_text = f"{model:,.0f} ({796_840 / model:.1f}x)" if model else ""
     update_text = f"{update:,.0f} ({UPDATE32 / update:.0f}x)" if update else ""
     if row is best_model:
@@ -101,4 +112,4 @@ for row in rows:
     if row is best_update:
         update_text = f"**{update_text}**"
     print(f"| {technique} | {setting} | {model_text} | {update_text} | {accuracy(row, 'mnist-2nn-iid')} | {accuracy(row, 'mnist-2nn-noniid')} | "
-          f"{', '.join(x for x in reached if x)} | {'' if seconds is None else f'{seconds:.2f}'} |")
+          f"{', '.join(x for x in reached if x)} | {'' if seconds is None else f'{seconds:.2f}'} | {'' if device is None else f'{device:.1f}'} |")

@@ -330,6 +330,7 @@ public final class Simulation {
                         state.commit(slot: slot, delta: decoded[worker], encoded: [], outcome: outcome)
                         continue
                     }
+                    let began = DispatchTime.now().uptimeNanoseconds
                     var generator = SeededGenerator(seed: c.seed, stream: 0xC11E, UInt64(round), UInt64(client))
                     if !widthClasses.isEmpty, let sub = subModels[widthClasses[client]] {
                         // A narrower device: its sub-model trains, travels and lands in its places.
@@ -343,6 +344,7 @@ public final class Simulation {
                             let work = Int((Double(outcome.examples * c.localEpochs) * Double(sub.network.parameterCount) / Double(parameterCount)).rounded(.up))
                             outcome.arrival = profiles[client].seconds(downlinkBytes: downloadBytes[slot], examples: work, uplinkBytes: outcome.uplinkBytes)
                         }
+                        outcome.deviceSeconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
                         state.commit(slot: slot, delta: decoded[worker], encoded: [], outcome: outcome)
                         continue
                     }
@@ -404,6 +406,7 @@ public final class Simulation {
                         outcome.arrival = profiles[client].seconds(
                             downlinkBytes: downloadBytes[slot], examples: outcome.examples * c.localEpochs, uplinkBytes: outcome.uplinkBytes)
                     }
+                    outcome.deviceSeconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
                     state.commit(slot: slot, delta: decoded[worker], encoded: encoded, outcome: outcome)
                 }
             }
@@ -438,6 +441,7 @@ public final class Simulation {
             selected: outcome.selected, dropped: outcome.dropped, late: outcome.late,
             simulatedSeconds: simulatedSeconds, metric: network.spec.loss.metric)
         record.sparsity = outcome.sparsity
+        if !state.deviceSeconds.isEmpty { record.clientSeconds = state.deviceSeconds.reduce(0, +) / Double(state.deviceSeconds.count) }
         record.seconds = Date().timeIntervalSince(startTime)
         if let store {
             try store.commit(
@@ -650,6 +654,8 @@ final class RoundDriver: @unchecked Sendable {
     /// Updates the engine admitted, and the last one's simulated arrival.
     private(set) var accepted = 0
     private(set) var lastAcceptedArrival = 0.0
+    /// Each trained client's ``ClientOutcome/deviceSeconds``.
+    private(set) var deviceSeconds: [Double] = []
 
     init(engine: RoundEngine, clientIDs: [String], selected: [Int], byArrival: Bool) {
         self.engine = engine
@@ -670,6 +676,7 @@ final class RoundDriver: @unchecked Sendable {
     func commit(slot: Int, delta: [Float], encoded: [[UInt8]], outcome: ClientOutcome) {
         condition.lock()
         while committed != slot { condition.wait() }
+        if !outcome.dropped { deviceSeconds.append(outcome.deviceSeconds) }
         if let problem = outcome.failure {
             failure = failure ?? problem
         } else if failure == nil {
@@ -736,6 +743,8 @@ struct ClientOutcome {
     var dropped = false
     /// When its update reaches the server on the virtual clock (0 without a device model).
     var arrival = 0.0
+    /// Wall-clock seconds of its local training and update encoding on its worker thread.
+    var deviceSeconds = 0.0
 }
 
 /// Error-feedback residuals by client id. Each client is trained by one worker at a time, so

@@ -30,10 +30,14 @@ public struct RoundRecord: Codable, Sendable, Equatable {
     public var metric = Metric.accuracy
     /// With pruning, the fraction of the prunable weights the model after this round has pruned.
     public var sparsity: Double?
+    /// Mean wall-clock seconds a client spent on its device's work this round: local training
+    /// and encoding its update, on one worker thread (the memory transport; nil over TCP).
+    public var clientSeconds: Double?
 
     enum CodingKeys: String, CodingKey {
         case round, clients, seconds, selected, dropped, late, metric, sparsity
         case simulatedSeconds = "simulated_seconds"
+        case clientSeconds = "client_seconds"
         case testMetric = "test_metric"
         case testAccuracy = "test_accuracy"
         case testLoss = "test_loss"
@@ -75,6 +79,7 @@ public struct RoundRecord: Codable, Sendable, Equatable {
         late = try c.decodeIfPresent(Int.self, forKey: .late) ?? 0
         simulatedSeconds = try c.decodeIfPresent(Double.self, forKey: .simulatedSeconds)
         sparsity = try c.decodeIfPresent(Double.self, forKey: .sparsity)
+        clientSeconds = try c.decodeIfPresent(Double.self, forKey: .clientSeconds)
     }
 
     /// Every key is always present; a round that was not evaluated has `null` metric and loss.
@@ -96,6 +101,7 @@ public struct RoundRecord: Codable, Sendable, Equatable {
         try c.encode(late, forKey: .late)
         try c.encode(simulatedSeconds, forKey: .simulatedSeconds)
         try c.encode(sparsity, forKey: .sparsity)
+        try c.encode(clientSeconds, forKey: .clientSeconds)
     }
 }
 

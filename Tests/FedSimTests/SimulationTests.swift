@@ -203,5 +203,11 @@ enum SmallMNIST {
         }
         #expect(rounds[0]["test_accuracy"] is NSNull, "round 1 is not evaluated with evaluate_every = 2")
         #expect(rounds[1]["test_accuracy"] as? Double != nil)
+        // A client's own time: training and encoding take some, and less than its round.
+        for round in report.rounds {
+            let device = try #require(round.clientSeconds)
+            #expect(device > 0 && device < round.seconds, "\(device) s of a \(round.seconds) s round")
+        }
+        #expect(rounds[0]["client_seconds"] as? Double == report.rounds[0].clientSeconds)
     }
 }
