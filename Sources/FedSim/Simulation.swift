@@ -361,7 +361,13 @@ public final class Simulation {
                     var encoded: [[UInt8]] = []
                     if summary.meanLoss.isFinite {
                         do {
-                            for i in 0..<parameterCount { sent[worker][i] = locals[worker][i] - start[i] }
+                            // One vectorised pass (element by element through the outer buffer, each
+                            // store checked the array's uniqueness).
+                            sent[worker].withUnsafeMutableBufferPointer { d in
+                                locals[worker].withUnsafeBufferPointer { l in start.withUnsafeBufferPointer { s in
+                                    for i in 0..<parameterCount { d[i] = l[i] - s[i] }
+                                } }
+                            }
                             if malicious {
                                 var noise = SeededGenerator(seed: c.seed, stream: 0xBAD, UInt64(round), UInt64(client))
                                 attack.apply(to: &sent[worker], scale: Float(c.attackScale), noise: c.attackNoise, generator: &noise)
