@@ -66,6 +66,16 @@ struct WinogradPlan: Sendable {
     func transformFilter(_ weights: UnsafePointer<Float>, inputs: Int, outputs: Int, into u: UnsafeMutablePointer<Float>) {
         let (k, a) = (kernel, alpha)
         let planes = inputs * outputs
+        // G's nonzero entries row by row (its rows for the points 0 and ∞ hold one each), read
+        // through pointers: with the matrix's bounds-checked, filtered loops this transform,
+        // run twice per training step, cost 2.6% of a CNN round.
+        var terms: [(column: Int, value: Float)] = []
+        var rowStart = [0]
+        for x in 0..<a {
+            for r in 0..<k where g[x * k + r] != 0 { terms.append((r, g[x * k + r])) }
+            rowStart.append(terms.count)
+        }
+        terms.withUnsafeBufferPointer { terms in rowStart.withUnsafeBufferPointer { rowStart in
         withUnsafeTemporaryAllocation(of: SIMD16<Float>.self, capacity: k * k + a * k) { buffer in
             let taps = buffer.baseAddress!, half = taps + k * k
             for i in 0..<inputs {
@@ -78,14 +88,18 @@ struct WinogradPlan: Sendable {
                     for x in 0..<a {
                         for col in 0..<k {
                             var sum = SIMD16<Float>()
-                            for r in 0..<k where g[x * k + r] != 0 { sum = sum.addingProduct(SIMD16(repeating: g[x * k + r]), taps[r * k + col]) }
+                            for term in rowStart[x]..<rowStart[x + 1] {
+                                sum = sum.addingProduct(SIMD16(repeating: terms[term].value), taps[terms[term].column * k + col])
+                            }
                             half[x * k + col] = sum
                         }
                     }
                     for x in 0..<a {
                         for y in 0..<a {
                             var sum = SIMD16<Float>()
-                            for col in 0..<k where g[y * k + col] != 0 { sum = sum.addingProduct(SIMD16(repeating: g[y * k + col]), half[x * k + col]) }
+                            for term in rowStart[y]..<rowStart[y + 1] {
+                                sum = sum.addingProduct(SIMD16(repeating: terms[term].value), half[x * k + terms[term].column])
+                            }
                             UnsafeMutableRawPointer(u + ((x * a + y) * planes + i * outputs + o)).storeBytes(of: sum, as: SIMD16<Float>.self)
                         }
                     }
@@ -93,6 +107,7 @@ struct WinogradPlan: Sendable {
                 }
             }
         }
+        } }
     }
 
     /// `output[b, y, x, o] = bias[o] + Σ input[b, y+ky−p, x+kx−p, i]·w[ky, kx, i, o]` (zero
