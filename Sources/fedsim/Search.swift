@@ -121,7 +121,7 @@ struct Search: ParsableCommand {
     /// training FLOPs), and the front as a line.
     static func svg(_ candidates: [ModelSearch.Candidate], front: [ModelSearch.Candidate], metric: Metric, title: String,
                     measure: (ModelSearch.Candidate) -> Int = \.exportBytes, axis: String = "exported model bytes") -> String {
-        let (width, height, left, right, top, bottom) = (720.0, 420.0, 70.0, 20.0, 40.0, 50.0)
+        let (width, height, left, right, top, bottom) = (720.0, 440.0, 70.0, 20.0, 40.0, 70.0)
         let points = candidates.filter { $0.metric?.isFinite == true }
         guard !points.isEmpty else { return "<svg xmlns=\"http://www.w3.org/2000/svg\"/>" }
         let xs = points.map { log10(Double(measure($0))) }, ys = points.map { $0.metric! }
@@ -138,7 +138,7 @@ struct Search: ParsableCommand {
             let b = Int(pow(10, x0 + (x1 - x0) * Double(i) / 4))
             out.append(String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>", X(b), height - bottom + 16, b))
         }
-        out.append("<text x=\"\(left + (width - left - right) / 2)\" y=\"\(height - 10)\" text-anchor=\"middle\">\(axis)</text>")
+        out.append("<text x=\"\(left + (width - left - right) / 2)\" y=\"\(height - bottom + 32)\" text-anchor=\"middle\">\(axis)</text>")
         let rungs = Set(points.map(\.rounds)).sorted()
         for candidate in points {
             let shade = rungs.count > 1 ? 0.25 + 0.75 * Double(rungs.firstIndex(of: candidate.rounds)!) / Double(rungs.count - 1) : 1
@@ -147,7 +147,13 @@ struct Search: ParsableCommand {
         }
         let line = front.map { String(format: "%.1f,%.1f", X(measure($0)), Y($0.metric!)) }.joined(separator: " ")
         out.append("<polyline points=\"\(line)\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\"/>")
-        out.append("<text x=\"\(left + 8)\" y=\"\(top + 16)\">dots: every candidate after its last rung (darker: more rounds); red: the front of the finalists</text>")
+        // Each front model ringed and labelled, so a front of one model shows too.
+        for candidate in front {
+            let (x, y) = (X(measure(candidate)), Y(candidate.metric!))
+            out.append(String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"7\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\"/>", x, y))
+            out.append(String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#d62728\">%.2f%%, %d parameters</text>", x + 10, y + 16, candidate.metric! * 100, candidate.parameters))
+        }
+        out.append("<text x=\"\(left)\" y=\"\(height - 28)\" font-size=\"11\">dots: every candidate after its last rung (darker: more rounds); red: the front of the finalists</text>")
         out.append("</svg>")
         return out.joined(separator: "\n")
     }
