@@ -151,9 +151,12 @@ struct Search: ParsableCommand {
         for candidate in front {
             let (x, y) = (X(measure(candidate)), Y(candidate.metric!))
             out.append(String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"7\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\"/>", x, y))
-            out.append(String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#d62728\">%.2f%%, %d parameters</text>", x + 10, y + 16, candidate.metric! * 100, candidate.parameters))
+            // Labels in the right half end left of their point, so none runs off the plot.
+            let right = x > left + (width - left - right) / 2
+            out.append(String(format: "<text x=\"%.1f\" y=\"%.1f\" fill=\"#d62728\" text-anchor=\"%@\">%.2f%%, %d parameters</text>",
+                              right ? x - 10 : x + 10, y + 16, right ? "end" : "start", candidate.metric! * 100, candidate.parameters))
         }
-        out.append("<text x=\"\(left)\" y=\"\(height - 28)\" font-size=\"11\">dots: every candidate after its last rung (darker: more rounds); red: the front of the finalists</text>")
+        out.append("<text x=\"\(left)\" y=\"\(height - 12)\" font-size=\"11\">dots: every candidate after its last rung (darker: more rounds); red: the front of the finalists</text>")
         out.append("</svg>")
         return out.joined(separator: "\n")
     }
