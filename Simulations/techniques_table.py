@@ -4,8 +4,10 @@ lowrank-table.sh (low-rank updates), transfer-table.sh (adapters, on the digits 
 transfer) and the distillation run of README's "Distillation into smaller students". Accuracy
 is at round 200, the median of seeds 1-3 (distillation: seed 1). A device's milliseconds per
 round come from device-time.sh. Prints Markdown.
-Usage: python3 Simulations/techniques_table.py"""
-import glob, json, re, statistics
+With --scenario NAME, prints instead the four best settings on another model from the runs
+best-settings.sh leaves in reports/best/ (median of the seeds found there).
+Usage: python3 Simulations/techniques_table.py [--scenario NAME [--rounds R]]"""
+import argparse, glob, json, re, statistics, sys
 
 UPDATE32 = 797_032    # an fp32+raw 2NN update: the weights and six 32-byte shard headers
 SPLITS = ("mnist-2nn-iid", "mnist-2nn-noniid")
@@ -44,6 +46,72 @@ def device_ms(name):
         return None
     return statistics.median(r["client_seconds"] for r in rounds) * 1000
 
+
+def exports_of(path):
+    """{export codec: (bytes, accuracy, float32 bytes)} from the fedcoord export lines of a run."""
+    exports = {}
+    for line in open(path):
+        exports[line.split()[0]] = (int(re.search(r"\((\d+) bytes", line).group(1)), float(re.search(r"exported ([0-9.]+) \(", line).group(1)),
+                                    int(re.search(r"float32 is (\d+)", line).group(1)))
+    return exports
+
+
+def best_settings(scenario, rounds):
+    """The table of best-settings.sh's runs of one scenario."""
+    def runs(name):
+        out = []
+        for path in sorted(glob.glob(f"reports/best/{scenario}-{name}-r{rounds}-seed*.json")):
+            exports = path.replace(".json", ".exports")
+            out.append((json.load(open(path)), exports_of(exports)))
+        return out
+    dense = runs("dense")
+    if not dense:
+        sys.exit(f"techniques_table.py: no runs of {scenario} over {rounds} rounds in reports/best/; run Simulations/best-settings.sh {scenario} first")
+    float32 = dense[0][1]["fp32"][2]
+    update32 = median([per_update(r) for r, _ in dense])
+    reference = median([r["summary"]["final_metric"] for r, _ in dense])
+    target = dense[0][0]["summary"]["target"]
+    seeds = len(dense)
+    rows = []   # (technique, setting, model bytes, update bytes, accuracy, rounds to target, s per round)
+    for export in ("fp32", "q8", "q4"):
+        rows.append(("dense", f"{export} export", median([e[export][0] for _, e in dense]), update32,
+                     median([e[export][1] for _, e in dense]), rounds_to([r for r, _ in dense]),
+                     median([r["summary"]["mean_seconds_per_round"] for r, _ in dense])))
+    for name, technique, setting, export in (("prune0.9-q4", "pruning", "90%, q4 export, q4 updates", "q4"),
+                                             ("prune0.95-q4", "pruning", "95%, q4 export, q4 updates", "q4"),
+                                             ("lowrank4-q4", "low-rank updates", "`lowrank:4+q4+ef`", "fp32"),
+                                             ("lowrank8-q8", "low-rank updates", "`lowrank:8+q8+ef`", "fp32")):
+        found = runs(name)
+        if found:
+            rows.append((technique, setting, median([e[export][0] for _, e in found]), median([per_update(r) for r, _ in found]),
+                         median([e[export][1] for _, e in found]), rounds_to([r for r, _ in found]),
+                         median([r["summary"]["mean_seconds_per_round"] for r, _ in found])))
+    within = [r for r in rows if r[4] >= reference - 0.01]
+    best_model = min(within, key=lambda r: r[2])
+    best_update = min(within, key=lambda r: r[3])
+    print(f"{scenario}: round {rounds}, the median of {seeds} seed{'s' if seeds > 1 else ''}; float32 model {float32:,} bytes, "
+          f"fp32+raw update {update32:,.0f} bytes")
+    print()
+    print(f"| technique | setting | model bytes (smaller than float32) | bytes per update (less than float32) | accuracy (change) | rounds to {target:.0%} | s per simulated round |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        technique, setting, model, update, accuracy, reached, seconds = row
+        model_text = f"{model:,.0f} ({float32 / model:.1f}x)"
+        update_text = f"{update:,.0f} ({update32 / update:.0f}x)"
+        if row is best_model:
+            model_text = f"**{model_text}**"
+        if row is best_update:
+            update_text = f"**{update_text}**"
+        print(f"| {technique} | {setting} | {model_text} | {update_text} | {accuracy:.2%} ({(accuracy - reference) * 100:+.2f}) | {reached} | {seconds:.2f} |")
+
+
+arguments = argparse.ArgumentParser(description="Every technique for smaller models in one table.")
+arguments.add_argument("--scenario", help="print the four best settings of best-settings.sh's runs of this scenario")
+arguments.add_argument("--rounds", type=int, default=200, help="the runs' rounds (default 200)")
+options = arguments.parse_args()
+if options.scenario:
+    best_settings(options.scenario, options.rounds)
+    sys.exit(0)
 
 rows = []   # (technique, setting, model bytes, update bytes, {split: accuracy}, rounds to 97% per split, seconds per round, device ms per round)
 dense = {split: pruning(split, "0", "fp32_raw") for split in SPLITS}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The four best settings of the MNIST 2NN's technique table (README, "Every technique in one
+# table") on another model: pruning to 90% and to 95% with q4 updates and a q4 export, and the
+# low-rank codecs lowrank:4+q4+ef and lowrank:8+q8+ef, beside dense float32 (fp32+raw updates;
+# fp32, q8 and q4 exports). Runs land in reports/best/; `python3 Simulations/techniques_table.py
+# --scenario NAME` prints their table.
+# Usage: Simulations/best-settings.sh SCENARIO [rounds] [seeds]
+#   e.g. Simulations/best-settings.sh fashion-mnist-separable-iid 200 "1 2 3"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scenario=${1:?usage: Simulations/best-settings.sh SCENARIO [rounds] [seeds]}
+rounds=${2:-200}
+seeds=${3:-1 2 3}
+config="Simulations/$scenario.toml"
+[ -f "$config" ] || { echo "best-settings.sh: no scenario $config" >&2; exit 1; }
+# The scenario's data directory (relative paths are relative to the scenario file).
+data=$(python3 -c 'import os, sys, tomllib; c = tomllib.load(open(sys.argv[1], "rb")); print(os.path.join(os.path.dirname(sys.argv[1]), c["data"]))' "$config")
+out=reports/best
+mkdir -p "$out"
+fedsim=${FEDSIM:-.build/release/fedsim}
+fedcoord=${FEDCOORD:-.build/release/fedcoord}
+if [ -z "${FEDSIM:-}" ]; then
+    swift build -c release --product fedsim >/dev/null
+    swift build -c release --product fedcoord >/dev/null
+fi
+# name, export codecs, fedsim arguments
+settings=(
+    "dense|fp32 q8 q4|--codec fp32+raw"
+    "prune0.9-q4|q8 q4|--prune 0.9 --codec q4"
+    "prune0.95-q4|q8 q4|--prune 0.95 --codec q4"
+    "lowrank4-q4|fp32|--codec lowrank:4+q4+ef"
+    "lowrank8-q8|fp32|--codec lowrank:8+q8+ef"
+)
+for seed in $seeds; do
+    for setting in "${settings[@]}"; do
+        IFS='|' read -r name exports arguments <<< "$setting"
+        tag="$out/$scenario-$name-r$rounds-seed$seed"
+        [ -f "$tag.json" ] && [ -f "$tag.exports" ] && continue
+        echo "$(date +%T) $scenario $name seed $seed" >&2
+        rm -f "$tag.sqlite"
+        # shellcheck disable=SC2086
+        $fedsim --config "$config" --rounds "$rounds" --seed "$seed" $arguments \
+            --quiet --report "$tag.json" --db "$tag.sqlite" > /dev/null
+        for export in $exports; do
+            echo "$export $($fedcoord export --db "$tag.sqlite" --out "$tag.$export.fedmodel" --codec "$export" --test-data "$data" | tr '\n' ' ')"
+        done > "$tag.exports.tmp"
+        mv "$tag.exports.tmp" "$tag.exports"
+        rm -f "$tag.sqlite" "$tag".*.fedmodel
+    done
+done
+python3 Simulations/techniques_table.py --scenario "$scenario" --rounds "$rounds"
