@@ -2,7 +2,7 @@ import Testing
 @testable import FedModel
 
 /// Winograd convolutions against the im2col products they replace: the same layer computed
-/// both ways on the same input must agree to float rounding, forward and ∂x, with the tiles
+/// both ways on the same input must agree to float rounding, forward, ∂x and ∂W, with the tiles
 /// cut into several chunks and shared between cores.
 @Suite struct WinogradTests {
     @Test(arguments: [
@@ -64,6 +64,13 @@ import Testing
                 column[j] = SIMD16(repeating: 1)
                 let (top, bottom) = column.withUnsafeBytes { plan.applyAT($0.baseAddress!, stride: 64) }
                 #expect(top[0] == plan.at[j] && bottom[0] == plan.at[a + j], "\(k)x\(k) Aᵀ[·, \(j)]")
+                // A = (Aᵀ)ᵀ, used by the filter gradient: A·(1, 0) and A·(0, 1) are Aᵀ's rows.
+                var rows = [SIMD16<Float>](repeating: SIMD16(), count: 2 * a)
+                rows.withUnsafeMutableBufferPointer { rows in
+                    plan.applyA(SIMD16(repeating: 1), SIMD16(), into: rows.baseAddress!)
+                    plan.applyA(SIMD16(), SIMD16(repeating: 1), into: rows.baseAddress! + a)
+                }
+                #expect(rows[j][0] == plan.at[j] && rows[a + j][0] == plan.at[a + j], "\(k)x\(k) A[\(j), ·]")
             }
         }
     }

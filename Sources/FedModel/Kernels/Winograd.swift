@@ -148,6 +148,147 @@ struct WinogradPlan: Sendable {
         }
     }
 
+    /// Floats of the scratch one ``accumulateFilterGradient(_:outputGradient:images:height:width:inputs:outputs:into:)``
+    /// call needs for its tiles: their transformed inputs and transformed ∂y, a chunk at a time.
+    func filterGradientScratchCount(inputs: Int, outputs: Int) -> Int {
+        alpha * alpha * gradientChunk(inputs: inputs, outputs: outputs) * (inputs + outputs)
+    }
+
+    /// Tiles per chunk of the filter gradient: about 512 KiB of transformed inputs and ∂y, which
+    /// is also the depth of its products (deeper than the forward pass's chunks, since these
+    /// products accumulate into one small matrix per position instead of writing a large one).
+    private func gradientChunk(inputs: Int, outputs: Int) -> Int {
+        max(16, (1 << 19) / (alpha * alpha * (inputs + outputs) * 4))
+    }
+
+    /// ∂U[ξν][i][o] = Σ_t V[ξν][t][i]·∂M[ξν][t][o] over the tiles of `images`, where V is the
+    /// transformed input block of tile t (as in the forward pass) and ∂M = A ∂Y Aᵀ the
+    /// transformed 2×2 block of ∂y: since every tile's output is Aᵀ[U ⊙ V]A, linear in U, this
+    /// is the gradient with respect to the transformed filter U, with 2.8 times fewer
+    /// multiplies than the direct ∂W for 5×5 (``filterGradient(_:inputs:outputs:into:)``
+    /// turns it into ∂W). Overwrites `du` (α²·in·out floats); `scratch` holds
+    /// ``filterGradientScratchCount(inputs:outputs:)`` floats. One core; tiles in order.
+    func accumulateFilterGradient(
+        _ input: UnsafePointer<Float>, outputGradient dy: UnsafePointer<Float>, images: Range<Int>,
+        height h: Int, width w: Int, inputs: Int, outputs: Int,
+        scratch: UnsafeMutablePointer<Float>, into du: UnsafeMutablePointer<Float>
+    ) {
+        let a = alpha
+        let perImage = ((h + 1) / 2) * ((w + 1) / 2)
+        let chunk = gradientChunk(inputs: inputs, outputs: outputs)
+        let v = scratch, dm = scratch + a * a * chunk * inputs
+        var first = images.lowerBound * perImage, written = false
+        let end = images.upperBound * perImage
+        if first == end { du.update(repeating: 0, count: a * a * inputs * outputs) }
+        while first < end {
+            let count = min(chunk, end - first)
+            transformInputs(input, firstTile: first, count: count, height: h, width: w, channels: inputs, chunk: chunk, into: v)
+            transformOutputGradients(dy, firstTile: first, count: count, height: h, width: w, channels: outputs, chunk: chunk, into: dm)
+            for xi in 0..<(a * a) {
+                gemm(
+                    rows: inputs, columns: outputs, depth: count,
+                    a: v + xi * chunk * inputs, rowStride: 1, depthStride: inputs,
+                    b: dm + xi * chunk * outputs, ldb: outputs,
+                    c: du + xi * inputs * outputs, ldc: outputs, accumulate: written)
+            }
+            written = true
+            first += count
+        }
+    }
+
+    /// ∂M[ξν][t][c] = (A ∂Y Aᵀ)[ξ, ν] for the 2×2 block ∂Y of `dy` at each tile (zero outside
+    /// the image): the adjoint of the forward pass's output transform.
+    private func transformOutputGradients(
+        _ dy: UnsafePointer<Float>, firstTile: Int, count: Int, height h: Int, width w: Int,
+        channels: Int, chunk: Int, into dm: UnsafeMutablePointer<Float>
+    ) {
+        let a = alpha
+        let (tilesY, tilesX) = ((h + 1) / 2, (w + 1) / 2)
+        withUnsafeTemporaryAllocation(of: SIMD16<Float>.self, capacity: 3 * a) { buffer in
+            let s = buffer.baseAddress!, column = s + 2 * a
+            for local in 0..<count {
+                let tile = firstTile + local
+                let image = tile / (tilesY * tilesX), rest = tile % (tilesY * tilesX)
+                let y0 = 2 * (rest / tilesX), x0 = 2 * (rest % tilesX)
+                let base = UnsafeRawPointer(dy + image * h * w * channels)
+                var c = 0
+                while c < channels {
+                    @inline(__always) func load(_ p: Int, _ q: Int) -> SIMD16<Float> {
+                        y0 + p < h && x0 + q < w
+                            ? base.loadUnaligned(fromByteOffset: (((y0 + p) * w + x0 + q) * channels + c) * 4, as: SIMD16<Float>.self)
+                            : SIMD16<Float>()
+                    }
+                    // s = ∂Y·Aᵀ (2×α) row by row, then ∂M = A·s (α×α) column by column.
+                    for p in 0..<2 { applyA(load(p, 0), load(p, 1), into: s + p * a) }
+                    for col in 0..<a {
+                        applyA(s[col], s[a + col], into: column)
+                        for xi in 0..<a {
+                            UnsafeMutableRawPointer(dm + (((xi * a + col) * chunk + local) * channels + c)).storeBytes(of: column[xi], as: SIMD16<Float>.self)
+                        }
+                    }
+                    c += 16
+                }
+            }
+        }
+    }
+
+    /// The α values A·(y0, y1) (A = (Aᵀ)ᵀ, α×2) at `p`: the rows of ``at`` written out.
+    @inline(__always)
+    func applyA(_ y0: SIMD16<Float>, _ y1: SIMD16<Float>, into p: UnsafeMutablePointer<SIMD16<Float>>) {
+        if alpha == 6 {
+            (p[0], p[1], p[2], p[3], p[4], p[5]) = (y0, y0 + y1, y0 - y1, y0 + 2 * y1, y0 - 2 * y1, y1)
+        } else {
+            (p[0], p[1], p[2], p[3]) = (y0, y0 + y1, y0 - y1, y1)
+        }
+    }
+
+    /// ∂W[ky, kx, i, o] = (Gᵀ ∂U G)[ky, kx] from the gradient ∂U with respect to the transformed
+    /// filter (the adjoint of ``transformFilter(_:inputs:outputs:into:)``), stored `[k, k, in, out]`.
+    func filterGradient(_ du: UnsafePointer<Float>, inputs: Int, outputs: Int, into weights: UnsafeMutablePointer<Float>) {
+        let (k, a) = (kernel, alpha)
+        let planes = inputs * outputs
+        // Gᵀ's nonzero entries row by row (G's column by column).
+        var terms: [(row: Int, value: Float)] = []
+        var columnStart = [0]
+        for r in 0..<k {
+            for x in 0..<a where g[x * k + r] != 0 { terms.append((x, g[x * k + r])) }
+            columnStart.append(terms.count)
+        }
+        terms.withUnsafeBufferPointer { terms in columnStart.withUnsafeBufferPointer { columnStart in
+        withUnsafeTemporaryAllocation(of: SIMD16<Float>.self, capacity: a * a + a * k) { buffer in
+            let taps = buffer.baseAddress!, half = taps + a * a
+            for i in 0..<inputs {
+                var o = 0
+                while o < outputs {
+                    for t in 0..<(a * a) {
+                        taps[t] = UnsafeRawPointer(du + (t * planes + i * outputs + o)).loadUnaligned(as: SIMD16<Float>.self)
+                    }
+                    // half = ∂U·G (α×k), then ∂W = Gᵀ·half (k×k).
+                    for x in 0..<a {
+                        for col in 0..<k {
+                            var sum = SIMD16<Float>()
+                            for term in columnStart[col]..<columnStart[col + 1] {
+                                sum = sum.addingProduct(SIMD16(repeating: terms[term].value), taps[x * a + terms[term].row])
+                            }
+                            half[x * k + col] = sum
+                        }
+                    }
+                    for r in 0..<k {
+                        for col in 0..<k {
+                            var sum = SIMD16<Float>()
+                            for term in columnStart[r]..<columnStart[r + 1] {
+                                sum = sum.addingProduct(SIMD16(repeating: terms[term].value), half[terms[term].row * k + col])
+                            }
+                            UnsafeMutableRawPointer(weights + ((r * k + col) * planes + i * outputs + o)).storeBytes(of: sum, as: SIMD16<Float>.self)
+                        }
+                    }
+                    o += 16
+                }
+            }
+        }
+        } }
+    }
+
     /// V[ξν][t][c] = (Bᵀ d B)[ξ, ν] for the α×α input block d of each tile.
     private func transformInputs(
         _ input: UnsafePointer<Float>, firstTile: Int, count: Int, height h: Int, width w: Int,

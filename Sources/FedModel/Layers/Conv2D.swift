@@ -8,8 +8,8 @@
 ///
 /// 3×3 and 5×5 kernels whose channel counts are multiples of 16 compute the forward pass and
 /// ∂x (a "same" convolution of ∂y with the kernel turned half a turn) with Winograd's
-/// F(2×2, k×k) instead (``WinogradPlan``), 2.8 times fewer multiplies for 5×5; ∂W stays a
-/// product over the im2col matrix.
+/// F(2×2, k×k) instead (``WinogradPlan``), 2.8 times fewer multiplies for 5×5, and so does ∂W,
+/// through the gradient with respect to the transformed filter.
 public struct Conv2D: Layer {
     public let inputShape: TensorShape
     public let kernelSize: Int
@@ -49,20 +49,30 @@ public struct Conv2D: Layer {
     var positions: Int { outputShape.height * outputShape.width }
 
     public func scratchBytes(batch: Int) -> Int {
-        let columns = aligned64(columnRows(batch: batch) * patchSize * MemoryLayout<Float>.stride)
         let transposed = aligned64(patchSize * outputChannels * MemoryLayout<Float>.stride)
         let filter = winograd.map { aligned64($0.transformedFilterCount(inputs: inputShape.channels, outputs: outputChannels) * MemoryLayout<Float>.stride) } ?? 0
-        return columns + transposed + filter
+        return columnBytes(batch: batch) + transposed + filter
     }
 
-    /// Rows of the im2col matrix kept in scratch: the whole batch's, or with Winograd (where
-    /// only ∂W needs them) one image's at a time for each of the two halves of the batch,
-    /// small enough to stay in the L2 cache.
-    private func columnRows(batch: Int) -> Int { winograd == nil ? batch * positions : 2 * positions }
+    /// The first region of scratch: the im2col matrix of the whole batch, or with Winograd the
+    /// two halves of the batch's gradients with respect to the transformed filter and the two
+    /// halves' chunk buffers (``WinogradPlan/accumulateFilterGradient(_:outputGradient:images:height:width:inputs:outputs:scratch:into:)``).
+    private func columnBytes(batch: Int) -> Int {
+        guard let winograd else { return aligned64(batch * positions * patchSize * MemoryLayout<Float>.stride) }
+        return 2 * (gradientHalfBytes(winograd) + gradientChunkBytes(winograd))
+    }
+
+    private func gradientHalfBytes(_ winograd: WinogradPlan) -> Int {
+        aligned64(winograd.transformedFilterCount(inputs: inputShape.channels, outputs: outputChannels) * MemoryLayout<Float>.stride)
+    }
+
+    private func gradientChunkBytes(_ winograd: WinogradPlan) -> Int {
+        aligned64(winograd.filterGradientScratchCount(inputs: inputShape.channels, outputs: outputChannels) * MemoryLayout<Float>.stride)
+    }
 
     /// The transformed filter (Winograd only), after the columns and the transposed weight.
     private func filterBuffer(_ scratch: UnsafeMutableRawPointer, batch: Int) -> UnsafeMutablePointer<Float> {
-        let offset = aligned64(columnRows(batch: batch) * patchSize * MemoryLayout<Float>.stride) + aligned64(patchSize * outputChannels * MemoryLayout<Float>.stride)
+        let offset = columnBytes(batch: batch) + aligned64(patchSize * outputChannels * MemoryLayout<Float>.stride)
         return (scratch + offset).assumingMemoryBound(to: Float.self)
     }
 
@@ -71,7 +81,7 @@ public struct Conv2D: Layer {
     }
 
     private func transposedBuffer(_ scratch: UnsafeMutableRawPointer, batch: Int) -> UnsafeMutablePointer<Float> {
-        (scratch + aligned64(columnRows(batch: batch) * patchSize * MemoryLayout<Float>.stride)).assumingMemoryBound(to: Float.self)
+        (scratch + columnBytes(batch: batch)).assumingMemoryBound(to: Float.self)
     }
 
     public func initialize(_ parameters: UnsafeMutableBufferPointer<Float>, generator: inout SeededGenerator) {
@@ -105,29 +115,26 @@ public struct Conv2D: Layer {
         let f = g.forward
         let columns = columnsBuffer(f.scratch)
         let rows = f.batch * positions
-        if winograd != nil {
-            // ∂W = Σ_images colsᵀ·∂y, one image's columns at a time (the forward pass laid out
-            // none), summed separately over the two halves of the batch, which may run on two
-            // cores, then added: the same sums in the same order whatever the number of cores.
-            let halves = min(2, f.batch)
-            let partial = transposedBuffer(f.scratch, batch: f.batch)
+        if let winograd {
+            // ∂W through the transformed filter's gradient, summed separately over the two
+            // halves of the batch, which may run on two cores, then added: the same sums in the
+            // same order whatever the number of cores.
+            let halves = max(1, min(2, f.batch))
+            let (sums, chunks) = (f.scratch, f.scratch + 2 * gradientHalfBytes(winograd))
             func half(_ index: Int) {
-                let images = (f.batch * index / halves)..<(f.batch * (index + 1) / halves)
-                let cols = columns + index * positions * patchSize
-                let sum = index == 0 ? g.parameterGradient : partial
-                for b in images {
-                    im2col(f.input + b * inputShape.count, batch: 1, into: cols)
-                    gemm(
-                        rows: patchSize, columns: outputChannels, depth: positions,
-                        a: cols, rowStride: 1, depthStride: patchSize,
-                        b: g.outputGradient + b * positions * outputChannels, ldb: outputChannels,
-                        c: sum, ldc: outputChannels, accumulate: b > images.lowerBound)
-                }
+                winograd.accumulateFilterGradient(
+                    f.input, outputGradient: g.outputGradient, images: (f.batch * index / halves)..<(f.batch * (index + 1) / halves),
+                    height: inputShape.height, width: inputShape.width, inputs: inputShape.channels, outputs: outputChannels,
+                    scratch: (chunks + index * gradientChunkBytes(winograd)).assumingMemoryBound(to: Float.self),
+                    into: (sums + index * gradientHalfBytes(winograd)).assumingMemoryBound(to: Float.self))
             }
-            if f.threads > 1 { parallelFor(halves, half) } else { for index in 0..<halves { half(index) } }
+            if f.threads > 1 && halves == 2 { parallelFor(halves, half) } else { for index in 0..<halves { half(index) } }
+            let total = sums.assumingMemoryBound(to: Float.self)
             if halves == 2 {
-                for i in 0..<(patchSize * outputChannels) { g.parameterGradient[i] += partial[i] }
+                let other = (sums + gradientHalfBytes(winograd)).assumingMemoryBound(to: Float.self)
+                for i in 0..<winograd.transformedFilterCount(inputs: inputShape.channels, outputs: outputChannels) { total[i] += other[i] }
             }
+            winograd.filterGradient(total, inputs: inputShape.channels, outputs: outputChannels, into: g.parameterGradient)
         } else {
             // ∂W = colsᵀ·∂y
             gemm(
