@@ -97,6 +97,13 @@ import Testing
     @Test func relu() { check(ReLU(shape: .vector(50))) }
     @Test func conv2D() { check(Conv2D(input: TensorShape(height: 6, width: 7, channels: 3), kernelSize: 5, outputChannels: 4)) }
     @Test func conv2DSingleChannel3x3() { check(Conv2D(input: TensorShape(height: 5, width: 5, channels: 1), kernelSize: 3, outputChannels: 33), batch: 2) }
+    /// The direct convolution of single-channel images (outputs multiples of 16), on a width
+    /// that leaves positions after the last group of four.
+    @Test func conv2DSingleChannelDirect() {
+        let layer = Conv2D(input: TensorShape(height: 6, width: 7, channels: 1), kernelSize: 5, outputChannels: 16)
+        #expect(layer.direct != nil)
+        check(layer, batch: 2)
+    }
     /// Winograd F(2×2, k×k) layers (channels multiples of 16), on odd sizes so the last tiles
     /// hang over the edge.
     @Test func conv2DWinograd5x5() {

@@ -12,39 +12,26 @@ import Testing
         (3, 1, 1, 16, 16, 2),  // a single pixel: every tap but the centre is padding
     ])
     func agreesWithIm2col(shape: (Int, Int, Int, Int, Int, Int)) {
-        let (k, h, w, inputs, outputs, batch) = shape
-        let input = TensorShape(height: h, width: w, channels: inputs)
-        let fast = Conv2D(input: input, kernelSize: k, outputChannels: outputs)
-        let reference = Conv2D(input: input, kernelSize: k, outputChannels: outputs, winograd: false)
-        #expect(fast.winograd != nil && reference.winograd == nil)
-        var g = SeededGenerator(seed: UInt64(k * 100 + h))
-        let x = (0..<(batch * input.count)).map { _ in g.nextUniform(-1, 1) }
-        let parameters = (0..<fast.parameterCount).map { _ in g.nextUniform(-0.2, 0.2) }
-        let dy = (0..<(batch * fast.outputShape.count)).map { _ in g.nextUniform(-1, 1) }
-        func run(_ layer: Conv2D, threads: Int) -> (y: [Float], dx: [Float], dp: [Float]) {
-            var y = [Float](repeating: 0, count: dy.count)
-            var dx = [Float](repeating: 0, count: x.count)
-            var dp = [Float](repeating: 0, count: parameters.count)
-            let scratch = UnsafeMutableRawPointer.allocate(byteCount: layer.scratchBytes(batch: batch), alignment: 64)
-            defer { scratch.deallocate() }
-            x.withUnsafeBufferPointer { x in parameters.withUnsafeBufferPointer { p in y.withUnsafeMutableBufferPointer { y in
-                dy.withUnsafeBufferPointer { dy in dx.withUnsafeMutableBufferPointer { dx in dp.withUnsafeMutableBufferPointer { dp in
-                    let f = ForwardBuffers(batch: batch, parameters: p.baseAddress!, input: x.baseAddress!, output: y.baseAddress!, scratch: scratch, threads: threads)
-                    layer.forward(f)
-                    layer.backward(BackwardBuffers(forward: f, outputGradient: dy.baseAddress!, inputGradient: dx.baseAddress!, parameterGradient: dp.baseAddress!))
-                }}}
-            }}}
-            return (y, dx, dp)
-        }
-        let expected = run(reference, threads: 1)
-        for threads in [1, 2] {
-            let got = run(fast, threads: threads)
-            for (name, a, b) in [("y", got.y, expected.y), ("∂x", got.dx, expected.dx), ("∂θ", got.dp, expected.dp)] {
-                let scale = b.map { abs($0) }.max() ?? 1
-                let worst = zip(a, b).map { abs($0 - $1) }.max() ?? 0
-                #expect(worst <= 1e-5 * max(1, scale) * Float(k * k * inputs).squareRoot(), "\(k)x\(k) \(h)x\(w) \(inputs)→\(outputs) \(name), \(threads) threads: worst difference \(worst) of \(scale)")
-            }
-        }
+        let (k, h, w, inputs, _, _) = shape
+        let layer = Conv2D(input: TensorShape(height: h, width: w, channels: inputs), kernelSize: k, outputChannels: shape.4)
+        #expect(layer.winograd != nil)
+        expectFastPathsAgreeWithIm2col(shape)
+    }
+
+    /// Single-channel images take the direct convolution: rows whose width is not a multiple of
+    /// the four positions summed together, and kernels wider than the four taps of one ∂W pass.
+    @Test(arguments: [
+        (5, 28, 28, 1, 32, 3),  // the MNIST CNN's first convolution
+        (3, 7, 9, 1, 16, 2),
+        (7, 6, 5, 1, 48, 3),
+        (1, 4, 3, 1, 16, 2),
+        (5, 1, 1, 1, 16, 2),
+    ])
+    func singleChannelAgreesWithIm2col(shape: (Int, Int, Int, Int, Int, Int)) {
+        let (k, h, w, inputs, outputs, _) = shape
+        let layer = Conv2D(input: TensorShape(height: h, width: w, channels: inputs), kernelSize: k, outputChannels: outputs)
+        #expect(layer.direct != nil && layer.winograd == nil)
+        expectFastPathsAgreeWithIm2col(shape)
     }
 
     /// The input and output transforms are written out by hand for speed; they must be the
@@ -95,6 +82,44 @@ import Testing
                 for t in 0..<(k * k) { for i in 0..<16 { direct += parameters[(t * 16 + i) * 16 + o] } }
                 #expect(abs(y[centre * 16 + o] - direct) < 1e-4, "\(k)x\(k) output channel \(o): \(y[centre * 16 + o]) vs \(direct)")
             }
+        }
+    }
+}
+
+/// The layer computed with its fast path (Winograd or direct) on one core and on two against
+/// the same layer through im2col products, on the same input: y, ∂x and ∂θ agree to float rounding.
+func expectFastPathsAgreeWithIm2col(_ shape: (Int, Int, Int, Int, Int, Int)) {
+    let (k, h, w, inputs, outputs, batch) = shape
+    let input = TensorShape(height: h, width: w, channels: inputs)
+    let fast = Conv2D(input: input, kernelSize: k, outputChannels: outputs)
+    let reference = Conv2D(input: input, kernelSize: k, outputChannels: outputs, fastPaths: false)
+    #expect(reference.winograd == nil && reference.direct == nil)
+    var g = SeededGenerator(seed: UInt64(k * 100 + h))
+    let x = (0..<(batch * input.count)).map { _ in g.nextUniform(-1, 1) }
+    let parameters = (0..<fast.parameterCount).map { _ in g.nextUniform(-0.2, 0.2) }
+    let dy = (0..<(batch * fast.outputShape.count)).map { _ in g.nextUniform(-1, 1) }
+    func run(_ layer: Conv2D, threads: Int) -> (y: [Float], dx: [Float], dp: [Float]) {
+        var y = [Float](repeating: 0, count: dy.count)
+        var dx = [Float](repeating: 0, count: x.count)
+        var dp = [Float](repeating: 0, count: parameters.count)
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: layer.scratchBytes(batch: batch), alignment: 64)
+        defer { scratch.deallocate() }
+        x.withUnsafeBufferPointer { x in parameters.withUnsafeBufferPointer { p in y.withUnsafeMutableBufferPointer { y in
+            dy.withUnsafeBufferPointer { dy in dx.withUnsafeMutableBufferPointer { dx in dp.withUnsafeMutableBufferPointer { dp in
+                let f = ForwardBuffers(batch: batch, parameters: p.baseAddress!, input: x.baseAddress!, output: y.baseAddress!, scratch: scratch, threads: threads)
+                layer.forward(f)
+                layer.backward(BackwardBuffers(forward: f, outputGradient: dy.baseAddress!, inputGradient: dx.baseAddress!, parameterGradient: dp.baseAddress!))
+            }}}
+        }}}
+        return (y, dx, dp)
+    }
+    let expected = run(reference, threads: 1)
+    for threads in [1, 2] {
+        let got = run(fast, threads: threads)
+        for (name, a, b) in [("y", got.y, expected.y), ("∂x", got.dx, expected.dx), ("∂θ", got.dp, expected.dp)] {
+            let scale = b.map { abs($0) }.max() ?? 1
+            let worst = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+            #expect(worst <= 1e-5 * max(1, scale) * Float(k * k * inputs).squareRoot(), "\(k)x\(k) \(h)x\(w) \(inputs)→\(outputs) \(name), \(threads) threads: worst difference \(worst) of \(scale)")
         }
     }
 }

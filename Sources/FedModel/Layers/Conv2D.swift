@@ -9,7 +9,9 @@
 /// 3×3 and 5×5 kernels whose channel counts are multiples of 16 compute the forward pass and
 /// ∂x (a "same" convolution of ∂y with the kernel turned half a turn) with Winograd's
 /// F(2×2, k×k) instead (``WinogradPlan``), 2.8 times fewer multiplies for 5×5, and so does ∂W,
-/// through the gradient with respect to the transformed filter.
+/// through the gradient with respect to the transformed filter. Stride-1 convolutions of
+/// single-channel images (output channels multiples of 16) are summed directly instead
+/// (``SingleChannelConvolution``).
 public struct Conv2D: Layer {
     public let inputShape: TensorShape
     public let kernelSize: Int
@@ -17,11 +19,13 @@ public struct Conv2D: Layer {
     public let stride: Int
     /// The Winograd plan when this layer uses it.
     let winograd: WinogradPlan?
+    /// The direct convolution when this layer's input has one channel.
+    let direct: SingleChannelConvolution?
     /// Whether the forward pass and ∂x use Winograd's F(2×2, k×k).
     public var usesWinograd: Bool { winograd != nil }
 
-    /// `winograd: false` forces im2col products everywhere (the reference the tests compare with).
-    public init(input: TensorShape, kernelSize: Int, outputChannels: Int, stride: Int = 1, winograd: Bool = true) {
+    /// `fastPaths: false` forces im2col products everywhere (the reference the tests compare with).
+    public init(input: TensorShape, kernelSize: Int, outputChannels: Int, stride: Int = 1, fastPaths: Bool = true) {
         precondition(kernelSize > 0 && kernelSize % 2 == 1, "Conv2D kernel size must be odd")
         precondition(outputChannels > 0, "Conv2D needs output channels")
         precondition(stride >= 1, "Conv2D stride must be positive")
@@ -30,7 +34,10 @@ public struct Conv2D: Layer {
         self.outputChannels = outputChannels
         self.stride = stride
         let fits = stride == 1 && WinogradPlan.kernels.contains(kernelSize) && input.channels % 16 == 0 && outputChannels % 16 == 0
-        self.winograd = winograd && fits ? WinogradPlan(kernel: kernelSize) : nil
+        self.winograd = fastPaths && fits ? WinogradPlan(kernel: kernelSize) : nil
+        let single = stride == 1 && input.channels == 1 && outputChannels % 16 == 0
+        self.direct = fastPaths && single
+            ? SingleChannelConvolution(kernel: kernelSize, height: input.height, width: input.width, outputs: outputChannels) : nil
     }
 
     public var outputShape: TensorShape {
@@ -54,10 +61,12 @@ public struct Conv2D: Layer {
         return columnBytes(batch: batch) + transposed + filter
     }
 
-    /// The first region of scratch: the im2col matrix of the whole batch, or with Winograd the
+    /// The first region of scratch: the im2col matrix of the whole batch, the batch's padded
+    /// frames for the direct convolution, or with Winograd the
     /// two halves of the batch's gradients with respect to the transformed filter and the two
     /// halves' chunk buffers (``WinogradPlan/accumulateFilterGradient(_:outputGradient:images:height:width:inputs:outputs:scratch:into:)``).
     private func columnBytes(batch: Int) -> Int {
+        if let direct { return aligned64(batch * direct.frameCount * MemoryLayout<Float>.stride) }
         guard let winograd else { return aligned64(batch * positions * patchSize * MemoryLayout<Float>.stride) }
         return 2 * (gradientHalfBytes(winograd) + gradientChunkBytes(winograd))
     }
@@ -98,6 +107,14 @@ public struct Conv2D: Layer {
                 into: f.output, threads: f.threads)
             return
         }
+        if let direct {
+            let frames = columnsBuffer(f.scratch)
+            forEachBatchChunk(f.batch, threads: f.threads) { images in
+                direct.pad(f.input, images: images, into: frames)
+                direct.forward(frames: frames, images: images, weights: f.parameters, bias: f.parameters + patchSize * outputChannels, into: f.output)
+            }
+            return
+        }
         let columns = columnsBuffer(f.scratch)
         im2col(f.input, batch: f.batch, into: columns, threads: f.threads)
         let bias = f.parameters + patchSize * outputChannels
@@ -115,6 +132,19 @@ public struct Conv2D: Layer {
         let f = g.forward
         let columns = columnsBuffer(f.scratch)
         let rows = f.batch * positions
+        if let direct {
+            // Kernel rows shared among the cores: each row's sums run in the same order on any number.
+            let parts = min(f.threads, kernelSize)
+            forEachBatchChunk(kernelSize, threads: parts) { rows in
+                direct.filterGradient(frames: columns, outputGradient: g.outputGradient, batch: f.batch, rows: rows, into: g.parameterGradient)
+            }
+            sumRows(g.outputGradient, rows: rows, columns: outputChannels, into: g.parameterGradient + patchSize * outputChannels)
+            guard let inputGradient = g.inputGradient else { return }
+            forEachBatchChunk(f.batch, threads: f.threads) { images in
+                direct.inputGradient(g.outputGradient, images: images, weights: f.parameters, into: inputGradient)
+            }
+            return
+        }
         if let winograd {
             // ∂W through the transformed filter's gradient, summed separately over the two
             // halves of the batch, which may run on two cores, then added: the same sums in the
