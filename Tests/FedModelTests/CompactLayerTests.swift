@@ -68,6 +68,79 @@ import Testing
         #expect(one.output == two.output && one.dx == two.dx && one.dp == two.dp)
     }
 
+    /// GroupNorm over channel counts in multiples of 16 runs 16 channels at a time in registers;
+    /// it must give the plain per-value loops' bits: the same sums in the same order.
+    @Test func groupNormBlocksGiveThePlainLoopsBits() {
+        let (shape, groups, batch) = (TensorShape(height: 3, width: 5, channels: 32), 8, 3)
+        let layer = GroupNorm(shape: shape, groups: groups)
+        var generator = SeededGenerator(seed: 12)
+        let x = (0..<(batch * shape.count)).map { _ in generator.nextUniform(-2, 2) }
+        let parameters = (0..<64).map { _ in generator.nextUniform(0.5, 1.5) }
+        let dy = (0..<x.count).map { _ in generator.nextUniform(-1, 1) }
+        var (y, dx, dp) = ([Float](repeating: 0, count: x.count), [Float](repeating: 0, count: x.count), [Float](repeating: 0, count: 64))
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: layer.scratchBytes(batch: batch), alignment: 64)
+        defer { scratch.deallocate() }
+        x.withUnsafeBufferPointer { xp in parameters.withUnsafeBufferPointer { pp in y.withUnsafeMutableBufferPointer { yp in
+            dy.withUnsafeBufferPointer { dyp in dx.withUnsafeMutableBufferPointer { dxp in dp.withUnsafeMutableBufferPointer { dpp in
+                let f = ForwardBuffers(batch: batch, parameters: pp.baseAddress!, input: xp.baseAddress!, output: yp.baseAddress!, scratch: scratch, threads: 1)
+                layer.forward(f)
+                layer.backward(BackwardBuffers(forward: f, outputGradient: dyp.baseAddress!, inputGradient: dxp.baseAddress!, parameterGradient: dpp.baseAddress!))
+            }}}
+        }}}
+        // The plain loops, value by value.
+        let (positions, c, width) = (shape.height * shape.width, 32, 32 / groups)
+        var (hats, inverse) = ([Float](repeating: 0, count: x.count), [Float](repeating: 0, count: batch * groups))
+        var (expectedY, expectedDx, expectedDp) = ([Float](repeating: 0, count: x.count), [Float](repeating: 0, count: x.count), [Float](repeating: 0, count: 64))
+        for b in 0..<batch {
+            var sum = [Double](repeating: 0, count: c), squares = [Double](repeating: 0, count: c)
+            for p in 0..<positions { for ch in 0..<c { sum[ch] += Double(x[(b * positions + p) * c + ch]) } }
+            for g in 0..<groups {
+                let total = sum[(g * width)..<((g + 1) * width)].reduce(0, +)
+                for ch in (g * width)..<((g + 1) * width) { sum[ch] = total / Double(positions * width) }
+            }
+            for p in 0..<positions { for ch in 0..<c { let d = Double(x[(b * positions + p) * c + ch]) - sum[ch]; squares[ch] += d * d } }
+            for g in 0..<groups {
+                let total = squares[(g * width)..<((g + 1) * width)].reduce(0, +)
+                inverse[b * groups + g] = Float(1 / (total / Double(positions * width) + Double(GroupNorm.epsilon)).squareRoot())
+            }
+            for p in 0..<positions {
+                for ch in 0..<c {
+                    let i = (b * positions + p) * c + ch
+                    hats[i] = (x[i] - Float(sum[ch])) * inverse[b * groups + ch / width]
+                    expectedY[i] = parameters[ch] * hats[i] + parameters[c + ch]
+                }
+            }
+            var (sumGradient, sumProduct) = ([Float](repeating: 0, count: c), [Float](repeating: 0, count: c))
+            for p in 0..<positions {
+                for ch in 0..<c {
+                    let i = (b * positions + p) * c + ch
+                    let product = dy[i] * hats[i]
+                    expectedDp[ch] += product
+                    expectedDp[c + ch] += dy[i]
+                    sumGradient[ch] += dy[i]
+                    sumProduct[ch] += product
+                }
+            }
+            for g in 0..<groups {
+                var (gradient, product): (Float, Float) = (0, 0)
+                for ch in (g * width)..<((g + 1) * width) {
+                    gradient += sumGradient[ch] * parameters[ch]
+                    product += sumProduct[ch] * parameters[ch]
+                }
+                let count = Float(positions * width)
+                for p in 0..<positions {
+                    for ch in (g * width)..<((g + 1) * width) {
+                        let i = (b * positions + p) * c + ch
+                        expectedDx[i] = inverse[b * groups + g] * (dy[i] * parameters[ch] - gradient / count - hats[i] * (product / count))
+                    }
+                }
+            }
+        }
+        #expect(y == expectedY)
+        #expect(dx == expectedDx)
+        #expect(dp == expectedDp)
+    }
+
     @Test func dropoutMasksAreSeededScaledAndOffInEvaluation() {
         let layer = Dropout(shape: .vector(1000), rate: 0.25)
         let x = [Float](repeating: 2, count: 20_000)

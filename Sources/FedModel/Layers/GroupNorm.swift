@@ -54,9 +54,18 @@ public struct GroupNorm: Layer {
                 for b in 0..<f.batch {
                     let x = f.input + b * inputShape.count
                     sum.update(repeating: 0, count: 2 * c)
-                    for p in 0..<positions {
-                        let row = x + p * c
-                        for ch in 0..<c { sum[ch] += Double(row[ch]) }
+                    if c % 16 == 0 {
+                        // The same sums in the same order, 16 channels at a time in registers.
+                        for block in stride(from: 0, to: c, by: 16) {
+                            var total = SIMD16<Double>()
+                            for p in 0..<positions { total += SIMD16<Double>(load16(x + p * c + block)) }
+                            store16(total, sum + block)
+                        }
+                    } else {
+                        for p in 0..<positions {
+                            let row = x + p * c
+                            for ch in 0..<c { sum[ch] += Double(row[ch]) }
+                        }
                     }
                     // Each group's mean, spread back over its channels, then the squared deviations.
                     for g in 0..<groups {
@@ -64,11 +73,23 @@ public struct GroupNorm: Layer {
                         for ch in (g * width)..<((g + 1) * width) { total += sum[ch] }
                         for ch in (g * width)..<((g + 1) * width) { sum[ch] = total / count }
                     }
-                    for p in 0..<positions {
-                        let row = x + p * c
-                        for ch in 0..<c {
-                            let d = Double(row[ch]) - sum[ch]
-                            squares[ch] += d * d
+                    if c % 16 == 0 {
+                        for block in stride(from: 0, to: c, by: 16) {
+                            let centre = load16(sum + block)
+                            var total = SIMD16<Double>()
+                            for p in 0..<positions {
+                                let d = SIMD16<Double>(load16(x + p * c + block)) - centre
+                                total += d * d
+                            }
+                            store16(total, squares + block)
+                        }
+                    } else {
+                        for p in 0..<positions {
+                            let row = x + p * c
+                            for ch in 0..<c {
+                                let d = Double(row[ch]) - sum[ch]
+                                squares[ch] += d * d
+                            }
                         }
                     }
                     for g in 0..<groups {
@@ -81,13 +102,25 @@ public struct GroupNorm: Layer {
                             scale[ch] = inverseDeviation
                         }
                     }
-                    for p in 0..<positions {
-                        let i = b * inputShape.count + p * c
-                        let row = x + p * c, hats = normalised + i, out = f.output + i
-                        for ch in 0..<c {
-                            let hat = (row[ch] - mean[ch]) * scale[ch]
-                            hats[ch] = hat
-                            out[ch] = gamma[ch] * hat + beta[ch]
+                    if c % 16 == 0 {
+                        for block in stride(from: 0, to: c, by: 16) {
+                            let (m, s, g, o) = (load16(mean + block), load16(scale + block), load16(gamma + block), load16(beta + block))
+                            for p in 0..<positions {
+                                let i = b * inputShape.count + p * c + block
+                                let hat = (load16(x + p * c + block) - m) * s
+                                store16(hat, normalised + i)
+                                store16(g * hat + o, f.output + i)
+                            }
+                        }
+                    } else {
+                        for p in 0..<positions {
+                            let i = b * inputShape.count + p * c
+                            let row = x + p * c, hats = normalised + i, out = f.output + i
+                            for ch in 0..<c {
+                                let hat = (row[ch] - mean[ch]) * scale[ch]
+                                hats[ch] = hat
+                                out[ch] = gamma[ch] * hat + beta[ch]
+                            }
                         }
                     }
                 }
@@ -110,15 +143,36 @@ public struct GroupNorm: Layer {
             for b in 0..<f.batch {
                 sumGradient.update(repeating: 0, count: 2 * c)
                 // ∂x = (1/σ̂)·(∂x̂ − mean(∂x̂) − x̂·mean(∂x̂·x̂)), ∂x̂ = ∂y·γ, over each group's values.
-                for p in 0..<positions {
-                    let i = b * inputShape.count + p * c
-                    let dy = g.outputGradient + i, hats = UnsafePointer(normalised + i)
-                    for ch in 0..<c {
-                        let product = dy[ch] * hats[ch]
-                        dGamma[ch] += product
-                        dBeta[ch] += dy[ch]
-                        sumGradient[ch] += dy[ch]
-                        sumProduct[ch] += product
+                if c % 16 == 0 {
+                    // The same sums in the same order, 16 channels at a time in registers.
+                    for block in stride(from: 0, to: c, by: 16) {
+                        var (gammaSum, betaSum) = (load16(dGamma + block), load16(dBeta + block))
+                        var (gradientSum, productSum) = (SIMD16<Float>(), SIMD16<Float>())
+                        for p in 0..<positions {
+                            let i = b * inputShape.count + p * c + block
+                            let dy = load16(g.outputGradient + i)
+                            let product = dy * load16(normalised + i)
+                            gammaSum += product
+                            betaSum += dy
+                            gradientSum += dy
+                            productSum += product
+                        }
+                        store16(gammaSum, dGamma + block)
+                        store16(betaSum, dBeta + block)
+                        store16(gradientSum, sumGradient + block)
+                        store16(productSum, sumProduct + block)
+                    }
+                } else {
+                    for p in 0..<positions {
+                        let i = b * inputShape.count + p * c
+                        let dy = g.outputGradient + i, hats = UnsafePointer(normalised + i)
+                        for ch in 0..<c {
+                            let product = dy[ch] * hats[ch]
+                            dGamma[ch] += product
+                            dBeta[ch] += dy[ch]
+                            sumGradient[ch] += dy[ch]
+                            sumProduct[ch] += product
+                        }
                     }
                 }
                 guard let dx = g.inputGradient else { continue }
@@ -134,14 +188,43 @@ public struct GroupNorm: Layer {
                         scale[ch] = inverse[b * groups + group]
                     }
                 }
-                for p in 0..<positions {
-                    let i = b * inputShape.count + p * c
-                    let dy = g.outputGradient + i, hats = UnsafePointer(normalised + i), out = dx + i
-                    for ch in 0..<c {
-                        out[ch] = scale[ch] * (dy[ch] * gamma[ch] - meanGradient[ch] - hats[ch] * meanProduct[ch])
+                if c % 16 == 0 {
+                    for block in stride(from: 0, to: c, by: 16) {
+                        let (s, gm) = (load16(scale + block), load16(gamma + block))
+                        let (mg, mp) = (load16(meanGradient + block), load16(meanProduct + block))
+                        for p in 0..<positions {
+                            let i = b * inputShape.count + p * c + block
+                            store16(s * (load16(g.outputGradient + i) * gm - mg - load16(normalised + i) * mp), dx + i)
+                        }
+                    }
+                } else {
+                    for p in 0..<positions {
+                        let i = b * inputShape.count + p * c
+                        let dy = g.outputGradient + i, hats = UnsafePointer(normalised + i), out = dx + i
+                        for ch in 0..<c {
+                            out[ch] = scale[ch] * (dy[ch] * gamma[ch] - meanGradient[ch] - hats[ch] * meanProduct[ch])
+                        }
                     }
                 }
             }
         }
     }
+}
+
+@inline(__always) private func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+}
+
+@inline(__always) private func load16(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> { load16(UnsafePointer(p)) }
+
+@inline(__always) private func load16(_ p: UnsafeMutablePointer<Double>) -> SIMD16<Double> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Double>.self)
+}
+
+@inline(__always) private func store16(_ value: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: value, as: SIMD16<Float>.self)
+}
+
+@inline(__always) private func store16(_ value: SIMD16<Double>, _ p: UnsafeMutablePointer<Double>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: value, as: SIMD16<Double>.self)
 }
