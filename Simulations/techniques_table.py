@@ -72,11 +72,11 @@ def best_settings(scenario, rounds):
     reference = median([r["summary"]["final_metric"] for r, _ in dense])
     target = dense[0][0]["summary"]["target"]
     seeds = len(dense)
-    rows = []   # (technique, setting, model bytes, update bytes, accuracy, rounds to target, s per round)
+    rows = []   # (technique, setting, model bytes, update bytes, accuracy, rounds to target, s per round, seeds)
     for export in ("fp32", "q8", "q4"):
         rows.append(("dense", f"{export} export", median([e[export][0] for _, e in dense]), update32,
                      median([e[export][1] for _, e in dense]), rounds_to([r for r, _ in dense]),
-                     median([r["summary"]["mean_seconds_per_round"] for r, _ in dense])))
+                     median([r["summary"]["mean_seconds_per_round"] for r, _ in dense]), len(dense)))
     for name, technique, setting, export in (("prune0.9-q4", "pruning", "90%, q4 export, q4 updates", "q4"),
                                              ("prune0.95-q4", "pruning", "95%, q4 export, q4 updates", "q4"),
                                              ("lowrank4-q4", "low-rank updates", "`lowrank:4+q4+ef`", "fp32"),
@@ -85,24 +85,24 @@ def best_settings(scenario, rounds):
         if found:
             rows.append((technique, setting, median([e[export][0] for _, e in found]), median([per_update(r) for r, _ in found]),
                          median([e[export][1] for _, e in found]), rounds_to([r for r, _ in found]),
-                         median([r["summary"]["mean_seconds_per_round"] for r, _ in found])))
+                         median([r["summary"]["mean_seconds_per_round"] for r, _ in found]), len(found)))
     within = [r for r in rows if r[4] >= reference - 0.01]
     best_model = min(within, key=lambda r: r[2])
     best_update = min(within, key=lambda r: r[3])
-    print(f"{scenario}: round {rounds}, the median of {seeds} seed{'s' if seeds > 1 else ''}; float32 model {float32:,} bytes, "
+    print(f"{scenario}: round {rounds}, the median of the seeds run (dense float32: {seeds}); float32 model {float32:,} bytes, "
           f"fp32+raw update {update32:,.0f} bytes")
     print()
-    print(f"| technique | setting | model bytes (smaller than float32) | bytes per update (less than float32) | accuracy (change) | rounds to {target:.0%} | s per simulated round |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| technique | setting | model bytes (smaller than float32) | bytes per update (less than float32) | accuracy (change) | rounds to {target:.0%} | s per simulated round | seeds |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        technique, setting, model, update, accuracy, reached, seconds = row
+        technique, setting, model, update, accuracy, reached, seconds, count = row
         model_text = f"{model:,.0f} ({float32 / model:.1f}x)"
         update_text = f"{update:,.0f} ({update32 / update:.0f}x)"
         if row is best_model:
             model_text = f"**{model_text}**"
         if row is best_update:
             update_text = f"**{update_text}**"
-        print(f"| {technique} | {setting} | {model_text} | {update_text} | {accuracy:.2%} ({(accuracy - reference) * 100:+.2f}) | {reached} | {seconds:.2f} |")
+        print(f"| {technique} | {setting} | {model_text} | {update_text} | {accuracy:.2%} ({(accuracy - reference) * 100:+.2f}) | {reached} | {seconds:.2f} | {count} |")
 
 
 arguments = argparse.ArgumentParser(description="Every technique for smaller models in one table.")
