@@ -376,7 +376,7 @@ public final class Simulation {
                                 for tensor in lowRankTensors {
                                     let cols = tensor.shape.last!
                                     sent[worker].withUnsafeMutableBufferPointer {
-                                        LowRank.truncate($0.baseAddress! + tensor.offset, rows: tensor.count / cols, cols: cols, rank: c.svdRank,
+                                        _ = LowRank.truncate($0.baseAddress! + tensor.offset, rows: tensor.count / cols, cols: cols, rank: c.svdRank,
                                                          seed: c.seed &+ UInt64(round) &* 0x9E37_79B9 &+ UInt64(client) &* 0x85EB_CA6B &+ UInt64(tensor.index))
                                     }
                                 }
