@@ -61,10 +61,10 @@ public struct Conv2D: Layer {
         return columnBytes(batch: batch) + transposed + filter
     }
 
-    /// The first region of scratch: the im2col matrix of the whole batch, the batch's padded
-    /// frames for the direct convolution, or with Winograd the
-    /// two halves of the batch's gradients with respect to the transformed filter and the two
-    /// halves' chunk buffers (``WinogradPlan/accumulateFilterGradient(_:outputGradient:images:height:width:inputs:outputs:scratch:into:)``).
+    /// The first region of scratch: the im2col matrix of the whole batch; or the batch's padded
+    /// frames for the direct convolution; or with Winograd, for each half of the batch, its
+    /// gradient with respect to the transformed filter and its chunk buffer
+    /// (``WinogradPlan/accumulateFilterGradient(_:outputGradient:images:height:width:inputs:outputs:scratch:into:)``).
     private func columnBytes(batch: Int) -> Int {
         if let direct { return aligned64(batch * direct.frameCount * MemoryLayout<Float>.stride) }
         guard let winograd else { return aligned64(batch * positions * patchSize * MemoryLayout<Float>.stride) }
