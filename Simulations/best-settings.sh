@@ -42,7 +42,7 @@ for seed in $seeds; do
         tag="$out/$scenario-$name-r$rounds-seed$seed"
         [ -f "$tag.json" ] && [ -f "$tag.exports" ] && continue
         echo "$(date +%T) $scenario $name seed $seed" >&2
-        rm -f "$tag.sqlite"
+        rm -f "$tag.sqlite" "$tag.sqlite-wal" "$tag.sqlite-shm"
         # shellcheck disable=SC2086
         $fedsim --config "$config" --rounds "$rounds" --seed "$seed" $arguments \
             --quiet --report "$tag.json" --db "$tag.sqlite" > /dev/null
@@ -50,7 +50,7 @@ for seed in $seeds; do
             echo "$export $($fedcoord export --db "$tag.sqlite" --out "$tag.$export.fedmodel" --codec "$export" --test-data "$data" | tr '\n' ' ')"
         done > "$tag.exports.tmp"
         mv "$tag.exports.tmp" "$tag.exports"
-        rm -f "$tag.sqlite" "$tag".*.fedmodel
+        rm -f "$tag.sqlite" "$tag.sqlite-wal" "$tag.sqlite-shm" "$tag".*.fedmodel
     done
 done
 python3 Simulations/techniques_table.py --scenario "$scenario" --rounds "$rounds"
