@@ -174,6 +174,8 @@ public struct RoundEngine {
         /// Norms of the updates added, in the order added.
         var norms: [Double] = []
         var notices: [AggregationNotice] = []
+        /// With ensemble distillation: the added clients' outputs on the server's examples.
+        var teachers: EnsembleDistillation.Teachers?
     }
 
     public let settings: Settings
@@ -192,6 +194,9 @@ public struct RoundEngine {
 
     private let ranges: [Range<Int>]
     private let trusted: TrustedDirections?
+    /// FedDF: the aggregate is distilled further from the round's client models on the
+    /// server's examples (nil: plain aggregation).
+    private let fusion: EnsembleDistillation?
     private let evaluate: (([Float]) -> (metric: Double, loss: Double))?
     private var referenceNorm: Double?
     private var clients: [String: Client] = [:]
@@ -221,11 +226,14 @@ public struct RoundEngine {
     /// - Parameters:
     ///   - resume: the last committed round's state, when resuming a run.
     ///   - trusted: the server's directions on its trusted data (trust rule only).
+    ///   - fusion: ensemble distillation of each round's client models (FedDF), on the
+    ///     server's examples.
     ///   - evaluate: test accuracy and loss of a model (nil: rounds are not evaluated).
     public init(
         settings: Settings, network: Network, initial: [Float],
         resume: (round: Int, modelVersion: UInt32, optimizer: ServerOptimizer, ledger: TrustLedger)? = nil,
         trusted: TrustedDirections? = nil,
+        fusion: EnsembleDistillation? = nil,
         evaluate: (([Float]) -> (metric: Double, loss: Double))? = nil
     ) {
         precondition(initial.count == network.parameterCount, "initial model does not match the network")
@@ -239,6 +247,7 @@ public struct RoundEngine {
         nextRound = (resume?.round ?? 0) + 1
         isFinished = nextRound > settings.rounds
         self.trusted = trusted
+        self.fusion = fusion
         self.evaluate = evaluate
         scratch = [Float](repeating: 0, count: network.parameterCount)
         changedAt = Array(repeating: modelVersion, count: ranges.count)
@@ -382,7 +391,8 @@ public struct RoundEngine {
             round: nextRound, modelVersion: modelVersion, selected: selected,
             selectionIndex: Dictionary(uniqueKeysWithValues: selected.enumerated().map { ($1, $0) }),
             deadline: deadline, startedAt: time,
-            aggregator: UpdateAggregator(shardRanges: ranges, settings: settings.aggregation, previousReferenceNorm: referenceNorm, ledger: ledger))
+            aggregator: UpdateAggregator(shardRanges: ranges, settings: settings.aggregation, previousReferenceNorm: referenceNorm, ledger: ledger),
+            teachers: fusion?.startRound())
         return selected.map { id in
             var client = clients[id]!
             // What the client lacks at this version. A client that keeps its shards still holds
@@ -526,6 +536,9 @@ public struct RoundEngine {
             if guarding, settings.lossGuard > 0, previousLoss == nil, let evaluate { previousLoss = evaluate(global).loss }
             let (savedModel, savedOptimizer) = (global, optimizer)
             optimizer.apply(delta: mean, to: &global)
+            if let fusion, let teachers = round.teachers {
+                global = fusion.fuse(initial: global, teachers: teachers, seed: settings.seed, round: round.round).model
+            }
             if guarding {
                 var problem: String?
                 if !global.allSatisfy(\.isFinite) {
@@ -716,6 +729,7 @@ public struct RoundEngine {
         }
         let positions = update.positions ?? update.widthClass.flatMap { subModels[$0] }?.positions
         round.aggregator.add(delta: delta, shards: update.shards, weight: Double(update.exampleCount), client: id, positions: positions)
+        if let fusion { fusion.addTeacher(global: global, delta: delta, ranges: update.shards.map { ranges[$0] }, to: &round.teachers!) }
         round.aggregated.append(id)
     }
 

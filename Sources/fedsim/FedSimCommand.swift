@@ -83,7 +83,9 @@ struct FedSimCommand: AsyncParsableCommand {
     @Flag(name: .customLong("frozen-shards"), help: "With --widths: the comparison with frozen shards. Each class's width stands for the memory budget it fits; its devices hold the whole model and train only the shards that budget picks.") var frozenShards = false
     @Option(name: .customLong("export-width"), help: "With --export: write the model at this width in (0, 1] (its nested sub-model; default 1, the whole model).") var exportWidth: Double?
     @Option(name: .customLong("width-shares"), help: ArgumentHelp("The share of the clients in each width class, summing to 1, e.g. 0.4,0.3,0.3.", valueName: "s,s,...")) var widthShares: String?
-    @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill).") var serverExamples: Int?
+    @Flag(name: .customLong("ensemble-distill"), help: "FedDF: each round, train FedAvg's model further on the server's held-out examples against the mean outputs of the round's client models (memory transport, fedavg aggregator; ensemble_temperature, ensemble_epochs, ensemble_lr and ensemble_batch in the scenario).") var ensembleDistill = false
+    @Option(name: .customLong("ensemble-epochs"), help: "With --ensemble-distill: passes over the server's examples a round (default 1).") var ensembleEpochs: Int?
+    @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill or --ensemble-distill).") var serverExamples: Int?
     @Option(help: "Distillation temperature T (default 4).") var temperature: Double?
     @Option(name: .customLong("distill-epochs"), help: "Distillation passes over the server's examples (default 20).") var distillEpochs: Int?
     @Option(help: "Write an SVG plot of accuracy, loss and bytes per round to this file.") var plot: String?
@@ -169,6 +171,8 @@ struct FedSimCommand: AsyncParsableCommand {
         if frozenShards { c.frozenShards = true }
         if let temperature { c.distillation.temperature = Float(temperature) }
         if let distillEpochs { c.distillation.epochs = distillEpochs }
+        if ensembleDistill { c.ensembleDistill = true }
+        if let ensembleEpochs { c.ensembleDistillation.epochs = ensembleEpochs }
         if let prune {
             if c.pruning == nil { c.pruning = PruningSchedule(sparsity: prune, endRound: 0) } else { c.pruning!.sparsity = prune }
         }

@@ -43,23 +43,46 @@ public struct Distillation: Sendable, Hashable {
     public static func softTargets(teacher: Network, parameters: [Float], data: DatasetSlice, temperature: Float, batchSize: Int = 256) -> [Float] {
         precondition(teacher.spec.loss == .softmaxCrossEntropy, "distillation needs a softmax teacher")
         let classes = teacher.classes
-        let workspace = Workspace(network: teacher, capacity: batchSize)
         var targets = [Float](repeating: 0, count: data.count * classes)
+        let workspace = Workspace(network: teacher, capacity: batchSize)
         parameters.withUnsafeBufferPointer { w in
-            data.indices.withUnsafeBufferPointer { indices in
-                var start = 0
-                while start < data.count {
-                    let batch = min(batchSize, data.count - start)
-                    data.dataset.gather(UnsafeBufferPointer(rebasing: indices[start..<(start + batch)]), into: workspace)
-                    let logits = workspace.forward(parameters: w.baseAddress!, batch: batch)
-                    for b in 0..<batch {
-                        softmax(logits + b * classes, count: classes, temperature: temperature, into: &targets, at: (start + b) * classes)
-                    }
-                    start += batch
+            forEachBatch(of: data, workspace: workspace, parameters: w.baseAddress!) { start, logits, batch in
+                for b in 0..<batch {
+                    softmax(logits + b * classes, count: classes, temperature: temperature, into: &targets, at: (start + b) * classes)
                 }
             }
         }
         return targets
+    }
+
+    /// Adds `network(x)`'s outputs (logits) for every example of `data` to `sum` (one row of
+    /// `network.classes` per example, in the slice's order), with `workspace`'s batches.
+    public static func addLogits(of parameters: UnsafePointer<Float>, on data: DatasetSlice, workspace: Workspace, into sum: inout [Float]) {
+        let classes = workspace.network.classes
+        precondition(sum.count == data.count * classes, "the logit sum does not match the data and the network's outputs")
+        sum.withUnsafeMutableBufferPointer { out in
+            forEachBatch(of: data, workspace: workspace, parameters: parameters) { start, logits, batch in
+                let row = out.baseAddress! + start * classes
+                for i in 0..<(batch * classes) { row[i] += logits[i] }
+            }
+        }
+    }
+
+    /// Runs the forward pass over `data` in batches of the workspace's capacity; `body` gets the
+    /// batch's first position in the slice, its outputs and its size.
+    private static func forEachBatch(
+        of data: DatasetSlice, workspace: Workspace, parameters: UnsafePointer<Float>,
+        _ body: (_ start: Int, _ logits: UnsafePointer<Float>, _ batch: Int) -> Void
+    ) {
+        data.indices.withUnsafeBufferPointer { indices in
+            var start = 0
+            while start < data.count {
+                let batch = min(workspace.capacity, data.count - start)
+                data.dataset.gather(UnsafeBufferPointer(rebasing: indices[start..<(start + batch)]), into: workspace)
+                body(start, workspace.forward(parameters: parameters, batch: batch), batch)
+                start += batch
+            }
+        }
     }
 
     /// Trains `student` from `initial` on `transfer` against `targets` (``softTargets``, in the
