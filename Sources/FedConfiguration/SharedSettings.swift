@@ -18,6 +18,39 @@ public enum SharedKeys {
     public static let pruning: Set<String> = ["prune_sparsity", "prune_initial_sparsity", "prune_start", "prune_end", "prune_every", "prune_scope"]
     /// A model trained elsewhere that the run starts from (fine-tuning, in full or with adapters).
     public static let transfer: Set<String> = ["base_model"]
+    /// Ensemble distillation of each round's client models on the server's examples (FedDF).
+    public static let ensembleDistillation: Set<String> = ["ensemble_distill", "ensemble_temperature", "ensemble_epochs", "ensemble_lr", "ensemble_batch"]
+}
+
+/// FedDF (``EnsembleDistillation``): whether each round's aggregate is distilled further from
+/// the round's client models on the server's examples, and how (the `ensemble_` keys). By
+/// default a pass over the server's examples a round at T = 1, with a gentler step than a
+/// student's from scratch (the aggregate is already trained).
+public struct EnsembleDistillationSettings: Sendable, Hashable {
+    public var enabled = false
+    public var distillation = Distillation(temperature: 1, epochs: 1, batchSize: 64, learningRate: 0.01, momentum: 0.9)
+
+    public init() {}
+
+    public mutating func read(_ table: ConfigurationTable) throws {
+        if let v = try table.bool("ensemble_distill") { enabled = v }
+        if let v = try table.number("ensemble_temperature") { distillation.temperature = Float(v) }
+        if let v = try table.int("ensemble_epochs") { distillation.epochs = v }
+        if let v = try table.number("ensemble_lr") { distillation.learningRate = Float(v) }
+        if let v = try table.int("ensemble_batch") { distillation.batchSize = v }
+    }
+
+    /// Checks the settings against the task and the aggregation (when enabled): only
+    /// classifiers are distilled, and the ensemble is every added update, so a rule that sets
+    /// some aside or noise that hides each one would be undone by the clients' own outputs.
+    public func check(loss: Loss, aggregation: AggregationSettings) throws {
+        guard enabled else { return }
+        do { try distillation.validate() } catch let error as ModelError { throw ConfigurationError("ensemble_distill: \(error.description)") }
+        guard loss == .softmaxCrossEntropy else { throw ConfigurationError("ensemble_distill teaches classifiers (softmax); this task's loss is \(loss)") }
+        guard !aggregation.holdsUpdates, aggregation.dpClip == 0 else {
+            throw ConfigurationError("ensemble_distill needs the fedavg aggregator without norm_bound or central DP (the ensemble holds every client's own model)")
+        }
+    }
 }
 
 extension ModelSpec {

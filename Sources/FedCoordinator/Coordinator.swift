@@ -165,7 +165,14 @@ public actor Coordinator {
             trustedDirections = try TrustedDirections(
                 network: network, data: TrustedDirections.sample(trusted, count: configuration.trustedExamples, seed: configuration.seed))
         }
-        engine = RoundEngine(settings: settings, network: network, initial: initial, resume: resume, trusted: trustedDirections, evaluate: evaluate)
+        var fusion: EnsembleDistillation?
+        if configuration.ensemble.enabled {
+            guard let trusted else { throw ModelError("ensemble_distill needs the server's own examples (trusted_data)") }
+            fusion = try EnsembleDistillation(
+                network: network, transfer: TrustedDirections.sample(trusted, count: configuration.trustedExamples, seed: configuration.seed),
+                settings: configuration.ensemble.distillation, threads: availableCores)
+        }
+        engine = RoundEngine(settings: settings, network: network, initial: initial, resume: resume, trusted: trustedDirections, fusion: fusion, evaluate: evaluate)
         if let previousModel, previousModel.count == network.parameterCount { engine.followWarmStarts(from: previousModel) }
     }
 

@@ -4,7 +4,7 @@ import FedModel
 import Foundation
 
 extension CoordinatorConfiguration {
-    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union([
+    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union(SharedKeys.ensembleDistillation).union([
         "widths",
         "host", "port", "rounds", "target_accuracy", "target", "min_clients", "clients_per_round",
         "over_selection", "min_updates", "round_deadline", "max_tasks_in_flight", "local_epochs", "batch_size", "learning_rate",
@@ -50,6 +50,7 @@ extension CoordinatorConfiguration {
         }
         if let v = try table.number("handshake_timeout") { c.handshakeTimeout = v }
         try c.aggregation.read(table)
+        try c.ensemble.read(table)
         c.pruning = try PruningSchedule.configured(table)
         if let v = try table.path("base_model") { c.baseModelPath = v }
         if let v = try table.numbers("widths") { c.widths = v }
@@ -156,6 +157,10 @@ extension CoordinatorConfiguration {
         }
         guard !aggregation.needsTrustedDirections || trustedDataPath != nil else {
             throw fail("aggregator trust needs trusted_data: a data directory the server trusts (train_x.npy/train_y.npy, train.npz, CIFAR, LEAF or IDX files)")
+        }
+        try ensemble.check(loss: model.loss, aggregation: aggregation)
+        guard !ensemble.enabled || trustedDataPath != nil else {
+            throw fail("ensemble_distill needs trusted_data: examples the server holds itself (train_x.npy/train_y.npy, train.npz, CIFAR, LEAF or IDX files; labels are not used)")
         }
         guard !clientKeys.isEmpty || databasePath != nil else {
             throw fail("no clients registered: set database and run `fedcoord clients add ID`, or add a [clients] table of id = \"fedpk1:...\"")

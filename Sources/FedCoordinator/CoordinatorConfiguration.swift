@@ -64,6 +64,9 @@ public struct CoordinatorConfiguration: Sendable {
     /// examples (drawn with the seed) the server trains its per-class directions on.
     public var trustedDataPath: String?
     public var trustedExamples = 1000
+    /// FedDF: each round's aggregate is distilled further from the round's client models on
+    /// `trustedExamples` examples of the trusted data (drawn with the seed; labels unused).
+    public var ensemble = EnsembleDistillationSettings()
     /// Clients registered in the configuration file: id → public key (`fedpk1:...`). Clients
     /// registered in the database with `fedcoord clients add` are looked up there.
     public var clientKeys: [String: String] = [:]

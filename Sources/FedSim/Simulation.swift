@@ -205,8 +205,8 @@ public final class Simulation {
         arrivalDecides = devices.overSelection > 1 || devices.roundDeadline > 0
         settings.addInSelectionOrder = arrivalDecides
         let latest = self.latest
-        let fusion = try configuration.ensembleDistill
-            ? serverData.map { try EnsembleDistillation(network: network, transfer: $0.all, settings: configuration.ensembleDistillation, threads: configuration.effectiveThreads) } : nil
+        let fusion = try configuration.ensemble.enabled
+            ? serverData.map { try EnsembleDistillation(network: network, transfer: $0.all, settings: configuration.ensemble.distillation, threads: configuration.effectiveThreads) } : nil
         engine = RoundEngine(settings: settings, network: network, initial: global, trusted: trusted, fusion: fusion) { model in
             let evaluation = evaluator.evaluate(model, on: testSlice)
             latest.value = evaluation

@@ -110,13 +110,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
     /// its distillation transfer set; 0 = 5,000 when there are students, none otherwise.
     public var serverExamples = 0
     public var distillation = Distillation()
-    /// Ensemble distillation each round (FedDF, ``EnsembleDistillation``): FedAvg's model is
-    /// trained further on the server's held-out examples against the mean outputs of the
-    /// round's client models. Its settings are the other `ensemble_` keys: by default a pass
-    /// over the server's examples a round at T = 1, with a gentler step than the students'
-    /// (it starts from a trained model, not from scratch).
-    public var ensembleDistill = false
-    public var ensembleDistillation = Distillation(temperature: 1, epochs: 1, batchSize: 64, learningRate: 0.01, momentum: 0.9)
+    /// Ensemble distillation each round (FedDF): FedAvg's model is trained further on the
+    /// server's held-out examples against the mean outputs of the round's client models.
+    public var ensemble = EnsembleDistillationSettings()
     /// The low-rank reference (0 = off): each client's update to every weight matrix is replaced
     /// by its rank-R approximation (``LowRank``) before it is encoded; what a low-rank update
     /// codec would be measured against. The update still travels in `codec`.
@@ -144,14 +140,13 @@ public struct SimulationConfiguration: Sendable, Equatable {
     public var frozenShards = false
 
     /// The held-out examples in effect.
-    public var effectiveServerExamples: Int { serverExamples > 0 ? serverExamples : (distillStudents.isEmpty && !ensembleDistill ? 0 : 5000) }
+    public var effectiveServerExamples: Int { serverExamples > 0 ? serverExamples : (distillStudents.isEmpty && !ensemble.enabled ? 0 : 5000) }
 
     public init() {}
 
-    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union([
+    static let keys: Set<String> = SharedKeys.aggregation.union(SharedKeys.serverOptimizer).union(SharedKeys.model).union(SharedKeys.pruning).union(SharedKeys.transfer).union(SharedKeys.ensembleDistillation).union([
         "widths", "width_shares", "ordered_dropout", "frozen_shards",
         "svd_rank", "distill", "server_examples", "distill_temperature", "distill_epochs", "distill_lr", "distill_batch",
-        "ensemble_distill", "ensemble_temperature", "ensemble_epochs", "ensemble_lr", "ensemble_batch",
         "name", "data", "clients", "fraction", "rounds", "local_epochs",
         "batch_size", "learning_rate", "momentum", "weight_decay", "proximal_mu", "partition",
         "shards_per_client", "dirichlet_alpha", "labels_per_client", "label_column", "user_column", "seed", "target_accuracy", "target", "stop_at_target",
@@ -253,11 +248,7 @@ public struct SimulationConfiguration: Sendable, Equatable {
         if let v = try table.int("distill_epochs") { c.distillation.epochs = v }
         if let v = try table.number("distill_lr") { c.distillation.learningRate = Float(v) }
         if let v = try table.int("distill_batch") { c.distillation.batchSize = v }
-        if let v = try table.bool("ensemble_distill") { c.ensembleDistill = v }
-        if let v = try table.number("ensemble_temperature") { c.ensembleDistillation.temperature = Float(v) }
-        if let v = try table.int("ensemble_epochs") { c.ensembleDistillation.epochs = v }
-        if let v = try table.number("ensemble_lr") { c.ensembleDistillation.learningRate = Float(v) }
-        if let v = try table.int("ensemble_batch") { c.ensembleDistillation.batchSize = v }
+        try c.ensemble.read(table)
         return c
     }
 
@@ -312,15 +303,9 @@ public struct SimulationConfiguration: Sendable, Equatable {
                 throw fail("distill: \(error.description)")
             }
         }
-        if ensembleDistill {
-            do { try ensembleDistillation.validate() } catch let error as ModelError { throw fail("ensemble_distill: \(error.description)") }
-            guard try modelSpec().loss == .softmaxCrossEntropy else { throw fail("ensemble_distill teaches classifiers (softmax); this task's loss is \(try modelSpec().loss)") }
-            // The ensemble is every added update: a rule that sets some aside, or noise that
-            // hides each one, would be undone by the clients' own outputs.
-            guard !aggregation.holdsUpdates, aggregation.dpClip == 0, aggregation.normBound == 0 else {
-                throw fail("ensemble_distill needs the fedavg aggregator without norm_bound or central DP (the ensemble holds every client's own model)")
-            }
-            guard transport == .memory else { throw fail("ensemble_distill is simulated by the memory transport only") }
+        try ensemble.check(loss: try modelSpec().loss, aggregation: aggregation)
+        if ensemble.enabled, transport != .memory {
+            throw fail("ensemble_distill is simulated by the memory transport only (fedcoord's ensemble_distill runs it over TCP)")
         }
         guard attackFromRound >= 1 else { throw ConfigurationError("attack_from_round must be at least 1, got \(attackFromRound)") }
         guard attackScale.isFinite, attackNoise >= 0, attackNoise.isFinite else { throw ConfigurationError("attack_scale and attack_noise must be finite (attack_noise non-negative)") }
@@ -467,7 +452,7 @@ extension SimulationConfiguration {
         if attackers > 0 { other.append("attackers") }
         if transport == .tcp, orderedDropout { other.append("transport tcp with ordered_dropout (fedclient trains at its own width only)") }
         if !distillStudents.isEmpty { other.append("distill") }
-        if ensembleDistill { other.append("ensemble_distill") }
+        if ensemble.enabled { other.append("ensemble_distill") }
         if devices.overSelection > 1 || devices.roundDeadline > 0 { other.append("over_selection and round_deadline") }
         if baseModel != nil { other.append("base_model") }
         if !other.isEmpty { throw fail("width classes (widths) do not combine with " + other.joined(separator: ", ")) }

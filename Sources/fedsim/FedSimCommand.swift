@@ -171,8 +171,8 @@ struct FedSimCommand: AsyncParsableCommand {
         if frozenShards { c.frozenShards = true }
         if let temperature { c.distillation.temperature = Float(temperature) }
         if let distillEpochs { c.distillation.epochs = distillEpochs }
-        if ensembleDistill { c.ensembleDistill = true }
-        if let ensembleEpochs { c.ensembleDistillation.epochs = ensembleEpochs }
+        if ensembleDistill { c.ensemble.enabled = true }
+        if let ensembleEpochs { c.ensemble.distillation.epochs = ensembleEpochs }
         if let prune {
             if c.pruning == nil { c.pruning = PruningSchedule(sparsity: prune, endRound: 0) } else { c.pruning!.sparsity = prune }
         }

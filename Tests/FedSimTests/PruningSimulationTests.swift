@@ -135,7 +135,7 @@ struct EnsembleDistillationSimulationTests {
     @Test func theRoundsModelIsDistilledFromItsClients() throws {
         let plain = try Simulation(configuration: Self.configuration(), train: SmallMNIST.train, test: SmallMNIST.test)
         var c = Self.configuration()
-        c.ensembleDistill = true
+        c.ensemble.enabled = true
         let fused = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
         let again = try Simulation(configuration: c, train: SmallMNIST.train, test: SmallMNIST.test)
         #expect(fused.serverData?.count == 1000 && fused.trainData.count == plain.trainData.count)
@@ -154,13 +154,13 @@ struct EnsembleDistillationSimulationTests {
 
     @Test func itIsRefusedWhereItCannotWork() throws {
         var c = Self.configuration()
-        c.ensembleDistill = true
+        c.ensemble.enabled = true
         try c.validate()
         var bad = c
         bad.aggregation.rule = .krum
         #expect { try bad.validate() } throws: { "\($0)".contains("ensemble_distill needs the fedavg aggregator") }
         bad = c
-        bad.ensembleDistillation.epochs = 0
+        bad.ensemble.distillation.epochs = 0
         #expect { try bad.validate() } throws: { "\($0)".contains("ensemble_distill") && "\($0)".contains("epochs") }
         bad = c
         bad.transport = .tcp
@@ -170,7 +170,7 @@ struct EnsembleDistillationSimulationTests {
             ensemble_epochs = 2
             ensemble_temperature = 3
             """, source: "test")
-        #expect(toml.ensembleDistill && toml.ensembleDistillation.epochs == 2 && toml.ensembleDistillation.temperature == 3)
+        #expect(toml.ensemble.enabled && toml.ensemble.distillation.epochs == 2 && toml.ensemble.distillation.temperature == 3)
         #expect(toml.effectiveServerExamples == 5000)
     }
 }
