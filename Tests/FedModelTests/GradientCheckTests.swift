@@ -50,7 +50,10 @@ import Testing
 
     /// `distinctInputs` spaces the inputs ≥ 0.05 apart, so no perturbation of ±ε can
     /// change which input a max-pool window picks (the function is not differentiable there).
-    func check(_ layer: any Layer, batch: Int = 3, seed: UInt64 = 1, samples: Int = 60, distinctInputs: Bool = false, training: Bool = false) {
+    /// `notComputed`: parameters whose gradient the layer leaves zero by design (a frozen base
+    /// weight); the others are checked.
+    func check(_ layer: any Layer, batch: Int = 3, seed: UInt64 = 1, samples: Int = 60, distinctInputs: Bool = false, training: Bool = false,
+               notComputed: Range<Int> = 0..<0) {
         var probe = Probe(layer, batch: batch, seed: seed)
         probe.training = training
         if distinctInputs {
@@ -76,9 +79,11 @@ import Testing
             #expect(abs(numeric - Double(dx[i])) <= 1e-2 * max(1, abs(numeric)), "\(layer) ∂x[\(i)]: analytic \(dx[i]) numeric \(numeric)")
             checked += 1
         }
-        if layer.parameterCount > 0 {
+        #expect(dp[notComputed].allSatisfy { $0 == 0 }, "\(layer): a gradient that is not computed must stay zero")
+        let computed = (0..<layer.parameterCount).filter { !notComputed.contains($0) }
+        if !computed.isEmpty {
             for _ in 0..<samples {
-                let i = Int(g.next() % UInt64(layer.parameterCount))
+                let i = computed[Int(g.next() % UInt64(computed.count))]
                 let saved = probe.parameters[i]
                 probe.parameters[i] = saved + eps
                 let plus = probe.loss()
@@ -150,11 +155,14 @@ import Testing
         }
     }
     @Test func flatten() { check(Flatten(shape: TensorShape(height: 2, width: 3, channels: 4))) }
-    /// Every slot of an adapted layer: ∂x through W + A·B, ∂W and ∂b of the merged weight,
-    /// and the projections ∂A = ∂W·Bᵀ and ∂B = Aᵀ·∂W.
+    /// Every slot of an adapted layer: ∂x through W + A·B, ∂A and ∂B; on a convolution also ∂W
+    /// and ∂b of the merged weight (its ∂A = ∂W·Bᵀ and ∂B = Aᵀ·∂W), on a dense layer ∂b (its
+    /// frozen ∂W is not computed).
     @Test func lowRankAdapters() {
-        check(LowRankAdapter(base: Dense(inputs: 23, outputs: 17), rank: 3), samples: 80)
-        check(LowRankAdapter(base: Dense(inputs: 9, outputs: 40), rank: 1), batch: 5)
+        for (inputs, outputs, rank, batch) in [(23, 17, 3, 3), (9, 40, 1, 5), (784, 20, 4, 10)] {
+            let adapter = LowRankAdapter(base: Dense(inputs: inputs, outputs: outputs), rank: rank)
+            check(adapter, batch: batch, samples: 80, notComputed: 0..<(inputs * outputs))
+        }
         check(LowRankAdapter(base: Conv2D(input: TensorShape(height: 5, width: 6, channels: 3), kernelSize: 3, outputChannels: 4), rank: 2), samples: 80)
         check(LowRankAdapter(base: Conv2D(input: TensorShape(height: 7, width: 6, channels: 2), kernelSize: 3, outputChannels: 5, stride: 2), rank: 4))
         let winograd = Conv2D(input: TensorShape(height: 6, width: 6, channels: 16), kernelSize: 3, outputChannels: 16)

@@ -13,10 +13,17 @@
 /// for a dense layer, and the server's mean of the Bs is the mean of the products A·B, which
 /// averaging A and B separately is not.
 ///
-/// The forward pass merges W + A·B into scratch and runs the base layer on it; the backward pass
-/// runs the base layer's backward (which gives ∂W, the gradient of the merged weight) and
-/// projects it: ∂A = ∂W·Bᵀ, ∂B = Aᵀ·∂W. The base weight's and bias's gradients are written too,
-/// so the layer is a correct layer on its own; the trainer does not step frozen tensors.
+/// On a dense layer the adapter runs beside the weight, never merged into it: y = x·W + b +
+/// (x·A)·B, with t = x·A (`batch × r`) kept from the forward pass. The backward pass needs only
+/// u = ∂y·Bᵀ, then ∂B = tᵀ·∂y, ∂A = xᵀ·u and ∂x = ∂y·Wᵀ + u·Aᵀ: a few thin products, and none
+/// of the size of W besides the two the base layer does anyway (x·W, and ∂y·Wᵀ when ∂x is
+/// needed). The base weight's gradient is not computed (it is left zero: the base is frozen in
+/// every model with adapters); the bias's is.
+///
+/// On a convolution the forward pass merges W + A·B into scratch and runs the base layer on it;
+/// the backward pass runs the base layer's backward (which gives ∂W, the gradient of the merged
+/// weight) and projects it: ∂A = ∂W·Bᵀ, ∂B = Aᵀ·∂W. The base weight's and bias's gradients are
+/// written too; the trainer does not step frozen tensors.
 public struct LowRankAdapter: Layer {
     public let base: any Layer
     public let rank: Int
@@ -55,8 +62,13 @@ public struct LowRankAdapter: Layer {
 
     var baseCount: Int { rows * columns + columns }
 
+    /// Whether the adapter runs beside a dense base weight rather than merged into it.
+    var isBesideDense: Bool { base is Dense }
+
     public func scratchBytes(batch: Int) -> Int {
-        aligned64(base.scratchBytes(batch: batch)) + aligned64(baseCount * MemoryLayout<Float>.stride)
+        // Beside a dense weight: t = x·A and u = ∂y·Bᵀ. Merged: W + A·B.
+        aligned64(base.scratchBytes(batch: batch))
+            + aligned64((isBesideDense ? 2 * batch * rank : baseCount) * MemoryLayout<Float>.stride)
     }
 
     /// The base weight and bias like the base layer (a model trained elsewhere usually replaces
@@ -74,6 +86,7 @@ public struct LowRankAdapter: Layer {
     }
 
     public func forward(_ f: ForwardBuffers) {
+        if isBesideDense { return forwardBesideDense(f) }
         let merged = merged(f)
         merged.update(from: f.parameters, count: baseCount)
         let a = f.parameters + baseCount, b = a + rows * rank
@@ -85,6 +98,7 @@ public struct LowRankAdapter: Layer {
     }
 
     public func backward(_ g: BackwardBuffers) {
+        if isBesideDense { return backwardBesideDense(g) }
         let f = g.forward
         var inner = g
         inner.forward.parameters = UnsafePointer(merged(f))
@@ -99,5 +113,41 @@ public struct LowRankAdapter: Layer {
         // ∂B[j, n] = Σ_k A[k, j]·∂W[k, n]
         gemm(rows: rank, columns: columns, depth: rows, a: a, rowStride: 1, depthStride: rank,
              b: dW, ldb: columns, c: dB, ldc: columns, accumulate: false, threads: f.threads)
+    }
+
+    /// y = x·W + b (the base layer), then y += t·B with t = x·A kept in scratch.
+    private func forwardBesideDense(_ f: ForwardBuffers) {
+        base.forward(f)
+        let t = merged(f)
+        let a = f.parameters + baseCount, b = a + rows * rank
+        gemm(rows: f.batch, columns: rank, depth: rows, a: f.input, rowStride: rows, depthStride: 1,
+             b: a, ldb: rank, c: t, ldc: rank, accumulate: false)
+        gemm(rows: f.batch, columns: columns, depth: rank, a: t, rowStride: rank, depthStride: 1,
+             b: b, ldb: columns, c: f.output, ldc: columns, accumulate: true)
+    }
+
+    private func backwardBesideDense(_ g: BackwardBuffers) {
+        let f = g.forward
+        let t = UnsafePointer(merged(f)), u = merged(f) + f.batch * rank
+        let weight = f.parameters, a = f.parameters + baseCount, b = a + rows * rank
+        let dW = g.parameterGradient, dBias = dW + rows * columns
+        let dA = dW + baseCount, dB = dA + rows * rank
+        // u[s, j] = Σ_n ∂y[s, n]·B[j, n]
+        gemmTransposedB(rows: f.batch, columns: rank, depth: columns, a: g.outputGradient, lda: columns, b: b, ldb: columns,
+                        c: u, ldc: rank, accumulate: false)
+        // ∂B[j, n] = Σ_s t[s, j]·∂y[s, n];  ∂A[k, j] = Σ_s x[s, k]·u[s, j]
+        gemm(rows: rank, columns: columns, depth: f.batch, a: t, rowStride: 1, depthStride: rank,
+             b: g.outputGradient, ldb: columns, c: dB, ldc: columns, accumulate: false)
+        gemm(rows: rows, columns: rank, depth: f.batch, a: f.input, rowStride: 1, depthStride: rows,
+             b: UnsafePointer(u), ldb: rank, c: dA, ldc: rank, accumulate: false)
+        if let inputGradient = g.inputGradient {
+            // ∂x = ∂y·Wᵀ + u·Aᵀ
+            gemmTransposedB(rows: f.batch, columns: rows, depth: columns, a: g.outputGradient, lda: columns, b: weight, ldb: columns,
+                            c: inputGradient, ldc: rows, accumulate: false, threads: f.threads)
+            gemmTransposedB(rows: f.batch, columns: rows, depth: rank, a: UnsafePointer(u), lda: rank, b: a, ldb: rank,
+                            c: inputGradient, ldc: rows, accumulate: true)
+        }
+        dW.update(repeating: 0, count: rows * columns)
+        sumRows(g.outputGradient, rows: f.batch, columns: columns, into: dBias)
     }
 }
