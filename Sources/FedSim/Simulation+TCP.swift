@@ -45,6 +45,12 @@ extension Simulation {
         coordinator.pruning = try c.pruning?.resolved(rounds: c.rounds)
         coordinator.baseModelPath = c.baseModel
         coordinator.seed = c.seed
+        // FedDF on the server's held-out examples, all of them.
+        coordinator.ensemble = c.ensemble
+        if c.ensemble.enabled, let serverData {
+            coordinator.trustedDataPath = "(the held-out examples)"
+            coordinator.trustedExamples = serverData.count
+        }
         let ids = (0..<c.clients).map { String(format: "client-%06d", $0) }
         // Each simulated device gets its own key pair, derived from the seed.
         let secrets = try ids.indices.map { index -> String in
@@ -54,7 +60,7 @@ extension Simulation {
         for (id, secret) in zip(ids, secrets) { coordinator.clientKeys[id] = try Authentication.publicKey(ofSecret: secret) }
         var quiet = Logger(label: "fedsim.tcp")
         quiet.logLevel = .error
-        let server = try Coordinator(configuration: coordinator, test: testData, logger: quiet)
+        let server = try Coordinator(configuration: coordinator, test: testData, trusted: c.ensemble.enabled ? serverData : nil, logger: quiet)
         let (ports, portContinuation) = AsyncStream.makeStream(of: Int.self)
         let run = Task { try await server.run(onBound: { portContinuation.yield($0) }, progress: { round in
             progress(RoundRecord(round: round))

@@ -304,9 +304,6 @@ public struct SimulationConfiguration: Sendable, Equatable {
             }
         }
         try ensemble.check(loss: try modelSpec().loss, aggregation: aggregation)
-        if ensemble.enabled, transport != .memory {
-            throw fail("ensemble_distill is simulated by the memory transport only (fedcoord's ensemble_distill runs it over TCP)")
-        }
         guard attackFromRound >= 1 else { throw ConfigurationError("attack_from_round must be at least 1, got \(attackFromRound)") }
         guard attackScale.isFinite, attackNoise >= 0, attackNoise.isFinite else { throw ConfigurationError("attack_scale and attack_noise must be finite (attack_noise non-negative)") }
         switch transport {
