@@ -147,6 +147,7 @@ let package = Package(
                 "FedStore",
                 "FedConfiguration",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

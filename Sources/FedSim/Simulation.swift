@@ -48,6 +48,9 @@ public final class Simulation {
     /// The current global model.
     public var global: [Float] { engine.global }
     public private(set) var records: [RoundRecord] = []
+    /// Whether the engine has been told who is online (every round with an availability model,
+    /// else in this process's first round: the first of the run or of its resumption).
+    private var clientsJoined = false
 
     private let trainers: [LocalTrainer]
     /// Width classes (HeteroFL): each client's class, and per class its sub-model (nil at full
@@ -86,18 +89,20 @@ public final class Simulation {
     public var ledger: TrustLedger { engine.ledger }
 
     /// Builds the run: validates the configuration, loads and checks the data, partitions it.
-    public convenience init(configuration: SimulationConfiguration) throws {
+    public convenience init(configuration: SimulationConfiguration, resume: Resume? = nil) throws {
         try configuration.validate()
         let directory = URL(fileURLWithPath: configuration.data)
         let targets = TargetFormat(try configuration.modelSpec())
         let train = try DataDirectory.load(directory, train: true, targets: targets, columns: configuration.csvColumns)
         let test = try DataDirectory.load(directory, train: false, targets: targets, columns: configuration.csvColumns)
-        try self.init(configuration: configuration, train: train, test: test)
+        try self.init(configuration: configuration, train: train, test: test, resume: resume)
     }
 
-    /// Builds the run on already loaded data.
-    public init(configuration: SimulationConfiguration, train: Dataset, test: Dataset) throws {
+    /// Builds the run on already loaded data; with `resume`, it continues after that state's
+    /// round (``Resume``).
+    public init(configuration: SimulationConfiguration, train: Dataset, test: Dataset, resume: Resume? = nil) throws {
         try configuration.validate()
+        if let resume { try resume.check(configuration) }
         let spec = try configuration.modelSpec()
         let network = try Network(spec)
         if let problem = network.accepts(train) { throw ConfigurationError("training data: \(problem)") }
@@ -130,8 +135,11 @@ public final class Simulation {
         } catch let error as DataError {
             throw ConfigurationError("partition \(configuration.partition): \(error.problem)")
         }
-        var global = network.initialParameters(seed: configuration.seed)
-        if let path = configuration.baseModel {
+        var global = resume?.model ?? network.initialParameters(seed: configuration.seed)
+        guard global.count == network.parameterCount else {
+            throw ConfigurationError("the run to resume has a model of \(global.count) parameters, this scenario's has \(network.parameterCount)")
+        }
+        if resume == nil, let path = configuration.baseModel {
             do { global = try BaseModel(path: path).load(into: network, initial: global).parameters } catch let error as ModelError {
                 throw ConfigurationError(error.description)
             }
@@ -207,7 +215,11 @@ public final class Simulation {
         let latest = self.latest
         let fusion = try configuration.ensemble.enabled
             ? serverData.map { try EnsembleDistillation(network: network, transfer: $0.all, settings: configuration.ensemble.distillation, threads: configuration.effectiveThreads) } : nil
-        engine = RoundEngine(settings: settings, network: network, initial: global, trusted: trusted, fusion: fusion) { model in
+        let resumed = resume.map { r in
+            (r.round, r.modelVersion, ServerOptimizer(settings: settings.serverOptimizer, m: r.optimizerM, v: r.optimizerV), TrustLedger(records: r.trust))
+        }
+        records = resume?.records ?? []
+        engine = RoundEngine(settings: settings, network: network, initial: global, resume: resumed, trusted: trusted, fusion: fusion) { model in
             let evaluation = evaluator.evaluate(model, on: testSlice)
             latest.value = evaluation
             return (evaluation.value, evaluation.loss)
@@ -216,6 +228,7 @@ public final class Simulation {
         let width = max(6, String(configuration.clients - 1).count)
         clientIDs = (0..<configuration.clients).map { "client-" + String(repeating: "0", count: width - String($0).count) + String($0) }
         clientIndex = Dictionary(uniqueKeysWithValues: clientIDs.enumerated().map { ($1, $0) })
+        if let previous = resume?.previousModel { engine.followWarmStarts(from: previous) }
     }
 
     /// The clients sampled in `round`: C·K distinct clients (⌈C·K × over_selection⌉ with
@@ -263,7 +276,8 @@ public final class Simulation {
         let startTime = Date()
         let c = configuration
         let devices = c.devices
-        if devices.availability < 1 || round == 1 { updateAvailability(round: round) }
+        if devices.availability < 1 || !clientsJoined { updateAvailability(round: round) }
+        clientsJoined = true
         var shardsToSend: [[Int]] = []
         var warmStarts: [Int: [Float]] = [:]
         let frozenShardClasses = self.frozenShardClasses

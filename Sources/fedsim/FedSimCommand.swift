@@ -88,6 +88,7 @@ struct FedSimCommand: AsyncParsableCommand {
     @Option(name: .customLong("server-examples"), help: "Training examples held out of the clients' data for the server's distillation (default 5000 with --distill or --ensemble-distill).") var serverExamples: Int?
     @Option(help: "Distillation temperature T (default 4).") var temperature: Double?
     @Option(name: .customLong("distill-epochs"), help: "Distillation passes over the server's examples (default 20).") var distillEpochs: Int?
+    @Flag(help: "Continue the run recorded in --db FILE after its last committed round, bit for bit as if it had not stopped: the same scenario and options, and --rounds as many or more (not with +ef codecs or width classes).") var resume = false
     @Option(help: "Write an SVG plot of accuracy, loss and bytes per round to this file.") var plot: String?
     @Option(help: "Progress display: auto (a live bar on a terminal, one line per round otherwise), bar, lines or none.")
     var progress: ProgressStyle = .auto
@@ -212,17 +213,34 @@ struct FedSimCommand: AsyncParsableCommand {
             }
         }
         let loadStart = Date()
-        let simulation = try Simulation(configuration: c)
+        var store: RunStore?
+        var resumed: Simulation.Resume?
         if let db {
             guard c.transport == .memory else { throw ConfigurationError("--db records the in-memory transport; with --transport tcp use fedcoord serve --db") }
             do {
-                let store = try RunStore(path: db)
-                guard try store.lastCheckpoint() == nil else { throw ConfigurationError("\(db) already holds a run; fedsim starts new runs only") }
-                try store.recordRun(configuration: simulation.network.spec.wireDescription)
-                simulation.store = store
+                store = try RunStore(path: db)
+                resumed = try Simulation.Resume.load(from: store!)
             } catch let error as StoreError {
                 throw ConfigurationError(error.description)
             }
+            if resumed != nil, !resume { throw ConfigurationError("\(db) already holds a run: --resume continues it, or give a new file") }
+            if resumed == nil, resume { throw ConfigurationError("\(db) holds no committed round to resume") }
+        } else if resume {
+            throw ConfigurationError("--resume continues the run in --db FILE")
+        }
+        let simulation = try Simulation(configuration: c, resume: resumed)
+        if let store {
+            do {
+                if let resumed {
+                    try store.recordEvent(kind: "restart", message: "fedsim resumed after round \(resumed.round)")
+                } else {
+                    try store.recordRun(configuration: simulation.network.spec.wireDescription)
+                    try store.recordEvent(kind: Simulation.Resume.configurationEvent, message: Simulation.fingerprint(of: c))
+                }
+            } catch let error as StoreError {
+                throw ConfigurationError(error.description)
+            }
+            simulation.store = store
         }
         if !quiet {
             print("""
@@ -232,6 +250,7 @@ struct FedSimCommand: AsyncParsableCommand {
                 lr=\(c.learningRate), \(c.rounds) rounds, transport \(c.transport), \(c.effectiveThreads) threads, seed \(c.seed) \
                 (data loaded in \(String(format: "%.1f", Date().timeIntervalSince(loadStart)))s)
                 """)
+            if let resumed { print("fedsim: resuming \(db!) after round \(resumed.round)") }
         }
         let style = quiet ? .none : progress.resolved(terminal: isatty(STDERR_FILENO) == 1)
         let display = ProgressDisplay(style: style, rounds: c.rounds, virtualClock: c.devices.hasClock)
