@@ -5,7 +5,9 @@
 # fp32, q8 and q4 exports). Runs land in reports/best/; `python3 Simulations/techniques_table.py
 # --scenario NAME` prints their table. A run takes about 6 minutes for the Fashion-MNIST compact
 # model and 40 for the MNIST CNN (200 rounds, both cores, nothing else running); each prints
-# when it starts, and finished runs are skipped when the script is run again.
+# when it starts, and finished runs are skipped when the script is run again. A run that was
+# cut off continues from its database (fedsim --resume), except the low-rank ones: their error
+# feedback lives in memory, so they start again.
 # Usage: Simulations/best-settings.sh SCENARIO [rounds] [seeds]
 #   e.g. Simulations/best-settings.sh fashion-mnist-separable-iid 200 "1 2 3"
 set -euo pipefail
@@ -41,11 +43,17 @@ for seed in $seeds; do
         IFS='|' read -r name exports arguments <<< "$setting"
         tag="$out/$scenario-$name-r$rounds-seed$seed"
         [ -f "$tag.json" ] && [ -f "$tag.exports" ] && continue
-        echo "$(date +%T) $scenario $name seed $seed" >&2
-        rm -f "$tag.sqlite" "$tag.sqlite-wal" "$tag.sqlite-shm"
+        resume=()
+        if [ -f "$tag.sqlite" ] && [[ $arguments != *+ef* ]] && python3 -c 'import sqlite3, sys; sys.exit(0 if sqlite3.connect(sys.argv[1]).execute("select count(*) from checkpoints").fetchone()[0] else 1)' "$tag.sqlite" 2>/dev/null; then
+            resume=(--resume)
+        else
+            rm -f "$tag.sqlite" "$tag.sqlite-wal" "$tag.sqlite-shm"
+        fi
+        echo "$(date +%T) $scenario $name seed $seed${resume:+ (resumed)}" >&2
         # shellcheck disable=SC2086
-        $fedsim --config "$config" --rounds "$rounds" --seed "$seed" $arguments \
-            --quiet --report "$tag.json" --db "$tag.sqlite" > /dev/null
+        $fedsim --config "$config" --rounds "$rounds" --seed "$seed" $arguments "${resume[@]}" \
+            --quiet --report "$tag.json.tmp" --db "$tag.sqlite" > /dev/null
+        mv "$tag.json.tmp" "$tag.json"
         for export in $exports; do
             echo "$export $($fedcoord export --db "$tag.sqlite" --out "$tag.$export.fedmodel" --codec "$export" --test-data "$data" | tr '\n' ' ')"
         done > "$tag.exports.tmp"
