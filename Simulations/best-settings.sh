@@ -51,8 +51,16 @@ for seed in $seeds; do
         fi
         echo "$(date +%T) $scenario $name seed $seed${resume:+ (resumed)}" >&2
         # shellcheck disable=SC2086
-        $fedsim --config "$config" --rounds "$rounds" --seed "$seed" $arguments "${resume[@]}" \
-            --quiet --report "$tag.json.tmp" --db "$tag.sqlite" > /dev/null
+        if ! $fedsim --config "$config" --rounds "$rounds" --seed "$seed" $arguments "${resume[@]}" \
+            --quiet --report "$tag.json.tmp" --db "$tag.sqlite" > /dev/null; then
+            # A database fedsim cannot continue (for example one an older build wrote): start over.
+            [ ${#resume[@]} -gt 0 ] || exit 1
+            echo "$(date +%T) $scenario $name seed $seed: cannot resume, starting again" >&2
+            rm -f "$tag.sqlite" "$tag.sqlite-wal" "$tag.sqlite-shm"
+            # shellcheck disable=SC2086
+            $fedsim --config "$config" --rounds "$rounds" --seed "$seed" $arguments \
+                --quiet --report "$tag.json.tmp" --db "$tag.sqlite" > /dev/null
+        fi
         mv "$tag.json.tmp" "$tag.json"
         for export in $exports; do
             echo "$export $($fedcoord export --db "$tag.sqlite" --out "$tag.$export.fedmodel" --codec "$export" --test-data "$data" | tr '\n' ' ')"
