@@ -151,8 +151,8 @@ extension CoordinatorConfiguration {
             for width in widths {
                 do { _ = try SubModel(of: network, fraction: width) } catch let error as ModelError { throw fail("widths: \(error.description)") }
             }
-            guard !aggregation.holdsUpdates, aggregation.dpClip == 0, pruning == nil, !model.hasAdapters else {
-                throw fail("widths (device classes) need plain FedAvg without norm_bound or central DP, and do not combine with pruning or adapters")
+            guard !aggregation.holdsUpdates, aggregation.dpClip == 0, pruning == nil, !model.hasAdapters, !ensemble.enabled else {
+                throw fail("widths (device classes) need plain FedAvg without norm_bound or central DP, and do not combine with pruning, adapters or ensemble_distill")
             }
         }
         guard !aggregation.needsTrustedDirections || trustedDataPath != nil else {

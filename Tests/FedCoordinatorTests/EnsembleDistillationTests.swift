@@ -51,5 +51,8 @@ import Testing
         #expect { try config.validate() } throws: { "\($0)".contains("fedavg aggregator") }
         config.aggregation.rule = .fedavg
         #expect { try Coordinator(configuration: config, test: Data6k.test, trusted: nil) } throws: { "\($0)".contains("trusted_data") }
+        // A sub-model client's teacher would be the full model with its places moved, not its own.
+        config.widths = [0.5, 1]
+        #expect { try config.validate() } throws: { "\($0)".contains("ensemble_distill") }
     }
 }
