@@ -2,18 +2,19 @@
 # The four best settings of the MNIST 2NN's technique table (README, "Every technique in one
 # table") on another model: pruning to 90% and to 95% with q4 updates and a q4 export, and the
 # low-rank codecs lowrank:4+q4+ef and lowrank:8+q8+ef, beside dense float32 (fp32+raw updates;
-# fp32, q8 and q4 exports). Runs land in reports/best/; `python3 Simulations/techniques_table.py
+# fp32, q8 and q4 exports). Each run's report and export lines land in Simulations/results/best/
+# (kept in git: the MNIST CNN's runs take hours); `python3 Simulations/techniques_table.py
 # --scenario NAME` prints their table. A run takes about 6 minutes for the Fashion-MNIST compact
-# model and 40 for the MNIST CNN (200 rounds, both cores, nothing else running); each prints
+# model and 45 for the MNIST CNN (200 rounds, both cores, nothing else running); each prints
 # when it starts, and finished runs are skipped when the script is run again. A run that was
-# cut off continues from its database (fedsim --resume), except the low-rank ones: their error
-# feedback lives in memory, so they start again.
+# cut off continues from its database in reports/best/ (fedsim --resume), except the low-rank
+# ones: their error feedback lives in memory, so they start again.
 # Usage: Simulations/best-settings.sh SCENARIO [rounds] [seeds]
 #   e.g. Simulations/best-settings.sh fashion-mnist-separable-iid 200 "1 2 3"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
-    ""|-h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ]; exit ;;
+    ""|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ]; exit ;;
 esac
 scenario=$1
 rounds=${2:-200}
@@ -22,8 +23,9 @@ config="Simulations/$scenario.toml"
 [ -f "$config" ] || { echo "best-settings.sh: no scenario $config" >&2; exit 1; }
 # The scenario's data directory (relative paths are relative to the scenario file).
 data=$(python3 -c 'import os, sys, tomllib; c = tomllib.load(open(sys.argv[1], "rb")); print(os.path.join(os.path.dirname(sys.argv[1]), c["data"]))' "$config")
-out=reports/best
-mkdir -p "$out"
+results=Simulations/results/best
+scratch=reports/best
+mkdir -p "$results" "$scratch"
 fedsim=${FEDSIM:-.build/release/fedsim}
 fedcoord=${FEDCOORD:-.build/release/fedcoord}
 if [ -z "${FEDSIM:-}" ]; then
@@ -41,8 +43,9 @@ settings=(
 for seed in $seeds; do
     for setting in "${settings[@]}"; do
         IFS='|' read -r name exports arguments <<< "$setting"
-        tag="$out/$scenario-$name-r$rounds-seed$seed"
-        [ -f "$tag.json" ] && [ -f "$tag.exports" ] && continue
+        result="$results/$scenario-$name-r$rounds-seed$seed"
+        [ -f "$result.json" ] && [ -f "$result.exports" ] && continue
+        tag="$scratch/$scenario-$name-r$rounds-seed$seed"
         resume=()
         if [ -f "$tag.sqlite" ] && [[ $arguments != *+ef* ]] && python3 -c 'import sqlite3, sys; sys.exit(0 if sqlite3.connect(sys.argv[1]).execute("select count(*) from checkpoints").fetchone()[0] else 1)' "$tag.sqlite" 2>/dev/null; then
             resume=(--resume)
@@ -61,11 +64,11 @@ for seed in $seeds; do
             $fedsim --config "$config" --rounds "$rounds" --seed "$seed" $arguments \
                 --quiet --report "$tag.json.tmp" --db "$tag.sqlite" > /dev/null
         fi
-        mv "$tag.json.tmp" "$tag.json"
         for export in $exports; do
             echo "$export $($fedcoord export --db "$tag.sqlite" --out "$tag.$export.fedmodel" --codec "$export" --test-data "$data" | tr '\n' ' ')"
         done > "$tag.exports.tmp"
-        mv "$tag.exports.tmp" "$tag.exports"
+        mv "$tag.exports.tmp" "$result.exports"
+        mv "$tag.json.tmp" "$result.json"
         rm -f "$tag.sqlite" "$tag.sqlite-wal" "$tag.sqlite-shm" "$tag".*.fedmodel
     done
 done

@@ -5,7 +5,7 @@ transfer) and the distillation run of README's "Distillation into smaller studen
 is at round 200, the median of seeds 1-3 (distillation: seed 1). A device's milliseconds per
 round come from device-time.sh. Prints Markdown.
 With --scenario NAME, prints instead the four best settings on another model from the runs
-best-settings.sh leaves in reports/best/ (median of the seeds found there).
+best-settings.sh leaves in Simulations/results/best/ (median of the seeds found there).
 Usage: python3 Simulations/techniques_table.py [--scenario NAME [--rounds R]]"""
 import argparse, glob, json, re, statistics, sys
 
@@ -60,13 +60,13 @@ def best_settings(scenario, rounds):
     """The table of best-settings.sh's runs of one scenario."""
     def runs(name):
         out = []
-        for path in sorted(glob.glob(f"reports/best/{scenario}-{name}-r{rounds}-seed*.json")):
+        for path in sorted(glob.glob(f"Simulations/results/best/{scenario}-{name}-r{rounds}-seed*.json")):
             exports = path.replace(".json", ".exports")
             out.append((json.load(open(path)), exports_of(exports)))
         return out
     dense = runs("dense")
     if not dense:
-        sys.exit(f"techniques_table.py: no runs of {scenario} over {rounds} rounds in reports/best/; run Simulations/best-settings.sh {scenario} first")
+        sys.exit(f"techniques_table.py: no runs of {scenario} over {rounds} rounds in Simulations/results/best/; run Simulations/best-settings.sh {scenario} first")
     float32 = dense[0][1]["fp32"][2]
     update32 = median([per_update(r) for r, _ in dense])
     reference = median([r["summary"]["final_metric"] for r, _ in dense])
