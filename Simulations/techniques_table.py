@@ -5,9 +5,13 @@ transfer) and the distillation run of README's "Distillation into smaller studen
 is at round 200, the median of seeds 1-3 (distillation: seed 1). A device's milliseconds per
 round come from device-time.sh. Prints Markdown.
 With --scenario NAME, prints instead the four best settings on another model from the runs
-best-settings.sh leaves in Simulations/results/best/ (median of the seeds found there).
-Usage: python3 Simulations/techniques_table.py [--scenario NAME [--rounds R]]"""
+best-settings.sh leaves in Simulations/results/best/ (median of the seeds found there); with
+--plot PATH also an SVG of each setting's test accuracy, round by round, against the uplink
+bytes its clients have sent so far.
+Usage: python3 Simulations/techniques_table.py [--scenario NAME [--rounds R] [--plot PATH]]"""
 import argparse, glob, json, re, statistics, sys
+
+import svgplot
 
 UPDATE32 = 797_032    # an fp32+raw 2NN update: the weights and six 32-byte shard headers
 SPLITS = ("mnist-2nn-iid", "mnist-2nn-noniid")
@@ -56,7 +60,39 @@ def exports_of(path):
     return exports
 
 
-def best_settings(scenario, rounds):
+BEST = (("dense", "dense float32", "#000000", False),
+        ("prune0.9-q4", "pruning 90%, q4", "#1f77b4", False),
+        ("prune0.95-q4", "pruning 95%, q4", "#1f77b4", True),
+        ("lowrank4-q4", "lowrank:4+q4+ef", "#d62728", False),
+        ("lowrank8-q8", "lowrank:8+q8+ef", "#d62728", True))
+
+
+def plot_best_settings(path, scenario, rounds, runs, reference):
+    """Accuracy after each round against the uplink bytes of the run so far (the median over
+    seeds of both), one curve per setting, from a point below the dense reference up."""
+    floor = reference - 0.02
+    curves = []
+    for name, label, color, dashed in BEST:
+        reports = [r for r, _ in runs(name)]
+        if not reports:
+            continue
+        count = min(len(r["rounds"]) for r in reports)
+        points = []
+        for i in range(count):
+            if i >= 50 and (i + 1) % 5 and i + 1 != count:
+                continue    # every round to 50, then every fifth
+            sent = median([sum(x["uplink_bytes"] for x in r["rounds"][:i + 1]) for r in reports])
+            accuracy = median([r["rounds"][i]["test_metric"] for r in reports])
+            if accuracy >= floor:
+                points.append((sent, accuracy, f"{label}, round {i + 1}: {accuracy:.2%} after {sent / 1e6:,.1f} MB"))
+        if points:
+            curves.append((f"{label} ({len(reports)} seed{'s' if len(reports) > 1 else ''})", color, dashed, points))
+    svgplot.log_x_plot(path, f"{scenario}: test accuracy against uplink bytes sent, rounds 1-{rounds}",
+                       "uplink bytes of all clients so far (log scale; median of the seeds)", curves, x_unit=1e6, x_suffix=" MB")
+    print(f"plot: {path}")
+
+
+def best_settings(scenario, rounds, plot=None):
     """The table of best-settings.sh's runs of one scenario."""
     def runs(name):
         out = []
@@ -103,14 +139,19 @@ def best_settings(scenario, rounds):
         if row is best_update:
             update_text = f"**{update_text}**"
         print(f"| {technique} | {setting} | {model_text} | {update_text} | {accuracy:.2%} ({(accuracy - reference) * 100:+.2f}) | {reached} | {seconds:.2f} | {count} |")
+    if plot:
+        plot_best_settings(plot, scenario, rounds, runs, reference)
 
 
 arguments = argparse.ArgumentParser(description="Every technique for smaller models in one table.")
 arguments.add_argument("--scenario", help="print the four best settings of best-settings.sh's runs of this scenario")
 arguments.add_argument("--rounds", type=int, default=200, help="the runs' rounds (default 200)")
+arguments.add_argument("--plot", metavar="PATH", help="with --scenario: also draw accuracy against uplink bytes (SVG)")
 options = arguments.parse_args()
+if options.plot and not options.scenario:
+    arguments.error("--plot needs --scenario")
 if options.scenario:
-    best_settings(options.scenario, options.rounds)
+    best_settings(options.scenario, options.rounds, options.plot)
     sys.exit(0)
 
 rows = []   # (technique, setting, model bytes, update bytes, {split: accuracy}, rounds to 97% per split, seconds per round, device ms per round)
