@@ -5,7 +5,8 @@ transfer) and the distillation run of README's "Distillation into smaller studen
 is at round 200, the median of seeds 1-3 (distillation: seed 1). A device's milliseconds per
 round come from device-time.sh. Prints Markdown.
 With --scenario NAME, prints instead the four best settings on another model from the runs
-best-settings.sh leaves in Simulations/results/best/ (median of the seeds found there); with
+best-settings.sh leaves in Simulations/results/best/ (median of the seeds found there; a
+device's seconds per round are fedsim's client_seconds, one client training on each core); with
 --plot PATH also an SVG of each setting's test accuracy, round by round, against the uplink
 bytes its clients have sent so far.
 Usage: python3 Simulations/techniques_table.py [--scenario NAME [--rounds R] [--plot PATH]]"""
@@ -92,6 +93,13 @@ def plot_best_settings(path, scenario, rounds, runs, reference):
     print(f"plot: {path}")
 
 
+def device_seconds(reports):
+    """A client's seconds training and encoding its update (fedsim's client_seconds, one client
+    a worker thread), the median over rounds 2 on and then over the seeds."""
+    per_seed = [median([x.get("client_seconds") for x in r["rounds"][1:]]) for r in reports]
+    return median(per_seed)
+
+
 def best_settings(scenario, rounds, plot=None):
     """The table of best-settings.sh's runs of one scenario."""
     def runs(name):
@@ -108,11 +116,11 @@ def best_settings(scenario, rounds, plot=None):
     reference = median([r["summary"]["final_metric"] for r, _ in dense])
     target = dense[0][0]["summary"]["target"]
     seeds = len(dense)
-    rows = []   # (technique, setting, model bytes, update bytes, accuracy, rounds to target, s per round, seeds)
+    rows = []   # (technique, setting, model bytes, update bytes, accuracy, rounds to target, s per round, a device's s, seeds)
     for export in ("fp32", "q8", "q4"):
         rows.append(("dense", f"{export} export", median([e[export][0] for _, e in dense]), update32,
                      median([e[export][1] for _, e in dense]), rounds_to([r for r, _ in dense]),
-                     median([r["summary"]["mean_seconds_per_round"] for r, _ in dense]), len(dense)))
+                     median([r["summary"]["mean_seconds_per_round"] for r, _ in dense]), device_seconds([r for r, _ in dense]), len(dense)))
     for name, technique, setting, export in (("prune0.9-q4", "pruning", "90%, q4 export, q4 updates", "q4"),
                                              ("prune0.95-q4", "pruning", "95%, q4 export, q4 updates", "q4"),
                                              ("lowrank4-q4", "low-rank updates", "`lowrank:4+q4+ef`", "fp32"),
@@ -121,24 +129,24 @@ def best_settings(scenario, rounds, plot=None):
         if found:
             rows.append((technique, setting, median([e[export][0] for _, e in found]), median([per_update(r) for r, _ in found]),
                          median([e[export][1] for _, e in found]), rounds_to([r for r, _ in found]),
-                         median([r["summary"]["mean_seconds_per_round"] for r, _ in found]), len(found)))
+                         median([r["summary"]["mean_seconds_per_round"] for r, _ in found]), device_seconds([r for r, _ in found]), len(found)))
     within = [r for r in rows if r[4] >= reference - 0.01]
     best_model = min(within, key=lambda r: r[2])
     best_update = min(within, key=lambda r: r[3])
     print(f"{scenario}: round {rounds}, the median of the seeds run (dense float32: {seeds}); float32 model {float32:,} bytes, "
           f"fp32+raw update {update32:,.0f} bytes")
     print()
-    print(f"| technique | setting | model bytes (smaller than float32) | bytes per update (less than float32) | accuracy (change) | rounds to {target:.0%} | s per simulated round | seeds |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| technique | setting | model bytes (smaller than float32) | bytes per update (less than float32) | accuracy (change) | rounds to {target:.0%} | s per simulated round | a device's s per round (train + encode) | seeds |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
-        technique, setting, model, update, accuracy, reached, seconds, count = row
+        technique, setting, model, update, accuracy, reached, seconds, device, count = row
         model_text = f"{model:,.0f} ({float32 / model:.1f}x)"
         update_text = f"{update:,.0f} ({update32 / update:.0f}x)"
         if row is best_model:
             model_text = f"**{model_text}**"
         if row is best_update:
             update_text = f"**{update_text}**"
-        print(f"| {technique} | {setting} | {model_text} | {update_text} | {accuracy:.2%} ({(accuracy - reference) * 100:+.2f}) | {reached} | {seconds:.2f} | {count} |")
+        print(f"| {technique} | {setting} | {model_text} | {update_text} | {accuracy:.2%} ({(accuracy - reference) * 100:+.2f}) | {reached} | {seconds:.2f} | {'' if device is None else f'{device:.2f}'} | {count} |")
     if plot:
         plot_best_settings(plot, scenario, rounds, runs, reference)
 
