@@ -2,9 +2,19 @@
 import math
 
 
-def log_x_plot(path, title, x_label, curves, x_unit=1000, x_suffix=" KB"):
+def byte_label(v):
+    """A tick's bytes in the largest unit they fill: 500 KB, 2 MB, 10 GB."""
+    for unit, suffix in ((1e9, " GB"), (1e6, " MB"), (1e3, " KB")):
+        if v >= unit:
+            return f"{v / unit:g}{suffix}"
+    return f"{v:g} B"
+
+
+def log_x_plot(path, title, x_label, curves, x_unit=1000, x_suffix=" KB", x_format=None):
     """Writes `path`. `curves` is a list of (label, color, dashed, points), points being
-    (x, accuracy, tooltip) tuples; each curve is drawn through its points in x order."""
+    (x, accuracy, tooltip) tuples; each curve is drawn through its points in x order. Ticks
+    read v / x_unit + x_suffix, or x_format(v) if given."""
+    x_format = x_format or (lambda v: f"{v / x_unit:g}{x_suffix}")
     width, height, left, right, top, bottom = 760, 440, 70, 210, 30, 50
     all_points = [p for *_, points in curves for p in points]
     xs = [math.log10(p[0]) for p in all_points]
@@ -21,7 +31,7 @@ def log_x_plot(path, title, x_label, curves, x_unit=1000, x_suffix=" KB"):
             v = m * 10 ** decade
             if x0 <= math.log10(v) <= x1:
                 svg.append(f'<line x1="{X(v):.1f}" y1="{top}" x2="{X(v):.1f}" y2="{height - bottom}" stroke="#eee"/>')
-                svg.append(f'<text x="{X(v):.1f}" y="{height - bottom + 16}" text-anchor="middle">{v / x_unit:g}{x_suffix}</text>')
+                svg.append(f'<text x="{X(v):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x_format(v)}</text>')
     step = next(s for s in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2) if (y1 - y0) / s <= 6)
     for i in range(math.ceil(y0 / step - 1e-9), math.floor(y1 / step + 1e-9) + 1):
         v = i * step

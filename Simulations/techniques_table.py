@@ -89,7 +89,7 @@ def plot_best_settings(path, scenario, rounds, runs, reference):
         if points:
             curves.append((f"{label} ({len(reports)} seed{'s' if len(reports) > 1 else ''})", color, dashed, points))
     svgplot.log_x_plot(path, f"{scenario}: test accuracy against uplink bytes sent, rounds 1-{rounds}",
-                       "uplink bytes of all clients so far (log scale; median of the seeds)", curves, x_unit=1e6, x_suffix=" MB")
+                       "uplink bytes of all clients so far (log scale; median of the seeds)", curves, x_format=svgplot.byte_label)
     print(f"plot: {path}")
 
 
@@ -164,6 +164,9 @@ if options.scenario:
 
 rows = []   # (technique, setting, model bytes, update bytes, {split: accuracy}, rounds to 97% per split, seconds per round, device ms per round)
 dense = {split: pruning(split, "0", "fp32_raw") for split in SPLITS}
+if not all(dense.values()):
+    sys.exit("techniques_table.py: no dense runs in reports/pruning/; run Simulations/pruning-table.sh first "
+             "(and lowrank-table.sh, transfer-table.sh and device-time.sh for their rows)")
 for export in ("fp32", "q8", "q4"):
     accuracy = {s: median([e[export][1] if export != "fp32" else r["summary"]["final_metric"] for r, e in dense[s]]) for s in SPLITS}
     rows.append(("dense", f"{export} export", median([e[export][0] for _, e in dense["mnist-2nn-iid"]]),

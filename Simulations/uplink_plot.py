@@ -2,7 +2,7 @@
 codec (reports/lowrank/, from lowrank-table.sh) and federated pruning (reports/pruning/, from
 pruning-table.sh), MNIST 2NN, 200 rounds, the median of seeds 1-3. Draws
 reports/lowrank/uplink-accuracy-vs-bytes.svg from whatever runs are there."""
-import glob, json, re, statistics
+import glob, json, re, statistics, sys
 
 import svgplot
 
@@ -48,6 +48,9 @@ for split in ("iid", "noniid"):
         if family in families:
             curves.append((f"{split.replace('noniid', 'non-IID').replace('iid', 'IID')}, {family}", colors[family], split == "noniid", families[family]))
 
+if not curves:
+    sys.exit("uplink_plot.py: no runs with 3 seeds in reports/lowrank/ or reports/pruning/; run Simulations/lowrank-table.sh "
+             "and Simulations/pruning-table.sh first")
 svgplot.log_x_plot("reports/lowrank/uplink-accuracy-vs-bytes.svg",
                    "MNIST 2NN: test accuracy at round 200 against bytes per update (median of 3 seeds)",
                    "bytes per client update, mean of the run (log scale)", curves)
