@@ -31,7 +31,8 @@ def log_x_plot(path, title, x_label, curves, x_unit=1000, x_suffix=" KB", x_form
             v = m * 10 ** decade
             if x0 <= math.log10(v) <= x1:
                 svg.append(f'<line x1="{X(v):.1f}" y1="{top}" x2="{X(v):.1f}" y2="{height - bottom}" stroke="#eee"/>')
-                svg.append(f'<text x="{X(v):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x_format(v)}</text>')
+                if m == 1 or x1 - x0 <= 3:   # over more than 3 decades, only the powers of ten are labelled
+                    svg.append(f'<text x="{X(v):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x_format(v)}</text>')
     step = next(s for s in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2) if (y1 - y0) / s <= 6)
     for i in range(math.ceil(y0 / step - 1e-9), math.floor(y1 / step + 1e-9) + 1):
         v = i * step
