@@ -4,6 +4,9 @@ import json, re, statistics, sys
 
 import svgplot
 
+if len(sys.argv) < 4 or not sys.argv[1].isdigit() or not sys.argv[2].isdigit():
+    sys.exit("usage: python3 Simulations/pruning_table.py ROUNDS SEEDS SPARSITY/CODEC... "
+             "(Simulations/pruning-table.sh runs the simulations and calls it)")
 rounds, seeds = int(sys.argv[1]), int(sys.argv[2])
 settings = sys.argv[3:]
 FLOAT32 = 199_210 * 4   # raw float32 bytes of the 2NN's weights (the model's ratio)
@@ -14,7 +17,10 @@ def runs(scenario, sparsity, codec):
     out = []
     for seed in range(1, seeds + 1):
         tag = f"reports/pruning/{scenario}-s{sparsity}-{codec.replace(':', '_').replace('+', '_')}-seed{seed}"
-        report = json.load(open(tag + ".json"))
+        try:
+            report = json.load(open(tag + ".json"))
+        except FileNotFoundError:
+            sys.exit(f"pruning_table.py: no run {tag}.json; run Simulations/pruning-table.sh {rounds} {seeds} first")
         exports = {}
         for line in open(tag + ".exports"):
             name = line.split()[0]

@@ -1,7 +1,10 @@
 """Reads reports/transfer/ (written by transfer-table.sh): prints the Markdown table and draws
 test accuracy per round, one curve per setting and a panel per transfer (SVG)."""
-import json, statistics, sys
+import json, os, statistics, sys
 
+if len(sys.argv) != 3 or not sys.argv[1].isdigit() or not sys.argv[2].isdigit():
+    sys.exit("usage: python3 Simulations/transfer_table.py ROUNDS SEEDS "
+             "(Simulations/transfer-table.sh runs the simulations and calls it)")
 rounds, seeds = int(sys.argv[1]), int(sys.argv[2])
 OUT = "reports/transfer"
 TASKS = [("digits", "MNIST digits 0-4 → 5-9", 0.97), ("fmnist", "MNIST → Fashion-MNIST", 0.85)]
@@ -20,6 +23,8 @@ def load(task, setting):
         try:
             runs.append(json.load(open(tag + ".json")))
         except FileNotFoundError:
+            if not os.path.exists(tag + ".failed"):
+                sys.exit(f"transfer_table.py: no run {tag}.json; run Simulations/transfer-table.sh {rounds} {seeds} first")
             failed += 1
     return runs, failed
 
