@@ -5,20 +5,22 @@
 # fp32, q8 and q4 exports). Each run's report and export lines land in Simulations/results/best/
 # (kept in git: the MNIST CNN's runs take hours); `python3 Simulations/techniques_table.py
 # --scenario NAME` prints their table. A run takes about 6 minutes for the Fashion-MNIST compact
-# model and 45 for the MNIST CNN (200 rounds, both cores, nothing else running); each prints
+# model and 35 for the MNIST CNN (200 rounds, both cores, nothing else running); each prints
 # when it starts, and finished runs are skipped when the script is run again. A run that was
 # cut off continues from its database in reports/best/ (fedsim --resume), except the low-rank
 # ones: their error feedback lives in memory, so they start again.
-# Usage: Simulations/best-settings.sh SCENARIO [rounds] [seeds]
+# Usage: Simulations/best-settings.sh SCENARIO [rounds] [seeds] [settings]
 #   e.g. Simulations/best-settings.sh fashion-mnist-separable-iid 200 "1 2 3"
+#   settings: some of dense prune0.9-q4 prune0.95-q4 lowrank4-q4 lowrank8-q8 (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
-    ""|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ]; exit ;;
+    ""|-h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ]; exit ;;
 esac
 scenario=$1
 rounds=${2:-200}
 seeds=${3:-1 2 3}
+only=${4:-}
 config="Simulations/$scenario.toml"
 [ -f "$config" ] || { echo "best-settings.sh: no scenario $config" >&2; exit 1; }
 # The scenario's data directory (relative paths are relative to the scenario file).
@@ -40,9 +42,15 @@ settings=(
     "lowrank4-q4|fp32|--codec lowrank:4+q4+ef"
     "lowrank8-q8|fp32|--codec lowrank:8+q8+ef"
 )
+for wanted in $only; do
+    known=no
+    for setting in "${settings[@]}"; do [ "${setting%%|*}" = "$wanted" ] && known=yes; done
+    [ $known = yes ] || { echo "best-settings.sh: no setting $wanted (see --help)" >&2; exit 1; }
+done
 for seed in $seeds; do
     for setting in "${settings[@]}"; do
         IFS='|' read -r name exports arguments <<< "$setting"
+        [ -z "$only" ] || [[ " $only " == *" $name "* ]] || continue
         result="$results/$scenario-$name-r$rounds-seed$seed"
         [ -f "$result.json" ] && [ -f "$result.exports" ] && continue
         tag="$scratch/$scenario-$name-r$rounds-seed$seed"
