@@ -4,7 +4,7 @@
 # low-rank codecs lowrank:4+q4+ef and lowrank:8+q8+ef, beside dense float32 (fp32+raw updates;
 # fp32, q8 and q4 exports). Each run's report and export lines land in Simulations/results/best/
 # (kept in git: the MNIST CNN's runs take hours); `python3 Simulations/techniques_table.py
-# --scenario NAME` prints their table. A run takes about 6 minutes for the Fashion-MNIST compact
+# --scenario NAME` prints their table. A run takes about 3 minutes for the Fashion-MNIST compact
 # model and 35 for the MNIST CNN (200 rounds, both cores, nothing else running); each prints
 # when it starts, and finished runs are skipped when the script is run again. A run that was
 # cut off continues from its database in reports/best/ (fedsim --resume), except the low-rank
