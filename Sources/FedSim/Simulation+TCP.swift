@@ -62,7 +62,9 @@ extension Simulation {
         quiet.logLevel = .error
         let server = try Coordinator(configuration: coordinator, test: testData, trusted: c.ensemble.enabled ? serverData : nil, logger: quiet)
         let (ports, portContinuation) = AsyncStream.makeStream(of: Int.self)
+        let commits = self.commits
         let run = Task { try await server.run(onBound: { portContinuation.yield($0) }, progress: { round in
+            commits.record(round: round.round) {}
             progress(RoundRecord(round: round))
         }) }
         var iterator = ports.makeAsyncIterator()

@@ -83,6 +83,8 @@ public final class Simulation {
     private let residuals = ResidualStore()
     /// Where rounds are committed (`fedsim --db`), in the coordinator's schema.
     public var store: RunStore?
+    /// The last round finished and committed (for a signal handler on another thread).
+    public let commits: CommitGate
     /// Turns each round's mean delta into the new global model (FedAvg, FedAvgM, FedAdam, ...).
     public var serverOptimizer: ServerOptimizer { engine.optimizer }
     /// Trust rule: what the server has seen of each client.
@@ -219,6 +221,7 @@ public final class Simulation {
             (r.round, r.modelVersion, ServerOptimizer(settings: settings.serverOptimizer, m: r.optimizerM, v: r.optimizerV), TrustLedger(records: r.trust))
         }
         records = resume?.records ?? []
+        commits = CommitGate(round: resume?.round ?? 0)
         engine = RoundEngine(settings: settings, network: network, initial: global, resume: resumed, trusted: trusted, fusion: fusion) { model in
             let evaluation = evaluator.evaluate(model, on: testSlice)
             latest.value = evaluation
@@ -465,7 +468,8 @@ public final class Simulation {
         record.sparsity = outcome.sparsity
         if !state.deviceSeconds.isEmpty { record.clientSeconds = state.deviceSeconds.reduce(0, +) / Double(state.deviceSeconds.count) }
         record.seconds = Date().timeIntervalSince(startTime)
-        if let store {
+        try commits.record(round: round) {
+            guard let store else { return }
             try store.commit(
                 RoundRow(round: round, startedAt: startTime, endedAt: Date(), selected: outcome.selected, completed: outcome.completed,
                          refused: outcome.refused, uplinkBytes: record.uplinkBytes, downlinkBytes: record.downlinkBytes,

@@ -182,6 +182,7 @@ struct FedSimCommand: AsyncParsableCommand {
     }
 
     private func simulate() async throws {
+        let stops = StopSignals()
         let c = try effectiveConfiguration()
         if let report {
             // Fail before hours of work, not after.
@@ -255,6 +256,13 @@ struct FedSimCommand: AsyncParsableCommand {
         let style = quiet ? .none : progress.resolved(terminal: isatty(STDERR_FILENO) == 1)
         let display = ProgressDisplay(style: style, rounds: c.rounds, virtualClock: c.devices.hasClock)
         let printRound: @Sendable (RoundRecord) -> Void = { display.show($0) }
+        stops.started(StopSignals.Run(gate: simulation.commits, rounds: c.rounds) { [db] round in
+            guard c.transport == .memory else { return " (the TCP transport keeps no record to resume)" }
+            guard let db else { return " (nothing was kept: --db FILE records every round, and --resume continues from it)" }
+            if round == 0 { return " (no round was committed to \(db))" }
+            if c.codec.errorFeedback || !c.widths.isEmpty { return ", committed to \(db) (a run with error feedback or width classes cannot be resumed)" }
+            return ", committed to \(db): the same command with --resume continues it"
+        }, display: display)
         let result = c.transport == .tcp
             ? try await simulation.runOverTCP(progress: printRound)
             : try simulation.run(progress: printRound)

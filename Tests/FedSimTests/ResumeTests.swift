@@ -25,22 +25,7 @@ import Testing
         let whole = try FedSimProcess.run(arguments + ["--db", straight])
         #expect(whole.status == 0, "\(whole.stderr)")
 
-        // Rounds are counted from fedsim's progress lines (each printed after its round is
-        // committed), so the test never opens the database while fedsim creates it.
-        let process = Process()
-        process.executableURL = FedSimProcess.executable
-        process.arguments = Array(arguments.dropLast(options.count + 1)) + options + ["--progress", "lines", "--db", killed]
-        process.currentDirectoryURL = repositoryRoot
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var committed = 0, pending = ""
-        while committed < 3, let chunk = try out.fileHandleForReading.read(upToCount: 256), !chunk.isEmpty {
-            pending += String(decoding: chunk, as: UTF8.self)
-            committed = pending.split(separator: "\n").filter { $0.hasPrefix("round ") }.count
-        }
-        #expect(process.isRunning, "the run ended before it could be killed (\(committed) rounds)")
+        let process = try Self.start(arguments + ["--db", killed], untilRound: 3)
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         let before = try #require(try RunStore(path: killed).lastCheckpoint()).round
@@ -55,6 +40,46 @@ import Testing
         #expect(try a.rounds().map(\.testMetric) == b.rounds().map(\.testMetric))
         #expect(try a.rounds().map(\.uplinkBytes) == b.rounds().map(\.uplinkBytes))
         #expect(try b.events(kind: "restart").count == 1)
+    }
+
+    /// Starts fedsim with `arguments` (less --quiet) and returns once it has printed `round`
+    /// rounds, still running. Rounds are counted from its progress lines (each printed after its round is
+    /// committed), so a test never opens the database while fedsim creates it.
+    static func start(_ arguments: [String], untilRound round: Int, stderr: Pipe? = nil) throws -> Process {
+        let process = Process()
+        process.executableURL = FedSimProcess.executable
+        process.arguments = arguments.filter { $0 != "--quiet" } + ["--progress", "lines"]
+        process.currentDirectoryURL = repositoryRoot
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = stderr ?? FileHandle.nullDevice
+        try process.run()
+        var committed = 0, pending = ""
+        while committed < round, let chunk = try out.fileHandleForReading.read(upToCount: 256), !chunk.isEmpty {
+            pending += String(decoding: chunk, as: UTF8.self)
+            committed = pending.split(separator: "\n").filter { $0.hasPrefix("round ") }.count
+        }
+        #expect(process.isRunning, "the run ended before it could be stopped (\(committed) rounds)")
+        return process
+    }
+
+    /// SIGTERM ends a run at once with status 143 and one line naming the last committed round,
+    /// which is the database's, and how to continue; --resume then finishes the run.
+    @Test func sigtermSaysWhereTheRunStopped() throws {
+        let arguments = ["--rounds", "16", "--clients", "20", "--fraction", "0.2", "--seed", "5", "--quiet"]
+        let (db, remove) = Self.database()
+        defer { remove() }
+        let err = Pipe()
+        let process = try Self.start(arguments + ["--db", db], untilRound: 3, stderr: err)
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        let line = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationReason == .exit && process.terminationStatus == 143, "\(process.terminationReason) \(process.terminationStatus)")
+        let round = try #require(try RunStore(path: db).lastCheckpoint()).round
+        #expect(line == "fedsim: SIGTERM: stopped after round \(round) of 16, committed to \(db): the same command with --resume continues it\n")
+        let resumed = try FedSimProcess.run(arguments + ["--db", db, "--resume"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try RunStore(path: db).lastCheckpoint()?.round == 16)
     }
 
     /// A finished run goes on with more rounds, and its report lists them all.
