@@ -63,9 +63,9 @@ def exports_of(path):
 
 BEST = (("dense", "dense float32", "#000000", False),
         ("prune0.9-q4", "pruning 90%, q4", "#1f77b4", False),
-        ("prune0.95-q4", "pruning 95%, q4", "#1f77b4", True),
+        ("prune0.95-q4", "pruning 95%, q4", "#2ca02c", True),
         ("lowrank4-q4", "lowrank:4+q4+ef", "#d62728", False),
-        ("lowrank8-q8", "lowrank:8+q8+ef", "#d62728", True))
+        ("lowrank8-q8", "lowrank:8+q8+ef", "#ff7f0e", True))
 
 
 def plot_best_settings(path, scenario, rounds, runs, reference):
