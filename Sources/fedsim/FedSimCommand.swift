@@ -259,7 +259,7 @@ struct FedSimCommand: AsyncParsableCommand {
         stops.started(StopSignals.Run(gate: simulation.commits, rounds: c.rounds) { [db] round in
             guard c.transport == .memory else { return " (the TCP transport keeps no record to resume)" }
             guard let db else { return " (nothing was kept: --db FILE records every round, and --resume continues from it)" }
-            if round == 0 { return " (no round was committed to \(db))" }
+            if round == 0 { return " (\(db) holds no round: the same command starts again)" }
             if c.codec.errorFeedback || !c.widths.isEmpty { return ", committed to \(db) (a run with error feedback or width classes cannot be resumed)" }
             return ", committed to \(db): the same command with --resume continues it"
         }, display: display)

@@ -10,7 +10,7 @@ final class StopSignals: @unchecked Sendable {
     struct Run {
         var gate: CommitGate
         var rounds: Int
-        /// The line's tail after "stopped after round N of M", given N.
+        /// The line's tail after "stopped after round N of M", given N (0: none finished).
         var howToGoOn: @Sendable (Int) -> String
     }
 
@@ -43,7 +43,8 @@ final class StopSignals: @unchecked Sendable {
         guard let run else { Self.exit(signal, "fedsim: \(name): stopped before the first round") }
         run.gate.holding { round in
             display?.finish()
-            Self.exit(signal, "fedsim: \(name): stopped after round \(round) of \(run.rounds)\(run.howToGoOn(round))")
+            let whereStopped = round == 0 ? "stopped in round 1 of \(run.rounds), before any round finished" : "stopped after round \(round) of \(run.rounds)"
+            Self.exit(signal, "fedsim: \(name): \(whereStopped)\(run.howToGoOn(round))")
         }
     }
 
